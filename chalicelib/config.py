@@ -1,0 +1,79 @@
+"""Stage settings, read from the environment variables Chalice sets from `.chalice/config.json`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from chalicelib.domains import normalise_domain
+
+STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST")
+# Where a stage has no STREAM_ARN yet: lets tests and the local mapping import the app (the handler takes each
+# record's table from its eventSourceARN); `chalice deploy`/`package` refuse to run with it.
+UNBOUND_STREAM_ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/unbound/stream/unbound"
+
+
+class ConfigError(ValueError):
+    """A stage setting is missing or invalid; the message names the environment variable to fix."""
+
+
+def _int_setting(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be from {low} to {high}, not {value}")
+    return value
+
+
+def _bool_setting(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _domain_list(environ: Mapping[str, str], name: str) -> frozenset[str]:
+    domains = (normalise_domain(d) for d in environ.get(name, "").split(","))
+    return frozenset(d for d in domains if d)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a stage configures, validated."""
+
+    stream_arn: str
+    batch_size: int
+    starting_position: str
+    maximum_batching_window_in_seconds: int
+    personal_domains_only: frozenset[str]
+    personal_domains_add: frozenset[str]
+    personal_domains_remove: frozenset[str]
+    write_concurrency: int
+    report_batch_item_failures: bool
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate the settings; raise ConfigError naming the first bad variable."""
+        starting_position = environ.get("STARTING_POSITION", "").strip().upper() or "TRIM_HORIZON"
+        if starting_position not in STARTING_POSITIONS:
+            raise ConfigError(f"STARTING_POSITION must be one of {', '.join(STARTING_POSITIONS)}")
+        return cls(
+            stream_arn=environ.get("STREAM_ARN", "").strip(),
+            batch_size=_int_setting(environ, "BATCH_SIZE", 100, 1, 10_000),
+            starting_position=starting_position,
+            maximum_batching_window_in_seconds=_int_setting(environ, "MAXIMUM_BATCHING_WINDOW_IN_SECONDS", 0, 0, 300),
+            personal_domains_only=_domain_list(environ, "PERSONAL_DOMAINS_ONLY"),
+            personal_domains_add=_domain_list(environ, "PERSONAL_DOMAINS_ADD"),
+            personal_domains_remove=_domain_list(environ, "PERSONAL_DOMAINS_REMOVE"),
+            write_concurrency=_int_setting(environ, "WRITE_CONCURRENCY", 16, 1, 128),
+            report_batch_item_failures=_bool_setting(environ, "REPORT_BATCH_ITEM_FAILURES", False),
+        )

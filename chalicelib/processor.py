@@ -1,0 +1,180 @@
+"""The batch loop (DESIGN §3, §6): decode, plan, read, write, count, log, and answer Lambda."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chalicelib.dynamodb import WriteOutcome
+from chalicelib.planner import Action, Write, plan_batch, plan_reads
+from chalicelib.records import ChangeRecord, ItemKey, ItemState, MalformedRecord, decode_record, sequence_number_of
+
+
+class Gateway(Protocol):
+    """What the processor needs of DynamoDB: conditional writes and consistent reads."""
+
+    def apply(self, writes: Sequence[Write]) -> list[WriteOutcome]:
+        """Apply the writes; one outcome per write, in order."""
+
+    def read_states(self, keys: Sequence[ItemKey]) -> dict[ItemKey, ItemState | None]:
+        """Read the keys' current items; keys that could not be read are left out."""
+
+
+class BatchFailed(RuntimeError):
+    """Raised when writes failed and the mapping does not report partial failures: Lambda retries the batch."""
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What happened to one batch: counts only, and sequence numbers; never an attribute value."""
+
+    records: Counter[str] = field(default_factory=Counter)
+    items: int = 0
+    flags_set: int = 0
+    flags_removed: int = 0
+    superseded: int = 0
+    already_correct: int = 0
+    deleted: int = 0
+    gone: int = 0
+    failed: int = 0
+    malformed: int = 0
+    malformed_sequence_numbers: list[str] = field(default_factory=list)
+    failed_sequence_number: str | None = None
+    """The lowest sequence number among the records of the items that failed: where a retry must start."""
+    duration_ms: float = 0.0
+
+    @property
+    def writes(self) -> int:
+        """Writes that DynamoDB applied."""
+        return self.flags_set + self.flags_removed
+
+    def summary(self) -> dict[str, Any]:
+        """The batch's structured log fields."""
+        return {
+            "records": sum(self.records.values()),
+            "records_by_event": dict(self.records),
+            "items": self.items,
+            "writes": self.writes,
+            "flags_set": self.flags_set,
+            "flags_removed": self.flags_removed,
+            "superseded": self.superseded,
+            "already_correct": self.already_correct,
+            "deleted": self.deleted,
+            "gone": self.gone,
+            "failed": self.failed,
+            "malformed": self.malformed,
+            "malformed_sequence_numbers": self.malformed_sequence_numbers,
+            "failed_sequence_number": self.failed_sequence_number,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+METRICS = {
+    "Records": lambda r: sum(r.records.values()),
+    "WritesApplied": lambda r: r.writes,
+    "Superseded": lambda r: r.superseded,
+    "AlreadyCorrect": lambda r: r.already_correct,
+    "Failed": lambda r: r.failed,
+    "Malformed": lambda r: r.malformed,
+}
+
+
+class StreamProcessor:
+    """Owns the batch loop: every record of an event is decoded, planned, written and counted, then answered."""
+
+    def __init__(
+        self,
+        classify: Callable[[str], bool],
+        gateway: Gateway,
+        report_batch_item_failures: bool,
+        logger: Any,
+        metrics: Any | None = None,
+    ) -> None:
+        self._classify = classify
+        self._gateway = gateway
+        self._report_batch_item_failures = report_batch_item_failures
+        self._logger = logger
+        self._metrics = metrics
+
+    @property
+    def gateway(self) -> Gateway:
+        """The DynamoDB adapter this processor writes through."""
+        return self._gateway
+
+    def process(self, event: Mapping[str, Any]) -> BatchReport:
+        """Bring every item in the event under the invariant, as far as DynamoDB lets it; count what happened."""
+        started = time.perf_counter()
+        report = BatchReport()
+        records = self._decode(event.get("Records") or [], report)
+        plan = plan_batch(records, self._classify)
+        report.items = len(plan.records_by_key)
+        report.deleted = plan.deleted
+        failed_keys: list[ItemKey] = []
+        if plan.reads:
+            current = self._gateway.read_states(plan.reads)
+            report.gone = plan_reads(plan, current, self._classify)
+            failed_keys.extend(key for key in plan.reads if key not in current)
+        report.already_correct = plan.already_correct
+        for write, outcome in zip(plan.writes, self._gateway.apply(plan.writes), strict=True):
+            if outcome is WriteOutcome.APPLIED:
+                if write.action is Action.SET:
+                    report.flags_set += 1
+                else:
+                    report.flags_removed += 1
+            elif outcome is WriteOutcome.SUPERSEDED:
+                report.superseded += 1
+            else:
+                failed_keys.append(write.key)
+        report.failed = len(failed_keys)
+        if failed_keys:
+            report.failed_sequence_number = min(
+                (seq for key in failed_keys for seq in plan.records_by_key[key].sequence_numbers), key=int
+            )
+        report.duration_ms = (time.perf_counter() - started) * 1000
+        return report
+
+    def _decode(self, raw_records: Sequence[Any], report: BatchReport) -> list[ChangeRecord]:
+        records = []
+        for position, raw in enumerate(raw_records):
+            try:
+                record = decode_record(raw)
+            except (MalformedRecord, TypeError, AttributeError) as problem:
+                # Counted and logged by sequence number, then skipped: blocking the shard on it would stop every
+                # later change; the record stays in the stream (and the on-failure destination) to be looked at.
+                sequence_number = sequence_number_of(raw)
+                report.malformed += 1
+                report.malformed_sequence_numbers.append(sequence_number or f"position {position}")
+                reason = str(problem) if isinstance(problem, MalformedRecord) else type(problem).__name__
+                self._logger.warning(
+                    "malformed record skipped",
+                    extra={"sequence_number": sequence_number, "position": position, "reason": reason},
+                )
+                continue
+            report.records[record.event_name.value] += 1
+            records.append(record)
+        return records
+
+    def respond(self, report: BatchReport) -> dict[str, Any]:
+        """Lambda's answer: the partial-failure report, or an exception when the mapping can't take one."""
+        if report.failed_sequence_number is None:
+            return {"batchItemFailures": []}
+        if self._report_batch_item_failures:
+            return {"batchItemFailures": [{"itemIdentifier": report.failed_sequence_number}]}
+        raise BatchFailed(
+            f"{report.failed} item(s) failed from sequence number {report.failed_sequence_number}; "
+            "the batch will be retried (REPORT_BATCH_ITEM_FAILURES is off)"
+        )
+
+    def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Process one Lambda event, log its summary line and metrics, and answer it."""
+        report = self.process(event)
+        self._logger.info("batch processed", extra=report.summary())
+        if self._metrics is not None:
+            for name, value in METRICS.items():
+                self._metrics.add_metric(name=name, unit="Count", value=value(report))
+            self._metrics.add_metric(name="BatchDuration", unit="Milliseconds", value=report.duration_ms)
+            self._metrics.flush_metrics()
+        return self.respond(report)

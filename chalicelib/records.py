@@ -1,0 +1,153 @@
+"""Stream records, decoded (DESIGN §4): the few facts the planner needs, typed, from Lambda's DynamoDB JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from operator import itemgetter
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer
+
+EMAIL = "Email"
+FLAG = "IsPersonalEmail"
+
+_deserialize = TypeDeserializer().deserialize
+# What the deserializer raises on a value that is not well-formed DynamoDB JSON.
+_DECODE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, ArithmeticError)
+
+
+class EventName(StrEnum):
+    """The change a stream record describes."""
+
+    INSERT = "INSERT"
+    MODIFY = "MODIFY"
+    REMOVE = "REMOVE"
+
+
+class StreamViewType(StrEnum):
+    """What a stream puts in each record besides the keys."""
+
+    KEYS_ONLY = "KEYS_ONLY"
+    NEW_IMAGE = "NEW_IMAGE"
+    OLD_IMAGE = "OLD_IMAGE"
+    NEW_AND_OLD_IMAGES = "NEW_AND_OLD_IMAGES"
+
+
+class MalformedRecord(ValueError):
+    """A record that can't be decoded; the message says what is wrong, never an attribute's value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemState:
+    """The two attributes the decision reads from an item image: `Email` and `IsPersonalEmail`."""
+
+    email: str | None
+    """The e-mail when `Email` is a string; None when it is absent or of another type."""
+    flag: bool | None
+    """The flag when `IsPersonalEmail` is a BOOL; None when it is absent or of another type."""
+    has_flag: bool
+    """Whether `IsPersonalEmail` is present at all, whatever its type."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemKey:
+    """An item's primary key in one table: hashable for collapsing, with its wire form for writing."""
+
+    table_name: str
+    identity: tuple[tuple[str, Any], ...]
+    wire: Mapping[str, Mapping[str, Any]] = field(compare=False, hash=False)
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        """The key schema's attribute names, in a stable order."""
+        return tuple(name for name, _ in self.identity)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One decoded stream record."""
+
+    sequence_number: str
+    event_name: EventName
+    key: ItemKey
+    new_state: ItemState | None
+    """The new image's state; None when the record carries no new image (REMOVE, KEYS_ONLY, OLD_IMAGE)."""
+
+
+def table_name_from_stream_arn(arn: str) -> str:
+    """`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL` -> NAME."""
+    parts = arn.split(":", 5)
+    resource = parts[5].split("/") if len(parts) == 6 else []
+    if len(resource) < 4 or resource[0] != "table" or resource[2] != "stream" or not resource[1]:
+        raise MalformedRecord("eventSourceARN is not a DynamoDB stream ARN")
+    return resource[1]
+
+
+def key_identity(wire_keys: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """A key's attributes as (name, value) pairs sorted by name: the same key always gives the same tuple."""
+    return tuple(sorted(((name, _deserialize(value)) for name, value in wire_keys.items()), key=itemgetter(0)))
+
+
+def item_key(table_name: str, wire_keys: Mapping[str, Mapping[str, Any]]) -> ItemKey:
+    """The key of an item from its key attributes in DynamoDB JSON (any schema: hash or hash+range, S/N/B)."""
+    if not isinstance(wire_keys, Mapping) or not 1 <= len(wire_keys) <= 2:
+        raise MalformedRecord("Keys must hold one or two key attributes")
+    try:
+        identity = key_identity(wire_keys)
+    except _DECODE_ERRORS:
+        raise MalformedRecord("Keys hold a value that is not DynamoDB JSON") from None
+    for _, value in identity:
+        # A key is a string, a number or binary; anything else (a list, a map) can't be hashed or written back.
+        try:
+            hash(value)
+        except TypeError:
+            raise MalformedRecord("Keys hold a value of a type a key can't have") from None
+    return ItemKey(table_name=table_name, identity=identity, wire=wire_keys)
+
+
+def item_state(image: Mapping[str, Mapping[str, Any]]) -> ItemState:
+    """The decision's inputs from an item image; only `Email` and `IsPersonalEmail` are deserialized."""
+    if not isinstance(image, Mapping):
+        raise MalformedRecord("an image is not a map")
+    try:
+        email = _deserialize(image[EMAIL]) if EMAIL in image else None
+        flag = _deserialize(image[FLAG]) if FLAG in image else None
+    except _DECODE_ERRORS:
+        raise MalformedRecord("Email or IsPersonalEmail is not DynamoDB JSON") from None
+    return ItemState(
+        email=email if type(email) is str else None,
+        # `type(...) is bool`: a number 1 compares equal to True, but it is not a BOOL and must be corrected.
+        flag=flag if type(flag) is bool else None,
+        has_flag=FLAG in image,
+    )
+
+
+def sequence_number_of(raw: Any) -> str | None:
+    """The record's sequence number if it has a readable one, for logging a record that fails to decode."""
+    try:
+        sequence_number = raw["dynamodb"]["SequenceNumber"]
+    except (TypeError, KeyError):
+        return None
+    return sequence_number if isinstance(sequence_number, str) and sequence_number.isdigit() else None
+
+
+def decode_record(raw: Mapping[str, Any]) -> ChangeRecord:
+    """Decode one record of a Lambda DynamoDB stream event; raise MalformedRecord if it can't be."""
+    sequence_number = sequence_number_of(raw)
+    if sequence_number is None:
+        raise MalformedRecord("dynamodb.SequenceNumber is missing or not a number")
+    try:
+        event_name = EventName(raw.get("eventName"))
+    except ValueError:
+        raise MalformedRecord("eventName is not INSERT, MODIFY or REMOVE") from None
+    source_arn = raw.get("eventSourceARN")
+    if not isinstance(source_arn, str):
+        raise MalformedRecord("eventSourceARN is missing")
+    body = raw["dynamodb"]
+    wire_keys = body.get("Keys")
+    key = item_key(table_name_from_stream_arn(source_arn), wire_keys)
+    new_image = body.get("NewImage")
+    new_state = item_state(new_image) if new_image is not None and event_name is not EventName.REMOVE else None
+    return ChangeRecord(sequence_number=sequence_number, event_name=event_name, key=key, new_state=new_state)

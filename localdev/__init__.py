@@ -1,0 +1,1 @@
+"""Local development: DynamoDB Local, Lambda-shaped events, and a local event source mapping. Never deployed."""

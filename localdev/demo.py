@@ -1,0 +1,150 @@
+"""The original walkthrough, end to end on DynamoDB Local: real table, real stream, the Chalice handler.
+
+python -m localdev.demo            # or: make demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from localdev.dynamodb_local import DynamoDBLocal, PrerequisiteMissing, create_table, table_definition
+
+
+@dataclass
+class Step:
+    """One client action of the walkthrough, and what the table must show after it."""
+
+    title: str
+    action: Callable[[Any, str], None]
+    expect: dict[str, bool]
+
+
+def put(item_id: str, email: str) -> Callable[[Any, str], None]:
+    """A client creating an item with an e-mail, as in the console walkthrough."""
+    return lambda client, table: client.put_item(TableName=table, Item={"Id": {"S": item_id}, "Email": {"S": email}})
+
+
+def set_attribute(item_id: str, name: str, value: str) -> Callable[[Any, str], None]:
+    """A client changing one attribute of an item."""
+    return lambda client, table: client.update_item(
+        TableName=table,
+        Key={"Id": {"S": item_id}},
+        UpdateExpression="SET #a = :v",
+        ExpressionAttributeNames={"#a": name},
+        ExpressionAttributeValues={":v": {"S": value}},
+    )
+
+
+STEPS = [
+    Step("create ID1 <john@example.com>", put("ID1", "john@example.com"), {"ID1": False}),
+    Step("create ID2 <john@gmail.com>", put("ID2", "john@gmail.com"), {"ID1": False, "ID2": True}),
+    Step("change ID1's e-mail to john@outlook.com", set_attribute("ID1", "Email", "john@outlook.com"),
+         {"ID1": True, "ID2": True}),
+    Step("change ID1's e-mail to john@hotmail.com", set_attribute("ID1", "Email", "john@hotmail.com"),
+         {"ID1": True, "ID2": True}),
+    Step("change ID2's Name (not the e-mail)", set_attribute("ID2", "Name", "John"), {"ID1": True, "ID2": True}),
+]  # fmt: skip
+
+
+def table_rows(client: Any, table: str) -> list[dict[str, str]]:
+    """Every item of the table, sorted by Id, as printable strings."""
+    items = client.scan(TableName=table, ConsistentRead=True)["Items"]
+    rows = []
+    for item in sorted(items, key=lambda i: i["Id"]["S"]):
+        flag = item.get("IsPersonalEmail", {}).get("BOOL")
+        rows.append(
+            {
+                "Id": item["Id"]["S"],
+                "Email": item.get("Email", {}).get("S", "-"),
+                "IsPersonalEmail": "-" if flag is None else str(flag).lower(),
+                "Name": item.get("Name", {}).get("S", "-"),
+            }
+        )
+    return rows
+
+
+def render_table(rows: list[dict[str, str]]) -> str:
+    """A plain-text table."""
+    if not rows:
+        return "(no items)"
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def run(verbose: bool = False) -> int:
+    """Run the walkthrough; 0 when every step left the table as expected."""
+    with DynamoDBLocal() as engine:
+        os.environ.update(engine.environment())
+        from chalicelib.config import Settings
+        from localdev.invoker import ChaliceInvoker
+        from localdev.mapping import LocalEventSourceMapping
+
+        client = engine.client()
+        definition = table_definition()
+        table = definition["TableName"]
+        stream_arn = create_table(client, definition)
+        view_type = definition["StreamSpecification"]["StreamViewType"]
+        print(f"DynamoDB Local on {engine.endpoint}: table {table}, stream {view_type}")
+
+        invoker = ChaliceInvoker(stage="dev", quiet=not verbose)
+        settings = Settings.from_environ(invoker.stage_environment)
+        mapping = LocalEventSourceMapping(
+            engine.streams_client(),
+            stream_arn,
+            invoker,
+            batch_size=settings.batch_size,
+            starting_position=settings.starting_position,
+            maximum_batching_window_in_seconds=settings.maximum_batching_window_in_seconds,
+            report_batch_item_failures=settings.report_batch_item_failures,
+        )
+        print(f"local event source mapping: batch size {settings.batch_size}, from {settings.starting_position}\n")
+        print(f"{'step':<45} {'records':>7} {'writes':>6}  IsPersonalEmail after")
+        failures = 0
+        for number, step in enumerate(STEPS, 1):
+            seen = len(invoker.collector.summaries)
+            step.action(client, table)
+            mapping.drain()
+            batches = invoker.collector.summaries[seen:]
+            records = sum(b["records"] for b in batches)
+            writes = sum(b["writes"] for b in batches)
+            flags = {row["Id"]: row["IsPersonalEmail"] for row in table_rows(client, table)}
+            ok = all(flags.get(item_id) == str(value).lower() for item_id, value in step.expect.items())
+            failures += not ok
+            shown = ", ".join(f"{k}={v}" for k, v in flags.items())
+            print(f"{number}. {step.title:<42} {records:>7} {writes:>6}  {shown}{'' if ok else '  <-- UNEXPECTED'}")
+        summaries = invoker.collector.summaries
+        print()
+        print(render_table(table_rows(client, table)))
+        print(
+            f"\n{len(STEPS)} client writes -> {sum(s['records'] for s in summaries)} stream records in "
+            f"{len(summaries)} batches -> {sum(s['writes'] for s in summaries)} handler writes "
+            f"({sum(s['already_correct'] for s in summaries)} items already correct, "
+            f"{sum(s['superseded'] for s in summaries)} superseded, {sum(s['failed'] for s in summaries)} failed)"
+        )
+        invoker.close()
+    print("walkthrough: OK" if not failures else f"walkthrough: {failures} step(s) UNEXPECTED")
+    return 0 if not failures else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description="Run the walkthrough on DynamoDB Local.")
+    parser.add_argument("--verbose", action="store_true", help="also print the handler's JSON log lines and metrics")
+    args = parser.parse_args(argv)
+    try:
+        return run(verbose=args.verbose)
+    except PrerequisiteMissing as missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

