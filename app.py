@@ -14,16 +14,25 @@ from chalicelib.runtime import processor_for
 # Powertools owns the "email-checker" logger (structured JSON); Chalice would add a second, plain-text handler to it.
 app = Chalice(app_name="email-checker", configure_logs=False)
 
-SETTINGS = Settings.from_environ(os.environ)
-if not SETTINGS.stream_arn and os.environ.get("AWS_CHALICE_CLI_MODE"):
-    raise ConfigError(
-        "STREAM_ARN is not set: put the users table's stream ARN in "
-        '.chalice/config.json under stages.<stage>.environment_variables."STREAM_ARN" '
-        "(aws dynamodb describe-table --table-name <table> --query Table.LatestStreamArn)"
-    )
+CLI_MODE = bool(os.environ.get("AWS_CHALICE_CLI_MODE"))  # set by `chalice deploy`, `package` and `local`
+try:
+    SETTINGS = Settings.from_environ(os.environ)
+    if CLI_MODE and not SETTINGS.stream_arn:
+        raise ConfigError(
+            "STREAM_ARN is not set: put the users table's stream ARN in .chalice/config.json under "
+            'stages.<stage>.environment_variables."STREAM_ARN", or run '
+            "`python -m tools.stage bind --stage <stage> --stream-arn <arn>` "
+            "(aws dynamodb describe-table --table-name <table> --query Table.LatestStreamArn prints it)"
+        )
+except ConfigError as problem:
+    if CLI_MODE:
+        raise SystemExit(f"email-checker: {problem}") from None  # a message for the CLI user, not a traceback
+    raise
 
 
 @app.on_dynamodb_record(
+    # Tests and the local mapping import the app with no STREAM_ARN: the handler takes each record's table from its
+    # eventSourceARN, so only the deployed mapping needs the real one.
     stream_arn=SETTINGS.stream_arn or UNBOUND_STREAM_ARN,
     batch_size=SETTINGS.batch_size,
     starting_position=SETTINGS.starting_position,

@@ -1,0 +1,260 @@
+"""The handler through Chalice's test client, against DynamoDB Local: the invariant, the races, the bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from boto3.dynamodb.types import Binary, TypeDeserializer
+from botocore.awsrequest import AWSResponse
+from chalice.test import Client
+
+from app import app
+from chalicelib.config import Settings
+from chalicelib.processor import BatchFailed
+from chalicelib.runtime import processor_for
+from localdev.events import StreamEventFactory, lambda_event, to_wire
+from localdev.invoker import FUNCTION_NAME
+
+ROOT = Path(__file__).resolve().parent.parent
+_deserialize = TypeDeserializer().deserialize
+
+
+def get(table, **key):
+    item = table.client.get_item(TableName=table.name, Key=to_wire(key), ConsistentRead=True).get("Item")
+    return None if item is None else {name: _deserialize(value) for name, value in item.items()}
+
+
+def put(table, **item):
+    table.client.put_item(TableName=table.name, Item=to_wire(item))
+
+
+def set_attribute(table, key, name, value):
+    table.client.update_item(
+        TableName=table.name,
+        Key=to_wire(key),
+        UpdateExpression="SET #a = :v",
+        ExpressionAttributeNames={"#a": name},
+        ExpressionAttributeValues={":v": to_wire({"v": value})["v"]},
+    )
+
+
+def totals(summaries):
+    return {field: sum(s[field] for s in summaries) for field in ("records", "writes", "superseded", "malformed")}
+
+
+def test_walkthrough(make_table, drain):
+    table = make_table()
+    put(table, Id="ID1", Email="john@example.com")
+    put(table, Id="ID2", Email="john@gmail.com")
+    first = drain(table)
+    assert get(table, Id="ID1")["IsPersonalEmail"] is False
+    assert get(table, Id="ID2")["IsPersonalEmail"] is True
+    # Two inserts, then the handler's own two writes come back as records that need nothing: no loop.
+    assert totals(first)["writes"] == 2
+
+    set_attribute(table, {"Id": "ID1"}, "Email", "john@outlook.com")
+    changed = drain(table)
+    assert get(table, Id="ID1")["IsPersonalEmail"] is True
+    assert totals(changed)["writes"] == 1
+
+    set_attribute(table, {"Id": "ID2"}, "Name", "John")
+    untouched = drain(table)
+    assert totals(untouched) == {"records": 1, "writes": 0, "superseded": 0, "malformed": 0}
+    assert get(table, Id="ID2") == {"Id": "ID2", "Email": "john@gmail.com", "IsPersonalEmail": True, "Name": "John"}
+
+
+def test_a_delete_that_lands_before_the_late_insert_is_processed_stays_deleted(make_table, invoker, stream_records):
+    table = make_table()
+    put(table, Id="gone", Email="someone@gmail.com")
+    [insert] = stream_records(table)
+    table.client.delete_item(TableName=table.name, Key=to_wire({"Id": "gone"}))
+    seen = len(invoker.collector.summaries)
+
+    assert invoker(lambda_event([insert])) == {"batchItemFailures": []}
+
+    assert get(table, Id="gone") is None
+    [summary] = invoker.collector.summaries[seen:]
+    assert summary["superseded"] == 1 and summary["writes"] == 0
+
+
+def test_a_stale_email_is_refused_and_counted_as_superseded(make_table, invoker, stream_records, drain):
+    table = make_table()
+    put(table, Id="u", Email="old@example.com")
+    [insert] = stream_records(table)
+    set_attribute(table, {"Id": "u"}, "Email", "new@gmail.com")
+    seen = len(invoker.collector.summaries)
+
+    invoker(lambda_event([insert]))
+
+    assert "IsPersonalEmail" not in get(table, Id="u"), "a stale value was stamped"
+    [summary] = invoker.collector.summaries[seen:]
+    assert summary["superseded"] == 1
+    drain(table)
+    assert get(table, Id="u")["IsPersonalEmail"] is True
+
+
+@pytest.mark.parametrize(
+    ("keys", "item_keys"),
+    [
+        ((("Tenant", "S"), ("Seq", "N")), [{"Tenant": "t1", "Seq": 1}, {"Tenant": "t1", "Seq": 2}]),
+        ((("UserNumber", "N"),), [{"UserNumber": 7}, {"UserNumber": Decimal("12345678901234567890")}]),
+        ((("Blob", "B"),), [{"Blob": Binary(b"\x00\x01")}, {"Blob": Binary(b"\xff")}]),
+    ],
+    ids=["hash+range", "numeric", "binary"],
+)
+def test_any_key_schema(make_table, drain, keys, item_keys):
+    table = make_table(keys=keys)
+    for key, email in zip(item_keys, ["a@hotmail.com", "b@example.org"], strict=True):
+        put(table, **key, Email=email)
+    drain(table)
+    assert get(table, **item_keys[0])["IsPersonalEmail"] is True
+    assert get(table, **item_keys[1])["IsPersonalEmail"] is False
+
+
+def test_email_removed_or_of_another_type_leaves_no_flag(make_table, drain):
+    table = make_table()
+    put(table, Id="removed", Email="x@gmail.com")
+    put(table, Id="number", Email="y@gmail.com")
+    put(table, Id="null", Email=None, IsPersonalEmail=True)
+    drain(table)
+    table.client.update_item(TableName=table.name, Key=to_wire({"Id": "removed"}), UpdateExpression="REMOVE Email")
+    set_attribute(table, {"Id": "number"}, "Email", Decimal(5))
+    drain(table)
+    for item_id in ("removed", "number", "null"):
+        assert "IsPersonalEmail" not in get(table, Id=item_id)
+
+
+def test_a_hand_set_wrong_flag_is_corrected(make_table, drain):
+    table = make_table()
+    put(table, Id="u", Email="x@gmail.com", IsPersonalEmail=False)
+    drain(table)
+    assert get(table, Id="u")["IsPersonalEmail"] is True
+
+
+def test_malformed_record_in_the_middle_of_a_batch(make_table, invoker, stream_records, log_sink):
+    table = make_table()
+    emails = ["first.person@gmail.com", "second.person@example.com", "third.person@outlook.com"]
+    for number, email in enumerate(emails):
+        put(table, Id=f"private-{number}@example.net", Email=email)
+    records = stream_records(table)
+    broken = json.loads(json.dumps(records[1]))
+    broken["dynamodb"]["Keys"] = {"Id": {"NOPE": "x"}}
+    seen = len(invoker.collector.summaries)
+
+    response = invoker(lambda_event([records[0], broken, records[2]]))
+
+    assert response == {"batchItemFailures": []}
+    assert get(table, Id="private-0@example.net")["IsPersonalEmail"] is True
+    assert get(table, Id="private-2@example.net")["IsPersonalEmail"] is True
+    [summary] = invoker.collector.summaries[seen:]
+    assert summary["malformed"] == 1 and summary["writes"] == 2
+    lines = log_sink.records()
+    warning = next(line for line in lines if line["message"] == "malformed record skipped")
+    assert warning["sequence_number"] == broken["dynamodb"]["SequenceNumber"]
+    everything = log_sink.getvalue()
+    for value in [*emails, "private-0@example.net", "example.net", "gmail", "@"]:
+        assert value not in everything, f"{value!r} leaked into the logs"
+
+
+def test_factory_events_through_the_chalice_client(make_table, invoker):
+    """Records the factory builds (every view type that carries a new image) are decided like real ones."""
+    table = make_table()
+    factory = StreamEventFactory(table_name=table.name)
+    put(table, Id="a", Email="a@gmail.com")
+    put(table, Id="b", Email="b@example.com", IsPersonalEmail=False)
+    event = factory.event(
+        factory.insert({"Id": "a", "Email": "a@gmail.com"}),
+        factory.insert({"Id": "b", "Email": "b@example.com", "IsPersonalEmail": False}),
+        factory.remove({"Id": "zzz", "Email": "z@gmail.com"}),
+    )
+    seen = len(invoker.collector.summaries)
+    assert invoker(event) == {"batchItemFailures": []}
+    [summary] = invoker.collector.summaries[seen:]
+    assert (summary["writes"], summary["already_correct"], summary["records"]) == (1, 1, 3)
+    assert get(table, Id="a")["IsPersonalEmail"] is True
+
+
+@pytest.mark.parametrize("view_type", ["KEYS_ONLY", "OLD_IMAGE"])
+def test_streams_without_new_images_read_the_current_items(make_table, drain, view_type):
+    table = make_table(view_type=view_type)
+    put(table, Id="p", Email="p@gmail.com")
+    put(table, Id="w", Email="w@example.com")
+    put(table, Id="gone", Email="g@gmail.com")
+    table.client.delete_item(TableName=table.name, Key=to_wire({"Id": "gone"}))
+    summaries = drain(table)
+    assert get(table, Id="p")["IsPersonalEmail"] is True
+    assert get(table, Id="w")["IsPersonalEmail"] is False
+    assert get(table, Id="gone") is None
+    assert sum(s["writes"] for s in summaries) == 2
+
+
+@pytest.fixture
+def reporting_client(tmp_path):
+    """A Chalice test client for a copy of the project config whose dev stage reports batch item failures."""
+    shutil.copytree(ROOT / ".chalice", tmp_path / ".chalice", ignore=shutil.ignore_patterns("deployments"))
+    config_path = tmp_path / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["stages"]["dev"]["environment_variables"]["REPORT_BATCH_ITEM_FAILURES"] = "true"
+    config_path.write_text(json.dumps(config))
+    return Client(app, stage_name="dev", project_dir=str(tmp_path)), config["stages"]["dev"]["environment_variables"]
+
+
+def inject_update_failures(processor, failing_ids):
+    """Make UpdateItem fail for the given Ids with a non-retryable 500, before it reaches the engine."""
+
+    def fail(params, **_):
+        key = json.loads(params["body"])["Key"]
+        if next(iter(key.values()))["S"] in failing_ids:
+            parsed = {"Error": {"Code": "InternalServerError", "Message": "injected"}, "ResponseMetadata": {}}
+            return AWSResponse("http://injected", 500, {}, None), parsed
+        return None
+
+    events = processor.gateway.client.meta.events
+    events.register("before-call.dynamodb.UpdateItem", fail)
+    return lambda: events.unregister("before-call.dynamodb.UpdateItem", fail)
+
+
+def failing_batch(table):
+    factory = StreamEventFactory(table_name=table.name)
+    for item_id, email in [("ok", "ok@gmail.com"), ("bad1", "b1@gmail.com"), ("bad2", "b2@gmail.com")]:
+        put(table, Id=item_id, Email=email)
+    records = [
+        factory.insert({"Id": "ok", "Email": "ok@gmail.com"}),
+        factory.insert({"Id": "bad2", "Email": "b2@example.com"}),
+        factory.insert({"Id": "bad1", "Email": "b1@gmail.com"}),
+        factory.modify({"Id": "bad2", "Email": "b2@example.com"}, {"Id": "bad2", "Email": "b2@gmail.com"}),
+    ]
+    return factory.event(*records), records
+
+
+def test_partial_failure_names_the_lowest_failed_sequence_number(make_table, reporting_client):
+    client, environment = reporting_client
+    table = make_table()
+    event, records = failing_batch(table)
+    processor = processor_for(Settings.from_environ(environment))
+    restore = inject_update_failures(processor, {"bad1", "bad2"})
+    try:
+        response = client.lambda_.invoke(FUNCTION_NAME, event).payload
+    finally:
+        restore()
+    # bad2's first record (the second of the batch) is the lowest among the failed items' records.
+    assert response == {"batchItemFailures": [{"itemIdentifier": records[1]["dynamodb"]["SequenceNumber"]}]}
+    assert get(table, Id="ok")["IsPersonalEmail"] is True
+    assert "IsPersonalEmail" not in get(table, Id="bad1")
+
+
+def test_without_partial_failure_reporting_the_handler_raises(make_table, invoker):
+    table = make_table()
+    event, _ = failing_batch(table)
+    processor = processor_for(Settings.from_environ(invoker.stage_environment))
+    restore = inject_update_failures(processor, {"bad1"})
+    try:
+        with pytest.raises(BatchFailed, match="REPORT_BATCH_ITEM_FAILURES"):
+            invoker(event)
+    finally:
+        restore()
+    assert get(table, Id="ok")["IsPersonalEmail"] is True

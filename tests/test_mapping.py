@@ -1,0 +1,85 @@
+"""The local event source mapping behaves like Lambda's: order, batch size, retries, partial failures, checkpoints."""
+
+from __future__ import annotations
+
+from localdev.mapping import CheckpointStore, LocalEventSourceMapping
+from tests.test_handler import put
+
+
+class Recorder:
+    """A handler that records what it is given and fails on demand."""
+
+    def __init__(self, fail_times=0, report_from_index=None):
+        self.batches = []
+        self.fail_times = fail_times
+        self.report_from_index = report_from_index
+
+    def __call__(self, event):
+        sequence_numbers = [r["dynamodb"]["SequenceNumber"] for r in event["Records"]]
+        self.batches.append(sequence_numbers)
+        if self.fail_times:
+            self.fail_times -= 1
+            if self.report_from_index is None:
+                raise RuntimeError("function error")
+            return {"batchItemFailures": [{"itemIdentifier": sequence_numbers[self.report_from_index]}]}
+        return {"batchItemFailures": []}
+
+
+def test_batches_respect_the_size_and_keep_stream_order(engine, make_table):
+    table = make_table()
+    for number in range(7):
+        put(table, Id=f"k{number}", Other=number)
+    handler = Recorder()
+    mapping = LocalEventSourceMapping(engine.streams_client(), table.stream_arn, handler, batch_size=3)
+    mapping.drain()
+    assert [len(batch) for batch in handler.batches] == [3, 3, 1]
+    flat = [int(s) for batch in handler.batches for s in batch]
+    assert flat == sorted(flat) and mapping.stats.records == 7
+
+
+def test_a_raising_handler_gets_the_whole_batch_again(engine, make_table):
+    table = make_table()
+    for number in range(3):
+        put(table, Id=f"k{number}")
+    handler = Recorder(fail_times=2)
+    mapping = LocalEventSourceMapping(engine.streams_client(), table.stream_arn, handler)
+    mapping.drain()
+    assert handler.batches[0] == handler.batches[1] == handler.batches[2]
+    assert mapping.stats.failed_attempts == 2 and mapping.stats.records == 3
+
+
+def test_reported_failures_resume_from_the_reported_record(engine, make_table):
+    table = make_table()
+    for number in range(4):
+        put(table, Id=f"k{number}")
+    handler = Recorder(fail_times=1, report_from_index=2)
+    mapping = LocalEventSourceMapping(
+        engine.streams_client(), table.stream_arn, handler, report_batch_item_failures=True
+    )
+    mapping.drain()
+    first, retry = handler.batches[:2]
+    assert retry == first[2:]
+
+
+def test_a_batch_that_keeps_failing_is_set_aside_after_max_attempts(engine, make_table):
+    table = make_table()
+    put(table, Id="poison")
+    handler = Recorder(fail_times=99)
+    mapping = LocalEventSourceMapping(engine.streams_client(), table.stream_arn, handler, max_attempts=3)
+    mapping.drain()
+    assert len(handler.batches) == 3
+    assert len(mapping.stats.discarded_batches) == 1
+
+
+def test_a_restarted_mapping_resumes_after_its_checkpoint(engine, make_table, tmp_path):
+    table = make_table()
+    store = CheckpointStore(tmp_path / "checkpoints.json")
+    put(table, Id="before")
+    first = Recorder()
+    LocalEventSourceMapping(engine.streams_client(), table.stream_arn, first, checkpoints=store).drain()
+    put(table, Id="after")
+    second = Recorder()
+    LocalEventSourceMapping(engine.streams_client(), table.stream_arn, second, checkpoints=store).drain()
+    assert len(first.batches) == 1 and len(second.batches) == 1
+    assert second.batches[0] != first.batches[0]
+    assert int(second.batches[0][0]) > int(first.batches[0][-1])

@@ -1,0 +1,105 @@
+"""Stage config and IAM: policies derived from each stage's stream ARN, and a clear refusal without one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import stage
+
+ROOT = Path(__file__).resolve().parent.parent
+ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_policy_files_are_what_the_stage_stream_arn_gives(name):
+    config = stage.load_config()
+    on_disk = json.loads((ROOT / ".chalice" / config["stages"][name]["iam_policy_file"]).read_text())
+    assert on_disk == stage.expected_policy(config, name), "run `make policies`"
+
+
+def test_policy_is_least_privilege_on_known_arns():
+    policy = stage.policy_document("email-checker", "prod", ARN)
+    actions = {action for statement in policy["Statement"] for action in statement["Action"]}
+    assert actions == {
+        "dynamodb:UpdateItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:DescribeStream",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+        "dynamodb:ListStreams",
+        "logs:CreateLogGroup",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+    }
+    by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
+    assert by_sid["KeepTheFlagInSync"]["Resource"] == "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
+    assert by_sid["ReadTheStream"]["Resource"] == ARN
+    for statement in policy["Statement"]:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert all(r.startswith("arn:aws:") and ":123456789012:" in r for r in resources)
+
+
+@pytest.mark.parametrize("bad", ["", "arn:aws:dynamodb:eu-west-1:1:table/Users", "arn:aws:sqs:eu-west-1:1:q"])
+def test_a_non_stream_arn_is_refused(bad):
+    with pytest.raises(ValueError, match="stream ARN"):
+        stage.split_stream_arn(bad)
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    for name in ("app.py", "chalicelib", "requirements.txt", ".chalice", "tools"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("deployments", "__pycache__"))
+        else:
+            shutil.copy(source, tmp_path / name)
+    return tmp_path
+
+
+def chalice(project: Path, *args: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "AWS_DEFAULT_REGION": "eu-west-1"}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "chalice"), "--project-dir", str(project), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+
+
+def test_package_without_a_stream_arn_stops_and_names_the_key(project_copy, tmp_path):
+    result = chalice(project_copy, "package", "--stage", "dev", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "STREAM_ARN" in result.stderr and "stages.<stage>.environment_variables" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "tools.stage", "bind", "--stage", "prod", "--stream-arn", ARN],
+        cwd=project_copy,
+        check=True,
+        capture_output=True,
+    )
+    result = chalice(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    template = json.loads((tmp_path / "out" / "sam.json").read_text())
+    function = template["Resources"]["SyncIsPersonalEmail"]["Properties"]
+    assert function["Timeout"] == 60
+    assert function["Environment"]["Variables"]["STREAM_ARN"] == ARN
+    [event_source] = function["Events"].values()
+    assert event_source["Properties"] == {
+        "Stream": ARN,
+        "BatchSize": 100,
+        "StartingPosition": "TRIM_HORIZON",
+        "MaximumBatchingWindowInSeconds": 0,
+    }
+    [policy] = template["Resources"]["SyncIsPersonalEmailRole"]["Properties"]["Policies"]
+    assert policy["PolicyDocument"] == stage.policy_document("email-checker", "prod", ARN)
