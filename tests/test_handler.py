@@ -81,6 +81,20 @@ def test_a_delete_that_lands_before_the_late_insert_is_processed_stays_deleted(m
     assert summary["superseded"] == 1 and summary["writes"] == 0
 
 
+def test_clearing_the_flag_of_a_deleted_item_does_not_bring_it_back(make_table, invoker, stream_records):
+    table = make_table()
+    put(table, Id="gone", IsPersonalEmail=True)
+    [insert] = stream_records(table)
+    table.client.delete_item(TableName=table.name, Key=to_wire({"Id": "gone"}))
+    seen = len(invoker.collector.summaries)
+
+    invoker(lambda_event([insert]))
+
+    assert get(table, Id="gone") is None, "an UpdateItem without its existence condition recreated the item"
+    [summary] = invoker.collector.summaries[seen:]
+    assert summary["superseded"] == 1
+
+
 def test_a_stale_email_is_refused_and_counted_as_superseded(make_table, invoker, stream_records, drain):
     table = make_table()
     put(table, Id="u", Email="old@example.com")
