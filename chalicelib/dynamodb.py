@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import groupby
 from typing import Any
@@ -33,12 +34,27 @@ class WriteOutcome(StrEnum):
     """The condition failed: the item changed or went away, and a newer record for it is on its way."""
     FAILED = "failed"
     """Still failing after botocore's retries: reported so the batch is retried."""
+    REJECTED = "rejected"
+    """DynamoDB refused the request itself (a key that does not fit the table's schema, a table that is gone):
+    a retry can't succeed, so it is counted and logged instead, and the shard goes on."""
+
+
+# Errors that say the request can never succeed as it is; everything else is worth retrying.
+PERMANENT_ERRORS = frozenset({"ValidationException", "ResourceNotFoundException"})
+
+
+@dataclass(slots=True)
+class ReadResult:
+    """What a consistent read found: each read key's state (None: no such item), and the keys DynamoDB refused."""
+
+    states: dict[ItemKey, ItemState | None] = field(default_factory=dict)
+    rejected: list[ItemKey] = field(default_factory=list)
 
 
 def client_config(max_pool_connections: int) -> Config:
     """botocore settings for the function: standard retry mode, timeouts well inside Lambda's 60 s."""
     return Config(
-        retries={"mode": "standard", "max_attempts": 5},
+        retries={"mode": "standard", "total_max_attempts": 5},
         max_pool_connections=max_pool_connections,
         connect_timeout=2,
         read_timeout=5,
@@ -97,6 +113,8 @@ class DynamoDBGateway:
             code = error.response.get("Error", {}).get("Code", "")
             if code == "ConditionalCheckFailedException":
                 return WriteOutcome.SUPERSEDED
+            if code in PERMANENT_ERRORS:
+                return WriteOutcome.REJECTED
             logger.warning("update_item failed after retries: %s", code)
             return WriteOutcome.FAILED
         except BotoCoreError as error:
@@ -104,20 +122,18 @@ class DynamoDBGateway:
             return WriteOutcome.FAILED
         return WriteOutcome.APPLIED
 
-    def read_states(self, keys: Sequence[ItemKey]) -> dict[ItemKey, ItemState | None]:
-        """The current state of each key by consistent BatchGetItem (None: no such item); unread keys are left out."""
-        states: dict[ItemKey, ItemState | None] = {}
+    def read_states(self, keys: Sequence[ItemKey]) -> ReadResult:
+        """The current state of each key by consistent BatchGetItem; keys that could not be read are left out."""
+        result = ReadResult()
         for table_name, table_keys in groupby(sorted(keys, key=_table_of), key=_table_of):
-            table_keys = list(table_keys)
-            for chunk in _chunks(table_keys, BATCH_GET_LIMIT):
-                states.update(self._read_chunk(table_name, chunk))
-        return states
+            for chunk in _chunks(list(table_keys), BATCH_GET_LIMIT):
+                self._read_chunk(table_name, chunk, result)
+        return result
 
-    def _read_chunk(self, table_name: str, keys: list[ItemKey]) -> dict[ItemKey, ItemState | None]:
+    def _read_chunk(self, table_name: str, keys: list[ItemKey], result: ReadResult) -> None:
         names = {f"#k{i}": name for i, name in enumerate(keys[0].attribute_names)}
         names.update({"#email": EMAIL, "#flag": FLAG})
         by_identity = {key.identity: key for key in keys}
-        states: dict[ItemKey, ItemState | None] = {}
         to_read = keys
         for attempt in range(UNPROCESSED_PASSES):
             if attempt:
@@ -132,9 +148,17 @@ class DynamoDBGateway:
             }
             try:
                 response = self._client.batch_get_item(RequestItems=request)
-            except (ClientError, BotoCoreError) as error:
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in PERMANENT_ERRORS:
+                    self._isolate_rejected(table_name, to_read, result)
+                else:
+                    logger.warning(
+                        "batch_get_item failed after retries: %s", error.response.get("Error", {}).get("Code")
+                    )
+                return
+            except BotoCoreError as error:
                 logger.warning("batch_get_item failed after retries: %s", type(error).__name__)
-                break
+                return
             returned = {}
             for item in response.get("Responses", {}).get(table_name, []):
                 identity = key_identity({name: item[name] for name in keys[0].attribute_names})
@@ -144,11 +168,19 @@ class DynamoDBGateway:
             for key in to_read:
                 if key.identity not in unprocessed_identities:
                     # Processed and not returned: the item does not exist.
-                    states[key] = returned.get(key.identity)
+                    result.states[key] = returned.get(key.identity)
             to_read = [by_identity[identity] for identity in unprocessed_identities if identity in by_identity]
             if not to_read:
-                break
-        return states
+                return
+
+    def _isolate_rejected(self, table_name: str, keys: list[ItemKey], result: ReadResult) -> None:
+        """A refused request names no culprit: halve it until the keys DynamoDB refuses stand alone."""
+        if len(keys) == 1:
+            result.rejected.append(keys[0])
+            return
+        middle = len(keys) // 2
+        self._read_chunk(table_name, keys[:middle], result)
+        self._read_chunk(table_name, keys[middle:], result)
 
     def close(self) -> None:
         """Stop the worker threads."""

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chalicelib.dynamodb import WriteOutcome
+from chalicelib.dynamodb import ReadResult, WriteOutcome
 from chalicelib.planner import Action, Write, plan_batch, plan_reads
-from chalicelib.records import ChangeRecord, ItemKey, ItemState, MalformedRecord, decode_record, sequence_number_of
+from chalicelib.records import ChangeRecord, ItemKey, MalformedRecord, decode_record, sequence_number_of
 
 
 class Gateway(Protocol):
@@ -19,7 +19,7 @@ class Gateway(Protocol):
     def apply(self, writes: Sequence[Write]) -> list[WriteOutcome]:
         """Apply the writes; one outcome per write, in order."""
 
-    def read_states(self, keys: Sequence[ItemKey]) -> dict[ItemKey, ItemState | None]:
+    def read_states(self, keys: Sequence[ItemKey]) -> ReadResult:
         """Read the keys' current items; keys that could not be read are left out."""
 
 
@@ -40,6 +40,9 @@ class BatchReport:
     deleted: int = 0
     gone: int = 0
     failed: int = 0
+    rejected: int = 0
+    rejected_sequence_numbers: list[str] = field(default_factory=list)
+    """The records of items DynamoDB refused outright (e.g. a key that does not fit the table): not retried."""
     malformed: int = 0
     malformed_sequence_numbers: list[str] = field(default_factory=list)
     failed_sequence_number: str | None = None
@@ -65,6 +68,8 @@ class BatchReport:
             "deleted": self.deleted,
             "gone": self.gone,
             "failed": self.failed,
+            "rejected": self.rejected,
+            "rejected_sequence_numbers": self.rejected_sequence_numbers,
             "malformed": self.malformed,
             "malformed_sequence_numbers": self.malformed_sequence_numbers,
             "failed_sequence_number": self.failed_sequence_number,
@@ -78,6 +83,7 @@ METRICS = {
     "Superseded": lambda r: r.superseded,
     "AlreadyCorrect": lambda r: r.already_correct,
     "Failed": lambda r: r.failed,
+    "Rejected": lambda r: r.rejected,
     "Malformed": lambda r: r.malformed,
 }
 
@@ -113,10 +119,12 @@ class StreamProcessor:
         report.items = len(plan.records_by_key)
         report.deleted = plan.deleted
         failed_keys: list[ItemKey] = []
+        rejected_keys: list[ItemKey] = []
         if plan.reads:
-            current = self._gateway.read_states(plan.reads)
-            report.gone = plan_reads(plan, current, self._classify)
-            failed_keys.extend(key for key in plan.reads if key not in current)
+            read = self._gateway.read_states(plan.reads)
+            report.gone = plan_reads(plan, read.states, self._classify)
+            rejected_keys.extend(read.rejected)
+            failed_keys.extend(key for key in plan.reads if key not in read.states and key not in read.rejected)
         report.already_correct = plan.already_correct
         for write, outcome in zip(plan.writes, self._gateway.apply(plan.writes), strict=True):
             if outcome is WriteOutcome.APPLIED:
@@ -126,8 +134,14 @@ class StreamProcessor:
                     report.flags_removed += 1
             elif outcome is WriteOutcome.SUPERSEDED:
                 report.superseded += 1
+            elif outcome is WriteOutcome.REJECTED:
+                rejected_keys.append(write.key)
             else:
                 failed_keys.append(write.key)
+        report.rejected = len(rejected_keys)
+        report.rejected_sequence_numbers = [
+            seq for key in rejected_keys for seq in plan.records_by_key[key].sequence_numbers
+        ]
         report.failed = len(failed_keys)
         if failed_keys:
             report.failed_sequence_number = min(

@@ -15,6 +15,7 @@ from chalice.test import Client
 from app import app
 from chalicelib.config import Settings
 from chalicelib.processor import BatchFailed
+from chalicelib.records import StreamViewType
 from chalicelib.runtime import processor_for
 from localdev.events import StreamEventFactory, lambda_event, to_wire
 from localdev.invoker import FUNCTION_NAME
@@ -172,6 +173,28 @@ def test_malformed_record_in_the_middle_of_a_batch(make_table, invoker, stream_r
     everything = log_sink.getvalue()
     for value in [*emails, "private-0@example.net", "example.net", "gmail", "@"]:
         assert value not in everything, f"{value!r} leaked into the logs"
+
+
+@pytest.mark.parametrize("view_type", ["NEW_AND_OLD_IMAGES", "KEYS_ONLY"])
+def test_a_key_that_does_not_fit_the_table_is_rejected_and_the_shard_goes_on(make_table, invoker, view_type):
+    table = make_table(view_type=view_type)
+    good = StreamEventFactory(table_name=table.name, view_type=StreamViewType(view_type))
+    alien = StreamEventFactory(table_name=table.name, key_names=("Tenant", "Seq"), view_type=StreamViewType(view_type))
+    put(table, Id="a", Email="a@gmail.com")
+    put(table, Id="b", Email="b@example.com")
+    bad = alien.insert({"Tenant": "t", "Seq": 1, "Email": "t@gmail.com"})
+    event = lambda_event(
+        [good.insert({"Id": "a", "Email": "a@gmail.com"}), bad, good.insert({"Id": "b", "Email": "b@example.com"})]
+    )
+    seen = len(invoker.collector.summaries)
+
+    assert invoker(event) == {"batchItemFailures": []}
+
+    assert get(table, Id="a")["IsPersonalEmail"] is True
+    assert get(table, Id="b")["IsPersonalEmail"] is False
+    [summary] = invoker.collector.summaries[seen:]
+    assert (summary["rejected"], summary["failed"], summary["writes"]) == (1, 0, 2)
+    assert summary["rejected_sequence_numbers"] == [bad["dynamodb"]["SequenceNumber"]]
 
 
 def test_factory_events_through_the_chalice_client(make_table, invoker):
