@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from chalicelib.config import Settings
+
+if TYPE_CHECKING:
+    from chalicelib.processor import StreamProcessor
 
 SERVICE = "email-checker"
 
 
 @lru_cache(maxsize=4)
-def processor_for(settings: Settings):  # noqa: ANN201 - the import of StreamProcessor is deferred (cold start)
-    """The stage's processor, built on first use and kept for the life of the execution environment."""
+def processor_for(settings: Settings) -> StreamProcessor:
+    """The stage's processor, built on first use and kept for the life of the execution environment.
+
+    boto3, Powertools and the domain list are imported here, not at module level, so importing `app.py` stays cheap.
+    """
     import boto3
     from aws_lambda_powertools import Logger, Metrics
 

@@ -47,8 +47,9 @@ def totals(summaries):
     return {field: sum(s[field] for s in summaries) for field in ("records", "writes", "superseded", "malformed")}
 
 
-def test_walkthrough(make_table, drain):
-    table = make_table()
+@pytest.mark.parametrize("view_type", ["NEW_AND_OLD_IMAGES", "NEW_IMAGE"])
+def test_walkthrough(make_table, drain, view_type):
+    table = make_table(view_type=view_type)
     put(table, Id="ID1", Email="john@example.com")
     put(table, Id="ID2", Email="john@gmail.com")
     first = drain(table)
@@ -295,3 +296,18 @@ def test_without_partial_failure_reporting_the_handler_raises(make_table, invoke
     finally:
         restore()
     assert get(table, Id="ok")["IsPersonalEmail"] is True
+
+
+def test_metrics_are_emitted_in_embedded_metric_format(make_table, capsys):
+    table = make_table()
+    factory = StreamEventFactory(table_name=table.name)
+    put(table, Id="m", Email="m@gmail.com")
+    capsys.readouterr()
+    Client(app, stage_name="dev", project_dir=str(ROOT)).lambda_.invoke(
+        FUNCTION_NAME, factory.event(factory.insert({"Id": "m", "Email": "m@gmail.com"}))
+    )
+    [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [directive] = emf["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "EmailChecker"
+    assert {m["Name"] for m in directive["Metrics"]} >= {"Records", "WritesApplied", "Superseded", "Failed"}
+    assert emf["Records"] == [1.0] and emf["WritesApplied"] == [1.0] and emf["Failed"] == [0.0]
