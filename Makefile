@@ -5,10 +5,14 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: demo test lint format domains policies deps check-java clean
+.PHONY: demo run test soak lint format domains policies deps check-java clean
 
 demo: deps check-java
 	@$(BIN)/python -m localdev.demo
+
+# Long-running local mode: DynamoDB Local (data in .state/) and the local event source mapping, until Ctrl-C.
+run: deps check-java
+	@$(BIN)/python -m localdev.run $(ARGS)
 
 test: deps check-java
 	$(BIN)/ruff check .

@@ -47,6 +47,16 @@ class EmailClassifier:
         return len(self._domains)
 
     def is_personal_email(self, email: str) -> bool:
-        """True when the address's domain is exactly one of the personal domains."""
+        """True when the address's domain (or, for an IDN, its ASCII form) is exactly one of the personal domains."""
         domain = email_domain(email)
-        return bool(domain) and domain in self._domains
+        if domain in self._domains:
+            return True
+        return not domain.isascii() and ascii_domain(domain) in self._domains
+
+
+def ascii_domain(domain: str) -> str:
+    """An internationalised domain in the ASCII (punycode) form the list uses; "" if it is not a valid IDN."""
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""

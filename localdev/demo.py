@@ -83,7 +83,6 @@ def run(verbose: bool = False) -> int:
     """Run the walkthrough; 0 when every step left the table as expected."""
     with DynamoDBLocal() as engine:
         os.environ.update(engine.environment())
-        from chalicelib.config import Settings
         from localdev.invoker import ChaliceInvoker
         from localdev.mapping import LocalEventSourceMapping
 
@@ -95,16 +94,8 @@ def run(verbose: bool = False) -> int:
         print(f"DynamoDB Local on {engine.endpoint}: table {table}, stream {view_type}")
 
         invoker = ChaliceInvoker(stage="dev", quiet=not verbose)
-        settings = Settings.from_environ(invoker.stage_environment)
-        mapping = LocalEventSourceMapping(
-            engine.streams_client(),
-            stream_arn,
-            invoker,
-            batch_size=settings.batch_size,
-            starting_position=settings.starting_position,
-            maximum_batching_window_in_seconds=settings.maximum_batching_window_in_seconds,
-            report_batch_item_failures=settings.report_batch_item_failures,
-        )
+        settings = invoker.settings
+        mapping = LocalEventSourceMapping.for_stage(engine.streams_client(), stream_arn, invoker, settings)
         print(f"local event source mapping: batch size {settings.batch_size}, from {settings.starting_position}\n")
         print(f"{'step':<45} {'records':>7} {'writes':>6}  IsPersonalEmail after")
         failures = 0

@@ -22,6 +22,18 @@ REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 
 
+def endpoint_environment(endpoint: str) -> dict[str, str]:
+    """Environment variables that point boto3 at a DynamoDB Local endpoint."""
+    return {
+        "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+        "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": endpoint,
+        "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }
+
+
 class PrerequisiteMissing(RuntimeError):
     """Something the local engine needs is not installed; the message says how to install it."""
 
@@ -122,14 +134,7 @@ class DynamoDBLocal:
 
     def environment(self) -> dict[str, str]:
         """Environment variables that point boto3 (and so the handler's own client) at this engine."""
-        return {
-            "AWS_ENDPOINT_URL_DYNAMODB": self.endpoint,
-            "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": self.endpoint,
-            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-        }
+        return endpoint_environment(self.endpoint)
 
     def client(self, config: Config | None = None, service: str = "dynamodb") -> Any:
         """A boto3 client for this engine (`dynamodb` or `dynamodbstreams`)."""
@@ -156,3 +161,12 @@ def create_table(client: Any, definition: dict[str, Any]) -> str:
         TableName=definition["TableName"], WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
     )
     return client.describe_table(TableName=definition["TableName"])["Table"].get("LatestStreamArn", "")
+
+
+def ensure_table(client: Any, definition: dict[str, Any]) -> str:
+    """The table's stream ARN, creating the table first if it does not exist (a restart on disk finds it)."""
+    try:
+        table = client.describe_table(TableName=definition["TableName"])["Table"]
+    except client.exceptions.ResourceNotFoundException:
+        return create_table(client, definition)
+    return table.get("LatestStreamArn", "")

@@ -6,12 +6,14 @@ import contextlib
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from chalice.test import Client
 
+from chalicelib.config import Settings
 from chalicelib.processor import BatchReport
 from chalicelib.runtime import SERVICE
 
@@ -24,14 +26,18 @@ class SummaryCollector(logging.Handler):
 
     FIELDS = tuple(BatchReport().summary())
 
-    def __init__(self) -> None:
+    def __init__(self, on_summary: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(level=logging.INFO)
         self.summaries: list[dict[str, Any]] = []
+        self.on_summary = on_summary
 
     def emit(self, record: logging.LogRecord) -> None:
         """Keep the summary fields of a batch line; ignore other lines."""
         if record.getMessage() == "batch processed":
-            self.summaries.append({name: getattr(record, name, None) for name in self.FIELDS})
+            summary = {name: getattr(record, name, None) for name in self.FIELDS}
+            self.summaries.append(summary)
+            if self.on_summary is not None:
+                self.on_summary(summary)
 
 
 class ChaliceInvoker:
@@ -42,6 +48,7 @@ class ChaliceInvoker:
 
         self._client = Client(app, stage_name=stage, project_dir=str(ROOT))
         self.stage_environment = {**os.environ, **self._client.lambda_._config.environment_variables}
+        self.settings = Settings.from_environ(self.stage_environment)
         self.quiet = quiet
         self.collector = SummaryCollector()
         if quiet:

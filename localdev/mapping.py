@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from localdev.events import lambda_event, lambda_record
 
@@ -99,6 +99,20 @@ class LocalEventSourceMapping:
         self._shards: dict[str, ShardState] = {}
         self._saved = checkpoints.load(stream_arn) if checkpoints else {}
         self.stats = MappingStats()
+
+    @classmethod
+    def for_stage(cls, streams_client: Any, stream_arn: str, invoke: Invoke, settings: Any, **options: Any) -> Self:
+        """A mapping with the stage's batch size, starting position, batching window and failure reporting."""
+        return cls(
+            streams_client,
+            stream_arn,
+            invoke,
+            batch_size=settings.batch_size,
+            starting_position=settings.starting_position,
+            maximum_batching_window_in_seconds=settings.maximum_batching_window_in_seconds,
+            report_batch_item_failures=settings.report_batch_item_failures,
+            **options,
+        )
 
     def _refresh_shards(self) -> None:
         request: dict[str, Any] = {"StreamArn": self.stream_arn}

@@ -63,3 +63,19 @@ def test_stage_can_extend_and_trim_the_default_list():
     assert classifier.is_personal_email("x@corp-personal.example")
     assert not classifier.is_personal_email("x@gmail.com")
     assert classifier.is_personal_email("x@yahoo.com")
+
+
+def test_internationalised_domains_match_their_ascii_form():
+    classifier = EmailClassifier(personal_domain_set(only={"xn--bcher-kva.de", "xn--d1acpjx3f.xn--p1ai"}))
+    assert classifier.is_personal_email("leser@bücher.de")
+    assert classifier.is_personal_email("Leser@BÜCHER.DE")
+    assert classifier.is_personal_email("пользователь@яндекс.рф")
+    assert classifier.is_personal_email("leser@xn--bcher-kva.de")
+    assert not classifier.is_personal_email("leser@bucher.de")
+
+
+def test_lookalike_and_invalid_internationalised_domains_are_not_personal():
+    # A dotted capital I lower-cases to "i" plus a combining dot: a different domain from gmail.com.
+    assert not DEFAULT.is_personal_email("john@GMAİL.COM")
+    assert not DEFAULT.is_personal_email("john@ü..de")
+    assert not DEFAULT.is_personal_email("john@" + "ü" * 80 + ".de")

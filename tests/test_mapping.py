@@ -83,3 +83,72 @@ def test_a_restarted_mapping_resumes_after_its_checkpoint(engine, make_table, tm
     assert len(first.batches) == 1 and len(second.batches) == 1
     assert second.batches[0] != first.batches[0]
     assert int(second.batches[0][0]) > int(first.batches[0][-1])
+
+
+PARENT = "shardId-00000001795494179909-aaaaaaaa"
+CHILD = "shardId-00000001795494180000-bbbbbbbb"
+FIRST, SECOND = "000000000000000000100", "000000000000000000200"
+
+
+def _shard(shard_id, parent=None):
+    shard = {"ShardId": shard_id, "SequenceNumberRange": {"StartingSequenceNumber": "000000000000000000001"}}
+    if parent:
+        shard["ParentShardId"] = parent
+    return shard
+
+
+def _stream_record(sequence_number):
+    return {
+        "eventID": f"event-{sequence_number}",
+        "eventName": "INSERT",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "Keys": {"Id": {"S": "k"}},
+            "SequenceNumber": sequence_number,
+            "SizeBytes": 10,
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+    }
+
+
+def test_a_child_shard_waits_until_its_closed_parent_is_drained():
+    """Shard rollover can't be produced on demand by DynamoDB Local: the Streams API is scripted with Stubber."""
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    streams = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").client(
+        "dynamodbstreams"
+    )
+    arn = "arn:aws:dynamodb:us-east-1:1:table/Users/stream/label"
+    # The child is listed first: order in DescribeStream must not matter, lineage must.
+    description = {"StreamDescription": {"Shards": [_shard(CHILD, parent=PARENT), _shard(PARENT)]}}
+    stub = Stubber(streams)
+    # Poll 1: only the parent is ready; it returns a record and is then closed (no NextShardIterator).
+    stub.add_response("describe_stream", description, {"StreamArn": arn})
+    stub.add_response(
+        "get_shard_iterator",
+        {"ShardIterator": "p-it"},
+        {"StreamArn": arn, "ShardId": PARENT, "ShardIteratorType": "TRIM_HORIZON"},
+    )
+    stub.add_response("get_records", {"Records": [_stream_record(FIRST)]}, {"ShardIterator": "p-it", "Limit": ANY})
+    # Poll 2: the parent is drained, so now the child is read.
+    stub.add_response("describe_stream", description, {"StreamArn": arn})
+    stub.add_response(
+        "get_shard_iterator",
+        {"ShardIterator": "c-it"},
+        {"StreamArn": arn, "ShardId": CHILD, "ShardIteratorType": "TRIM_HORIZON"},
+    )
+    stub.add_response(
+        "get_records",
+        {"Records": [_stream_record(SECOND)], "NextShardIterator": "c-it2"},
+        {"ShardIterator": "c-it", "Limit": ANY},
+    )
+    handler = Recorder()
+    mapping = LocalEventSourceMapping(streams, arn, handler)
+    with stub:
+        assert mapping.poll() == 1
+        assert mapping.poll() == 1
+    stub.assert_no_pending_responses()
+    assert handler.batches == [[FIRST], [SECOND]]

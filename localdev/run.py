@@ -1,0 +1,140 @@
+"""Long-running local mode: DynamoDB Local (data kept on disk) plus the local event source mapping, until Ctrl-C.
+
+    python -m localdev.run                 # or: make run
+    python -m localdev.run --endpoint http://127.0.0.1:8000   # follow a DynamoDB Local that is already running
+
+Write to the table with the AWS CLI or your own code and watch each batch's outcome. Checkpoints are kept per shard,
+so a restart resumes after the last fully processed batch (at-least-once, like Lambda).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from localdev.dynamodb_local import (
+    CREDENTIALS,
+    REGION,
+    DynamoDBLocal,
+    PrerequisiteMissing,
+    endpoint_environment,
+    ensure_table,
+    free_port,
+    table_definition,
+)
+
+STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
+PREFERRED_PORT = 8000
+
+
+def describe_batch(summary: dict[str, Any]) -> str:
+    """One line per batch: counts and outcomes only, never an attribute value."""
+    events = ", ".join(f"{name} {count}" for name, count in sorted((summary["records_by_event"] or {}).items()))
+    line = (
+        f"[{time.strftime('%H:%M:%S')}] batch of {summary['records']} record(s) ({events or 'none decodable'}): "
+        f"{summary['writes']} write(s), {summary['already_correct']} already correct, "
+        f"{summary['superseded']} superseded, {summary['failed']} failed"
+    )
+    extras = [f"{summary[name]} {name}" for name in ("rejected", "malformed") if summary.get(name)]
+    return line + (", " + ", ".join(extras) if extras else "") + f" in {summary['duration_ms']:.1f} ms"
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def run(args: argparse.Namespace, stop: threading.Event) -> int:
+    """Start (or attach to) the engine, ensure the table, and follow its stream until `stop` is set."""
+    import boto3
+
+    with ExitStack() as cleanup:
+        if args.endpoint:
+            endpoint = args.endpoint
+        else:
+            port = args.port or (PREFERRED_PORT if port_is_free(PREFERRED_PORT) else free_port())
+            engine = cleanup.enter_context(DynamoDBLocal(db_path=args.data_dir, port=port))
+            endpoint = engine.endpoint
+        os.environ.update(endpoint_environment(endpoint))
+        session = boto3.session.Session(region_name=REGION, **CREDENTIALS)
+        client = session.client("dynamodb", endpoint_url=endpoint)
+        definition = table_definition(TableName=args.table)
+        stream_arn = ensure_table(client, definition)
+        if not stream_arn:
+            print(f"error: table {args.table} has no stream; enable NEW_AND_OLD_IMAGES on it", file=sys.stderr)
+            return 2
+
+        from localdev.invoker import ChaliceInvoker
+        from localdev.mapping import CheckpointStore, LocalEventSourceMapping
+
+        invoker = ChaliceInvoker(stage=args.stage, quiet=not args.verbose)
+        console = sys.stdout  # the summaries arrive while the quiet invoker has stdout redirected
+        invoker.collector.on_summary = lambda summary: print(describe_batch(summary), file=console, flush=True)
+        cleanup.callback(invoker.close)
+        args.checkpoints.parent.mkdir(parents=True, exist_ok=True)
+        settings = invoker.settings
+        mapping = LocalEventSourceMapping.for_stage(
+            session.client("dynamodbstreams", endpoint_url=endpoint),
+            stream_arn,
+            invoker,
+            settings,
+            checkpoints=CheckpointStore(args.checkpoints),
+        )
+        storage = "in memory" if args.endpoint else f"data in {args.data_dir}"
+        print(f"DynamoDB Local: {endpoint} ({storage})")
+        print(f"table {args.table}, stream {stream_arn}")
+        print(
+            f"following it as stage {args.stage}: batch size {settings.batch_size}, from "
+            f"{settings.starting_position}, batching window {settings.maximum_batching_window_in_seconds} s; "
+            f"checkpoints in {args.checkpoints}"
+        )
+        print("try, from another terminal:")
+        print(
+            f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws dynamodb put-item --region {REGION} "
+            f"--endpoint-url {endpoint} --table-name {args.table} "
+            """--item '{"Id": {"S": "ID1"}, "Email": {"S": "john@gmail.com"}}'"""
+        )
+        print("Ctrl-C to stop", flush=True)
+        stats = mapping.run(stop)
+        print(f"stopped after {stats.batches} batch(es), {stats.records} record(s)", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", default="dev", help="the Chalice stage whose settings to use (default dev)")
+    parser.add_argument("--table", default=table_definition()["TableName"])
+    parser.add_argument("--port", type=int, help=f"DynamoDB Local's port (default {PREFERRED_PORT} if free)")
+    parser.add_argument("--data-dir", type=Path, default=STATE_DIR / "dynamodb", help="where DynamoDB Local keeps data")
+    parser.add_argument("--endpoint", help="follow an already running DynamoDB Local instead of starting one")
+    parser.add_argument("--checkpoints", type=Path, default=STATE_DIR / "checkpoints.json")
+    parser.add_argument("--verbose", action="store_true", help="also print the handler's JSON log lines and metrics")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    # Ctrl-C and SIGTERM finish the batch in hand, then stop the engine cleanly.
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop.set())
+    try:
+        return run(args, stop)
+    except PrerequisiteMissing as missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
