@@ -43,10 +43,10 @@ class SummaryCollector(logging.Handler):
 class ChaliceInvoker:
     """Calls the app's stream handler with a Lambda event, under the stage's environment variables."""
 
-    def __init__(self, stage: str = "dev", quiet: bool = True) -> None:
+    def __init__(self, stage: str = "dev", quiet: bool = True, project_dir: Path = ROOT) -> None:
         from app import app
 
-        self._client = Client(app, stage_name=stage, project_dir=str(ROOT))
+        self._client = Client(app, stage_name=stage, project_dir=str(project_dir))
         self.stage_environment = {**os.environ, **self._client.lambda_._config.environment_variables}
         self.settings = Settings.from_environ(self.stage_environment)
         self.quiet = quiet

@@ -92,6 +92,30 @@ def invoker(engine):
 
 
 @pytest.fixture
+def stage_invoker(engine, tmp_path):
+    """A handler invoker for a copy of the project config whose dev stage has some variables overridden."""
+    import shutil
+
+    from localdev.invoker import ROOT, ChaliceInvoker
+
+    made = []
+
+    def make(**overrides: str) -> ChaliceInvoker:
+        project = tmp_path / f"project-{len(made)}"
+        shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployments"))
+        config_path = project / ".chalice" / "config.json"
+        config = json.loads(config_path.read_text())
+        config["stages"]["dev"]["environment_variables"].update(overrides)
+        config_path.write_text(json.dumps(config))
+        made.append(ChaliceInvoker(stage="dev", project_dir=project))
+        return made[-1]
+
+    yield make
+    for handler in made:
+        handler.close()
+
+
+@pytest.fixture
 def drain(engine, invoker):
     """Run a local event source mapping (one per stream, kept across calls) until the stream is caught up; the
     summaries of the batches it delivered."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from botocore.awsrequest import AWSResponse
 from chalice.test import Client
 
 from app import app
-from chalicelib.config import Settings
 from chalicelib.processor import BatchFailed
 from chalicelib.records import StreamViewType
 from chalicelib.runtime import processor_for
@@ -230,17 +228,6 @@ def test_streams_without_new_images_read_the_current_items(make_table, drain, vi
     assert sum(s["writes"] for s in summaries) == 2
 
 
-@pytest.fixture
-def reporting_client(tmp_path):
-    """A Chalice test client for a copy of the project config whose dev stage reports batch item failures."""
-    shutil.copytree(ROOT / ".chalice", tmp_path / ".chalice", ignore=shutil.ignore_patterns("deployments"))
-    config_path = tmp_path / ".chalice" / "config.json"
-    config = json.loads(config_path.read_text())
-    config["stages"]["dev"]["environment_variables"]["REPORT_BATCH_ITEM_FAILURES"] = "true"
-    config_path.write_text(json.dumps(config))
-    return Client(app, stage_name="dev", project_dir=str(tmp_path)), config["stages"]["dev"]["environment_variables"]
-
-
 def inject_update_failures(processor, failing_ids):
     """Make UpdateItem fail for the given Ids with a non-retryable 500, before it reaches the engine."""
 
@@ -269,14 +256,14 @@ def failing_batch(table):
     return factory.event(*records), records
 
 
-def test_partial_failure_names_the_lowest_failed_sequence_number(make_table, reporting_client):
-    client, environment = reporting_client
+def test_partial_failure_names_the_lowest_failed_sequence_number(make_table, stage_invoker):
+    reporting = stage_invoker(REPORT_BATCH_ITEM_FAILURES="true")
     table = make_table()
     event, records = failing_batch(table)
-    processor = processor_for(Settings.from_environ(environment))
+    processor = processor_for(reporting.settings)
     restore = inject_update_failures(processor, {"bad1", "bad2"})
     try:
-        response = client.lambda_.invoke(FUNCTION_NAME, event).payload
+        response = reporting(event)
     finally:
         restore()
     # bad2's first record (the second of the batch) is the lowest among the failed items' records.
@@ -288,7 +275,7 @@ def test_partial_failure_names_the_lowest_failed_sequence_number(make_table, rep
 def test_without_partial_failure_reporting_the_handler_raises(make_table, invoker):
     table = make_table()
     event, _ = failing_batch(table)
-    processor = processor_for(Settings.from_environ(invoker.stage_environment))
+    processor = processor_for(invoker.settings)
     restore = inject_update_failures(processor, {"bad1"})
     try:
         with pytest.raises(BatchFailed, match="REPORT_BATCH_ITEM_FAILURES"):
