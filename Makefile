@@ -19,6 +19,10 @@ test: deps check-java
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+# The long versions of the reliability tests (more histories, more client threads and operations).
+soak: deps check-java
+	EMAIL_CHECKER_SOAK=1 $(BIN)/python -m pytest tests/test_reliability.py -p no:logging
+
 lint: deps
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
