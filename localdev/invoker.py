@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from chalice.cli.factory import CLIFactory
 from chalice.test import Client
 
 from chalicelib.config import Settings
@@ -47,7 +48,9 @@ class ChaliceInvoker:
         from app import app
 
         self._client = Client(app, stage_name=stage, project_dir=str(project_dir))
-        self.stage_environment = {**os.environ, **self._client.lambda_._config.environment_variables}
+        # The variables Lambda would see for this function, resolved by Chalice itself (the test client does the same).
+        config = CLIFactory(str(project_dir)).create_config_obj(chalice_stage_name=stage)
+        self.stage_environment = {**os.environ, **config.scope(stage, FUNCTION_NAME).environment_variables}
         self.settings = Settings.from_environ(self.stage_environment)
         self.quiet = quiet
         self.collector = SummaryCollector()
