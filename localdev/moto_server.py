@@ -13,18 +13,17 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import boto3
 
-from localdev.dynamodb_local import free_port
+from localdev.dynamodb_local import ServerProcess, free_port, stop_process
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """One `moto.server` process; its request log goes to a file (a pipe nobody reads would fill and stall it)."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -62,22 +61,9 @@ class MotoServer:
     def stop(self) -> None:
         """Stop the emulator and wait for it to exit."""
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None
         self._log_dir.cleanup()
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def environment(self) -> dict[str, str]:
         """Environment variables that send every AWS SDK and CLI call to this emulator, with dummy credentials."""
