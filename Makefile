@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: demo test lint format domains policies merge-template deps check-java clean
+.PHONY: demo test lint format domains policies deps check-java clean
 
 demo: deps check-java
 	@$(BIN)/python -m localdev.demo
@@ -30,6 +30,7 @@ policies: deps
 	$(BIN)/python -m tools.stage policies
 
 # Regenerate deploy/merge-template.json (the `chalice package --merge-template` file) from schema/users-table.json.
+.PHONY: merge-template
 merge-template: deps
 	$(BIN)/python -m tools.stage merge-template
 
