@@ -37,6 +37,11 @@ domains: deps
 policies: deps
 	$(BIN)/python -m tools.stage policies
 
+# Regenerate deploy/merge-template.json (the `chalice package --merge-template` file) from schema/users-table.json.
+.PHONY: merge-template
+merge-template: deps
+	$(BIN)/python -m tools.stage merge-template
+
 deps: $(PY_STAMP) $(NPM_STAMP)
 
 $(PY_STAMP): requirements.txt requirements-dev.txt

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import boto3
 from botocore.config import Config
@@ -61,7 +61,37 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class DynamoDBLocal:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Ask a server process to exit, wait up to 15 s, then kill it."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class ServerProcess:
+    """A local server process used as a context manager: started on entry, stopped on exit."""
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Start the server and wait until it answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server and wait for it to exit."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class DynamoDBLocal(ServerProcess):
     """One DynamoDB Local process: in memory, or on disk under `db_path` so a restart finds its tables again."""
 
     def __init__(self, db_path: Path | None = None, port: int | None = None) -> None:
@@ -114,23 +144,10 @@ class DynamoDBLocal:
         """Stop the engine and wait for it to exit."""
         if self._process is None:
             return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process)
         if self._process.stderr:
             self._process.stderr.close()
         self._process = None
-
-    def __enter__(self) -> DynamoDBLocal:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def environment(self) -> dict[str, str]:
         """Environment variables that point boto3 (and so the handler's own client) at this engine."""

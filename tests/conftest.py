@@ -155,3 +155,10 @@ def stream_records(engine):
         return sorted(records, key=lambda r: int(r["dynamodb"]["SequenceNumber"]))
 
     return read
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    from tests.projects import copy_project
+
+    return copy_project(tmp_path / "project")

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.projects import chalice, stage_tool
 from tools import stage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,28 +49,6 @@ def test_a_non_stream_arn_is_refused(bad):
         stage.split_stream_arn(bad)
 
 
-@pytest.fixture
-def project_copy(tmp_path):
-    for name in ("app.py", "chalicelib", "requirements.txt", ".chalice", "tools"):
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("deployments", "__pycache__"))
-        else:
-            shutil.copy(source, tmp_path / name)
-    return tmp_path
-
-
-def chalice(project: Path, *args: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "AWS_DEFAULT_REGION": "eu-west-1"}
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "chalice"), "--project-dir", str(project), *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=300,
-    )
-
-
 def test_package_without_a_stream_arn_stops_and_names_the_key(project_copy, tmp_path):
     result = chalice(project_copy, "package", "--stage", "dev", str(tmp_path / "out"))
     assert result.returncode != 0
@@ -82,12 +57,7 @@ def test_package_without_a_stream_arn_stops_and_names_the_key(project_copy, tmp_
 
 
 def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "tools.stage", "bind", "--stage", "prod", "--stream-arn", ARN],
-        cwd=project_copy,
-        check=True,
-        capture_output=True,
-    )
+    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
     result = chalice(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     template = json.loads((tmp_path / "out" / "sam.json").read_text())

@@ -1,23 +1,39 @@
-"""Stage configuration: bind a stage to a stream ARN, and derive its least-privilege IAM policy from that ARN.
+"""Stage configuration and the deploy steps around Chalice: bind a stage to a stream, derive its IAM policy, and
+give the deployed event source mapping the failure handling Chalice can't set.
 
+python -m tools.stage enable-stream --stage prod --table-name Users   # UpdateTable (NEW_AND_OLD_IMAGES), then bind
 python -m tools.stage bind --stage dev --stream-arn arn:aws:dynamodb:...:table/Users/stream/2026-...
-python -m tools.stage policies        # regenerate every .chalice/policy-<stage>.json
+python -m tools.stage policies         # regenerate every .chalice/policy-<stage>.json
+python -m tools.stage apply-failure-handling --stage prod   # after `chalice deploy`: queue, mapping settings, env
+python -m tools.stage merge-template   # regenerate deploy/merge-template.json from schema/users-table.json
+python -m tools.stage package --stage prod [--create-table] out/   # `chalice package` with the merge template
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from chalicelib.config import UNBOUND_STREAM_ARN
+from tools import failure_handling
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = ROOT / ".chalice"
 CONFIG = CHALICE_DIR / "config.json"
+DEPLOYED_DIR = CHALICE_DIR / "deployed"
 HANDLER = "sync_is_personal_email"
+STREAM_VIEW_TYPE = "NEW_AND_OLD_IMAGES"
+# What `chalice package` bundles, plus the project config: copied into a scratch project by `package`.
+PACKAGED_PATHS = ("app.py", "chalicelib", "vendor", "requirements.txt")
+LOG_WRITES = ["logs:CreateLogStream", "logs:PutLogEvents"]
 
 
 def split_stream_arn(stream_arn: str) -> tuple[str, str, str, str]:
@@ -29,39 +45,72 @@ def split_stream_arn(stream_arn: str) -> tuple[str, str, str, str]:
     return parts[1], parts[3], parts[4], resource[1]
 
 
-def policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
-    """The function's policy: only the actions the code and the event source mapping use, on known ARNs."""
+def policy_statements(
+    table_arn: Any,
+    stream_arn: Any,
+    list_streams_arn: Any,
+    log_actions: list[str],
+    log_resources: Any,
+    failure_queue_arn: Any = None,
+) -> list[dict[str, Any]]:
+    """The function's least-privilege statements; each ARN is a string or a CloudFormation intrinsic."""
+    statements = [
+        {
+            "Sid": "KeepTheFlagInSync",
+            "Effect": "Allow",
+            "Action": ["dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
+            "Resource": table_arn,
+        },
+        {
+            "Sid": "ReadTheStream",
+            "Effect": "Allow",
+            "Action": ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
+            "Resource": stream_arn,
+        },
+        {
+            "Sid": "FindTheStream",
+            "Effect": "Allow",
+            "Action": ["dynamodb:ListStreams"],
+            "Resource": list_streams_arn,
+        },
+    ]
+    if failure_queue_arn:
+        # The mapping sends a discarded batch's pointer to its on-failure destination with the function's role.
+        statements.append(
+            {
+                "Sid": "ReportDiscardedBatches",
+                "Effect": "Allow",
+                "Action": ["sqs:SendMessage"],
+                "Resource": failure_queue_arn,
+            }
+        )
+    statements.append(
+        {
+            "Sid": "WriteLogs",
+            "Effect": "Allow",
+            "Action": log_actions,
+            "Resource": log_resources,
+        }
+    )
+    return statements
+
+
+def policy_document(app_name: str, stage: str, stream_arn: str, failure_queue_arn: str = "") -> dict[str, Any]:
+    """The `chalice deploy` function's policy: only the actions the code and the mapping use, on known ARNs."""
     partition, region, account, table = split_stream_arn(stream_arn)
     table_arn = f"arn:{partition}:dynamodb:{region}:{account}:table/{table}"
     log_group = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{app_name}-{stage}-{HANDLER}"
     return {
         "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "KeepTheFlagInSync",
-                "Effect": "Allow",
-                "Action": ["dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
-                "Resource": table_arn,
-            },
-            {
-                "Sid": "ReadTheStream",
-                "Effect": "Allow",
-                "Action": ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
-                "Resource": stream_arn,
-            },
-            {
-                "Sid": "FindTheStream",
-                "Effect": "Allow",
-                "Action": ["dynamodb:ListStreams"],
-                "Resource": f"{table_arn}/stream/*",
-            },
-            {
-                "Sid": "WriteLogs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": [log_group, f"{log_group}:log-stream:*"],
-            },
-        ],
+        "Statement": policy_statements(
+            table_arn,
+            stream_arn,
+            f"{table_arn}/stream/*",
+            # Lambda creates the function's log group on its first write when `chalice deploy` made the function.
+            ["logs:CreateLogGroup", *LOG_WRITES],
+            [log_group, f"{log_group}:log-stream:*"],
+            failure_queue_arn,
+        ),
     }
 
 
@@ -75,9 +124,17 @@ def stage_stream_arn(config: dict[str, Any], stage: str) -> str:
     return config["stages"][stage].get("environment_variables", {}).get("STREAM_ARN") or UNBOUND_STREAM_ARN
 
 
+def stage_variables(config: dict[str, Any], stage: str) -> dict[str, str]:
+    """The stage's environment variables (created empty if missing); ValueError for an unknown stage."""
+    if stage not in config["stages"]:
+        raise ValueError(f"no stage {stage!r} in .chalice/config.json (stages: {', '.join(config['stages'])})")
+    return config["stages"][stage].setdefault("environment_variables", {})
+
+
 def expected_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The policy a stage's file must hold, derived from its STREAM_ARN."""
-    return policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
+    """The policy a stage's file must hold, derived from its STREAM_ARN and FAILURE_QUEUE_ARN."""
+    failure_queue_arn = config["stages"][stage].get("environment_variables", {}).get("FAILURE_QUEUE_ARN", "")
+    return policy_document(config["app_name"], stage, stage_stream_arn(config, stage), failure_queue_arn)
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
@@ -99,11 +156,131 @@ def bind(stage: str, stream_arn: str) -> None:
     """Set a stage's STREAM_ARN in .chalice/config.json and regenerate the policies."""
     split_stream_arn(stream_arn)
     config = load_config()
-    if stage not in config["stages"]:
-        raise ValueError(f"no stage {stage!r} in .chalice/config.json (stages: {', '.join(config['stages'])})")
-    config["stages"][stage].setdefault("environment_variables", {})["STREAM_ARN"] = stream_arn
+    stage_variables(config, stage)["STREAM_ARN"] = stream_arn
     write_json(CONFIG, config)
     write_policies(config)
+
+
+def enable_stream(stage: str, table_name: str) -> str:
+    """Turn on the table's stream (NEW_AND_OLD_IMAGES) unless it is on already, bind the stage to it; its ARN."""
+    stage_variables(load_config(), stage)
+    dynamodb = boto3.session.Session().client("dynamodb")
+    table = dynamodb.describe_table(TableName=table_name)["Table"]
+    stream = table.get("StreamSpecification", {})
+    if stream.get("StreamEnabled"):
+        if stream["StreamViewType"] != STREAM_VIEW_TYPE:
+            # Changing the view type means disabling the stream (its unread records are lost): never done for you.
+            print(
+                f"note: the stream is {stream['StreamViewType']}; the handler reads each changed item back "
+                f"(one read per item), where {STREAM_VIEW_TYPE} would need none",
+                file=sys.stderr,
+            )
+        stream_arn = table["LatestStreamArn"]
+    else:
+        specification = {"StreamEnabled": True, "StreamViewType": STREAM_VIEW_TYPE}
+        updated = dynamodb.update_table(TableName=table_name, StreamSpecification=specification)
+        stream_arn = updated["TableDescription"]["LatestStreamArn"]
+        dynamodb.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    bind(stage, stream_arn)
+    return stream_arn
+
+
+def deployed_resources(stage: str) -> dict[str, dict[str, Any]]:
+    """What `chalice deploy` recorded for the stage, by resource type (iam_role, lambda_function, dynamodb_event)."""
+    record = DEPLOYED_DIR / f"{stage}.json"
+    if not record.exists():
+        raise ValueError(f"stage {stage!r} has no {record.relative_to(ROOT)}: run `chalice deploy --stage {stage}`")
+    return {resource["resource_type"]: resource for resource in json.loads(record.read_text())["resources"]}
+
+
+def failure_queue_name(app_name: str, stage: str) -> str:
+    """The `chalice deploy` path's on-failure queue."""
+    return f"{app_name}-{stage}-stream-failures"
+
+
+def ensure_failure_queue(sqs: Any, name: str) -> str:
+    """Create the encrypted, TLS-only on-failure queue, or find it; its ARN."""
+    attributes = {
+        "SqsManagedSseEnabled": "true",
+        "MessageRetentionPeriod": str(failure_handling.FAILURE_QUEUE_RETENTION_SECONDS),
+    }
+    queue_url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = json.dumps(failure_handling.https_only_queue_policy(queue_arn))
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": policy})
+    return queue_arn
+
+
+def apply_failure_handling(stage: str) -> str:
+    """Give a `chalice deploy`ed stage the packaged path's failure handling; the on-failure queue's ARN.
+
+    The queue's ARN goes into the stage (FAILURE_QUEUE_ARN) so the policy file, which every `chalice deploy`
+    re-attaches, keeps the send permission. REPORT_BATCH_ITEM_FAILURES is switched on in the deployed function only,
+    after the mapping reports partial failures: the stage keeps it off, so a later `chalice deploy` (which may
+    create a new mapping without FunctionResponseTypes) falls back to raising, never to answers nobody reads.
+    """
+    config = load_config()
+    variables = stage_variables(config, stage)
+    deployed = deployed_resources(stage)
+    session = boto3.session.Session()
+    queue_arn = ensure_failure_queue(session.client("sqs"), failure_queue_name(config["app_name"], stage))
+    variables["FAILURE_QUEUE_ARN"] = queue_arn
+    write_json(CONFIG, config)
+    write_policies(config)
+    role_name = deployed["iam_role"]["role_name"]
+    # Chalice names the role's inline policy after the role.
+    session.client("iam").put_role_policy(
+        RoleName=role_name, PolicyName=role_name, PolicyDocument=json.dumps(expected_policy(config, stage))
+    )
+    lambda_client = session.client("lambda")
+    lambda_client.update_event_source_mapping(
+        UUID=deployed["dynamodb_event"]["event_uuid"], **failure_handling.mapping_failure_handling(queue_arn)
+    )
+    function_arn = deployed["lambda_function"]["lambda_arn"]
+    environment = lambda_client.get_function_configuration(FunctionName=function_arn)["Environment"]["Variables"]
+    lambda_client.update_function_configuration(
+        FunctionName=function_arn, Environment={"Variables": {**environment, "REPORT_BATCH_ITEM_FAILURES": "true"}}
+    )
+    return queue_arn
+
+
+def package(stage: str, out: Path, create_table: bool) -> Path:
+    """`chalice package` with deploy/merge-template.json, the stack parameter defaulting to this stage's choice.
+
+    With `create_table` the stack makes the table, so the stage needs no STREAM_ARN: Chalice packages a scratch copy
+    of the project whose stage names the unbound placeholder, which the merge template replaces everywhere.
+    """
+    from tools.merge_template import CREATE, STREAM_PARAMETER, expected_merge_template
+
+    config = load_config()
+    variables = stage_variables(config, stage)
+    stream_arn = variables.get("STREAM_ARN", "")
+    if not create_table and not stream_arn:
+        raise ValueError(f"stage {stage!r} has no STREAM_ARN: run enable-stream or bind first, or pass --create-table")
+    merge_template = expected_merge_template()
+    merge_template["Parameters"][STREAM_PARAMETER]["Default"] = CREATE if create_table else stream_arn
+    with tempfile.TemporaryDirectory() as scratch:
+        project = Path(scratch)
+        for name in PACKAGED_PATHS:
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+            elif (ROOT / name).exists():
+                shutil.copy(ROOT / name, project / name)
+        shutil.copytree(CHALICE_DIR, project / ".chalice", ignore=shutil.ignore_patterns("deployed"))
+        if create_table:
+            stage_variables(config, stage)["STREAM_ARN"] = UNBOUND_STREAM_ARN
+            write_json(project / ".chalice" / "config.json", config)
+        write_json(project / "merge-template.json", merge_template)
+        chalice = Path(sys.executable).parent / "chalice"
+        command = [str(chalice), "--project-dir", str(project), "package", "--stage", stage]
+        command += ["--merge-template", str(project / "merge-template.json"), str(out.resolve())]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ValueError(f"chalice package failed:\n{result.stdout}{result.stderr}")
+    template = out / "sam.json"
+    if UNBOUND_STREAM_ARN in template.read_text():
+        raise ValueError(f"{template} still names the unbound placeholder stream: the merge template missed a place")
+    return template
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,17 +291,47 @@ def main(argv: list[str] | None = None) -> int:
     bind_parser.add_argument("--stage", required=True)
     bind_parser.add_argument("--stream-arn", required=True)
     commands.add_parser("policies", help="regenerate every stage's policy file")
+    enable_parser = commands.add_parser("enable-stream", help="turn on a table's stream and bind a stage to it")
+    enable_parser.add_argument("--stage", required=True)
+    enable_parser.add_argument("--table-name", required=True)
+    apply_parser = commands.add_parser(
+        "apply-failure-handling", help="give a `chalice deploy`ed mapping its failure handling and filter"
+    )
+    apply_parser.add_argument("--stage", required=True)
+    commands.add_parser("merge-template", help="regenerate deploy/merge-template.json from the table's schema")
+    package_parser = commands.add_parser("package", help="`chalice package` with the merge template")
+    package_parser.add_argument("--stage", required=True)
+    package_parser.add_argument("--create-table", action="store_true", help="the stack creates the users table")
+    package_parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     try:
-        if args.command == "bind":
-            bind(args.stage, args.stream_arn)
-            print(f"stage {args.stage} bound; .chalice/config.json and its policy file updated")
-        else:
-            for path in write_policies(load_config()):
-                print(f"wrote {path.relative_to(ROOT)}")
+        return run(args)
     except ValueError as problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out one parsed command."""
+    if args.command == "bind":
+        bind(args.stage, args.stream_arn)
+        print(f"stage {args.stage} bound; .chalice/config.json and its policy file updated")
+    elif args.command == "policies":
+        for path in write_policies(load_config()):
+            print(f"wrote {path.relative_to(ROOT)}")
+    elif args.command == "enable-stream":
+        stream_arn = enable_stream(args.stage, args.table_name)
+        print(f"stream {stream_arn} is on; stage {args.stage} bound to it (.chalice/config.json, policy file)")
+    elif args.command == "apply-failure-handling":
+        queue_arn = apply_failure_handling(args.stage)
+        print(f"mapping of stage {args.stage}: failure handling and filter applied, on-failure queue {queue_arn}")
+        print("run this again after every `chalice deploy` of the stage (it is idempotent)")
+    elif args.command == "merge-template":
+        from tools.merge_template import write_merge_template
+
+        print(f"wrote {write_merge_template().relative_to(ROOT)}")
+    else:
+        print(f"wrote {package(args.stage, args.out, args.create_table)}")
     return 0
 
 

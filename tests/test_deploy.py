@@ -1,0 +1,128 @@
+"""The `chalice deploy` path, run against moto's AWS emulator: enable the stream, deploy, read back, apply the
+failure handling, read back again, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.projects import chalice, stage_tool
+from tools import failure_handling, stage
+
+FUNCTION = "email-checker-dev-sync_is_personal_email"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    from localdev.moto_server import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def aws_environment(emulator, tmp_path):
+    """Only the emulator's endpoint and dummy credentials: no profile, no other endpoint, no real account."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    missing = str(tmp_path / "no-aws-config")
+    return {**environment, **emulator.environment(), "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing}
+
+
+def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, aws_environment, project_copy):
+    dynamodb = emulator.client("dynamodb")
+    dynamodb.create_table(
+        TableName="Users",
+        AttributeDefinitions=[{"AttributeName": "Id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "Id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    # 1. The console step, as a command: turn the stream on and bind the stage to it.
+    enabled = stage_tool(project_copy, "enable-stream", "--stage", "dev", "--table-name", "Users", env=aws_environment)
+    assert enabled.returncode == 0, enabled.stderr
+    table = dynamodb.describe_table(TableName="Users")["Table"]
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    stream_arn = table["LatestStreamArn"]
+    config = json.loads((project_copy / ".chalice" / "config.json").read_text())
+    assert config["stages"]["dev"]["environment_variables"]["STREAM_ARN"] == stream_arn
+    policy_file = json.loads((project_copy / ".chalice" / "policy-dev.json").read_text())
+    assert policy_file == stage.policy_document("email-checker", "dev", stream_arn)
+
+    # 2. chalice deploy, then read back what it made.
+    deployed = chalice(project_copy, "deploy", "--stage", "dev", env=aws_environment)
+    assert deployed.returncode == 0, deployed.stderr
+    lambda_client, iam = emulator.client("lambda"), emulator.client("iam")
+    function = lambda_client.get_function_configuration(FunctionName=FUNCTION)
+    assert function["Timeout"] == 60
+    variables = function["Environment"]["Variables"]
+    assert variables["STREAM_ARN"] == stream_arn
+    assert variables["BATCH_SIZE"] == "100" and variables["REPORT_BATCH_ITEM_FAILURES"] == "false"
+    role_name = function["Role"].rsplit("/", 1)[1]
+    attached = iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"]
+    assert attached == policy_file
+    # moto lists mappings by function ARN only (not by name, as Lambda also allows).
+    [mapping] = lambda_client.list_event_source_mappings(FunctionName=function["FunctionArn"])["EventSourceMappings"]
+    assert (mapping["EventSourceArn"], mapping["BatchSize"], mapping["StartingPosition"]) == (
+        stream_arn,
+        100,
+        "TRIM_HORIZON",
+    )
+    assert "FunctionResponseTypes" not in mapping and "DestinationConfig" not in mapping
+
+    # 3. The failure handling chalice deploy can't set, applied to the deployed mapping.
+    applied = stage_tool(project_copy, "apply-failure-handling", "--stage", "dev", env=aws_environment)
+    assert applied.returncode == 0, applied.stderr
+    sqs = emulator.client("sqs")
+    queue_url = sqs.get_queue_url(QueueName="email-checker-dev-stream-failures")["QueueUrl"]
+    queue = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert queue["SqsManagedSseEnabled"] == "true"
+    assert json.loads(queue["Policy"]) == failure_handling.https_only_queue_policy(queue["QueueArn"])
+    mapping = lambda_client.get_event_source_mapping(UUID=mapping["UUID"])
+    expected = failure_handling.mapping_failure_handling(queue["QueueArn"])
+    assert {key: mapping[key] for key in expected} == expected
+    assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, 100)
+    variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
+    assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
+    assert variables["STREAM_ARN"] == stream_arn  # the rest of the environment is kept
+    attached = iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"]
+    assert attached == stage.policy_document("email-checker", "dev", stream_arn, queue["QueueArn"])
+    config = json.loads((project_copy / ".chalice" / "config.json").read_text())
+    dev = config["stages"]["dev"]["environment_variables"]
+    # The stage remembers the queue (so the next deploy keeps the send permission) but not the partial-failure
+    # mode: a later chalice deploy falls back to raising until this command runs again.
+    assert dev["FAILURE_QUEUE_ARN"] == queue["QueueArn"] and dev["REPORT_BATCH_ITEM_FAILURES"] == "false"
+    assert json.loads((project_copy / ".chalice" / "policy-dev.json").read_text()) == attached
+
+    # 4. chalice delete removes the function, its mapping and its role.
+    deleted = chalice(project_copy, "delete", "--stage", "dev", env=aws_environment)
+    assert deleted.returncode == 0, deleted.stderr
+    assert lambda_client.list_functions()["Functions"] == []
+    assert lambda_client.list_event_source_mappings()["EventSourceMappings"] == []
+    assert [role["RoleName"] for role in iam.list_roles()["Roles"]] == []
+
+
+def test_apply_failure_handling_needs_a_deployed_stage(aws_environment, project_copy):
+    result = stage_tool(project_copy, "apply-failure-handling", "--stage", "prod", env=aws_environment)
+    assert result.returncode == 2
+    assert "chalice deploy --stage prod" in result.stderr
+
+
+def test_enable_stream_reuses_a_stream_that_is_already_on(emulator, aws_environment, project_copy):
+    dynamodb = emulator.client("dynamodb")
+    created = dynamodb.create_table(
+        TableName="Accounts",
+        AttributeDefinitions=[{"AttributeName": "Id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "Id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    stream_arn = created["TableDescription"]["LatestStreamArn"]
+    result = stage_tool(
+        project_copy, "enable-stream", "--stage", "prod", "--table-name", "Accounts", env=aws_environment
+    )
+    assert result.returncode == 0, result.stderr
+    assert dynamodb.describe_table(TableName="Accounts")["Table"]["LatestStreamArn"] == stream_arn
+    config = json.loads((project_copy / ".chalice" / "config.json").read_text())
+    assert config["stages"]["prod"]["environment_variables"]["STREAM_ARN"] == stream_arn

@@ -1,0 +1,233 @@
+"""The `chalice package` path: the merge template, what the packaged template holds, and cfn-lint on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.projects import BIN, ROOT, chalice, copy_project, stage_tool
+from tools import failure_handling, merge_template
+
+ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+TABLE_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
+SCHEMA = json.loads((ROOT / "schema" / "users-table.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stack_with_table(tmp_path_factory):
+    """The prod stage packaged by `tools.stage package --create-table`: (sam.json, out dir)."""
+    project = copy_project(tmp_path_factory.mktemp("create") / "project")
+    out = project.parent / "out"
+    result = stage_tool(project, "package", "--stage", "prod", "--create-table", str(out))
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "sam.json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def sam_to_cloudformation():
+    """Transform a packaged SAM template into the CloudFormation CloudFormation itself would run."""
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    def run(template):
+        template = json.loads(json.dumps(template))
+        # `aws cloudformation package` uploads deployment.zip and puts its S3 location here; SAM insists on one.
+        template["Resources"]["SyncIsPersonalEmail"]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
+        return transform(template, {}, NoManagedPolicies())
+
+    saved = os.environ.get("AWS_DEFAULT_REGION")
+    os.environ["AWS_DEFAULT_REGION"] = "eu-west-1"  # SAM resolves the pseudo parameters for one region
+    yield run
+    if saved is None:
+        os.environ.pop("AWS_DEFAULT_REGION")
+    else:
+        os.environ["AWS_DEFAULT_REGION"] = saved
+
+
+def cfn_lint(path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "cfn-lint"), str(path)], capture_output=True, text=True, timeout=300)
+
+
+def resolve(value, parameters, conditions):
+    """Evaluate the few intrinsics the merge template uses; GetAtt and Ref to resources stay symbolic."""
+    if isinstance(value, list):
+        return [resolve(item, parameters, conditions) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "Ref" in value:
+        return parameters.get(value["Ref"], f"<{value['Ref']}>")
+    if "Fn::GetAtt" in value:
+        return "<{}.{}>".format(*value["Fn::GetAtt"])
+    if "Fn::If" in value:
+        condition, when_true, when_false = value["Fn::If"]
+        return resolve(when_true if conditions[condition] else when_false, parameters, conditions)
+    if "Fn::Split" in value:
+        separator, text = value["Fn::Split"]
+        return resolve(text, parameters, conditions).split(separator)
+    if "Fn::Select" in value:
+        index, items = value["Fn::Select"]
+        return resolve(items, parameters, conditions)[index]
+    if "Fn::Join" in value:
+        separator, items = value["Fn::Join"]
+        return separator.join(resolve(items, parameters, conditions))
+    return {key: resolve(item, parameters, conditions) for key, item in value.items()}
+
+
+def test_the_committed_merge_template_is_the_one_the_schema_gives():
+    committed = json.loads((ROOT / "deploy" / "merge-template.json").read_text())
+    assert committed == merge_template.expected_merge_template(), "run `make merge-template`"
+
+
+def test_the_table_comes_from_the_schema_with_pitr_and_encryption():
+    properties = merge_template.table_properties(SCHEMA)
+    assert properties == {
+        "AttributeDefinitions": SCHEMA["AttributeDefinitions"],
+        "KeySchema": SCHEMA["KeySchema"],
+        "BillingMode": "PAY_PER_REQUEST",
+        "StreamSpecification": {"StreamViewType": "NEW_AND_OLD_IMAGES"},
+        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+        "SSESpecification": {"SSEEnabled": True},
+    }
+    with pytest.raises(ValueError, match="NEW_AND_OLD_IMAGES"):
+        merge_template.table_properties({**SCHEMA, "StreamSpecification": {"StreamEnabled": False}})
+
+
+def test_the_packaged_stack_holds_every_setting(stack_with_table):
+    template, _ = stack_with_table
+    resources = template["Resources"]
+    assert set(resources) == {
+        "SyncIsPersonalEmail",
+        "SyncIsPersonalEmailRole",
+        "UsersTable",
+        "StreamFailureQueue",
+        "StreamFailureQueuePolicy",
+        "SyncIsPersonalEmailLogGroup",
+    }
+    assert template["Parameters"]["UsersTableStreamArn"]["Default"] == "CREATE"
+    table_stream = {
+        "Fn::If": ["CreateUsersTable", {"Fn::GetAtt": ["UsersTable", "StreamArn"]}, {"Ref": "UsersTableStreamArn"}]
+    }
+
+    function = resources["SyncIsPersonalEmail"]["Properties"]
+    assert function["Timeout"] == 60
+    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "SyncIsPersonalEmailLogGroup"}}
+    variables = function["Environment"]["Variables"]
+    assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
+    assert variables["STREAM_ARN"] == table_stream
+    assert variables["BATCH_SIZE"] == "100"  # the stage's own settings are kept
+
+    [event] = function["Events"].values()
+    assert event["Type"] == "DynamoDB"
+    assert event["Properties"] == {
+        "Stream": table_stream,
+        "BatchSize": 100,
+        "StartingPosition": "TRIM_HORIZON",
+        "MaximumBatchingWindowInSeconds": 0,
+        "BisectBatchOnFunctionError": True,
+        "MaximumRetryAttempts": 500,
+        "MaximumRecordAgeInSeconds": 86400,
+        "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}}},
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        "FilterCriteria": {"Filters": [{"Pattern": '{"eventName": ["INSERT", "MODIFY"]}'}]},
+    }
+
+    table = resources["UsersTable"]
+    assert table["Condition"] == "CreateUsersTable"
+    assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+    assert table["Properties"] == merge_template.table_properties(SCHEMA)
+
+    queue = resources["StreamFailureQueue"]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True
+    [https_only] = resources["StreamFailureQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert https_only["Effect"] == "Deny" and https_only["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert resources["SyncIsPersonalEmailLogGroup"]["Properties"]["RetentionInDays"] == 30
+
+
+def test_the_filter_keeps_remove_records_away_and_lets_inserts_and_modifies_through():
+    [rule] = failure_handling.filter_criteria()["Filters"]
+    pattern = json.loads(rule["Pattern"])
+    assert set(pattern) == {"eventName"}  # a metadata property of the stream record, as Lambda filters it
+    assert "REMOVE" not in pattern["eventName"]
+    assert sorted(pattern["eventName"]) == ["INSERT", "MODIFY"]
+
+
+@pytest.mark.parametrize(
+    ("parameter", "table", "stream"),
+    [
+        ("CREATE", "<UsersTable.Arn>", "<UsersTable.StreamArn>"),
+        (ARN, TABLE_ARN, ARN),
+    ],
+    ids=["created-table", "existing-table"],
+)
+def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, parameter, table, stream):
+    template, _ = stack_with_table
+    [policy] = template["Resources"]["SyncIsPersonalEmailRole"]["Properties"]["Policies"]
+    document = resolve(
+        policy["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
+    )
+    by_sid = {statement["Sid"]: statement for statement in document["Statement"]}
+    assert {sid: (s["Action"], s["Resource"]) for sid, s in by_sid.items()} == {
+        "KeepTheFlagInSync": (["dynamodb:UpdateItem", "dynamodb:BatchGetItem"], table),
+        "ReadTheStream": (["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"], stream),
+        "FindTheStream": (["dynamodb:ListStreams"], f"{table}/stream/*"),
+        "ReportDiscardedBatches": (["sqs:SendMessage"], "<StreamFailureQueue.Arn>"),
+        "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<SyncIsPersonalEmailLogGroup.Arn>"),
+    }
+    assert all(statement["Effect"] == "Allow" for statement in document["Statement"])
+
+
+def test_cfn_lint_passes_on_the_packaged_and_the_transformed_template(stack_with_table, sam_to_cloudformation):
+    template, out = stack_with_table
+    packaged = cfn_lint(out / "sam.json")
+    assert (packaged.returncode, packaged.stdout, packaged.stderr) == (0, "", "")
+
+    cloudformation = sam_to_cloudformation(template)
+    (out / "cloudformation.json").write_text(json.dumps(cloudformation))
+    transformed = cfn_lint(out / "cloudformation.json")
+    assert (transformed.returncode, transformed.stdout, transformed.stderr) == (0, "", "")
+    # What CloudFormation creates for the mapping carries every setting, not only the SAM event that describes it.
+    [mapping] = [r for r in cloudformation["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert {key: mapping["Properties"][key] for key in failure_handling.mapping_failure_handling(None)} == (
+        failure_handling.mapping_failure_handling({"Fn::GetAtt": ["StreamFailureQueue", "Arn"]})
+    )
+
+
+def test_cfn_lint_reports_a_mapping_setting_out_of_range(stack_with_table, sam_to_cloudformation, tmp_path):
+    template, _ = stack_with_table
+    broken = json.loads(json.dumps(template))
+    [event] = broken["Resources"]["SyncIsPersonalEmail"]["Properties"]["Events"].values()
+    event["Properties"]["MaximumRetryAttempts"] = 10_001
+    (tmp_path / "broken.json").write_text(json.dumps(sam_to_cloudformation(broken)))
+    result = cfn_lint(tmp_path / "broken.json")
+    assert result.returncode != 0
+    assert "E3034" in result.stdout and "10001" in result.stdout
+
+
+def test_plain_chalice_package_with_the_merge_template_wires_a_bound_stage(project_copy, tmp_path):
+    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
+    merge = project_copy / "deploy" / "merge-template.json"
+    result = chalice(project_copy, "package", "--stage", "prod", "--merge-template", str(merge), str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    template = json.loads((tmp_path / "out" / "sam.json").read_text())
+    # The committed template has no default: whoever deploys it says which table, so nothing is created by surprise.
+    assert "Default" not in template["Parameters"]["UsersTableStreamArn"]
+    [event] = template["Resources"]["SyncIsPersonalEmail"]["Properties"]["Events"].values()
+    resolved = resolve(event["Properties"], {"UsersTableStreamArn": ARN}, {"CreateUsersTable": False})
+    assert resolved["Stream"] == ARN
+    assert resolved["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_package_for_an_existing_table_defaults_the_parameter_to_the_stage_stream(project_copy, tmp_path):
+    refused = stage_tool(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
+    assert refused.returncode == 2 and "no STREAM_ARN" in refused.stderr and "--create-table" in refused.stderr
+    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
+    result = stage_tool(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    template = json.loads((tmp_path / "out" / "sam.json").read_text())
+    assert template["Parameters"]["UsersTableStreamArn"]["Default"] == ARN

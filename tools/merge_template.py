@@ -1,0 +1,174 @@
+"""The `chalice package --merge-template` file: what Chalice's generated template can't express by itself.
+
+    python -m tools.stage merge-template     # regenerate deploy/merge-template.json (a test keeps it in step)
+
+Chalice deep-merges this into its SAM template: dictionaries merge key by key, anything else replaces. It adds
+- the users table, built from schema/users-table.json (the schema's one source), when the stack parameter
+  `UsersTableStreamArn` is CREATE; otherwise the mapping reads the existing table's stream named by that parameter;
+- the mapping's failure handling and filter (tools/failure_handling.py), with an encrypted on-failure queue, and the
+  handler's partial-failure mode switched on to match `FunctionResponseTypes: [ReportBatchItemFailures]`;
+- a log group the template owns, named on the function through `LoggingConfig`, so the role's log permissions name
+  the log group that really exists whatever name CloudFormation gives the function;
+- the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
+  `chalice deploy` gets, on the ARNs this stack resolves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tools import failure_handling
+from tools.stage import LOG_WRITES, ROOT, policy_statements, write_json
+
+SCHEMA = ROOT / "schema" / "users-table.json"
+MERGE_TEMPLATE = ROOT / "deploy" / "merge-template.json"
+
+# Chalice's CloudFormation logical ids for the handler `sync_is_personal_email` (a test packages and checks them).
+FUNCTION = "SyncIsPersonalEmail"
+ROLE = "SyncIsPersonalEmailRole"
+EVENT_SOURCE = "SyncIsPersonalEmailDynamodbEventSource"
+TABLE = "UsersTable"
+QUEUE = "StreamFailureQueue"
+QUEUE_POLICY = "StreamFailureQueuePolicy"
+LOG_GROUP = "SyncIsPersonalEmailLogGroup"
+STREAM_PARAMETER = "UsersTableStreamArn"
+CREATE = "CREATE"
+CREATES_TABLE = "CreateUsersTable"
+LOG_RETENTION_DAYS = 30
+
+STREAM_ARN_PATTERN = r"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:[0-9]{12}:table/[A-Za-z0-9_.-]{3,255}/stream/.+"
+
+
+def table_properties(schema: dict[str, Any]) -> dict[str, Any]:
+    """The AWS::DynamoDB::Table properties: the schema's keys and stream, on-demand, PITR and encryption on.
+
+    The schema's TableName is left out: CloudFormation names the table after the stack, so two stages' stacks can
+    live in one account; the `UsersTableName` output says what it chose.
+    """
+    stream = schema["StreamSpecification"]
+    if not stream.get("StreamEnabled") or stream.get("StreamViewType") != "NEW_AND_OLD_IMAGES":
+        raise ValueError("schema/users-table.json must enable a NEW_AND_OLD_IMAGES stream")
+    if schema["BillingMode"] != "PAY_PER_REQUEST":
+        raise ValueError("schema/users-table.json must use on-demand (PAY_PER_REQUEST) billing")
+    return {
+        "AttributeDefinitions": schema["AttributeDefinitions"],
+        "KeySchema": schema["KeySchema"],
+        "BillingMode": schema["BillingMode"],
+        "StreamSpecification": {"StreamViewType": stream["StreamViewType"]},
+        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+        "SSESpecification": {"SSEEnabled": True},
+    }
+
+
+def users_table_or_existing(created: Any, existing: Any) -> dict[str, Any]:
+    """`created` when this stack makes the table, `existing` otherwise."""
+    return {"Fn::If": [CREATES_TABLE, created, existing]}
+
+
+def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
+    """The merge template for `chalice package`, from the table's schema."""
+    existing_stream = {"Ref": STREAM_PARAMETER}
+    stream_arn = users_table_or_existing({"Fn::GetAtt": [TABLE, "StreamArn"]}, existing_stream)
+    table_arn = users_table_or_existing(
+        {"Fn::GetAtt": [TABLE, "Arn"]}, {"Fn::Select": [0, {"Fn::Split": ["/stream/", existing_stream]}]}
+    )
+    queue_arn = {"Fn::GetAtt": [QUEUE, "Arn"]}
+    return {
+        "Parameters": {
+            STREAM_PARAMETER: {
+                "Type": "String",
+                "Description": (
+                    f"The stream ARN of an existing users table (NEW_AND_OLD_IMAGES), or {CREATE} to have this "
+                    "stack create the table from schema/users-table.json."
+                ),
+                "AllowedPattern": f"^({CREATE}|{STREAM_ARN_PATTERN})$",
+                "ConstraintDescription": f"{CREATE} or arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL",
+            }
+        },
+        "Conditions": {CREATES_TABLE: {"Fn::Equals": [existing_stream, CREATE]}},
+        "Resources": {
+            TABLE: {
+                "Type": "AWS::DynamoDB::Table",
+                "Condition": CREATES_TABLE,
+                # The users' data outlives the stack: deleting or replacing the stack leaves the table in place.
+                "DeletionPolicy": "Retain",
+                "UpdateReplacePolicy": "Retain",
+                "Properties": table_properties(schema),
+            },
+            QUEUE: {
+                "Type": "AWS::SQS::Queue",
+                "Properties": {
+                    "SqsManagedSseEnabled": True,
+                    "MessageRetentionPeriod": failure_handling.FAILURE_QUEUE_RETENTION_SECONDS,
+                },
+            },
+            QUEUE_POLICY: {
+                "Type": "AWS::SQS::QueuePolicy",
+                "Properties": {
+                    "Queues": [{"Ref": QUEUE}],
+                    "PolicyDocument": failure_handling.https_only_queue_policy(queue_arn),
+                },
+            },
+            LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
+            ROLE: {
+                "Properties": {
+                    "Policies": [
+                        {
+                            "PolicyName": f"{ROLE}Policy",
+                            "PolicyDocument": {
+                                "Version": "2012-10-17",
+                                "Statement": policy_statements(
+                                    table_arn,
+                                    stream_arn,
+                                    {"Fn::Join": ["", [table_arn, "/stream/*"]]},
+                                    LOG_WRITES,
+                                    {"Fn::GetAtt": [LOG_GROUP, "Arn"]},
+                                    queue_arn,
+                                ),
+                            },
+                        }
+                    ]
+                }
+            },
+            FUNCTION: {
+                "Properties": {
+                    "LoggingConfig": {"LogGroup": {"Ref": LOG_GROUP}},
+                    "Environment": {
+                        "Variables": {
+                            "STREAM_ARN": stream_arn,
+                            "REPORT_BATCH_ITEM_FAILURES": "true",
+                            "FAILURE_QUEUE_ARN": queue_arn,
+                        }
+                    },
+                    "Events": {
+                        EVENT_SOURCE: {
+                            "Properties": {
+                                "Stream": stream_arn,
+                                **failure_handling.mapping_failure_handling(queue_arn),
+                            }
+                        }
+                    },
+                }
+            },
+        },
+        "Outputs": {
+            "UsersTableName": {"Condition": CREATES_TABLE, "Value": {"Ref": TABLE}},
+            "UsersTableStreamArn": {"Value": stream_arn},
+            "StreamFailureQueueUrl": {"Value": {"Ref": QUEUE}},
+            "FunctionLogGroup": {"Value": {"Ref": LOG_GROUP}},
+        },
+    }
+
+
+def expected_merge_template() -> dict[str, Any]:
+    """What deploy/merge-template.json must hold: the merge template built from the committed schema."""
+    return build_merge_template(json.loads(SCHEMA.read_text()))
+
+
+def write_merge_template(path: Path = MERGE_TEMPLATE) -> Path:
+    """Regenerate the committed merge template from the schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, expected_merge_template())
+    return path
