@@ -324,16 +324,22 @@ class SegmentWorker:
         items = response.get("Items", [])
         counts = Counts(pages=1, scanned=len(items))
         consumed = response.get("ConsumedCapacity", {}).get("CapacityUnits")
-        counts.read_units = float(consumed) if consumed is not None else estimated_read_units(items, False)
+        counts.read_units = (
+            float(consumed) if consumed is not None else estimated_read_units(items, request.consistent_read)
+        )
         if self._read_limit is not None:
             self._read_limit.take(counts.read_units)
         writes, counts.already_correct = plan_page(request.table_name, request.key_names, items, self._classify)
         counts.to_write = len(writes)
         if writes and not request.dry_run:
-            if self._write_limit is not None:
-                self._write_limit.take(len(writes))
             counts.write_units = float(len(writes))  # at least one unit each; the full item size is not read
-            tally(self._gateway.apply(writes), counts)
+            # Under a write limit, at most one second's worth at a time: a page's writes don't go out in one burst.
+            step = max(1, int(self._write_limit.rate)) if self._write_limit is not None else len(writes)
+            for start in range(0, len(writes), step):
+                chunk = writes[start : start + step]
+                if self._write_limit is not None:
+                    self._write_limit.take(len(chunk))
+                tally(self._gateway.apply(chunk), counts)
         return PageResult(counts, response.get("LastEvaluatedKey"), retry=counts.failed > 0)
 
     def run(
