@@ -91,3 +91,10 @@ def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_
     }
     [policy] = template["Resources"]["SyncIsPersonalEmailRole"]["Properties"]["Policies"]
     assert policy["PolicyDocument"] == stage.policy_document("email-checker", "prod", ARN)
+
+
+def test_a_stage_without_the_backfill_policy_file_is_named():
+    config = stage.load_config()
+    del config["stages"]["dev"]["lambda_functions"]
+    with pytest.raises(ValueError, match=r"lambda_functions\.backfill_segment\.iam_policy_file"):
+        stage.backfill_policy_file(config, "dev")

@@ -191,8 +191,14 @@ def expected_backfill_policy(config: dict[str, Any], stage: str) -> dict[str, An
 
 
 def backfill_policy_file(config: dict[str, Any], stage: str) -> str:
-    """The backfill function's policy file name in the stage's config."""
-    return config["stages"][stage]["lambda_functions"][BACKFILL]["iam_policy_file"]
+    """The backfill function's policy file name in the stage's config; ValueError naming the key if it is missing."""
+    name = config["stages"][stage].get("lambda_functions", {}).get(BACKFILL, {}).get("iam_policy_file")
+    if not name:
+        raise ValueError(
+            f"stage {stage!r} has no lambda_functions.{BACKFILL}.iam_policy_file in .chalice/config.json: add "
+            f'"policy-{stage}-backfill.json" there (without it the backfill function would get the handler\'s policy)'
+        )
+    return name
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
