@@ -446,3 +446,55 @@ def test_the_benchmark_measures_a_fresh_table(engine):
     assert (result["segments"], result["items"]) == (2, 60)
     assert result["scanned_per_second"] == result["fixed_per_second"] > 0 and result["rescan_per_second"] > 0
     assert not [name for name in engine.client().list_tables()["TableNames"] if name.startswith("Bench-")]
+
+
+def test_an_invocation_works_while_its_time_lasts_and_hands_back_where_it_stopped(make_table, settings):
+    from chalicelib.backfill import run_segment
+
+    table = make_table(stream=False)
+    model = Model()
+    keys = populate(table.client, table, 50, model)
+    worker = local_worker(settings, table.client, 4)
+    payload = SegmentRequest(table.name, ("Id",), 0, 1, page_size=10).payload(run_id="r", attempt=1)
+    left = iter([60_000, 60_000, 100])  # milliseconds left when asked: two more pages fit, then time is short
+    first = run_segment({**payload, "safety_margin_ms": 1000}, worker, lambda: next(left))
+    assert (first["counts"]["pages"], first["done"], first["run_id"], first["attempt"]) == (3, False, "r", 1)
+    assert json.loads(json.dumps(first)) == first  # what Lambda hands back is JSON
+    rest = run_segment(
+        {**payload, "start_key": first["last_evaluated_key"], "safety_margin_ms": 0}, worker, lambda: 60_000
+    )
+    assert rest["done"] and rest["last_evaluated_key"] is None
+    assert first["counts"]["scanned"] + rest["counts"]["scanned"] == 50
+    assert violations(scan(table.client, table.name), model, keys) == []
+    with pytest.raises(PayloadError, match="safety_margin_ms"):
+        run_segment({**payload, "safety_margin_ms": -1}, worker, lambda: 60_000)
+
+
+def test_the_lambda_transport_invokes_asynchronously_and_reads_the_destination_queue():
+    import boto3
+    from botocore.stub import Stubber
+
+    from tools.backfill import LambdaTransport
+
+    session = boto3.session.Session(region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+    lambda_client, sqs = session.client("lambda"), session.client("sqs")
+    payload = SegmentRequest("T", ("Id",), 1, 2).payload(run_id="r", attempt=1)
+    response = {"segment": 1, "total_segments": 2, "last_evaluated_key": None, "done": True, "counts": {}}
+    record = {"requestContext": {"condition": "Success"}, "requestPayload": payload, "responsePayload": response}
+    with Stubber(lambda_client) as lambdas, Stubber(sqs) as queue:
+        lambdas.add_response(
+            "invoke",
+            {"StatusCode": 202},
+            {"FunctionName": "fn", "InvocationType": "Event", "Payload": json.dumps(payload).encode()},
+        )
+        queue.add_response(
+            "receive_message",
+            {"Messages": [{"Body": json.dumps(record), "ReceiptHandle": "h1"}]},
+            {"QueueUrl": "https://queue", "MaxNumberOfMessages": 10, "WaitTimeSeconds": 20},
+        )
+        queue.add_response("delete_message", {}, {"QueueUrl": "https://queue", "ReceiptHandle": "h1"})
+        transport = LambdaTransport(lambda_client, sqs, "fn", "https://queue")
+        transport.submit(payload)
+        assert transport.deliveries() == [Delivery(payload, response)]
+        lambdas.assert_no_pending_responses()
+        queue.assert_no_pending_responses()
