@@ -326,19 +326,22 @@ def test_the_command_runs_stops_resumes_and_summarises(make_table, tmp_path):
     keys = populate(table.client, table, 60, model)
     path = tmp_path / "cli.json"
     command = [sys.executable, "-m", "tools.backfill", "run", "--table", table.name, "--segments", "2"]
-    command += ["--page-size", "10", "--checkpoint", str(path), "--no-progress"]
-    partial = subprocess.run([*command, "--max-pages", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    command += ["--page-size", "10", "--checkpoint", str(path)]
+    partial = subprocess.run(
+        [*command, "--max-pages", "1", "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert partial.returncode == 1, partial.stderr
     assert "2 segment(s) left" in partial.stdout and "scanned          20" in partial.stdout
+    assert partial.stderr == ""  # no progress bar asked for
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert "2/2 segments done" in finished.stdout and "scanned          60" in finished.stdout
+    # The progress bar (on stderr) starts from the checkpoint's 20 and counts the outcomes.
+    assert "60/60" in finished.stderr and "already correct" in finished.stderr and "superseded 0" in finished.stderr
     assert violations(scan(table.client, table.name), model, keys) == []
     text = finished.stdout + finished.stderr + partial.stdout + partial.stderr
     assert not any(key in text for key in keys) and "gmail" not in text  # counts only, never a key or an e-mail
-    refused = subprocess.run(
-        [*command[:-5], "--segments", "3", "--checkpoint", str(path)], cwd=ROOT, capture_output=True, text=True
-    )
+    refused = subprocess.run([*command, "--segments", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "another backfill" in refused.stderr
 
 
