@@ -45,6 +45,9 @@ from chalicelib.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_NAME = "backfill_segment"
 CHECKPOINT_VERSION = 1
+# Items per Scan page (Limit): small enough that the progress bar moves and a crash redoes little, large enough that
+# a page's writes keep the write pool busy. (A 1 MB page of small items can hold tens of thousands.)
+DEFAULT_PAGE_SIZE = 1000
 # A segment whose page keeps failing (writes still failing after botocore's retries) is tried this often per run.
 SEGMENT_ATTEMPTS = 3
 
@@ -573,7 +576,9 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--segments", type=int, default=8, help="TotalSegments of the parallel scan")
         command.add_argument("--checkpoint", type=Path, help="default: .state/backfill-<table>.json")
         command.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
-        command.add_argument("--page-size", type=int, help="items per Scan page (Limit); default: 1 MB pages")
+        command.add_argument(
+            "--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="items per Scan page (Limit; at most 1 MB a page)"
+        )
         command.add_argument("--read-units", type=float, help="read units per second, for the whole backfill")
         command.add_argument("--write-units", type=float, help="write units per second, for the whole backfill")
         command.add_argument("--capacity-fraction", type=float, help="a fraction of a provisioned table's capacity")
@@ -613,6 +618,8 @@ def backfill(args: argparse.Namespace) -> int:
     """`run` or `fanout`: open the checkpoint, run, print the summary; 0 when every segment is done."""
     if args.segments < 1 or args.segments > 1_000_000:
         raise ValueError("--segments must be from 1 to 1000000")
+    if args.page_size < 1:
+        raise ValueError("--page-size must be at least 1")
     settings = stage_settings(args.stage)
     threads = min(args.threads or args.segments, 32) if args.command == "run" else 1
     client = dynamodb_client(pool=threads * (args.write_concurrency if args.command == "run" else 1) + threads)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.backfill import (
+    DEFAULT_PAGE_SIZE,
     ROOT,
     Checkpoint,
     Options,
@@ -63,12 +64,13 @@ def measure(items: int, segments: int) -> dict[str, Any]:
         fill(client, name, items)
         facts = table_facts(client.describe_table(TableName=name)["Table"])
         worker = local_worker(stage_settings("dev"), client, write_concurrency=8)
+        options = Options(page_size=DEFAULT_PAGE_SIZE)  # as the command runs by default
         started = time.perf_counter()
-        counts = run_local(worker, facts, Checkpoint.open(None, name, segments, False), Options(), segments)
+        counts = run_local(worker, facts, Checkpoint.open(None, name, segments, False), options, segments)
         seconds = time.perf_counter() - started
         # The same table again: every item is right now, so this is the scan alone (what a re-run costs).
         started = time.perf_counter()
-        again = run_local(worker, facts, Checkpoint.open(None, name, segments, False), Options(), segments)
+        again = run_local(worker, facts, Checkpoint.open(None, name, segments, False), options, segments)
         rescan_seconds = time.perf_counter() - started
     finally:
         client.delete_table(TableName=name)
