@@ -37,6 +37,16 @@ domains: deps
 policies: deps
 	$(BIN)/python -m tools.stage policies
 
+# Backfill existing items: `make backfill ARGS="run --table Users --segments 8"` (or `fanout ...`, `setup-fanout ...`).
+# Points at AWS, or at DynamoDB Local with AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:8000 (see README, Backfill).
+.PHONY: backfill backfill-bench
+backfill: deps
+	@$(BIN)/python -m tools.backfill $(ARGS)
+
+# Backfill throughput by segment count on a DynamoDB Local it starts (20,000 items; build/backfill-bench.json).
+backfill-bench: deps check-java
+	@$(BIN)/python -m tools.backfill_bench $(ARGS)
+
 # Regenerate deploy/merge-template.json (the `chalice package --merge-template` file) from schema/users-table.json.
 .PHONY: merge-template
 merge-template: deps

@@ -9,7 +9,7 @@ from chalice import Chalice
 from chalice.app import DynamoDBEvent
 
 from chalicelib.config import UNBOUND_STREAM_ARN, ConfigError, Settings
-from chalicelib.runtime import processor_for
+from chalicelib.runtime import backfill_segment, processor_for
 
 # Powertools owns the "email-checker" logger (structured JSON); Chalice would add a second, plain-text handler to it.
 app = Chalice(app_name="email-checker", configure_logs=False)
@@ -41,3 +41,9 @@ except ConfigError as problem:
 def sync_is_personal_email(event: DynamoDBEvent) -> dict[str, Any]:
     """Bring every item the batch touched under the invariant; report what failed so Lambda retries it."""
     return processor_for(Settings.from_environ(os.environ)).handle(event.to_dict())
+
+
+@app.lambda_function(name="backfill_segment")
+def backfill_one_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Backfill one scan segment until the function's time runs low; where it stopped, for the next invocation."""
+    return backfill_segment(Settings.from_environ(os.environ), event, context.get_remaining_time_in_millis)

@@ -44,8 +44,20 @@ def chalice(project: Path, *args: str, env: dict[str, str] | None = None) -> sub
 
 def stage_tool(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m tools.stage` in a project copy (the tool edits the copy's .chalice/)."""
+    return project_tool(project, "tools.stage", *args, env=env)
+
+
+def backfill_tool(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m tools.backfill` in a project copy."""
+    return project_tool(project, "tools.backfill", *args, env=env)
+
+
+def project_tool(
+    project: Path, module: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m <module>` in a project copy."""
     return subprocess.run(
-        [sys.executable, "-m", "tools.stage", *args],
+        [sys.executable, "-m", module, *args],
         cwd=project,
         capture_output=True,
         text=True,

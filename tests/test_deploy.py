@@ -8,10 +8,11 @@ import os
 
 import pytest
 
-from tests.projects import chalice, stage_tool
+from tests.projects import backfill_tool, chalice, stage_tool
 from tools import failure_handling, stage
 
 FUNCTION = "email-checker-dev-sync_is_personal_email"
+BACKFILL = "email-checker-dev-backfill_segment"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,15 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
         "TRIM_HORIZON",
     )
     assert "FunctionResponseTypes" not in mapping and "DestinationConfig" not in mapping
+    # The backfill function has a role of its own: only it may Scan, and the handler's role can't.
+    backfill = lambda_client.get_function_configuration(FunctionName=BACKFILL)
+    assert backfill["Timeout"] == 900
+    backfill_role = backfill["Role"].rsplit("/", 1)[1]
+    assert backfill_role != role_name
+    backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
+    assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn)
+    assert "dynamodb:Scan" not in json.dumps(attached)
+    assert lambda_client.list_event_source_mappings(FunctionName=backfill["FunctionArn"])["EventSourceMappings"] == []
 
     # 3. The failure handling chalice deploy can't set, applied to the deployed mapping.
     applied = stage_tool(project_copy, "apply-failure-handling", "--stage", "dev", env=aws_environment)
@@ -95,7 +105,23 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert dev["FAILURE_QUEUE_ARN"] == queue["QueueArn"] and dev["REPORT_BATCH_ITEM_FAILURES"] == "false"
     assert json.loads((project_copy / ".chalice" / "policy-dev.json").read_text()) == attached
 
-    # 4. chalice delete removes the function, its mapping and its role.
+    # 4. The backfill's fan-out: a results queue, the function's asynchronous destinations, and the send permission.
+    setup = backfill_tool(project_copy, "setup-fanout", "--stage", "dev", env=aws_environment)
+    assert setup.returncode == 0, setup.stderr
+    results_url = sqs.get_queue_url(QueueName="email-checker-dev-backfill-results")["QueueUrl"]
+    results_arn = sqs.get_queue_attributes(QueueUrl=results_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    invoke_config = lambda_client.get_function_event_invoke_config(FunctionName=BACKFILL)
+    assert invoke_config["MaximumRetryAttempts"] == 0
+    assert invoke_config["DestinationConfig"] == {
+        "OnSuccess": {"Destination": results_arn},
+        "OnFailure": {"Destination": results_arn},
+    }
+    backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
+    assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn, results_arn)
+    assert json.loads((project_copy / ".chalice" / "policy-dev-backfill.json").read_text()) == backfill_policy
+    assert iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"] == attached
+
+    # 5. chalice delete removes the function, its mapping and its role.
     deleted = chalice(project_copy, "delete", "--stage", "dev", env=aws_environment)
     assert deleted.returncode == 0, deleted.stderr
     assert lambda_client.list_functions()["Functions"] == []

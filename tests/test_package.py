@@ -38,7 +38,8 @@ def sam_to_cloudformation():
     def run(template):
         template = json.loads(json.dumps(template))
         # `aws cloudformation package` uploads deployment.zip and puts its S3 location here; SAM insists on one.
-        template["Resources"]["SyncIsPersonalEmail"]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
+        for function in ("SyncIsPersonalEmail", "BackfillSegment"):
+            template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
         return transform(template, {}, NoManagedPolicies())
 
     saved = os.environ.get("AWS_DEFAULT_REGION")
@@ -108,6 +109,12 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "StreamFailureQueue",
         "StreamFailureQueuePolicy",
         "SyncIsPersonalEmailLogGroup",
+        "BackfillSegment",
+        "BackfillSegmentRole",
+        "BackfillSegmentLogGroup",
+        "BackfillResultsQueue",
+        "BackfillResultsQueuePolicy",
+        "BackfillSegmentEventInvokeConfig",
     }
     assert template["Parameters"]["UsersTableStreamArn"]["Default"] == "CREATE"
     table_stream = {
@@ -149,6 +156,27 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
     assert resources["SyncIsPersonalEmailLogGroup"]["Properties"]["RetentionInDays"] == 30
 
 
+def test_the_backfill_function_reports_to_its_results_queue(stack_with_table):
+    template, _ = stack_with_table
+    resources = template["Resources"]
+    function = resources["BackfillSegment"]["Properties"]
+    assert function["Handler"] == "app.backfill_one_segment"
+    assert (function["Timeout"], function["Role"]) == (900, {"Fn::GetAtt": ["BackfillSegmentRole", "Arn"]})
+    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "BackfillSegmentLogGroup"}}
+    assert "Events" not in function  # invoked by the fan-out only
+    invoke_config = resources["BackfillSegmentEventInvokeConfig"]
+    results = {"Destination": {"Fn::GetAtt": ["BackfillResultsQueue", "Arn"]}}
+    assert invoke_config["Type"] == "AWS::Lambda::EventInvokeConfig"
+    assert invoke_config["Properties"] == {
+        "FunctionName": {"Ref": "BackfillSegment"},
+        "Qualifier": "$LATEST",
+        "MaximumRetryAttempts": 0,
+        "DestinationConfig": {"OnSuccess": results, "OnFailure": results},
+    }
+    assert resources["BackfillResultsQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+    assert template["Outputs"]["BackfillResultsQueueUrl"] == {"Value": {"Ref": "BackfillResultsQueue"}}
+
+
 def test_the_filter_keeps_remove_records_away_and_lets_inserts_and_modifies_through():
     [rule] = failure_handling.filter_criteria()["Filters"]
     pattern = json.loads(rule["Pattern"])
@@ -180,6 +208,16 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<SyncIsPersonalEmailLogGroup.Arn>"),
     }
     assert all(statement["Effect"] == "Allow" for statement in document["Statement"])
+    # Only the backfill function may Scan: its own role, on the table alone.
+    [backfill] = template["Resources"]["BackfillSegmentRole"]["Properties"]["Policies"]
+    document = resolve(
+        backfill["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
+    )
+    assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
+        "BackfillTheTable": (["dynamodb:Scan", "dynamodb:UpdateItem"], table),
+        "ReportSegmentResults": (["sqs:SendMessage"], "<BackfillResultsQueue.Arn>"),
+        "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<BackfillSegmentLogGroup.Arn>"),
+    }
 
 
 def test_cfn_lint_passes_on_the_packaged_and_the_transformed_template(stack_with_table, sam_to_cloudformation):

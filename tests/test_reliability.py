@@ -106,10 +106,11 @@ def test_history_totals(capsys):
     assert HISTORY_TOTALS["examples"] > 0
 
 
-def run_clients(engine, table, keys, threads, operations, seed):
+def run_clients(engine, table, keys, threads, operations, seed, model=None):
     """Client threads doing random operations on a shared key space; a per-key lock orders each key's operations
-    so the model knows them (operations on different keys, and the handler's writes, still interleave freely)."""
-    model = Model()
+    so the model knows them (operations on different keys, and the handler's writes, still interleave freely).
+    `model`: what the table already holds (a fresh model by default)."""
+    model = model if model is not None else Model()
     locks = {key: threading.Lock() for key in keys}
     errors = []
 

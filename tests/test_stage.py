@@ -19,6 +19,24 @@ def test_policy_files_are_what_the_stage_stream_arn_gives(name):
     config = stage.load_config()
     on_disk = json.loads((ROOT / ".chalice" / config["stages"][name]["iam_policy_file"]).read_text())
     assert on_disk == stage.expected_policy(config, name), "run `make policies`"
+    backfill = json.loads((ROOT / ".chalice" / stage.backfill_policy_file(config, name)).read_text())
+    assert backfill == stage.expected_backfill_policy(config, name), "run `make policies`"
+
+
+def test_the_backfill_policy_scans_and_writes_the_table_only():
+    policy = stage.backfill_policy_document("email-checker", "prod", ARN, "arn:aws:sqs:eu-west-1:123456789012:q")
+    by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
+    table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
+    assert by_sid["BackfillTheTable"]["Action"] == ["dynamodb:Scan", "dynamodb:UpdateItem"]
+    assert by_sid["BackfillTheTable"]["Resource"] == table
+    assert by_sid["ReportSegmentResults"]["Resource"] == "arn:aws:sqs:eu-west-1:123456789012:q"
+    assert all("backfill_segment" in r for r in by_sid["WriteLogs"]["Resource"])
+    assert set(by_sid) == {"BackfillTheTable", "ReportSegmentResults", "WriteLogs"}
+    # Without a results queue there is nothing to send to.
+    assert "ReportSegmentResults" not in {s["Sid"] for s in stage.backfill_policy_document("a", "b", ARN)["Statement"]}
+    # The stream handler's policy never gains Scan.
+    handler = stage.policy_document("email-checker", "prod", ARN)
+    assert not any("dynamodb:Scan" in statement["Action"] for statement in handler["Statement"])
 
 
 def test_policy_is_least_privilege_on_known_arns():
@@ -73,3 +91,10 @@ def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_
     }
     [policy] = template["Resources"]["SyncIsPersonalEmailRole"]["Properties"]["Policies"]
     assert policy["PolicyDocument"] == stage.policy_document("email-checker", "prod", ARN)
+
+
+def test_a_stage_without_the_backfill_policy_file_is_named():
+    config = stage.load_config()
+    del config["stages"]["dev"]["lambda_functions"]
+    with pytest.raises(ValueError, match=r"lambda_functions\.backfill_segment\.iam_policy_file"):
+        stage.backfill_policy_file(config, "dev")

@@ -10,7 +10,10 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
 - a log group the template owns, named on the function through `LoggingConfig`, so the role's log permissions name
   the log group that really exists whatever name CloudFormation gives the function;
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
-  `chalice deploy` gets, on the ARNs this stack resolves.
+  `chalice deploy` gets, on the ARNs this stack resolves;
+- for the backfill function `backfill_segment`: its own role policy (Scan and UpdateItem on the table, send to its
+  results queue), its log group, and its asynchronous invocation config: results on success and on failure go to
+  an encrypted queue the fan-out command reads (`python -m tools.backfill fanout`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import failure_handling
-from tools.stage import LOG_WRITES, ROOT, policy_statements, write_json
+from tools.stage import LOG_WRITES, ROOT, backfill_statements, policy_statements, write_json
 
 SCHEMA = ROOT / "schema" / "users-table.json"
 MERGE_TEMPLATE = ROOT / "deploy" / "merge-template.json"
@@ -37,6 +40,14 @@ STREAM_PARAMETER = "UsersTableStreamArn"
 CREATE = "CREATE"
 CREATES_TABLE = "CreateUsersTable"
 LOG_RETENTION_DAYS = 30
+# The backfill function `backfill_segment` and what it needs.
+BACKFILL_FUNCTION = "BackfillSegment"
+BACKFILL_ROLE = "BackfillSegmentRole"
+BACKFILL_LOG_GROUP = "BackfillSegmentLogGroup"
+BACKFILL_QUEUE = "BackfillResultsQueue"
+BACKFILL_QUEUE_POLICY = "BackfillResultsQueuePolicy"
+BACKFILL_INVOKE_CONFIG = "BackfillSegmentEventInvokeConfig"
+BACKFILL_RESULTS_RETENTION_SECONDS = 4 * 24 * 3600
 
 STREAM_ARN_PATTERN = r"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:[0-9]{12}:table/[A-Za-z0-9_.-]{3,255}/stream/.+"
 
@@ -67,6 +78,23 @@ def users_table_or_existing(created: Any, existing: Any) -> dict[str, Any]:
     return {"Fn::If": [CREATES_TABLE, created, existing]}
 
 
+def queue_resources(queue: str, policy: str, retention_seconds: int) -> dict[str, Any]:
+    """An encrypted SQS queue and its policy refusing anything but HTTPS."""
+    return {
+        queue: {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {"SqsManagedSseEnabled": True, "MessageRetentionPeriod": retention_seconds},
+        },
+        policy: {
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{"Ref": queue}],
+                "PolicyDocument": failure_handling.https_only_queue_policy({"Fn::GetAtt": [queue, "Arn"]}),
+            },
+        },
+    }
+
+
 def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
     """The merge template for `chalice package`, from the table's schema."""
     existing_stream = {"Ref": STREAM_PARAMETER}
@@ -75,6 +103,7 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
         {"Fn::GetAtt": [TABLE, "Arn"]}, {"Fn::Select": [0, {"Fn::Split": ["/stream/", existing_stream]}]}
     )
     queue_arn = {"Fn::GetAtt": [QUEUE, "Arn"]}
+    results_arn = {"Fn::GetAtt": [BACKFILL_QUEUE, "Arn"]}
     return {
         "Parameters": {
             STREAM_PARAMETER: {
@@ -97,20 +126,7 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                 "UpdateReplacePolicy": "Retain",
                 "Properties": table_properties(schema),
             },
-            QUEUE: {
-                "Type": "AWS::SQS::Queue",
-                "Properties": {
-                    "SqsManagedSseEnabled": True,
-                    "MessageRetentionPeriod": failure_handling.FAILURE_QUEUE_RETENTION_SECONDS,
-                },
-            },
-            QUEUE_POLICY: {
-                "Type": "AWS::SQS::QueuePolicy",
-                "Properties": {
-                    "Queues": [{"Ref": QUEUE}],
-                    "PolicyDocument": failure_handling.https_only_queue_policy(queue_arn),
-                },
-            },
+            **queue_resources(QUEUE, QUEUE_POLICY, failure_handling.FAILURE_QUEUE_RETENTION_SECONDS),
             LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
             ROLE: {
                 "Properties": {
@@ -131,6 +147,43 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                         }
                     ]
                 }
+            },
+            **queue_resources(BACKFILL_QUEUE, BACKFILL_QUEUE_POLICY, BACKFILL_RESULTS_RETENTION_SECONDS),
+            BACKFILL_LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
+            BACKFILL_ROLE: {
+                "Properties": {
+                    "Policies": [
+                        {
+                            "PolicyName": f"{BACKFILL_ROLE}Policy",
+                            "PolicyDocument": {
+                                "Version": "2012-10-17",
+                                "Statement": backfill_statements(
+                                    table_arn, LOG_WRITES, {"Fn::GetAtt": [BACKFILL_LOG_GROUP, "Arn"]}, results_arn
+                                ),
+                            },
+                        }
+                    ]
+                }
+            },
+            BACKFILL_FUNCTION: {
+                "Properties": {
+                    "LoggingConfig": {"LogGroup": {"Ref": BACKFILL_LOG_GROUP}},
+                    # Every function gets the stage's variables; the backfill names its table in each payload.
+                    "Environment": {"Variables": {"STREAM_ARN": stream_arn}},
+                }
+            },
+            BACKFILL_INVOKE_CONFIG: {
+                "Type": "AWS::Lambda::EventInvokeConfig",
+                "Properties": {
+                    "FunctionName": {"Ref": BACKFILL_FUNCTION},
+                    "Qualifier": "$LATEST",
+                    # The fan-out re-invokes a failed segment from its checkpoint; Lambda's own retries would race it.
+                    "MaximumRetryAttempts": 0,
+                    "DestinationConfig": {
+                        "OnSuccess": {"Destination": results_arn},
+                        "OnFailure": {"Destination": results_arn},
+                    },
+                },
             },
             FUNCTION: {
                 "Properties": {
@@ -158,6 +211,8 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             "UsersTableStreamArn": {"Value": stream_arn},
             "StreamFailureQueueUrl": {"Value": {"Ref": QUEUE}},
             "FunctionLogGroup": {"Value": {"Ref": LOG_GROUP}},
+            "BackfillFunctionName": {"Value": {"Ref": BACKFILL_FUNCTION}},
+            "BackfillResultsQueueUrl": {"Value": {"Ref": BACKFILL_QUEUE}},
         },
     }
 

@@ -7,6 +7,9 @@ python -m tools.stage policies         # regenerate every .chalice/policy-<stage
 python -m tools.stage apply-failure-handling --stage prod   # after `chalice deploy`: queue, mapping settings, env
 python -m tools.stage merge-template   # regenerate deploy/merge-template.json from schema/users-table.json
 python -m tools.stage package --stage prod [--create-table] out/   # `chalice package` with the merge template
+
+Each stage has two policy files: `policy-<stage>.json` for the stream handler and `policy-<stage>-backfill.json` for
+the backfill function (`lambda_functions.backfill_segment` in the stage's config), so only the backfill can Scan.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ CHALICE_DIR = ROOT / ".chalice"
 CONFIG = CHALICE_DIR / "config.json"
 DEPLOYED_DIR = CHALICE_DIR / "deployed"
 HANDLER = "sync_is_personal_email"
+BACKFILL = "backfill_segment"
 STREAM_VIEW_TYPE = "NEW_AND_OLD_IMAGES"
 # What `chalice package` bundles, plus the project config: copied into a scratch project by `package`.
 PACKAGED_PATHS = ("app.py", "chalicelib", "vendor", "requirements.txt")
@@ -95,11 +99,17 @@ def policy_statements(
     return statements
 
 
-def policy_document(app_name: str, stage: str, stream_arn: str, failure_queue_arn: str = "") -> dict[str, Any]:
-    """The `chalice deploy` function's policy: only the actions the code and the mapping use, on known ARNs."""
+def function_arns(app_name: str, stage: str, stream_arn: str, function: str) -> tuple[str, str]:
+    """(table ARN, log group ARN) of a `chalice deploy`ed function of the stage, from the stage's stream ARN."""
     partition, region, account, table = split_stream_arn(stream_arn)
     table_arn = f"arn:{partition}:dynamodb:{region}:{account}:table/{table}"
-    log_group = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{app_name}-{stage}-{HANDLER}"
+    log_group = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{app_name}-{stage}-{function}"
+    return table_arn, log_group
+
+
+def policy_document(app_name: str, stage: str, stream_arn: str, failure_queue_arn: str = "") -> dict[str, Any]:
+    """The `chalice deploy` function's policy: only the actions the code and the mapping use, on known ARNs."""
+    table_arn, log_group = function_arns(app_name, stage, stream_arn, HANDLER)
     return {
         "Version": "2012-10-17",
         "Statement": policy_statements(
@@ -110,6 +120,43 @@ def policy_document(app_name: str, stage: str, stream_arn: str, failure_queue_ar
             ["logs:CreateLogGroup", *LOG_WRITES],
             [log_group, f"{log_group}:log-stream:*"],
             failure_queue_arn,
+        ),
+    }
+
+
+def backfill_statements(
+    table_arn: Any, log_actions: list[str], log_resources: Any, results_queue_arn: Any = None
+) -> list[dict[str, Any]]:
+    """The backfill function's least-privilege statements: scan and fix the table, report to its results queue."""
+    statements = [
+        {
+            "Sid": "BackfillTheTable",
+            "Effect": "Allow",
+            "Action": ["dynamodb:Scan", "dynamodb:UpdateItem"],
+            "Resource": table_arn,
+        }
+    ]
+    if results_queue_arn:
+        # Lambda sends an asynchronous invocation's result to its destination with the function's role.
+        statements.append(
+            {
+                "Sid": "ReportSegmentResults",
+                "Effect": "Allow",
+                "Action": ["sqs:SendMessage"],
+                "Resource": results_queue_arn,
+            }
+        )
+    statements.append({"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources})
+    return statements
+
+
+def backfill_policy_document(app_name: str, stage: str, stream_arn: str, results_queue_arn: str = "") -> dict[str, Any]:
+    """The `chalice deploy` backfill function's policy, on the table named by the stage's stream ARN."""
+    table_arn, log_group = function_arns(app_name, stage, stream_arn, BACKFILL)
+    return {
+        "Version": "2012-10-17",
+        "Statement": backfill_statements(
+            table_arn, ["logs:CreateLogGroup", *LOG_WRITES], [log_group, f"{log_group}:log-stream:*"], results_queue_arn
         ),
     }
 
@@ -137,6 +184,23 @@ def expected_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
     return policy_document(config["app_name"], stage, stage_stream_arn(config, stage), failure_queue_arn)
 
 
+def expected_backfill_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The policy a stage's backfill policy file must hold, from its STREAM_ARN and BACKFILL_QUEUE_ARN."""
+    results_queue_arn = config["stages"][stage].get("environment_variables", {}).get("BACKFILL_QUEUE_ARN", "")
+    return backfill_policy_document(config["app_name"], stage, stage_stream_arn(config, stage), results_queue_arn)
+
+
+def backfill_policy_file(config: dict[str, Any], stage: str) -> str:
+    """The backfill function's policy file name in the stage's config; ValueError naming the key if it is missing."""
+    name = config["stages"][stage].get("lambda_functions", {}).get(BACKFILL, {}).get("iam_policy_file")
+    if not name:
+        raise ValueError(
+            f"stage {stage!r} has no lambda_functions.{BACKFILL}.iam_policy_file in .chalice/config.json: add "
+            f'"policy-{stage}-backfill.json" there (without it the backfill function would get the handler\'s policy)'
+        )
+    return name
+
+
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Write JSON the way the repo keeps it: two-space indent, trailing newline."""
     path.write_text(json.dumps(document, indent=2) + "\n")
@@ -148,7 +212,9 @@ def write_policies(config: dict[str, Any]) -> list[Path]:
     for stage, stage_config in config["stages"].items():
         path = CHALICE_DIR / stage_config.get("iam_policy_file", f"policy-{stage}.json")
         write_json(path, expected_policy(config, stage))
-        written.append(path)
+        backfill_path = CHALICE_DIR / backfill_policy_file(config, stage)
+        write_json(backfill_path, expected_backfill_policy(config, stage))
+        written += [path, backfill_path]
     return written
 
 
@@ -185,12 +251,18 @@ def enable_stream(stage: str, table_name: str) -> str:
     return stream_arn
 
 
-def deployed_resources(stage: str) -> dict[str, dict[str, Any]]:
-    """What `chalice deploy` recorded for the stage, by resource type (iam_role, lambda_function, dynamodb_event)."""
+def deployed_resources(stage: str, function: str = HANDLER) -> dict[str, dict[str, Any]]:
+    """What `chalice deploy` recorded for one of the stage's functions, by resource type (iam_role, lambda_function,
+    dynamodb_event); Chalice names them `<function>`, `<function>_role` and `<function>-dynamodb-event-source`."""
     record = DEPLOYED_DIR / f"{stage}.json"
     if not record.exists():
         raise ValueError(f"stage {stage!r} has no {record.relative_to(ROOT)}: run `chalice deploy --stage {stage}`")
-    return {resource["resource_type"]: resource for resource in json.loads(record.read_text())["resources"]}
+    names = {function, f"{function}_role", f"{function}-dynamodb-event-source"}
+    return {
+        resource["resource_type"]: resource
+        for resource in json.loads(record.read_text())["resources"]
+        if resource["name"] in names
+    }
 
 
 def failure_queue_name(app_name: str, stage: str) -> str:
@@ -198,12 +270,16 @@ def failure_queue_name(app_name: str, stage: str) -> str:
     return f"{app_name}-{stage}-stream-failures"
 
 
-def ensure_failure_queue(sqs: Any, name: str) -> str:
-    """Create the encrypted, TLS-only on-failure queue, or find it; its ARN."""
-    attributes = {
-        "SqsManagedSseEnabled": "true",
-        "MessageRetentionPeriod": str(failure_handling.FAILURE_QUEUE_RETENTION_SECONDS),
-    }
+def backfill_queue_name(app_name: str, stage: str) -> str:
+    """The queue the backfill function's asynchronous invocations report to (on success and on failure)."""
+    return f"{app_name}-{stage}-backfill-results"
+
+
+def ensure_failure_queue(
+    sqs: Any, name: str, retention_seconds: int = failure_handling.FAILURE_QUEUE_RETENTION_SECONDS
+) -> str:
+    """Create the encrypted, TLS-only queue (on-failure, or backfill results), or find it; its ARN."""
+    attributes = {"SqsManagedSseEnabled": "true", "MessageRetentionPeriod": str(retention_seconds)}
     queue_url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     policy = json.dumps(failure_handling.https_only_queue_policy(queue_arn))
@@ -242,6 +318,34 @@ def apply_failure_handling(stage: str) -> str:
         FunctionName=function_arn, Environment={"Variables": {**environment, "REPORT_BATCH_ITEM_FAILURES": "true"}}
     )
     return queue_arn
+
+
+def apply_backfill_destinations(stage: str) -> str:
+    """Point a `chalice deploy`ed backfill function's asynchronous results at an SQS queue; the queue's URL.
+
+    Creates the encrypted, TLS-only results queue, records its ARN in the stage (BACKFILL_QUEUE_ARN) so the backfill
+    policy file keeps the send permission, re-attaches that policy, and sets the function's EventInvokeConfig:
+    on success and on failure to the queue, Lambda's own retries off (the fan-out re-invokes from its checkpoint).
+    """
+    config = load_config()
+    variables = stage_variables(config, stage)
+    function_arn = deployed_resources(stage, BACKFILL)["lambda_function"]["lambda_arn"]
+    role_name = deployed_resources(stage, BACKFILL)["iam_role"]["role_name"]
+    session = boto3.session.Session()
+    sqs = session.client("sqs")
+    queue_arn = ensure_failure_queue(sqs, backfill_queue_name(config["app_name"], stage), 4 * 24 * 3600)
+    variables["BACKFILL_QUEUE_ARN"] = queue_arn
+    write_json(CONFIG, config)
+    write_policies(config)
+    session.client("iam").put_role_policy(
+        RoleName=role_name, PolicyName=role_name, PolicyDocument=json.dumps(expected_backfill_policy(config, stage))
+    )
+    session.client("lambda").put_function_event_invoke_config(
+        FunctionName=function_arn,
+        MaximumRetryAttempts=0,
+        DestinationConfig={"OnSuccess": {"Destination": queue_arn}, "OnFailure": {"Destination": queue_arn}},
+    )
+    return sqs.get_queue_url(QueueName=backfill_queue_name(config["app_name"], stage))["QueueUrl"]
 
 
 def package(stage: str, out: Path, create_table: bool) -> Path:

@@ -1,0 +1,396 @@
+"""The backfill's segment worker: scan one segment of a parallel scan, decide each item as the handler would, and
+write only what violates the invariant, through the handler's own conditional writes (DESIGN §1, §3).
+
+The same worker runs in the local command (tools/backfill.py, a thread per segment) and in the Lambda function
+`backfill_segment` (app.py), which works until its remaining time runs low and hands back where it stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from chalicelib.dynamodb import WriteOutcome
+from chalicelib.planner import Classify, Write, decide
+from chalicelib.records import EMAIL, FLAG, item_key, item_state
+
+# Scan reads in 4 KB units, eventually consistent at half a unit each; a write costs at least one 1 KB unit.
+READ_UNIT_BYTES = 4096
+DEFAULT_SAFETY_MARGIN_MS = 30_000
+
+
+class PayloadError(ValueError):
+    """A segment request that can't be run; the message names the field, never a key's value."""
+
+
+@dataclass(slots=True)
+class Counts:
+    """What a backfill did: counts only, never a key or an attribute value."""
+
+    pages: int = 0
+    scanned: int = 0
+    already_correct: int = 0
+    to_write: int = 0
+    """Items that violated the invariant when scanned (in a dry run: what would be written)."""
+    written: int = 0
+    superseded: int = 0
+    """A conditional write found the item changed or gone: the stream handler owns it from there."""
+    failed: int = 0
+    rejected: int = 0
+    read_units: float = 0.0
+    write_units: float = 0.0
+
+    def add(self, other: Counts) -> None:
+        """Add another count to this one, field by field."""
+        for spec in fields(self):
+            setattr(self, spec.name, getattr(self, spec.name) + getattr(other, spec.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as JSON-ready fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Counts:
+        """Counts from `to_dict`'s output; unknown fields are ignored, missing ones are zero."""
+        names = {spec.name for spec in fields(cls)}
+        return cls(**{name: value for name, value in raw.items() if name in names})
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRequest:
+    """One segment's work order: the table, its key attribute names, where to start, and how to behave."""
+
+    table_name: str
+    key_names: tuple[str, ...]
+    segment: int
+    total_segments: int
+    start_key: dict[str, Any] | None = None
+    """The scan's ExclusiveStartKey in DynamoDB JSON (binary values as bytes); None from the segment's start."""
+    dry_run: bool = False
+    page_size: int | None = None
+    """Scan's Limit: items evaluated per page (None: DynamoDB's 1 MB pages)."""
+    consistent_read: bool = False
+
+    def payload(self, **extra: Any) -> dict[str, Any]:
+        """The request as a JSON payload (for a Lambda invocation or a checkpoint)."""
+        return {
+            "table_name": self.table_name,
+            "key_names": list(self.key_names),
+            "segment": self.segment,
+            "total_segments": self.total_segments,
+            "start_key": key_to_json(self.start_key),
+            "dry_run": self.dry_run,
+            "page_size": self.page_size,
+            "consistent_read": self.consistent_read,
+            **extra,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> SegmentRequest:
+        """Validate a JSON payload; PayloadError names the first bad field."""
+        if not isinstance(payload, Mapping):
+            raise PayloadError("the payload is not a JSON object")
+        table_name = payload.get("table_name")
+        key_names = payload.get("key_names")
+        segment, total = payload.get("segment"), payload.get("total_segments")
+        page_size = payload.get("page_size")
+        if not isinstance(table_name, str) or not table_name:
+            raise PayloadError("table_name must be a table's name")
+        if (
+            not isinstance(key_names, list)
+            or not 1 <= len(key_names) <= 2
+            or not all(isinstance(name, str) and name for name in key_names)
+        ):
+            raise PayloadError("key_names must list the table's one or two key attribute names")
+        if type(total) is not int or not 1 <= total <= 1_000_000:
+            raise PayloadError("total_segments must be a whole number from 1 to 1000000")
+        if type(segment) is not int or not 0 <= segment < total:
+            raise PayloadError("segment must be a whole number from 0 to total_segments - 1")
+        if page_size is not None and (type(page_size) is not int or page_size < 1):
+            raise PayloadError("page_size must be a positive whole number or null")
+        try:
+            start_key = key_from_json(payload.get("start_key"))
+        except (TypeError, ValueError, AttributeError):
+            raise PayloadError("start_key must be a key in DynamoDB JSON or null") from None
+        return cls(
+            table_name=table_name,
+            key_names=tuple(key_names),
+            segment=segment,
+            total_segments=total,
+            start_key=start_key,
+            dry_run=payload.get("dry_run") is True,
+            page_size=page_size,
+            consistent_read=payload.get("consistent_read") is True,
+        )
+
+
+@dataclass(slots=True)
+class PageResult:
+    """One scanned page: its counts, and the key to continue from (None: the segment is finished)."""
+
+    counts: Counts
+    last_evaluated_key: dict[str, Any] | None
+    retry: bool = False
+    """Some writes failed after botocore's retries: the page must be scanned again from its start key."""
+
+
+@dataclass(slots=True)
+class SegmentResult:
+    """Where a worker stopped in its segment and what it did on the way."""
+
+    segment: int
+    total_segments: int
+    last_evaluated_key: dict[str, Any] | None
+    done: bool
+    counts: Counts = field(default_factory=Counts)
+
+    def payload(self, **extra: Any) -> dict[str, Any]:
+        """The result as the Lambda function returns it (JSON)."""
+        return {
+            "segment": self.segment,
+            "total_segments": self.total_segments,
+            "last_evaluated_key": key_to_json(self.last_evaluated_key),
+            "done": self.done,
+            "counts": self.counts.to_dict(),
+            **extra,
+        }
+
+
+def key_to_json(key: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any] | None:
+    """A key in DynamoDB JSON with binary values base64-encoded, as DynamoDB's own wire format has them."""
+    if key is None:
+        return None
+    return {
+        name: {"B": base64.b64encode(value["B"]).decode("ascii")} if "B" in value else dict(value)
+        for name, value in key.items()
+    }
+
+
+def key_from_json(key: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any] | None:
+    """The inverse of `key_to_json`: binary values back to bytes, as boto3's client takes them."""
+    if key is None:
+        return None
+    return {
+        name: {"B": base64.b64decode(value["B"], validate=True)} if "B" in value else dict(value)
+        for name, value in key.items()
+    }
+
+
+def scan_request(request: SegmentRequest, start_key: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The Scan parameters of one page: the segment, only the attributes the decision reads, consumed capacity."""
+    names = {f"#k{i}": name for i, name in enumerate(request.key_names)}
+    names.update({"#email": EMAIL, "#flag": FLAG})
+    parameters: dict[str, Any] = {
+        "TableName": request.table_name,
+        "Segment": request.segment,
+        "TotalSegments": request.total_segments,
+        "ProjectionExpression": ", ".join(names),
+        "ExpressionAttributeNames": names,
+        "ReturnConsumedCapacity": "TOTAL",
+        "ConsistentRead": request.consistent_read,
+    }
+    if request.page_size is not None:
+        parameters["Limit"] = request.page_size
+    if start_key is not None:
+        parameters["ExclusiveStartKey"] = dict(start_key)
+    return parameters
+
+
+def plan_page(
+    table_name: str, key_names: Sequence[str], items: Sequence[Mapping[str, Any]], classify: Classify
+) -> tuple[list[Write], int]:
+    """The writes a scanned page needs (the handler's `decide` on each item) and how many items need none."""
+    writes = []
+    for item in items:
+        write = decide(item_key(table_name, {name: item[name] for name in key_names}), item_state(item), classify)
+        if write is not None:
+            writes.append(write)
+    return writes, len(items) - len(writes)
+
+
+def tally(outcomes: Sequence[WriteOutcome], counts: Counts) -> None:
+    """Count the writes' outcomes."""
+    for outcome in outcomes:
+        if outcome is WriteOutcome.APPLIED:
+            counts.written += 1
+        elif outcome is WriteOutcome.SUPERSEDED:
+            counts.superseded += 1
+        elif outcome is WriteOutcome.REJECTED:
+            counts.rejected += 1
+        else:
+            counts.failed += 1
+
+
+def estimated_read_units(items: Sequence[Mapping[str, Any]], consistent: bool) -> float:
+    """Read units of a page when the engine does not report them: the projected items' size, a lower bound."""
+    size = sum(len(name) + _value_size(value) for item in items for name, value in item.items())
+    units = max(1, -(-size // READ_UNIT_BYTES))
+    return float(units if consistent else units / 2)
+
+
+def _value_size(value: Mapping[str, Any]) -> int:
+    [(kind, raw)] = value.items()
+    if kind in ("S", "N"):
+        return len(str(raw).encode())
+    if kind == "B":
+        return len(raw)
+    return 1
+
+
+class TokenBucket:
+    """A rate limit in units per second with a burst of one second's units; the clock and sleep are injected.
+
+    `take(n)` waits until the bucket holds something, then takes `n` (the balance may go negative): a page whose
+    cost is only known afterwards (its consumed read units) is paid for by waiting before the next one.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("a rate limit must be positive")
+        self.rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = rate
+        self._updated = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.rate, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+    def wait_time(self) -> float:
+        """Seconds until the bucket is no longer in debt (0 when something can be taken now)."""
+        with self._lock:
+            self._refill()
+            return 0.0 if self._tokens > 0 else (-self._tokens) / self.rate + 1e-9
+
+    def take(self, amount: float) -> float:
+        """Wait until the bucket holds something, then take `amount`; the seconds waited."""
+        waited = 0.0
+        while True:
+            delay = self.wait_time()
+            if delay <= 0:
+                break
+            self._sleep(delay)
+            waited += delay
+        with self._lock:
+            self._refill()
+            self._tokens -= amount
+        return waited
+
+
+class SegmentWorker:
+    """Scans pages of one segment and fixes what violates the invariant, with the handler's writes."""
+
+    def __init__(
+        self,
+        client: Any,
+        gateway: Any,
+        classify: Classify,
+        read_limit: TokenBucket | None = None,
+        write_limit: TokenBucket | None = None,
+    ) -> None:
+        self._client = client
+        self._gateway = gateway
+        self._classify = classify
+        self._read_limit = read_limit
+        self._write_limit = write_limit
+
+    def limited(self, read_units_per_second: float | None, write_units_per_second: float | None) -> SegmentWorker:
+        """The same worker (client, writes, classification) under its own rate limits (None: unlimited)."""
+        return SegmentWorker(
+            self._client,
+            self._gateway,
+            self._classify,
+            TokenBucket(read_units_per_second) if read_units_per_second else None,
+            TokenBucket(write_units_per_second) if write_units_per_second else None,
+        )
+
+    def page(self, request: SegmentRequest, start_key: Mapping[str, Any] | None) -> PageResult:
+        """Scan one page from `start_key`, write what it needs (unless a dry run), and count."""
+        if self._read_limit is not None:
+            self._read_limit.take(0)
+        response = self._client.scan(**scan_request(request, start_key))
+        items = response.get("Items", [])
+        counts = Counts(pages=1, scanned=len(items))
+        consumed = response.get("ConsumedCapacity", {}).get("CapacityUnits")
+        counts.read_units = (
+            float(consumed) if consumed is not None else estimated_read_units(items, request.consistent_read)
+        )
+        if self._read_limit is not None:
+            self._read_limit.take(counts.read_units)
+        writes, counts.already_correct = plan_page(request.table_name, request.key_names, items, self._classify)
+        counts.to_write = len(writes)
+        if writes and not request.dry_run:
+            counts.write_units = float(len(writes))  # at least one unit each; the full item size is not read
+            # Under a write limit, at most one second's worth at a time: a page's writes don't go out in one burst.
+            step = max(1, int(self._write_limit.rate)) if self._write_limit is not None else len(writes)
+            for start in range(0, len(writes), step):
+                chunk = writes[start : start + step]
+                if self._write_limit is not None:
+                    self._write_limit.take(len(chunk))
+                tally(self._gateway.apply(chunk), counts)
+        return PageResult(counts, response.get("LastEvaluatedKey"), retry=counts.failed > 0)
+
+    def run(
+        self,
+        request: SegmentRequest,
+        keep_going: Callable[[], bool],
+        on_page: Callable[[PageResult, SegmentResult], None] | None = None,
+    ) -> SegmentResult:
+        """Work through the segment from the request's start key while `keep_going()` says so (asked before every
+        page after the first). A page with failed writes ends the run at that page's start, to be scanned again.
+        `on_page` sees each page and where the segment stands after it (the checkpoint to keep)."""
+        result = SegmentResult(request.segment, request.total_segments, request.start_key, done=False)
+        first = True
+        while first or keep_going():
+            first = False
+            page = self.page(request, result.last_evaluated_key)
+            result.counts.add(page.counts)
+            if not page.retry:
+                result.last_evaluated_key = page.last_evaluated_key
+                result.done = page.last_evaluated_key is None
+            if on_page is not None:
+                on_page(page, result)
+            if page.retry or result.done:
+                break
+        return result
+
+
+def run_segment(
+    payload: Mapping[str, Any],
+    worker: SegmentWorker,
+    remaining_ms: Callable[[], int],
+) -> dict[str, Any]:
+    """The Lambda function's work: pages of the segment until less than the safety margin of its time is left."""
+    request = SegmentRequest.from_payload(payload)
+    margin = payload.get("safety_margin_ms", DEFAULT_SAFETY_MARGIN_MS)
+    if type(margin) is not int or margin < 0:
+        raise PayloadError("safety_margin_ms must be a whole number of milliseconds")
+    limits = [payload.get(name) for name in ("read_units_per_second", "write_units_per_second")]
+    if not all(limit is None or (type(limit) in (int, float) and limit > 0) for limit in limits):
+        raise PayloadError("read_units_per_second and write_units_per_second must be positive numbers or null")
+    worker = worker.limited(*limits)
+    slowest = {"ms": 0.0}
+    started = {"at": time.monotonic()}
+
+    def note_page(_page: PageResult, _result: SegmentResult) -> None:
+        now = time.monotonic()
+        slowest["ms"] = max(slowest["ms"], (now - started["at"]) * 1000)
+        started["at"] = now
+
+    # Another page only when it fits: the margin plus the slowest page so far must still be left.
+    result = worker.run(request, lambda: remaining_ms() > margin + slowest["ms"], note_page)
+    # Echoed so a coordinator can match a result to its invocation (asynchronous invocations may be delivered twice).
+    echoed = {name: payload[name] for name in ("run_id", "attempt") if name in payload}
+    return result.payload(table_name=request.table_name, **echoed)
