@@ -1,10 +1,16 @@
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
-from boto3.dynamodb.types import Binary
+from boto3.dynamodb.types import Binary, TypeDeserializer
 
+from chalicelib import records
 from chalicelib.records import EventName, MalformedRecord, decode_record, item_state, table_name_from_stream_arn
 from localdev.events import StreamEventFactory, to_wire
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_decodes_the_facts_the_planner_needs():
@@ -84,3 +90,56 @@ def test_malformed_records_are_refused_with_a_reason_and_no_value(raw):
 def test_table_name_from_stream_arn():
     arn = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
     assert table_name_from_stream_arn(arn) == "Users"
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        {"S": "a@gmail.com"},
+        {"S": ""},
+        {"S": 5},
+        {"BOOL": True},
+        {"BOOL": False},
+        {"BOOL": "yes"},
+        {"N": "12.50"},
+        {"B": b"\x00\xff"},
+        {"NULL": True},
+        {"L": [{"S": "a"}, {"BOOL": True}]},
+        {"M": {"x": {"S": "a"}}},
+        {"SS": ["a", "b"]},
+        {"s": "lower-case type"},
+        {"S": "first", "N": "1"},
+        {"N": "1", "S": "second"},
+    ],
+)
+def test_strings_and_bools_read_directly_are_what_the_deserializer_gives(wire):
+    assert records._deserialize(wire) == TypeDeserializer().deserialize(wire)
+
+
+@pytest.mark.parametrize("wire", [{}, {"XX": "1"}, {"L": "not a list"}, None])
+def test_what_the_deserializer_refuses_is_still_refused(wire):
+    with pytest.raises(records._DECODE_ERRORS):
+        TypeDeserializer().deserialize(wire)
+    with pytest.raises(records._DECODE_ERRORS):
+        records._deserialize(wire)
+
+
+def test_a_batch_of_string_keys_and_emails_never_imports_boto3():
+    # boto3 (and the s3transfer it imports) is ~0.1 s of a cold start that a DynamoDB client does not need.
+    script = (
+        "import os, sys\n"
+        "os.environ.update(AWS_DEFAULT_REGION='us-east-1', AWS_ACCESS_KEY_ID='x', AWS_SECRET_ACCESS_KEY='x')\n"
+        "import app\n"
+        "from chalicelib.config import Settings\n"
+        "from chalicelib.runtime import processor_for\n"
+        "raw = {'eventName': 'MODIFY', 'eventSourceARN': 'arn:aws:dynamodb:us-east-1:1:table/Users/stream/x',\n"
+        "       'dynamodb': {'SequenceNumber': '100', 'Keys': {'Id': {'S': 'k'}},\n"
+        "                    'NewImage': {'Id': {'S': 'k'}, 'Email': {'S': 'a@gmail.com'},\n"
+        "                                 'IsPersonalEmail': {'BOOL': True}}}}\n"
+        "report = processor_for(Settings.from_environ(os.environ)).process({'Records': [raw]})\n"
+        "assert report.already_correct == 1, report\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('boto3', 's3transfer')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
