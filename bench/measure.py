@@ -221,6 +221,14 @@ def batch_workload(table_name: str, records: int) -> BatchWorkload:
     )
 
 
+def _timed_section(
+    results: dict[str, Any], checks: dict[str, list[bool]], latencies: Sequence[float], **sizes: int
+) -> dict[str, Any]:
+    for name in SUBJECTS:
+        results[name]["all_writes_right"] = all(checks[name])
+    return {**sizes, "latencies_ms": [latency * 1000 for latency in latencies], "handlers": results}
+
+
 def _time_batch(handler: Subject, event: dict[str, Any]) -> tuple[float, int]:
     writes = handler.writes.count
     started = time.perf_counter()
@@ -257,14 +265,7 @@ def measure_batch_times(
                     results[name][f"writes_{label}"].append(seconds)
                     results[name][f"no_writes_{label}"].append(quiet_seconds)
         progress(f"batch time: {label} added round trip done")
-    for name in SUBJECTS:
-        results[name]["all_writes_right"] = all(checks[name])
-    return {
-        "records": records,
-        "repetitions": repetitions,
-        "latencies_ms": [latency * 1000 for latency in latencies],
-        "handlers": results,
-    }
+    return _timed_section(results, checks, latencies, records=records, repetitions=repetitions)
 
 
 # --- cold start --------------------------------------------------------------------------------------------------
@@ -326,14 +327,7 @@ def measure_cold_starts(engine: DynamoDBLocal, records: int, runs: int, latencie
             for name in SUBJECTS:
                 results[name][label] = samples[name]
             progress(f"cold start: {label} added round trip done")
-    for name in SUBJECTS:
-        results[name]["all_writes_right"] = all(right[name])
-    return {
-        "records": records,
-        "runs": runs,
-        "latencies_ms": [latency * 1000 for latency in latencies],
-        "handlers": results,
-    }
+    return _timed_section(results, right, latencies, records=records, runs=runs)
 
 
 # --- end-to-end lag ----------------------------------------------------------------------------------------------

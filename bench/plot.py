@@ -82,6 +82,10 @@ def _latency(milliseconds: float) -> str:
     return "no added latency" if not milliseconds else f"+{milliseconds:g} ms round trip"
 
 
+def _short(milliseconds: float) -> str:
+    return f"{milliseconds:.0f}" if milliseconds >= 100 else f"{milliseconds:.3g}"
+
+
 def _bars(axis: Any, groups: list[tuple[str, str]], values: dict[str, dict[str, list[float]]], title: str) -> None:
     width = 0.38
     tallest = 0.0
@@ -89,7 +93,7 @@ def _bars(axis: Any, groups: list[tuple[str, str]], values: dict[str, dict[str, 
         heights = [median(values[name][key]) * 1000 for _, key in groups]
         positions = [i + (offset - 0.5) * width for i in range(len(groups))]
         bars = axis.bar(positions, heights, width, label=name, color=COLOURS[name])
-        axis.bar_label(bars, labels=[f"{h:.0f}" if h >= 100 else f"{h:.3g}" for h in heights], fontsize=7, padding=1)
+        axis.bar_label(bars, labels=[_short(height) for height in heights], fontsize=7, padding=1)
         tallest = max(tallest, *heights)
     axis.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=8)
     axis.set_yscale("log")

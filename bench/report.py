@@ -48,6 +48,10 @@ def _ratio_row(measure: str, ours: float, baseline: float, limit: float | None) 
     return Row(measure, _ms(ours), _ms(baseline), ratio, f"<= {limit:g} x", ratio <= limit)
 
 
+def _median_row(measure: str, ours: Sequence[float], baseline: Sequence[float], limit: float | None = None) -> Row:
+    return _ratio_row(measure, median(ours), median(baseline), limit)
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """The table's rows, the targets' verdicts included, from a full result document."""
     table: list[Row] = []
@@ -79,61 +83,31 @@ def rows(results: dict[str, Any]) -> list[Row]:
     records = batch["records"]
     ours_b, base_b = batch["handlers"][OURS], batch["handlers"][BASELINE]
     for label in _labels(batch):
-        limit = 0.25 if label != "0ms" else None
+        writes = f"writes_{label}"
         table.append(
-            _ratio_row(
+            _median_row(
                 f"batch of {records} writes, {_latency_text(label)} (median)",
-                median(ours_b[f"writes_{label}"]),
-                median(base_b[f"writes_{label}"]),
-                limit,
+                ours_b[writes],
+                base_b[writes],
+                0.25 if label != "0ms" else None,
             )
         )
     for label in _labels(batch):
-        table.append(
-            _ratio_row(
-                f"batch of {records} no-op records vs baseline's {records} writes, {_latency_text(label)}",
-                median(ours_b[f"no_writes_{label}"]),
-                median(base_b[f"writes_{label}"]),
-                0.05,
-            )
-        )
-        table.append(
-            _ratio_row(
-                f"batch of {records} no-op records, both, {_latency_text(label)}",
-                median(ours_b[f"no_writes_{label}"]),
-                median(base_b[f"no_writes_{label}"]),
-                None,
-            )
-        )
+        quiet, writes, latency = f"no_writes_{label}", f"writes_{label}", _latency_text(label)
+        vs_writes = f"batch of {records} no-op records vs baseline's {records} writes, {latency}"
+        table.append(_median_row(vs_writes, ours_b[quiet], base_b[writes], 0.05))
+        table.append(_median_row(f"batch of {records} no-op records, both, {latency}", ours_b[quiet], base_b[quiet]))
 
     cold = results["cold_start"]
     ours_c, base_c = cold["handlers"][OURS], cold["handlers"][BASELINE]
     labels = _labels(cold)
-    table.append(
-        _ratio_row(
-            f"cold start: import of the handler's module (median of {cold['runs']})",
-            median(ours_c[labels[0]]["import_s"]),
-            median(base_c[labels[0]]["import_s"]),
-            None,
-        )
-    )
+    import_row = f"cold start: import of the handler's module (median of {cold['runs']})"
+    table.append(_median_row(import_row, ours_c[labels[0]]["import_s"], base_c[labels[0]]["import_s"]))
     for label in labels:
-        table.append(
-            _ratio_row(
-                f"cold start: import + first batch of {cold['records']} writes, {_latency_text(label)}",
-                median(ours_c[label]["first_batch_s"]),
-                median(base_c[label]["first_batch_s"]),
-                0.4,
-            )
-        )
-        table.append(
-            _ratio_row(
-                f"cold start: CPU time of the above, {_latency_text(label)}",
-                median(ours_c[label]["cpu_s"]),
-                median(base_c[label]["cpu_s"]),
-                None,
-            )
-        )
+        first = f"cold start: import + first batch of {cold['records']} writes, {_latency_text(label)}"
+        table.append(_median_row(first, ours_c[label]["first_batch_s"], base_c[label]["first_batch_s"], 0.4))
+        cpu = f"cold start: CPU time of the above, {_latency_text(label)}"
+        table.append(_median_row(cpu, ours_c[label]["cpu_s"], base_c[label]["cpu_s"]))
 
     lag = results["lag"]
     ours_l, base_l = lag["handlers"][OURS], lag["handlers"][BASELINE]
