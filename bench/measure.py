@@ -229,18 +229,21 @@ def _timed_section(
     return {**sizes, "latencies_ms": [latency * 1000 for latency in latencies], "handlers": results}
 
 
-def _time_batch(handler: Subject, event: dict[str, Any]) -> tuple[float, int]:
+def _time_batch(handler: Subject, event: dict[str, Any]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of the whole process, UpdateItem calls) of one invocation."""
     writes = handler.writes.count
+    cpu_started = time.process_time()
     started = time.perf_counter()
     handler.invoke(event)
-    return time.perf_counter() - started, handler.writes.count - writes
+    return time.perf_counter() - started, time.process_time() - cpu_started, handler.writes.count - writes
 
 
 def measure_batch_times(
     engine: DynamoDBLocal, records: int, repetitions: int, latencies: Sequence[float]
 ) -> dict[str, Any]:
-    """Wall time of one batch of `records` that all need a write, and of `records` that need none, per handler and
-    added round trip; repetitions interleave the handlers, and every write batch is checked afterwards."""
+    """Wall time of one batch of `records` that all need a write (and the process's CPU time for it), and of
+    `records` that need none, per handler and added round trip; repetitions interleave the handlers, and every write
+    batch is checked afterwards."""
     client = engine.client()
     setups = {}
     for name in SUBJECTS:
@@ -251,18 +254,19 @@ def measure_batch_times(
     for latency in latencies:
         label = f"{latency * 1000:g}ms"
         for name in SUBJECTS:
-            results[name][f"writes_{label}"] = []
-            results[name][f"no_writes_{label}"] = []
+            for kind in ("writes", "writes_cpu", "no_writes"):
+                results[name][f"{kind}_{label}"] = []
         for repetition in range(repetitions + 1):  # the first is a warm-up, not kept
             for name, (table, handler, workload) in setups.items():
                 put_all(client, table, workload.items)
                 with added_latency(handler.client, latency):
-                    seconds, writes = _time_batch(handler, workload.needs_writes)
+                    seconds, cpu_seconds, writes = _time_batch(handler, workload.needs_writes)
                     checks[name].append(writes == records and wrong_flags(client, table) == 0)
-                    quiet_seconds, quiet_writes = _time_batch(handler, workload.needs_none)
+                    quiet_seconds, _, quiet_writes = _time_batch(handler, workload.needs_none)
                     checks[name].append(quiet_writes == 0)
                 if repetition:
                     results[name][f"writes_{label}"].append(seconds)
+                    results[name][f"writes_cpu_{label}"].append(cpu_seconds)
                     results[name][f"no_writes_{label}"].append(quiet_seconds)
         progress(f"batch time: {label} added round trip done")
     return _timed_section(results, checks, latencies, records=records, repetitions=repetitions)

@@ -92,6 +92,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 0.25 if label != "0ms" else None,
             )
         )
+        cpu = f"writes_cpu_{label}"
+        table.append(_median_row(f"CPU time of the above, {_latency_text(label)}", ours_b[cpu], base_b[cpu]))
     for label in _labels(batch):
         quiet, writes, latency = f"no_writes_{label}", f"writes_{label}", _latency_text(label)
         vs_writes = f"batch of {records} no-op records vs baseline's {records} writes, {latency}"

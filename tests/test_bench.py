@@ -115,7 +115,7 @@ def test_smoke_run_every_timed_measure_did_the_right_writes(smoke):
     for name in (OURS, BASELINE):
         batch = smoke["batch_time"]["handlers"][name]
         assert batch["all_writes_right"]
-        for key in ("writes_0ms", "writes_5ms", "no_writes_0ms", "no_writes_5ms"):
+        for key in ("writes_0ms", "writes_5ms", "writes_cpu_0ms", "writes_cpu_5ms", "no_writes_0ms", "no_writes_5ms"):
             assert len(batch[key]) == sizes["batch_repetitions"]
         cold = smoke["cold_start"]["handlers"][name]
         assert cold["all_writes_right"]
