@@ -1,11 +1,12 @@
-# The README's two commands: `make demo` (the walkthrough on DynamoDB Local) and `make test` (what CI runs).
+# The README's commands: `make demo` (the walkthrough on DynamoDB Local), `make test` (what CI runs) and
+# `make bench` (email-checker against the walkthrough's Lambda, side by side; not part of CI).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: demo run test soak lint format domains policies deps check-java clean
+.PHONY: demo run test soak bench lint format domains policies deps check-java clean
 
 demo: deps check-java
 	@$(BIN)/python -m localdev.demo
@@ -22,6 +23,10 @@ test: deps check-java
 # The long versions of the reliability tests (more histories, more client threads and operations).
 soak: deps check-java
 	EMAIL_CHECKER_SOAK=1 $(BIN)/python -m pytest tests/test_reliability.py -p no:logging
+
+# Prints the table, writes bench/results.json and bench/results.png (a few minutes; loopback only).
+bench: deps check-java
+	$(BIN)/python -m bench
 
 lint: deps
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

