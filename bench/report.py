@@ -175,6 +175,22 @@ def engine_line(engine: dict[str, Any]) -> str:
     )
 
 
+def backfill_lines(backfill: Sequence[dict[str, Any]]) -> str:
+    """The backfill's throughput by segment count (email-checker only: the walkthrough has no backfill)."""
+    if not backfill:
+        return ""
+    lines = [
+        f"backfill of {backfill[0]['items']} items written before the trigger (stream off, every flag missing), "
+        "1,000-item pages:",
+        f"  {'segments':>8}  {'scanned and fixed':>18}  {'re-run, nothing to fix':>23}",
+    ]
+    lines += [
+        f"  {run['segments']:>8}  {run['fixed_per_second']:>12.0f} items/s  {run['rescan_per_second']:>17.0f} items/s"
+        for run in backfill
+    ]
+    return "\n".join(lines)
+
+
 def render(table: Sequence[Row]) -> str:
     """The rows as a plain-text table."""
     header = ("measure", OURS, BASELINE, "ratio", "target", "result")

@@ -15,6 +15,7 @@ from bench.report import rows, targets
 from bench.subjects import ROOT, environment, stage_environment
 from bench.workload import WALKTHROUGH_DOMAINS, mixed_workload
 from localdev.dynamodb_local import DynamoDBLocal, find_jar
+from tools import backfill_bench
 
 # No added latency (DynamoDB Local, CPU-bound on this machine) and a simulated in-region round trip (real DynamoDB).
 LATENCIES = (0.0, 0.005)
@@ -39,6 +40,8 @@ class Sizes:
     lag_rate: float
     cpu_records: int
     cpu_repetitions: int
+    backfill_items: int
+    backfill_segments: tuple[int, ...]
 
 
 FULL = Sizes(
@@ -52,6 +55,8 @@ FULL = Sizes(
     lag_rate=40,
     cpu_records=10_000,
     cpu_repetitions=15,
+    backfill_items=5_000,
+    backfill_segments=(1, 2, 4, 8),
 )
 SMOKE = Sizes(
     seed_items=20,
@@ -64,6 +69,8 @@ SMOKE = Sizes(
     lag_rate=50,
     cpu_records=200,
     cpu_repetitions=2,
+    backfill_items=60,
+    backfill_segments=(1, 2),
 )
 
 
@@ -119,6 +126,8 @@ def run(engine: DynamoDBLocal, sizes: Sizes) -> dict[str, Any]:
         )
         results["cold_start"] = measure.measure_cold_starts(engine, sizes.batch_records, sizes.cold_runs, LATENCIES)
         results["lag"] = measure.measure_lag(engine, sizes.lag_items, sizes.lag_rate)
+        measure.progress(f"backfill of {sizes.backfill_items} items by segment count")
+        results["backfill"] = [backfill_bench.measure(sizes.backfill_items, n) for n in sizes.backfill_segments]
         results["machine"]["load_average_after"] = os.getloadavg()
     results["targets"] = targets(rows(results))
     return results

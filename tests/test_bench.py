@@ -9,7 +9,7 @@ import pytest
 
 from bench import suite
 from bench.plot import plot
-from bench.report import percentile, render, rows
+from bench.report import backfill_lines, percentile, render, rows
 from bench.subjects import BASELINE, OURS
 from bench.workload import (
     WALKTHROUGH_DOMAINS,
@@ -128,6 +128,10 @@ def test_smoke_run_every_timed_measure_did_the_right_writes(smoke):
     assert smoke["cpu_profile"]["us_per_record_best"] > 0 and smoke["cpu_profile"]["profile_top_own_time"]
     engine = smoke["engine"]
     assert engine["with_stream"]["sequential_ms"] > 0 and engine["without_stream"]["concurrent_ms"] > 0
+    # The backfill line: one run per segment count, each of which checked it scanned and fixed every item.
+    assert [run["segments"] for run in smoke["backfill"]] == list(sizes["backfill_segments"])
+    assert all(run["items"] == sizes["backfill_items"] and run["fixed_per_second"] > 0 for run in smoke["backfill"])
+    assert "segments" in backfill_lines(smoke["backfill"])
 
 
 def test_smoke_run_table_targets_and_figure(smoke, tmp_path):
