@@ -91,6 +91,16 @@ class ServerProcess:
         self.stop()
 
 
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class DynamoDBLocal(ServerProcess):
     """One DynamoDB Local process: in memory, or on disk under `db_path` so a restart finds its tables again."""
 

@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_NAME = "sync_is_personal_email"
 
 
+def stage_environment(stage: str, function_name: str, project_dir: Path = ROOT) -> dict[str, str]:
+    """The variables Lambda would see for one of the app's functions, resolved by Chalice itself (as its test client
+    does), over this process's environment."""
+    config = CLIFactory(str(project_dir)).create_config_obj(chalice_stage_name=stage)
+    return {**os.environ, **config.scope(stage, function_name).environment_variables}
+
+
 class SummaryCollector(logging.Handler):
     """Keeps the structured fields of every "batch processed" log line, as an operator would read them."""
 
@@ -48,9 +55,7 @@ class ChaliceInvoker:
         from app import app
 
         self._client = Client(app, stage_name=stage, project_dir=str(project_dir))
-        # The variables Lambda would see for this function, resolved by Chalice itself (the test client does the same).
-        config = CLIFactory(str(project_dir)).create_config_obj(chalice_stage_name=stage)
-        self.stage_environment = {**os.environ, **config.scope(stage, FUNCTION_NAME).environment_variables}
+        self.stage_environment = stage_environment(stage, FUNCTION_NAME, project_dir)
         self.settings = Settings.from_environ(self.stage_environment)
         self.quiet = quiet
         self.collector = SummaryCollector()

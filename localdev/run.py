@@ -27,6 +27,7 @@ from localdev.dynamodb_local import (
     endpoint_environment,
     ensure_table,
     free_port,
+    port_is_free,
     table_definition,
 )
 
@@ -44,18 +45,6 @@ def describe_batch(summary: dict[str, Any]) -> str:
     )
     extras = [f"{summary[name]} {name}" for name in ("rejected", "malformed") if summary.get(name)]
     return line + (", " + ", ".join(extras) if extras else "") + f" in {summary['duration_ms']:.1f} ms"
-
-
-def port_is_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:port."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> int:

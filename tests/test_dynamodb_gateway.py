@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
 from botocore.retries.standard import ExponentialBackoff
 from botocore.stub import Stubber
 
@@ -15,6 +12,7 @@ from chalicelib.dynamodb import DynamoDBGateway, WriteOutcome, client_config
 from chalicelib.planner import Action, Write
 from chalicelib.records import item_key
 from localdev.events import to_wire
+from tests.faults import dynamodb_error
 from tests.test_handler import get, put
 
 KEY_A = item_key("Users", to_wire({"Id": "a"}))
@@ -61,25 +59,14 @@ def test_keys_still_unprocessed_after_every_pass_are_left_out_as_failed():
     assert KEY_A not in result.states and result.rejected == []
 
 
-class _Body:
-    def __init__(self, payload: bytes) -> None:
-        self._payload = payload
-
-    def stream(self, **_):
-        yield self._payload
-
-
 def throttle_first(attempts: int):
     """A before-send hook: the first `attempts` requests are answered with a throttling error, as DynamoDB would."""
     calls = {"count": 0}
-    body = json.dumps(
-        {"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "injected"}
-    ).encode()
 
     def hook(request, **_):
         calls["count"] += 1
         if calls["count"] <= attempts:
-            return AWSResponse(request.url, 400, {"x-amzn-RequestId": "injected"}, _Body(body))
+            return dynamodb_error(request.url, 400, "ThrottlingException")
         return None
 
     return hook, calls

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from botocore.awsrequest import AWSResponse
 from botocore.retries.standard import ExponentialBackoff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chalicelib.runtime import processor_for
 from localdev.mapping import CheckpointStore, LocalEventSourceMapping
+from tests.faults import dynamodb_error
 from tests.reliability import EMAILS, Model, Op, perform, random_op, scan, violations
 
 SOAK = os.environ.get("EMAIL_CHECKER_SOAK") == "1"
@@ -169,14 +169,6 @@ def test_concurrent_clients_while_the_handler_runs(engine, make_table, invoker, 
     assert model.operations == threads * operations
 
 
-class _Body:
-    def __init__(self, payload: bytes) -> None:
-        self._payload = payload
-
-    def stream(self, **_):
-        yield self._payload
-
-
 def transient_faults(stubborn: set[str], seed: int):
     """A before-send hook that fails UpdateItem requests as DynamoDB can (throttling, a 500), deterministically per
     key: a `stubborn` key fails its first 7 attempts (more than botocore's 5, so the failure must come back to the
@@ -202,8 +194,7 @@ def transient_faults(stubborn: set[str], seed: int):
                 return None
             counts["injected"] += 1
             status, code = rng.choice(kinds)
-        body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected"}).encode()
-        return AWSResponse(request.url, status, {"x-amzn-RequestId": "injected"}, _Body(body))
+        return dynamodb_error(request.url, status, code)
 
     return hook, counts
 

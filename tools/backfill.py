@@ -540,10 +540,9 @@ def fan_out(
 
 def stage_settings(stage: str, project_dir: Path = ROOT) -> Settings:
     """The stage's settings as its functions see them (the domain overrides decide the same way)."""
-    from chalice.cli.factory import CLIFactory
+    from localdev.invoker import stage_environment
 
-    config = CLIFactory(str(project_dir)).create_config_obj(chalice_stage_name=stage)
-    return Settings.from_environ({**os.environ, **config.scope(stage, FUNCTION_NAME).environment_variables})
+    return Settings.from_environ(stage_environment(stage, FUNCTION_NAME, project_dir))
 
 
 def local_worker(settings: Settings, client: Any, write_concurrency: int) -> SegmentWorker:
