@@ -37,6 +37,8 @@ class WriteOutcome(StrEnum):
     REJECTED = "rejected"
     """DynamoDB refused the request itself (a key that does not fit the table's schema, a table that is gone):
     a retry can't succeed, so it is counted and logged instead, and the shard goes on."""
+    OUT_OF_TIME = "out_of_time"
+    """Not written before the batch's deadline (not sent, or still in flight): counted as failed and retried."""
 
 
 # Errors that say the request can never succeed as it is; everything else is worth retrying.
