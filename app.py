@@ -9,7 +9,7 @@ from chalice import Chalice
 from chalice.app import DynamoDBEvent
 
 from chalicelib.config import UNBOUND_STREAM_ARN, ConfigError, Settings
-from chalicelib.runtime import backfill_segment, processor_for
+from chalicelib.runtime import backfill_segment, backfill_worker_for, processor_for
 
 # Powertools owns the "email-checker" logger (structured JSON); Chalice would add a second, plain-text handler to it.
 app = Chalice(app_name="email-checker", configure_logs=False)
@@ -30,6 +30,15 @@ except ConfigError as problem:
     raise
 
 
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not CLI_MODE:
+    # In Lambda, build the function's clients, domain list and Powertools in the init phase, not in the first batch's
+    # time budget. Tests and the CLI import this module without it, so importing it stays cheap.
+    if os.environ["AWS_LAMBDA_FUNCTION_NAME"].endswith("-backfill_segment"):
+        backfill_worker_for(SETTINGS)
+    else:
+        processor_for(SETTINGS)
+
+
 @app.on_dynamodb_record(
     # Tests and the local mapping import the app with no STREAM_ARN: the handler takes each record's table from its
     # eventSourceARN, so only the deployed mapping needs the real one.
@@ -39,8 +48,8 @@ except ConfigError as problem:
     maximum_batching_window_in_seconds=SETTINGS.maximum_batching_window_in_seconds,
 )
 def sync_is_personal_email(event: DynamoDBEvent) -> dict[str, Any]:
-    """Bring every item the batch touched under the invariant; report what failed so Lambda retries it."""
-    return processor_for(Settings.from_environ(os.environ)).handle(event.to_dict())
+    """Bring every item the batch touched under the invariant before the deadline; report what failed for a retry."""
+    return processor_for(Settings.from_environ(os.environ)).handle(event.to_dict(), event.context)
 
 
 @app.lambda_function(name="backfill_segment")

@@ -16,7 +16,7 @@ from typing import Any
 
 from chalicelib.dynamodb import WriteOutcome
 from chalicelib.planner import Classify, Write, decide
-from chalicelib.records import EMAIL, FLAG, item_key, item_state
+from chalicelib.records import decision_projection, from_event_json, item_key, item_state
 
 # Scan reads in 4 KB units, eventually consistent at half a unit each; a write costs at least one 1 KB unit.
 READ_UNIT_BYTES = 4096
@@ -174,21 +174,17 @@ def key_from_json(key: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]
     """The inverse of `key_to_json`: binary values back to bytes, as boto3's client takes them."""
     if key is None:
         return None
-    return {
-        name: {"B": base64.b64decode(value["B"], validate=True)} if "B" in value else dict(value)
-        for name, value in key.items()
-    }
+    return {name: dict(from_event_json(value)) for name, value in key.items()}
 
 
 def scan_request(request: SegmentRequest, start_key: Mapping[str, Any] | None) -> dict[str, Any]:
     """The Scan parameters of one page: the segment, only the attributes the decision reads, consumed capacity."""
-    names = {f"#k{i}": name for i, name in enumerate(request.key_names)}
-    names.update({"#email": EMAIL, "#flag": FLAG})
+    projection, names = decision_projection(tuple(request.key_names))
     parameters: dict[str, Any] = {
         "TableName": request.table_name,
         "Segment": request.segment,
         "TotalSegments": request.total_segments,
-        "ProjectionExpression": ", ".join(names),
+        "ProjectionExpression": projection,
         "ExpressionAttributeNames": names,
         "ReturnConsumedCapacity": "TOTAL",
         "ConsistentRead": request.consistent_read,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -11,6 +12,9 @@ STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST")
 # Where a stage has no STREAM_ARN yet: lets tests and the local mapping import the app (the handler takes each
 # record's table from its eventSourceARN); `chalice deploy`/`package` refuse to run with it.
 UNBOUND_STREAM_ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/unbound/stream/unbound"
+# Where no stage sets STAGE (a test or a script that builds the settings itself): its metrics stay apart from a stage's.
+LOCAL_STAGE = "local"
+_STAGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ConfigError(ValueError):
@@ -50,6 +54,8 @@ def _domain_list(environ: Mapping[str, str], name: str) -> frozenset[str]:
 class Settings:
     """Everything a stage configures, validated."""
 
+    stage: str
+    """The Chalice stage: a dimension of every metric and a key of every log line, so stages never mix."""
     stream_arn: str
     batch_size: int
     starting_position: str
@@ -66,7 +72,11 @@ class Settings:
         starting_position = environ.get("STARTING_POSITION", "").strip().upper() or "TRIM_HORIZON"
         if starting_position not in STARTING_POSITIONS:
             raise ConfigError(f"STARTING_POSITION must be one of {', '.join(STARTING_POSITIONS)}")
+        stage = environ.get("STAGE", "").strip() or LOCAL_STAGE
+        if not _STAGE_NAME.fullmatch(stage):
+            raise ConfigError(f"STAGE must be a stage name (letters, digits, - and _), not {stage!r}")
         return cls(
+            stage=stage,
             stream_arn=environ.get("STREAM_ARN", "").strip(),
             batch_size=_int_setting(environ, "BATCH_SIZE", 100, 1, 10_000),
             starting_position=starting_position,

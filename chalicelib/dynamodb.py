@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -14,13 +14,16 @@ from typing import Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib.budget import CONNECT_TIMEOUT_SECONDS, MAX_ATTEMPTS, READ_TIMEOUT_SECONDS, READS_PER_REQUEST
+from chalicelib.deadline import NO_DEADLINE, Deadline, chunks, map_until
 from chalicelib.planner import Action, Write
-from chalicelib.records import EMAIL, FLAG, ItemKey, ItemState, item_state, key_identity
+from chalicelib.records import EMAIL, FLAG, ItemKey, ItemState, decision_projection, item_state, key_identity
 
 # A child of the Powertools logger ("email-checker"), so these lines come out in the same structured format.
 logger = logging.getLogger("email-checker.dynamodb")
 
-BATCH_GET_LIMIT = 100
+WRITES_PER_REQUEST = 1
+"""Writes one request carries (the time budget's worst case counts requests)."""
 # BatchGetItem's UnprocessedKeys are a partial success that botocore does not retry; a few passes, then failure.
 UNPROCESSED_PASSES = 4
 UNPROCESSED_BACKOFF_SECONDS = 0.05
@@ -51,15 +54,23 @@ class ReadResult:
 
     states: dict[ItemKey, ItemState | None] = field(default_factory=dict)
     rejected: list[ItemKey] = field(default_factory=list)
+    out_of_time: list[ItemKey] = field(default_factory=list)
+    """Keys not read before the batch's deadline."""
+
+    def merge(self, other: ReadResult) -> None:
+        """Add another read's findings to this one."""
+        self.states.update(other.states)
+        self.rejected.extend(other.rejected)
+        self.out_of_time.extend(other.out_of_time)
 
 
 def client_config(max_pool_connections: int) -> Config:
-    """botocore settings for the function: standard retry mode, timeouts well inside Lambda's 60 s."""
+    """botocore settings for the function: standard retry mode, each request bounded (`chalicelib.budget`)."""
     return Config(
-        retries={"mode": "standard", "total_max_attempts": 5},
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
         max_pool_connections=max_pool_connections,
-        connect_timeout=2,
-        read_timeout=5,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
         tcp_keepalive=True,
     )
 
@@ -100,13 +111,24 @@ class DynamoDBGateway:
         """The boto3 DynamoDB client (its event hooks are how tests inject faults)."""
         return self._client
 
-    def apply(self, writes: Sequence[Write]) -> list[WriteOutcome]:
-        """Run the writes concurrently (at most `max_concurrency` at once); outcomes in the writes' order."""
-        if len(writes) <= 1:
-            return [self._apply_one(write) for write in writes]
+    def apply(self, writes: Sequence[Write], deadline: Deadline = NO_DEADLINE) -> list[WriteOutcome]:
+        """Run the writes concurrently (at most `max_concurrency` at once); outcomes in the writes' order.
+
+        None is sent once the deadline has passed, and the answer does not wait past it: those writes are OUT_OF_TIME.
+        """
+        return self._map(self._apply_one, writes, deadline, lambda _: WriteOutcome.OUT_OF_TIME)
+
+    def _map(self, work: Any, items: Sequence[Any], deadline: Deadline, out_of_time: Any) -> list[Any]:
+        if not items:
+            return []
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="ddb-write")
-        return list(self._pool.map(self._apply_one, writes))
+            self._pool = ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="ddb")
+        results, cut_short = map_until(self._pool, work, items, deadline, out_of_time)
+        if cut_short:
+            # Requests still in flight hold the workers until their own timeouts: the next batch gets fresh ones.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        return results
 
     def _apply_one(self, write: Write) -> WriteOutcome:
         try:
@@ -124,27 +146,40 @@ class DynamoDBGateway:
             return WriteOutcome.FAILED
         return WriteOutcome.APPLIED
 
-    def read_states(self, keys: Sequence[ItemKey]) -> ReadResult:
-        """The current state of each key by consistent BatchGetItem; keys that could not be read are left out."""
+    def read_states(self, keys: Sequence[ItemKey], deadline: Deadline = NO_DEADLINE) -> ReadResult:
+        """The current state of each key by consistent BatchGetItem, requests concurrent and bounded by the deadline;
+        keys that could not be read are left out of `states`."""
+        requests = [
+            (table_name, chunk)
+            for table_name, table_keys in groupby(sorted(keys, key=_table_of), key=_table_of)
+            for chunk in chunks(table_keys, READS_PER_REQUEST)
+        ]
         result = ReadResult()
-        for table_name, table_keys in groupby(sorted(keys, key=_table_of), key=_table_of):
-            for chunk in _chunks(list(table_keys), BATCH_GET_LIMIT):
-                self._read_chunk(table_name, chunk, result)
+        for partial in self._map(
+            lambda request: self._read_chunk(*request, deadline),
+            requests,
+            deadline,
+            lambda request: ReadResult(out_of_time=list(request[1])),
+        ):
+            result.merge(partial)
         return result
 
-    def _read_chunk(self, table_name: str, keys: list[ItemKey], result: ReadResult) -> None:
-        names = {f"#k{i}": name for i, name in enumerate(keys[0].attribute_names)}
-        names.update({"#email": EMAIL, "#flag": FLAG})
+    def _read_chunk(self, table_name: str, keys: list[ItemKey], deadline: Deadline) -> ReadResult:
+        result = ReadResult()
+        projection, names = decision_projection(keys[0].attribute_names)
         by_identity = {key.identity: key for key in keys}
         to_read = keys
         for attempt in range(UNPROCESSED_PASSES):
             if attempt:
                 time.sleep(UNPROCESSED_BACKOFF_SECONDS * 2**attempt)
+            if deadline.expired():
+                result.out_of_time.extend(to_read)
+                return result
             request = {
                 table_name: {
                     "Keys": [dict(key.wire) for key in to_read],
                     "ConsistentRead": True,
-                    "ProjectionExpression": ", ".join(names),
+                    "ProjectionExpression": projection,
                     "ExpressionAttributeNames": names,
                 }
             }
@@ -152,15 +187,15 @@ class DynamoDBGateway:
                 response = self._client.batch_get_item(RequestItems=request)
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") in PERMANENT_ERRORS:
-                    self._isolate_rejected(table_name, to_read, result)
+                    result.merge(self._isolate_rejected(table_name, to_read, deadline))
                 else:
                     logger.warning(
                         "batch_get_item failed after retries: %s", error.response.get("Error", {}).get("Code")
                     )
-                return
+                return result
             except BotoCoreError as error:
                 logger.warning("batch_get_item failed after retries: %s", type(error).__name__)
-                return
+                return result
             returned = {}
             for item in response.get("Responses", {}).get(table_name, []):
                 identity = key_identity({name: item[name] for name in keys[0].attribute_names})
@@ -173,16 +208,17 @@ class DynamoDBGateway:
                     result.states[key] = returned.get(key.identity)
             to_read = [by_identity[identity] for identity in unprocessed_identities if identity in by_identity]
             if not to_read:
-                return
+                return result
+        return result
 
-    def _isolate_rejected(self, table_name: str, keys: list[ItemKey], result: ReadResult) -> None:
+    def _isolate_rejected(self, table_name: str, keys: list[ItemKey], deadline: Deadline) -> ReadResult:
         """A refused request names no culprit: halve it until the keys DynamoDB refuses stand alone."""
         if len(keys) == 1:
-            result.rejected.append(keys[0])
-            return
+            return ReadResult(rejected=[keys[0]])
         middle = len(keys) // 2
-        self._read_chunk(table_name, keys[:middle], result)
-        self._read_chunk(table_name, keys[middle:], result)
+        result = self._read_chunk(table_name, keys[:middle], deadline)
+        result.merge(self._read_chunk(table_name, keys[middle:], deadline))
+        return result
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -193,8 +229,3 @@ class DynamoDBGateway:
 
 def _table_of(key: ItemKey) -> str:
     return key.table_name
-
-
-def _chunks(items: list[ItemKey], size: int) -> Iterator[list[ItemKey]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

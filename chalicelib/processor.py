@@ -8,19 +8,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chalicelib.budget import ANSWER_MARGIN_SECONDS
+from chalicelib.deadline import NO_DEADLINE, Deadline
 from chalicelib.dynamodb import ReadResult, WriteOutcome
 from chalicelib.planner import Action, Write, plan_batch, plan_reads
 from chalicelib.records import ChangeRecord, ItemKey, MalformedRecord, decode_record, sequence_number_of
+
+LOGGED_SEQUENCE_NUMBERS = 20
+"""A summary line lists at most this many sequence numbers per kind (their counts are always whole): a batch of
+10,000 rejected records would otherwise make a line of ~250 KB, CloudWatch's limit for one event."""
 
 
 class Gateway(Protocol):
     """What the processor needs of DynamoDB: conditional writes and consistent reads."""
 
-    def apply(self, writes: Sequence[Write]) -> list[WriteOutcome]:
-        """Apply the writes; one outcome per write, in order."""
+    def apply(self, writes: Sequence[Write], deadline: Deadline = NO_DEADLINE) -> list[WriteOutcome]:
+        """Apply the writes, sending none after the deadline; one outcome per write, in order."""
 
-    def read_states(self, keys: Sequence[ItemKey]) -> ReadResult:
-        """Read the keys' current items; keys that could not be read are left out."""
+    def read_states(self, keys: Sequence[ItemKey], deadline: Deadline = NO_DEADLINE) -> ReadResult:
+        """Read the keys' current items until the deadline; keys that could not be read are left out."""
 
 
 class BatchFailed(RuntimeError):
@@ -40,6 +46,8 @@ class BatchReport:
     deleted: int = 0
     gone: int = 0
     failed: int = 0
+    out_of_time: int = 0
+    """Items not written (or read) before the batch's deadline: counted in `failed` too, and retried."""
     rejected: int = 0
     rejected_sequence_numbers: list[str] = field(default_factory=list)
     """The records of items DynamoDB refused outright (e.g. a key that does not fit the table): not retried."""
@@ -48,6 +56,8 @@ class BatchReport:
     failed_sequence_number: str | None = None
     """The lowest sequence number among the records of the items that failed: where a retry must start."""
     duration_ms: float = 0.0
+    error: str | None = None
+    """The type of an unexpected exception that ended the batch (then Lambda retries it), and where it was raised."""
 
     @property
     def writes(self) -> int:
@@ -68,11 +78,14 @@ class BatchReport:
             "deleted": self.deleted,
             "gone": self.gone,
             "failed": self.failed,
+            "out_of_time": self.out_of_time,
             "rejected": self.rejected,
-            "rejected_sequence_numbers": self.rejected_sequence_numbers,
+            "rejected_records": len(self.rejected_sequence_numbers),
+            "rejected_sequence_numbers": self.rejected_sequence_numbers[:LOGGED_SEQUENCE_NUMBERS],
             "malformed": self.malformed,
-            "malformed_sequence_numbers": self.malformed_sequence_numbers,
+            "malformed_sequence_numbers": self.malformed_sequence_numbers[:LOGGED_SEQUENCE_NUMBERS],
             "failed_sequence_number": self.failed_sequence_number,
+            "error": self.error,
             "duration_ms": round(self.duration_ms, 3),
         }
 
@@ -83,6 +96,8 @@ METRICS = {
     "Superseded": lambda r: r.superseded,
     "AlreadyCorrect": lambda r: r.already_correct,
     "Failed": lambda r: r.failed,
+    "OutOfTime": lambda r: r.out_of_time,
+    "BatchErrors": lambda r: int(r.error is not None),
     "Rejected": lambda r: r.rejected,
     "Malformed": lambda r: r.malformed,
 }
@@ -110,10 +125,13 @@ class StreamProcessor:
         """The DynamoDB adapter this processor writes through."""
         return self._gateway
 
-    def process(self, event: Mapping[str, Any]) -> BatchReport:
-        """Bring every item in the event under the invariant, as far as DynamoDB lets it; count what happened."""
+    def process(
+        self, event: Mapping[str, Any], deadline: Deadline = NO_DEADLINE, report: BatchReport | None = None
+    ) -> BatchReport:
+        """Bring every item in the event under the invariant, as far as DynamoDB and the deadline let it; count what
+        happened (into `report` when given, so a caller still has the counts if an unexpected error ends it)."""
         started = time.perf_counter()
-        report = BatchReport()
+        report = report if report is not None else BatchReport()
         records = self._decode(event.get("Records") or [], report)
         plan = plan_batch(records, self._classify)
         report.items = len(plan.records_by_key)
@@ -121,12 +139,13 @@ class StreamProcessor:
         failed_keys: list[ItemKey] = []
         rejected_keys: list[ItemKey] = []
         if plan.reads:
-            read = self._gateway.read_states(plan.reads)
+            read = self._gateway.read_states(plan.reads, deadline)
             report.gone = plan_reads(plan, read.states, self._classify)
             rejected_keys.extend(read.rejected)
             failed_keys.extend(key for key in plan.reads if key not in read.states and key not in read.rejected)
+            report.out_of_time += len(read.out_of_time)
         report.already_correct = plan.already_correct
-        for write, outcome in zip(plan.writes, self._gateway.apply(plan.writes), strict=True):
+        for write, outcome in zip(plan.writes, self._gateway.apply(plan.writes, deadline), strict=True):
             if outcome is WriteOutcome.APPLIED:
                 if write.action is Action.SET:
                     report.flags_set += 1
@@ -137,6 +156,7 @@ class StreamProcessor:
             elif outcome is WriteOutcome.REJECTED:
                 rejected_keys.append(write.key)
             else:
+                report.out_of_time += outcome is WriteOutcome.OUT_OF_TIME
                 failed_keys.append(write.key)
         report.rejected = len(rejected_keys)
         report.rejected_sequence_numbers = [
@@ -182,13 +202,43 @@ class StreamProcessor:
             "the batch will be retried (REPORT_BATCH_ITEM_FAILURES is off)"
         )
 
-    def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """Process one Lambda event, log its summary line and metrics, and answer it."""
-        report = self.process(event)
+    def handle(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+        """Process one Lambda event before its deadline, log its summary line and metrics, and answer it.
+
+        The summary line and the metrics come out on every path: an unexpected exception is counted (its type and
+        place, never its message, which may hold a value), then raised so that Lambda retries the batch.
+        """
+        started = time.perf_counter()
+        deadline = NO_DEADLINE
+        if context is not None:
+            self._logger.append_keys(function_request_id=getattr(context, "aws_request_id", None))
+            deadline = Deadline.from_remaining_ms(context.get_remaining_time_in_millis(), ANSWER_MARGIN_SECONDS)
+        report = BatchReport()
+        try:
+            self.process(event, deadline, report)
+        except Exception as error:
+            report.error = _where(error)
+            report.duration_ms = (time.perf_counter() - started) * 1000
+            self._logger.error("batch processed", extra=report.summary())
+            self._publish(report)
+            raise
         self._logger.info("batch processed", extra=report.summary())
-        if self._metrics is not None:
-            for name, value in METRICS.items():
-                self._metrics.add_metric(name=name, unit="Count", value=value(report))
-            self._metrics.add_metric(name="BatchDuration", unit="Milliseconds", value=report.duration_ms)
-            self._metrics.flush_metrics()
+        self._publish(report)
         return self.respond(report)
+
+    def _publish(self, report: BatchReport) -> None:
+        if self._metrics is None:
+            return
+        for name, value in METRICS.items():
+            self._metrics.add_metric(name=name, unit="Count", value=value(report))
+        self._metrics.add_metric(name="BatchDuration", unit="Milliseconds", value=report.duration_ms)
+        self._metrics.flush_metrics()
+
+
+def _where(error: BaseException) -> str:
+    """`TypeName at file.py:line` of the innermost frame: enough to find the bug, with no value in it."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    place = f" at {frame.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.tb_lineno}" if frame else ""
+    return f"{type(error).__name__}{place}"

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from chalicelib.processor import StreamProcessor
 
 SERVICE = "email-checker"
+METRICS_NAMESPACE = "EmailChecker"
+"""Every metric carries the dimensions `service` and `stage` (DESIGN §7)."""
 
 
 @lru_cache(maxsize=4)
@@ -28,12 +30,14 @@ def processor_for(settings: Settings) -> StreamProcessor:
     from chalicelib.processor import StreamProcessor
 
     client = dynamodb_client(settings)
+    metrics = Metrics(service=SERVICE, namespace=METRICS_NAMESPACE)
+    metrics.set_default_dimensions(stage=settings.stage)
     return StreamProcessor(
         classify=classifier_for(settings).is_personal_email,
         gateway=DynamoDBGateway(client, max_concurrency=settings.write_concurrency),
         report_batch_item_failures=settings.report_batch_item_failures,
-        logger=Logger(service=SERVICE),
-        metrics=Metrics(service=SERVICE, namespace="EmailChecker"),
+        logger=Logger(service=SERVICE, stage=settings.stage),
+        metrics=metrics,
     )
 
 
@@ -83,6 +87,7 @@ def backfill_segment(settings: Settings, payload: Mapping[str, Any], remaining_m
     _backfill_logger().info(
         "backfill segment",
         extra={
+            "stage": settings.stage,
             "segment": result["segment"],
             "total_segments": result["total_segments"],
             "done": result["done"],

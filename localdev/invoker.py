@@ -12,7 +12,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from chalice.cli.factory import CLIFactory
-from chalice.test import Client
+from chalice.local import LambdaContext
+from chalice.test import Client, InvokeResponse, TestLambdaClient
 
 from chalicelib.config import Settings
 from chalicelib.processor import BatchReport
@@ -48,13 +49,38 @@ class SummaryCollector(logging.Handler):
                 self.on_summary(summary)
 
 
+class _StageTimeoutLambdaClient(TestLambdaClient):
+    """Chalice's test Lambda client, but the context's remaining time starts at the function's `lambda_timeout`, as
+    on AWS (Chalice's test client gives every invocation 3 s, which the handler's time budget would obey)."""
+
+    def invoke(self, function_name: str, payload: Any = None) -> InvokeResponse:
+        """Call the function under its stage's environment with a Lambda-like context."""
+        scoped = self._config.scope(self._config.chalice_stage, function_name)
+        context = LambdaContext(
+            function_name, memory_size=scoped.lambda_memory_size, max_runtime_ms=scoped.lambda_timeout * 1000
+        )
+        with self._patched_env_vars(scoped.environment_variables):
+            return InvokeResponse(payload=self._app.handler_map[function_name](payload or {}, context))
+
+
+class _StageTimeoutClient(Client):
+    """`chalice.test.Client` whose Lambda client honours the function's configured timeout."""
+
+    @property
+    def lambda_(self) -> TestLambdaClient:
+        """The Lambda test client with faithful remaining time."""
+        if self._lambda_client is None:
+            self._lambda_client = _StageTimeoutLambdaClient(self._app, self._chalice_config)
+        return self._lambda_client
+
+
 class ChaliceInvoker:
     """Calls the app's stream handler with a Lambda event, under the stage's environment variables."""
 
     def __init__(self, stage: str = "dev", quiet: bool = True, project_dir: Path = ROOT) -> None:
         from app import app
 
-        self._client = Client(app, stage_name=stage, project_dir=str(project_dir))
+        self._client = _StageTimeoutClient(app, stage_name=stage, project_dir=str(project_dir))
         self.stage_environment = stage_environment(stage, FUNCTION_NAME, project_dir)
         self.settings = Settings.from_environ(self.stage_environment)
         self.quiet = quiet

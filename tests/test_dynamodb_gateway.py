@@ -8,6 +8,7 @@ from botocore.retries.standard import ExponentialBackoff
 from botocore.stub import Stubber
 
 from chalicelib import dynamodb
+from chalicelib.budget import MAX_ATTEMPTS
 from chalicelib.dynamodb import DynamoDBGateway, WriteOutcome, client_config
 from chalicelib.planner import Action, Write
 from chalicelib.records import item_key
@@ -86,5 +87,5 @@ def test_throttling_is_retried_by_the_standard_retry_mode(engine, make_table, th
 
     assert DynamoDBGateway(client).apply([write]) == [outcome]
 
-    assert calls["count"] == (throttled + 1 if outcome is WriteOutcome.APPLIED else 5)
+    assert calls["count"] == (throttled + 1 if outcome is WriteOutcome.APPLIED else MAX_ATTEMPTS)
     assert ("IsPersonalEmail" in get(table, Id="a")) is (outcome is WriteOutcome.APPLIED)

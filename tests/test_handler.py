@@ -12,11 +12,12 @@ from botocore.awsrequest import AWSResponse
 from chalice.test import Client
 
 from app import app
+from chalicelib.config import Settings
 from chalicelib.processor import BatchFailed
 from chalicelib.records import StreamViewType
 from chalicelib.runtime import processor_for
 from localdev.events import StreamEventFactory, lambda_event, to_wire
-from localdev.invoker import FUNCTION_NAME
+from localdev.invoker import FUNCTION_NAME, stage_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 _deserialize = TypeDeserializer().deserialize
@@ -298,3 +299,21 @@ def test_metrics_are_emitted_in_embedded_metric_format(make_table, capsys):
     assert directive["Namespace"] == "EmailChecker"
     assert {m["Name"] for m in directive["Metrics"]} >= {"Records", "WritesApplied", "Superseded", "Failed"}
     assert emf["Records"] == [1.0] and emf["WritesApplied"] == [1.0] and emf["Failed"] == [0.0]
+    # Each stage's metrics stand apart: a dev stage's failures never land in prod's alarms.
+    assert ["service", "stage"] in [sorted(d) for d in directive["Dimensions"]]
+    assert emf["stage"] == Settings.from_environ(stage_environment("dev", FUNCTION_NAME)).stage
+
+
+def test_a_summary_line_lists_at_most_twenty_sequence_numbers_and_counts_them_all(make_table, invoker, log_sink):
+    table = make_table()
+    factory = StreamEventFactory(table_name=table.name)
+    broken = [factory.insert({"Id": f"m{i}", "Email": "m@gmail.com"}) for i in range(30)]
+    for record in broken:
+        record["eventName"] = "UPSERT"
+    seen = len(invoker.collector.summaries)
+
+    invoker(factory.event(*broken))
+
+    [summary] = invoker.collector.summaries[seen:]
+    assert summary["malformed"] == 30
+    assert summary["malformed_sequence_numbers"] == [r["dynamodb"]["SequenceNumber"] for r in broken[:20]]
