@@ -17,17 +17,20 @@ app = Chalice(app_name="email-checker", configure_logs=False)
 CLI_MODE = bool(os.environ.get("AWS_CHALICE_CLI_MODE"))  # set by `chalice deploy`, `package` and `local`
 try:
     SETTINGS = Settings.from_environ(os.environ)
-    if CLI_MODE and not SETTINGS.stream_arn:
-        raise ConfigError(
-            "STREAM_ARN is not set: put the users table's stream ARN in .chalice/config.json under "
-            'stages.<stage>.environment_variables."STREAM_ARN", or run '
-            "`python -m tools.stage bind --stage <stage> --stream-arn <arn>` "
-            "(aws dynamodb describe-table --table-name <table> --query Table.LatestStreamArn prints it)"
-        )
 except ConfigError as problem:
     if CLI_MODE:
         raise SystemExit(f"email-checker: {problem}") from None  # a message for the CLI user, not a traceback
     raise
+if CLI_MODE:
+    # Imported here only: tools/ is not deployed, and tests and Lambda import the app without it. It refuses a stage
+    # with no STREAM_ARN, or whose policy files were generated for another one (AWS would deny every write).
+    from tools.deploy_guard import deploy_refusal
+
+    _refusal = deploy_refusal(
+        os.path.dirname(os.path.abspath(__file__)), os.environ.get("STAGE", ""), SETTINGS.stream_arn
+    )
+    if _refusal:
+        raise SystemExit(f"email-checker: {_refusal}")
 
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not CLI_MODE:

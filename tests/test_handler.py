@@ -245,7 +245,9 @@ def inject_update_failures(processor, failing_ids):
 
 
 def failing_batch(table):
-    factory = StreamEventFactory(table_name=table.name)
+    # Sequence numbers 800, 900, 1000, 1100: the failed ones (900 to 1100) sort differently as strings ("1000" first)
+    # than as numbers, as real sequence numbers of different lengths do.
+    factory = StreamEventFactory(table_name=table.name, first_sequence_number=800)
     for item_id, email in [("ok", "ok@gmail.com"), ("bad1", "b1@gmail.com"), ("bad2", "b2@gmail.com")]:
         put(table, Id=item_id, Email=email)
     records = [
@@ -267,8 +269,9 @@ def test_partial_failure_names_the_lowest_failed_sequence_number(make_table, sta
         response = reporting(event)
     finally:
         restore()
-    # bad2's first record (the second of the batch) is the lowest among the failed items' records.
-    assert response == {"batchItemFailures": [{"itemIdentifier": records[1]["dynamodb"]["SequenceNumber"]}]}
+    # bad2's first record (the second of the batch, "900") is numerically the lowest among the failed items' records.
+    assert [r["dynamodb"]["SequenceNumber"] for r in records] == ["800", "900", "1000", "1100"]
+    assert response == {"batchItemFailures": [{"itemIdentifier": "900"}]}
     assert get(table, Id="ok")["IsPersonalEmail"] is True
     assert "IsPersonalEmail" not in get(table, Id="bad1")
 

@@ -70,7 +70,9 @@ def test_a_non_stream_arn_is_refused(bad):
 def test_package_without_a_stream_arn_stops_and_names_the_key(project_copy, tmp_path):
     result = chalice(project_copy, "package", "--stage", "dev", str(tmp_path / "out"))
     assert result.returncode != 0
-    assert "STREAM_ARN" in result.stderr and "stages.<stage>.environment_variables" in result.stderr
+    assert "email-checker: stage dev has no STREAM_ARN" in result.stderr
+    assert "`python -m tools.stage bind --stage dev --stream-arn <arn>`" in result.stderr
+    assert "config.json" not in result.stderr  # bind writes it, with the policy files that must match
     assert "Traceback" not in result.stderr
 
 
@@ -98,3 +100,13 @@ def test_a_stage_without_the_backfill_policy_file_is_named():
     del config["stages"]["dev"]["lambda_functions"]
     with pytest.raises(ValueError, match=r"lambda_functions\.backfill_segment\.iam_policy_file"):
         stage.backfill_policy_file(config, "dev")
+
+
+def test_bind_writes_stage_into_a_stage_that_lacks_it(project_copy):
+    config_path = project_copy / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["stages"]["prod"]["environment_variables"]["STAGE"]
+    stage.write_json(config_path, config)
+    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
+    variables = json.loads(config_path.read_text())["stages"]["prod"]["environment_variables"]
+    assert (variables["STAGE"], variables["STREAM_ARN"]) == ("prod", ARN)

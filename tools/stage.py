@@ -172,10 +172,13 @@ def stage_stream_arn(config: dict[str, Any], stage: str) -> str:
 
 
 def stage_variables(config: dict[str, Any], stage: str) -> dict[str, str]:
-    """The stage's environment variables (created empty if missing); ValueError for an unknown stage."""
+    """The stage's environment variables with STAGE set to its name; ValueError for an unknown stage."""
     if stage not in config["stages"]:
         raise ValueError(f"no stage {stage!r} in .chalice/config.json (stages: {', '.join(config['stages'])})")
-    return config["stages"][stage].setdefault("environment_variables", {})
+    variables = config["stages"][stage].setdefault("environment_variables", {})
+    # Every command that writes a stage keeps STAGE (the function's metrics dimension, the deploy guard's stage).
+    variables["STAGE"] = stage
+    return variables
 
 
 def expected_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -206,20 +209,25 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def write_policies(config: dict[str, Any]) -> list[Path]:
-    """Regenerate every stage's policy file from its STREAM_ARN."""
+def handler_policy_file(config: dict[str, Any], stage: str) -> str:
+    """The stream handler's policy file name in the stage's config."""
+    return config["stages"][stage].get("iam_policy_file", f"policy-{stage}.json")
+
+
+def write_policies(config: dict[str, Any], chalice_dir: Path = CHALICE_DIR) -> list[Path]:
+    """Regenerate every stage's policy file in `chalice_dir` from its STREAM_ARN."""
     written = []
-    for stage, stage_config in config["stages"].items():
-        path = CHALICE_DIR / stage_config.get("iam_policy_file", f"policy-{stage}.json")
+    for stage in config["stages"]:
+        path = chalice_dir / handler_policy_file(config, stage)
         write_json(path, expected_policy(config, stage))
-        backfill_path = CHALICE_DIR / backfill_policy_file(config, stage)
+        backfill_path = chalice_dir / backfill_policy_file(config, stage)
         write_json(backfill_path, expected_backfill_policy(config, stage))
         written += [path, backfill_path]
     return written
 
 
 def bind(stage: str, stream_arn: str) -> None:
-    """Set a stage's STREAM_ARN in .chalice/config.json and regenerate the policies."""
+    """Set a stage's STREAM_ARN (and STAGE) in .chalice/config.json and regenerate the policies."""
     split_stream_arn(stream_arn)
     config = load_config()
     stage_variables(config, stage)["STREAM_ARN"] = stream_arn
@@ -370,10 +378,14 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
                 shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
             elif (ROOT / name).exists():
                 shutil.copy(ROOT / name, project / name)
+        # Not packaged: app.py imports tools.deploy_guard when the Chalice CLI loads it.
+        shutil.copytree(ROOT / "tools", project / "tools", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(CHALICE_DIR, project / ".chalice", ignore=shutil.ignore_patterns("deployed"))
         if create_table:
             stage_variables(config, stage)["STREAM_ARN"] = UNBOUND_STREAM_ARN
             write_json(project / ".chalice" / "config.json", config)
+            # The merge template replaces the roles' policies; the files only have to agree with the placeholder.
+            write_policies(config, project / ".chalice")
         write_json(project / "merge-template.json", merge_template)
         chalice = Path(sys.executable).parent / "chalice"
         command = [str(chalice), "--project-dir", str(project), "package", "--stage", stage]

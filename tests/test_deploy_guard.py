@@ -1,0 +1,148 @@
+"""The deploy guard: `chalice deploy`/`package` refuse a stage whose IAM policy files weren't generated for its
+STREAM_ARN, and every refusal points at `tools.stage bind`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.projects import ROOT, chalice, stage_tool
+from tools import stage
+from tools.deploy_guard import deploy_refusal
+
+ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+OTHER_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Accounts/stream/2026-02-01T00:00:00.000"
+QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-stream-failures"
+RESULTS_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-backfill-results"
+
+
+@pytest.fixture
+def chalice_dir(tmp_path):
+    """A copy of the project's .chalice/ (all the guard reads), in a project directory of its own."""
+    shutil.copytree(ROOT / ".chalice", tmp_path / ".chalice", ignore=shutil.ignore_patterns("deployed"))
+    return tmp_path / ".chalice"
+
+
+def configure(chalice_dir, **variables):
+    """Set prod's variables in the copy's config.json and regenerate its policy files, as `tools.stage` does."""
+    config = json.loads((chalice_dir / "config.json").read_text())
+    stage.stage_variables(config, "prod").update(variables)
+    stage.write_json(chalice_dir / "config.json", config)
+    stage.write_policies(config, chalice_dir)
+
+
+def hand_edit(chalice_dir, stream_arn):
+    """Change prod's STREAM_ARN in config.json only, leaving the policy files as they were."""
+    config = json.loads((chalice_dir / "config.json").read_text())
+    config["stages"]["prod"]["environment_variables"]["STREAM_ARN"] = stream_arn
+    stage.write_json(chalice_dir / "config.json", config)
+
+
+def test_every_stage_names_itself_in_stage():
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    assert {name: s["environment_variables"].get("STAGE") for name, s in config["stages"].items()} == {
+        name: name for name in config["stages"]
+    }
+
+
+def test_a_bound_stage_passes_with_and_without_failure_handling(chalice_dir):
+    configure(chalice_dir, STREAM_ARN=ARN)
+    assert deploy_refusal(chalice_dir.parent, "prod", ARN) is None
+    # What apply-failure-handling and setup-fanout add: a send permission on each function's queue.
+    configure(chalice_dir, FAILURE_QUEUE_ARN=QUEUE_ARN, BACKFILL_QUEUE_ARN=RESULTS_ARN)
+    assert "sqs:SendMessage" in (chalice_dir / "policy-prod.json").read_text()
+    assert "sqs:SendMessage" in (chalice_dir / "policy-prod-backfill.json").read_text()
+    assert deploy_refusal(chalice_dir.parent, "prod", ARN) is None
+
+
+@pytest.mark.parametrize("failure_handled", [False, True], ids=["bound", "failure-handled"])
+def test_a_stream_arn_changed_without_bind_is_refused(chalice_dir, failure_handled):
+    configure(chalice_dir, STREAM_ARN=ARN, **({"FAILURE_QUEUE_ARN": QUEUE_ARN} if failure_handled else {}))
+    hand_edit(chalice_dir, OTHER_ARN)
+    message = deploy_refusal(chalice_dir.parent, "prod", OTHER_ARN)
+    assert message is not None and "\n" not in message
+    assert "stage prod" in message and "policy-prod.json" in message and "policy-prod-backfill.json" in message
+    assert "arn:aws:dynamodb:eu-west-1:123456789012:table/Users" in message  # what the stale files grant on
+    assert f"`python -m tools.stage bind --stage prod --stream-arn {OTHER_ARN}`" in message
+    assert "config.json" not in message
+
+
+def test_the_unbound_placeholder_policies_are_refused_for_a_real_stream(chalice_dir):
+    hand_edit(chalice_dir, ARN)  # the committed files name the placeholder table
+    message = deploy_refusal(chalice_dir.parent, "prod", ARN)
+    assert message is not None and "table/unbound" in message and "tools.stage bind --stage prod" in message
+
+
+def test_a_stale_backfill_policy_alone_is_refused(chalice_dir):
+    configure(chalice_dir, STREAM_ARN=ARN)
+    handler_policy = (chalice_dir / "policy-prod.json").read_text()
+    configure(chalice_dir, STREAM_ARN=OTHER_ARN)
+    (chalice_dir / "policy-prod.json").write_text(handler_policy)  # only the handler's file brought back to ARN
+    message = deploy_refusal(chalice_dir.parent, "prod", ARN)
+    assert message is not None
+    assert ".chalice/policy-prod-backfill.json" in message and ".chalice/policy-prod.json" not in message
+
+
+def test_a_policy_with_a_statement_nobody_generated_is_refused(chalice_dir):
+    configure(chalice_dir, STREAM_ARN=ARN)
+    document = json.loads((chalice_dir / "policy-prod.json").read_text())
+    document["Statement"].append({"Sid": "Extra", "Effect": "Allow", "Action": ["dynamodb:Scan"], "Resource": "*"})
+    stage.write_json(chalice_dir / "policy-prod.json", document)
+    assert "policy-prod.json" in deploy_refusal(chalice_dir.parent, "prod", ARN)
+    (chalice_dir / "policy-prod.json").unlink()
+    assert "policy-prod.json (missing or not JSON)" in deploy_refusal(chalice_dir.parent, "prod", ARN)
+
+
+@pytest.mark.parametrize(
+    ("stage_name", "stream_arn", "expected"),
+    [
+        ("prod", "", "stage prod has no STREAM_ARN"),
+        ("prod", "arn:aws:dynamodb:eu-west-1:1:table/Users", "not a DynamoDB stream ARN"),
+        ("", ARN, "STAGE is not set"),
+        ("staging", ARN, "STAGE is 'staging', which is no stage"),
+    ],
+    ids=["no-stream-arn", "not-a-stream-arn", "no-stage", "unknown-stage"],
+)
+def test_every_refusal_points_at_bind(chalice_dir, stage_name, stream_arn, expected):
+    message = deploy_refusal(chalice_dir.parent, stage_name, stream_arn)
+    assert expected in message
+    assert "`python -m tools.stage bind --stage " in message
+    assert "config.json" not in message or "no stage of .chalice/config.json" in message
+    assert "environment_variables" not in message
+
+
+def test_chalice_package_refuses_a_hand_edited_stream_arn_until_bind(project_copy, tmp_path):
+    hand_edit(project_copy / ".chalice", ARN)
+    refused = chalice(project_copy, "package", "--stage", "prod", str(tmp_path / "refused"))
+    assert refused.returncode != 0
+    assert "email-checker: stage prod's IAM policy files" in refused.stderr
+    assert f"python -m tools.stage bind --stage prod --stream-arn {ARN}" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
+    assert not (tmp_path / "refused" / "sam.json").exists()
+
+    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
+    packaged = chalice(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
+    assert packaged.returncode == 0, packaged.stderr
+    template = json.loads((tmp_path / "out" / "sam.json").read_text())
+    variables = template["Resources"]["SyncIsPersonalEmail"]["Properties"]["Environment"]["Variables"]
+    assert (variables["STAGE"], variables["STREAM_ARN"]) == ("prod", ARN)
+
+
+def test_chalice_package_refuses_a_stage_whose_backfill_policy_alone_is_stale(project_copy, tmp_path):
+    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
+    stale = stage.backfill_policy_document("email-checker", "prod", OTHER_ARN)
+    stage.write_json(project_copy / ".chalice" / "policy-prod-backfill.json", stale)
+    refused = chalice(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
+    assert refused.returncode != 0
+    assert ".chalice/policy-prod-backfill.json" in refused.stderr
+    assert ".chalice/policy-prod.json" not in refused.stderr
+    assert "tools.stage bind --stage prod" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_tools_stage_package_with_create_table_passes_for_a_bound_stage(project_copy, tmp_path):
+    # The scratch project names the placeholder stream; its policy files must agree with it, not with the stage.
+    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
+    result = stage_tool(project_copy, "package", "--stage", "prod", "--create-table", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr

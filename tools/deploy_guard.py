@@ -1,0 +1,106 @@
+"""The check `chalice deploy`/`package` run through app.py: a stage's IAM policy files must be the ones its
+STREAM_ARN gives.
+
+A STREAM_ARN edited by hand (without `tools.stage bind`) leaves `.chalice/policy-<stage>.json` and
+`policy-<stage>-backfill.json` granting on another table while the mapping reads the new stream: AWS would refuse the
+deploy or deny every write, and moto (which doesn't enforce IAM) would not notice. app.py imports this module only
+in Chalice's CLI mode; it is never part of the deployment package.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tools.stage import (
+    backfill_policy_document,
+    backfill_policy_file,
+    handler_policy_file,
+    policy_document,
+    split_stream_arn,
+)
+
+SEND = ["sqs:SendMessage"]
+
+
+def bind_command(stage: str, stream_arn: str = "<arn>") -> str:
+    """The one command that sets a stage's STREAM_ARN and regenerates its policy files."""
+    return f"`python -m tools.stage bind --stage {stage} --stream-arn {stream_arn}`"
+
+
+def queue_arn_in(document: dict[str, Any]) -> str:
+    """The queue the policy lets the function send to (added by apply-failure-handling or setup-fanout), or ""."""
+    queues = [s.get("Resource") for s in document.get("Statement", []) if s.get("Action") == SEND]
+    return queues[0] if len(queues) == 1 and isinstance(queues[0], str) else ""
+
+
+def tables_named(document: dict[str, Any]) -> list[str]:
+    """The DynamoDB table ARNs a policy grants on (stream ARNs left out)."""
+    named = set()
+    for statement in document.get("Statement", []):
+        resources = statement.get("Resource", [])
+        for resource in resources if isinstance(resources, list) else [resources]:
+            if isinstance(resource, str) and ":dynamodb:" in resource and "/stream/" not in resource:
+                named.add(resource)
+    return sorted(named)
+
+
+def stale_policy(path: Path, expected: Callable[[str], dict[str, Any]]) -> str | None:
+    """Why the policy file isn't what `expected(queue ARN)` gives for the stage's stream, or None if it is."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f".chalice/{path.name} (missing or not JSON)"
+    # The send permission on a failure or results queue is the only part the stream ARN doesn't decide: regenerate
+    # with the queue the file names, so a bound, failure-handled stage passes and everything else must match.
+    if document == expected(queue_arn_in(document)):
+        return None
+    tables = tables_named(document)
+    return f".chalice/{path.name}" + (f" (grants on {', '.join(tables)})" if tables else "")
+
+
+def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str | None:
+    """Why the stage must not be deployed or packaged with this STREAM_ARN (one paragraph), or None if it may."""
+    if not stage:
+        return (
+            "STAGE is not set in the stage's environment variables: run "
+            f"{bind_command('<stage>')} (it writes STAGE and STREAM_ARN and regenerates the stage's IAM policies)"
+        )
+    if not stream_arn:
+        return (
+            f"stage {stage} has no STREAM_ARN: run {bind_command(stage)} "
+            "(aws dynamodb describe-table --table-name <table> --query Table.LatestStreamArn prints it)"
+        )
+    try:
+        split_stream_arn(stream_arn)
+    except ValueError as problem:
+        return (
+            f"stage {stage}'s STREAM_ARN {stream_arn!r} is {problem}: run {bind_command(stage)} with its stream's ARN"
+        )
+    chalice_dir = Path(project_dir) / ".chalice"
+    config = json.loads((chalice_dir / "config.json").read_text())
+    if stage not in config.get("stages", {}):
+        return (
+            f"STAGE is {stage!r}, which is no stage of .chalice/config.json: run {bind_command('<stage>', stream_arn)} "
+            "for the stage you deploy (it sets STAGE to the stage's name)"
+        )
+    app_name = config["app_name"]
+    try:
+        backfill_file = backfill_policy_file(config, stage)
+    except ValueError as problem:
+        return str(problem)
+    checks = [
+        (handler_policy_file(config, stage), lambda queue: policy_document(app_name, stage, stream_arn, queue)),
+        (backfill_file, lambda queue: backfill_policy_document(app_name, stage, stream_arn, queue)),
+    ]
+    stale = [reason for name, expected in checks if (reason := stale_policy(chalice_dir / name, expected))]
+    if not stale:
+        return None
+    return (
+        f"stage {stage}'s IAM policy {'files' if len(stale) > 1 else 'file'} {' and '.join(stale)} "
+        f"{'were' if len(stale) > 1 else 'was'} not generated for its STREAM_ARN {stream_arn} (was it set without "
+        "`tools.stage bind`?): deployed, the functions' roles would not grant on that table and stream. Run "
+        f"{bind_command(stage, stream_arn)}, which writes the STREAM_ARN and regenerates the stage's policies."
+    )
