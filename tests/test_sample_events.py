@@ -13,7 +13,12 @@ from boto3.dynamodb.types import TypeDeserializer
 
 EVENTS = Path(__file__).resolve().parent / "events"
 # The defaults aws/aws-sam-cli's event-mapping.json gives `sam local generate-event dynamodb update` (SOURCES.md).
-SAM_DEFAULTS = {"region": "us-east-1", "partition": "aws", "account_id": "123456789012", "table": "ExampleTableWithStream"}
+SAM_DEFAULTS = {
+    "region": "us-east-1",
+    "partition": "aws",
+    "account_id": "123456789012",
+    "table": "ExampleTableWithStream",
+}
 # Powertools' sample names no table (its eventSourceARN is "eventsource_arn"): its Email variant gets this one.
 POWERTOOLS_ARN = "arn:aws:dynamodb:us-west-2:123456789012:table/PowertoolsSample/stream/2023-09-06T00:00:00.000"
 KEYS = (("Id", "N"),)
