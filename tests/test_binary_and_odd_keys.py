@@ -11,7 +11,7 @@ import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
 
 from localdev.events import to_wire
-from tools.backfill import ROOT
+from tools.backfill import ROOT, ChaliceTestTransport, Checkpoint, FanoutOptions, Options, fan_out, table_facts
 
 FLAG = "IsPersonalEmail"
 _deserialize = TypeDeserializer().deserialize
@@ -123,27 +123,53 @@ def test_a_table_whose_hash_key_is_email(make_table, drain, view_type):
     assert totals(summaries, "malformed", "rejected", "failed") == {"malformed": 0, "rejected": 0, "failed": 0}
 
 
-@pytest.mark.parametrize("keyed_by", ["Email", "binary"])
-def test_the_backfill_on_a_table_keyed_by_email_or_binary(make_table, tmp_path, keyed_by):
+def backfill_table(make_table, keyed_by: str):
+    """A table with no stream keyed by `Email` or by a binary value, its items' keys, and the flags they must end
+    with (items without the flag, or with a wrong one, as items written before the trigger existed)."""
     if keyed_by == "Email":
         table = make_table(keys=(("Email", "S"),), stream=False)
         keys = [{"Email": email} for email, _, _ in EMAIL_KEYED]
         for (_, flag, _), key in zip(EMAIL_KEYED, keys, strict=True):
             put(table, **key, **({} if flag is None else {FLAG: flag}))
-    else:
-        table = make_table(keys=(("Blob", "B"),), stream=False)
-        keys = [{"Blob": Binary(blob)} for blob, _, _ in BINARY_USERS]
-        for (_, email, _), key in zip(BINARY_USERS, keys, strict=True):
-            put(table, **key, Email=email)
-    wanted = [personal for *_, personal in (EMAIL_KEYED if keyed_by == "Email" else BINARY_USERS)]
-    checkpoint = tmp_path / "backfill.json"
+        return table, keys, [personal for *_, personal in EMAIL_KEYED]
+    table = make_table(keys=(("Blob", "B"),), stream=False)
+    keys = [{"Blob": Binary(blob)} for blob, _, _ in BINARY_USERS]
+    for (_, email, personal), key in zip(BINARY_USERS, keys, strict=True):
+        put(table, **key, Email=email, **({FLAG: not personal} if key["Blob"].value == b"AAE=" else {}))
+    return table, keys, [personal for *_, personal in BINARY_USERS]
+
+
+@pytest.mark.parametrize("keyed_by", ["Email", "binary"])
+def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, tmp_path, keyed_by):
+    table, keys, wanted = backfill_table(make_table, keyed_by)
     command = [sys.executable, "-m", "tools.backfill", "run", "--table", table.name, "--segments", "2"]
-    command += ["--page-size", "3", "--no-progress", "--checkpoint", str(checkpoint)]
+    command += ["--page-size", "3", "--no-progress", "--checkpoint", str(tmp_path / "backfill.json")]
 
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
     assert "Traceback" not in finished.stderr, finished.stderr[-2000:]
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "2/2 segments done" in finished.stdout
+    assert [(get(table, **key) or {}).get(FLAG) for key in keys] == wanted
+    assert count(table) == len(keys)
+
+
+@pytest.mark.parametrize("keyed_by", ["Email", "binary"])
+def test_the_backfill_fanned_out_over_the_function_on_a_table_keyed_by_email_or_binary(make_table, tmp_path, keyed_by):
+    """Through the Lambda function (Chalice's test client): the start keys cross the JSON boundary each page."""
+    table, keys, wanted = backfill_table(make_table, keyed_by)
+    facts = table_facts(table.client.describe_table(TableName=table.name)["Table"])
+    checkpoint = Checkpoint.open(tmp_path / "fanout.json", table.name, 2, dry_run=False)
+
+    counts = fan_out(
+        ChaliceTestTransport(stage="dev"),
+        facts,
+        checkpoint,
+        Options(page_size=3),
+        FanoutOptions(concurrency=2, safety_margin_ms=3000, max_attempts=2),
+    )
+
+    assert checkpoint.unfinished() == []
+    assert (counts.scanned, counts.failed, counts.rejected) == (len(keys), 0, 0)
     assert [(get(table, **key) or {}).get(FLAG) for key in keys] == wanted
     assert count(table) == len(keys)
