@@ -18,6 +18,7 @@ from chalice.test import Client, InvokeResponse, TestLambdaClient
 from chalicelib.config import Settings
 from chalicelib.processor import BatchReport
 from chalicelib.runtime import SERVICE
+from localdev.events import json_round_trip
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_NAME = "sync_is_personal_email"
@@ -92,7 +93,9 @@ class ChaliceInvoker:
         logging.getLogger(SERVICE).addHandler(self.collector)
 
     def __call__(self, event: dict[str, Any]) -> Any:
-        """Invoke once; the handler's response (raises what the handler raises)."""
+        """Invoke once with the event as Lambda would deliver it (through JSON: an event that is not JSON raises
+        TypeError here, at its producer); the handler's response (raises what the handler raises)."""
+        event = json_round_trip(event)
         sink = io.StringIO() if self.quiet else None
         with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext():
             return self._client.lambda_.invoke(FUNCTION_NAME, event).payload

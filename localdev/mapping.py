@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from localdev.events import lambda_event, lambda_record
+from localdev.events import json_round_trip, lambda_event, lambda_record
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ class LocalEventSourceMapping:
 
     def _deliver(self, records: list[dict[str, Any]]) -> str | None:
         """Invoke the handler; the sequence number to retry from, or None when the whole batch is done."""
-        event = lambda_event([lambda_record(record, self.stream_arn) for record in records])
+        # What crosses Lambda's boundary is JSON: the handler gets base64 text for binary values, never bytes.
+        event = json_round_trip(lambda_event([lambda_record(record, self.stream_arn) for record in records]))
         try:
             response = self._invoke(event)
         except Exception as error:  # the function failed: Lambda retries the whole batch

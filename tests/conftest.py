@@ -64,8 +64,9 @@ def make_table(engine):
     client = engine.client()
     created = []
 
-    def make(keys=(("Id", "S"),), view_type="NEW_AND_OLD_IMAGES", stream=True) -> Table:
-        name = f"Users-{uuid.uuid4().hex[:10]}"
+    def make(keys=(("Id", "S"),), view_type="NEW_AND_OLD_IMAGES", stream=True, name=None) -> Table:
+        """A table with the key schema; a fresh name unless `name` is given (a sample event names its table)."""
+        name = name or f"Users-{uuid.uuid4().hex[:10]}"
         definition = table_definition(
             TableName=name,
             AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in keys],
@@ -137,7 +138,7 @@ def drain(engine, invoker):
 
 @pytest.fixture
 def stream_records(engine):
-    """Every record now in a table's stream, shaped as Lambda delivers them."""
+    """Every record now in a table's stream, shaped as Lambda delivers them (JSON: binary values as base64 text)."""
     from localdev.events import lambda_record
 
     streams = engine.streams_client()
