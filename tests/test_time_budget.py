@@ -17,7 +17,7 @@ from chalicelib.processor import BatchFailed, StreamProcessor
 from chalicelib.runtime import SERVICE
 from localdev.dynamodb_local import CREDENTIALS, REGION
 from localdev.events import StreamEventFactory, to_wire
-from tests.slow_proxy import SlowProxy
+from localdev.slow_proxy import SlowProxy
 
 ITEMS = 100
 
