@@ -1,0 +1,47 @@
+"""Importing app.py: in Lambda it builds the function's processor in the init phase; anywhere else it stays cheap."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = """
+import json, sys
+import app
+from chalicelib import domains, runtime
+print(json.dumps({
+    "domain_list_loaded": domains.default_personal_domains.cache_info().currsize,
+    "processors": runtime.processor_for.cache_info().currsize,
+    "backfill_workers": runtime.backfill_worker_for.cache_info().currsize,
+    "heavy_modules": sorted(m for m in ("boto3", "aws_lambda_powertools") if m in sys.modules),
+}))
+"""
+
+
+def import_app(**variables: str) -> dict:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_LAMBDA_", "AWS_CHALICE_"))}
+    environ.update({"AWS_DEFAULT_REGION": "us-east-1", "STAGE": "dev", **variables})
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_in_lambda_the_stream_handlers_processor_is_built_at_import():
+    state = import_app(AWS_LAMBDA_FUNCTION_NAME="email-checker-dev-sync_is_personal_email")
+    assert state["processors"] == 1 and state["backfill_workers"] == 0 and state["domain_list_loaded"] == 1
+    assert state["heavy_modules"] == ["aws_lambda_powertools", "boto3"]
+
+
+def test_in_lambda_the_backfill_function_builds_only_its_worker():
+    state = import_app(AWS_LAMBDA_FUNCTION_NAME="email-checker-dev-backfill_segment")
+    assert state["processors"] == 0 and state["backfill_workers"] == 1
+
+
+def test_outside_lambda_importing_the_app_builds_nothing_and_imports_no_sdk():
+    state = import_app()
+    assert state == {"domain_list_loaded": 0, "processors": 0, "backfill_workers": 0, "heavy_modules": []}
