@@ -90,7 +90,7 @@ def test_clearing_the_flag_of_a_deleted_item_does_not_bring_it_back(make_table, 
 
     invoker(lambda_event([insert]))
 
-    assert get(table, Id="gone") is None, "an UpdateItem without its existence condition recreated the item"
+    assert get(table, Id="gone") is None, "a write without its existence condition recreated the item"
     [summary] = invoker.collector.summaries[seen:]
     assert summary["superseded"] == 1
 
