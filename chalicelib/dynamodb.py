@@ -43,7 +43,8 @@ class WriteOutcome(StrEnum):
     SUPERSEDED = "superseded"
     """The condition failed: the item changed or went away, and a newer record for it is on its way."""
     FAILED = "failed"
-    """Still failing after botocore's retries: reported so the batch is retried."""
+    """Still failing after botocore's retries of the request, or the gateway's of the statement: reported so the
+    batch is retried."""
     REJECTED = "rejected"
     """DynamoDB refused the request itself (a key that does not fit the table's schema, a table that is gone):
     a retry can't succeed, so it is counted and logged instead, and the shard goes on."""
