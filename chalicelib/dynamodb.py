@@ -29,7 +29,7 @@ BATCH_GET_LIMIT = 100
 BATCH_STATEMENT_LIMIT = 25
 # Per-statement transient errors (throttling, a 500) are not retried by botocore: the request itself succeeded.
 STATEMENT_ATTEMPTS = 5
-STATEMENT_BACKOFF_SECONDS = 0.025
+STATEMENT_BACKOFF_SECONDS = 0.05
 STATEMENT_BACKOFF_CAP_SECONDS = 1.0
 # BatchGetItem's UnprocessedKeys are a partial success that botocore does not retry; a few passes, then failure.
 UNPROCESSED_PASSES = 4
@@ -162,7 +162,8 @@ class DynamoDBGateway:
                 outcomes.update(dict.fromkeys(pending, WriteOutcome.FAILED))
                 break
             if attempt:
-                delay = random.uniform(0, min(STATEMENT_BACKOFF_CAP_SECONDS, STATEMENT_BACKOFF_SECONDS * 2**attempt))
+                ceiling = min(STATEMENT_BACKOFF_CAP_SECONDS, STATEMENT_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                delay = random.uniform(0, ceiling)  # full jitter: retries of concurrent batches spread out
                 if deadline.remaining() <= delay:
                     outcomes.update(dict.fromkeys(pending, WriteOutcome.OUT_OF_TIME))
                     break
