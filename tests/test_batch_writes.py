@@ -220,21 +220,27 @@ def test_requests_in_flight_or_not_started_at_the_deadline_are_out_of_time(make_
     writes = [set_write(table, f"{i}@gmail.com", Id=str(i)) for i in range(30)]
     gateway = gateway_for(max_concurrency=1)
     release = threading.Event()
+    sent = []
 
-    def stall(**_):
-        release.wait(5)
+    def stall_the_first(**_):
+        sent.append(1)
+        if len(sent) == 1:
+            release.wait(10)
 
-    gateway.client.meta.events.register("before-send.dynamodb.BatchExecuteStatement", stall)
-    started = time.monotonic()
-    outcomes = gateway.apply(writes, Deadline.after(0.2))
-    waited = time.monotonic() - started
-    release.set()
-    gateway.client.meta.events.unregister("before-send.dynamodb.BatchExecuteStatement", stall)
-    # One worker: the first request is stalled in flight, the second never starts; apply answers at the deadline.
-    assert outcomes == [WriteOutcome.OUT_OF_TIME] * 30
-    assert waited < 2
-    # The stalled worker was left behind: the next batch gets a fresh pool and its writes go through.
-    assert gateway.apply(writes[:2]) == [WriteOutcome.APPLIED] * 2
+    gateway.client.meta.events.register("before-send.dynamodb.BatchExecuteStatement", stall_the_first)
+    try:
+        started = time.monotonic()
+        outcomes = gateway.apply(writes, Deadline.after(0.2))
+        # One worker: the first request is stalled in flight, the second never starts; apply answers at the deadline.
+        assert outcomes == [WriteOutcome.OUT_OF_TIME] * 30
+        assert time.monotonic() - started < 2 and len(sent) == 1
+        # The stalled worker was left behind: the next batch gets a fresh pool, not a place behind it.
+        started = time.monotonic()
+        assert gateway.apply(writes[25:27]) == [WriteOutcome.APPLIED] * 2
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        gateway.client.meta.events.unregister("before-send.dynamodb.BatchExecuteStatement", stall_the_first)
 
 
 def test_requests_run_concurrently_within_the_pool_bound(make_table, gateway_for):
