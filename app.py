@@ -23,11 +23,14 @@ except ConfigError as problem:
     raise
 if CLI_MODE:
     # Imported here only: tools/ is not deployed, and tests and Lambda import the app without it. It refuses a stage
-    # with no STREAM_ARN, or whose policy files were generated for another one (AWS would deny every write).
-    from tools.deploy_guard import deploy_refusal
+    # with no STREAM_ARN, or whose policy files were generated for another one (AWS would deny every write), or whose
+    # batch could not answer inside the function's timeout if DynamoDB stalled (docs/design.md §3).
+    from tools.deploy_guard import budget_refusal, deploy_refusal
 
-    _refusal = deploy_refusal(
-        os.path.dirname(os.path.abspath(__file__)), os.environ.get("STAGE", ""), SETTINGS.stream_arn
+    _project_dir = os.path.dirname(os.path.abspath(__file__))
+    _stage = os.environ.get("STAGE", "")
+    _refusal = deploy_refusal(_project_dir, _stage, SETTINGS.stream_arn) or budget_refusal(
+        _project_dir, _stage, SETTINGS
     )
     if _refusal:
         raise SystemExit(f"email-checker: {_refusal}")

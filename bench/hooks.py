@@ -11,16 +11,25 @@ from typing import Any
 
 
 class CallCounter:
-    """Counts one operation's calls on a botocore client (a `before-call` hook: every attempt the handler makes)."""
+    """Counts the writes a botocore client asks DynamoDB for: one per UpdateItem call, one per statement of a
+    BatchExecuteStatement call (`before-parameter-build` hooks: once per call, not per botocore retry)."""
 
-    def __init__(self, client: Any, operation: str = "UpdateItem") -> None:
+    def __init__(self, client: Any) -> None:
         self.count = 0
+        self.requests = 0
         self._lock = threading.Lock()
-        client.meta.events.register(f"before-call.dynamodb.{operation}", self._count)
+        client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", self._count_one)
+        client.meta.events.register("before-parameter-build.dynamodb.BatchExecuteStatement", self._count_statements)
 
-    def _count(self, **_: Any) -> None:
+    def _count_one(self, **_: Any) -> None:
         with self._lock:
             self.count += 1
+            self.requests += 1
+
+    def _count_statements(self, params: dict[str, Any], **_: Any) -> None:
+        with self._lock:
+            self.count += len(params.get("Statements", []))
+            self.requests += 1
 
 
 @contextlib.contextmanager

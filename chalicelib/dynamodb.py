@@ -1,13 +1,17 @@
-"""The DynamoDB adapter (DESIGN §3, §4): conditional writes, bounded and concurrent, and consistent reads."""
+"""The DynamoDB adapter (DESIGN §3, §4): conditional writes in PartiQL batches, bounded and concurrent, and consistent
+reads."""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
+from functools import lru_cache
 from itertools import groupby
 from typing import Any
 
@@ -22,8 +26,12 @@ from chalicelib.records import EMAIL, FLAG, ItemKey, ItemState, decision_project
 # A child of the Powertools logger ("email-checker"), so these lines come out in the same structured format.
 logger = logging.getLogger("email-checker.dynamodb")
 
-WRITES_PER_REQUEST = 1
-"""Writes one request carries (the time budget's worst case counts requests)."""
+BATCH_STATEMENT_LIMIT = 25
+"""Statements one BatchExecuteStatement request carries (DynamoDB's limit; the time budget counts requests)."""
+# Per-statement transient errors (throttling, a 500) are not retried by botocore: the request itself succeeded.
+STATEMENT_ATTEMPTS = 5
+STATEMENT_BACKOFF_SECONDS = 0.05
+STATEMENT_BACKOFF_CAP_SECONDS = 1.0
 # BatchGetItem's UnprocessedKeys are a partial success that botocore does not retry; a few passes, then failure.
 UNPROCESSED_PASSES = 4
 UNPROCESSED_BACKOFF_SECONDS = 0.05
@@ -36,7 +44,8 @@ class WriteOutcome(StrEnum):
     SUPERSEDED = "superseded"
     """The condition failed: the item changed or went away, and a newer record for it is on its way."""
     FAILED = "failed"
-    """Still failing after botocore's retries: reported so the batch is retried."""
+    """Still failing after botocore's retries of the request, or the gateway's of the statement: reported so the
+    batch is retried."""
     REJECTED = "rejected"
     """DynamoDB refused the request itself (a key that does not fit the table's schema, a table that is gone):
     a retry can't succeed, so it is counted and logged instead, and the shard goes on."""
@@ -75,27 +84,62 @@ def client_config(max_pool_connections: int) -> Config:
     )
 
 
-def update_request(write: Write) -> dict[str, Any]:
-    """The UpdateItem parameters of one write, conditional on what the decision saw."""
-    names = {"#flag": FLAG, "#email": EMAIL, "#key": write.key.attribute_names[0]}
+def quote_name(name: str) -> str:
+    """A table or attribute name as a PartiQL quoted identifier (a double quote inside is doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@lru_cache(maxsize=64)
+def statement_text(table_name: str, key_names: tuple[str, ...], action: Action) -> str:
+    """The PartiQL UPDATE of one write: SET takes (flag, *key, seen e-mail), REMOVE takes (*key, "S")."""
+    where = " AND ".join(f"{quote_name(name)}=?" for name in key_names)
+    # Explicit, though an UPDATE does not create a missing item: the REMOVE condition alone would hold for one.
+    where += f" AND attribute_exists({quote_name(key_names[0])})"
+    if action is Action.SET:
+        return f"UPDATE {quote_name(table_name)} SET {quote_name(FLAG)}=? WHERE {where} AND {quote_name(EMAIL)}=?"
+    return (
+        f"UPDATE {quote_name(table_name)} REMOVE {quote_name(FLAG)} "
+        f"WHERE {where} AND NOT attribute_type({quote_name(EMAIL)}, ?)"
+    )
+
+
+def batch_statement(write: Write) -> dict[str, Any]:
+    """One write as a BatchExecuteStatement entry, conditional on what the decision saw; every value a parameter."""
+    names = write.key.attribute_names
+    key_values = [write.key.wire[name] for name in names]
     if write.action is Action.SET:
-        return {
-            "TableName": write.key.table_name,
-            "Key": dict(write.key.wire),
-            "UpdateExpression": "SET #flag = :flag",
-            # `#email = :email` alone fails on a deleted item too; the existence test says so explicitly.
-            "ConditionExpression": "attribute_exists(#key) AND #email = :email",
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": {":flag": {"BOOL": bool(write.flag)}, ":email": {"S": write.seen_email}},
-        }
-    return {
-        "TableName": write.key.table_name,
-        "Key": dict(write.key.wire),
-        "UpdateExpression": "REMOVE #flag",
-        "ConditionExpression": "attribute_exists(#key) AND NOT attribute_type(#email, :string)",
-        "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": {":string": {"S": "S"}},
-    }
+        parameters = [{"BOOL": bool(write.flag)}, *key_values, {"S": write.seen_email}]
+    else:
+        parameters = [*key_values, {"S": "S"}]
+    return {"Statement": statement_text(write.key.table_name, names, write.action), "Parameters": parameters}
+
+
+class _Again(Enum):
+    """A statement's transient error: send it again in a later request."""
+
+    AGAIN = "again"
+
+
+AGAIN = _Again.AGAIN
+Verdict = WriteOutcome | _Again
+
+# What each per-statement error code (BatchStatementError.Code) means for the write.
+STATEMENT_ERRORS: dict[str, Verdict] = {
+    "ConditionalCheckFailed": WriteOutcome.SUPERSEDED,
+    "ThrottlingError": AGAIN,
+    "ProvisionedThroughputExceeded": AGAIN,
+    "RequestLimitExceeded": AGAIN,
+    "InternalServerError": AGAIN,
+    "TransactionConflict": AGAIN,
+    "ValidationError": WriteOutcome.REJECTED,
+    "ResourceNotFound": WriteOutcome.REJECTED,
+    "AccessDenied": WriteOutcome.REJECTED,
+    # An item collection (tables with a local index) at its size limit: not transient, but not the write's fault
+    # either, so failed as UpdateItem's ItemCollectionSizeLimitExceededException was: the batch is retried.
+    "ItemCollectionSizeLimitExceeded": WriteOutcome.FAILED,
+    # An UPDATE can't meet an existing item as an INSERT does; unexpected, so failed (and retried by the batch).
+    "DuplicateItem": WriteOutcome.FAILED,
+}
 
 
 class DynamoDBGateway:
@@ -112,39 +156,111 @@ class DynamoDBGateway:
         return self._client
 
     def apply(self, writes: Sequence[Write], deadline: Deadline = NO_DEADLINE) -> list[WriteOutcome]:
-        """Run the writes concurrently (at most `max_concurrency` at once); outcomes in the writes' order.
+        """Run the writes as BatchExecuteStatement requests of up to 25, at most `max_concurrency` at once, until
+        `deadline`; outcomes in the writes' order. At most one write per item (a request can't name a key twice).
 
-        None is sent once the deadline has passed, and the answer does not wait past it: those writes are OUT_OF_TIME.
+        Statements that fail transiently are sent again, regrouped, after a jittered exponential backoff: FAILED
+        after `STATEMENT_ATTEMPTS` tries, OUT_OF_TIME if the deadline comes first.
         """
-        return self._map(self._apply_one, writes, deadline, lambda _: WriteOutcome.OUT_OF_TIME)
+        outcomes: dict[int, WriteOutcome] = {}
+        pending = list(range(len(writes)))
+        errors: Counter[str] = Counter()
+        attempt = 0
+        while pending:
+            if attempt == STATEMENT_ATTEMPTS:
+                outcomes.update(dict.fromkeys(pending, WriteOutcome.FAILED))
+                break
+            if attempt:
+                ceiling = min(STATEMENT_BACKOFF_CAP_SECONDS, STATEMENT_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                delay = random.uniform(0, ceiling)  # full jitter: retries of concurrent batches spread out
+                if deadline.remaining() <= delay:
+                    outcomes.update(dict.fromkeys(pending, WriteOutcome.OUT_OF_TIME))
+                    break
+                time.sleep(delay)
+            attempt += 1
+            groups = chunks(pending, BATCH_STATEMENT_LIMIT)
+            results = self._map(
+                lambda group: self._execute([writes[index] for index in group], deadline),
+                groups,
+                deadline,
+                lambda group: ([WriteOutcome.OUT_OF_TIME] * len(group), Counter()),
+            )
+            pending = []
+            for group, (verdicts, codes) in zip(groups, results, strict=True):
+                errors.update(codes)
+                for index, verdict in zip(group, verdicts, strict=True):
+                    if verdict is AGAIN:
+                        pending.append(index)
+                    else:
+                        outcomes[index] = verdict
+        if errors:
+            # Codes and counts only: an error's message can quote a key, and a key can be an e-mail address.
+            logger.warning("batch_execute_statement errors by code: %s", dict(errors))
+        return [outcomes[index] for index in range(len(writes))]
 
-    def _map(self, work: Any, items: Sequence[Any], deadline: Deadline, out_of_time: Any) -> list[Any]:
-        if not items:
-            return []
+    def _workers(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="ddb")
-        results, cut_short = map_until(self._pool, work, items, deadline, out_of_time)
+        return self._pool
+
+    def _map(self, work: Any, items: Sequence[Any], deadline: Deadline, out_of_time: Any) -> list[Any]:
+        """`work` over `items` on the pool until the deadline (`map_until`), abandoning the pool if it was cut short."""
+        if not items:
+            return []
+        results, cut_short = map_until(self._workers(), work, items, deadline, out_of_time)
         if cut_short:
-            # Requests still in flight hold the workers until their own timeouts: the next batch gets fresh ones.
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            self._abandon_pool()
         return results
 
-    def _apply_one(self, write: Write) -> WriteOutcome:
+    def _abandon_pool(self) -> None:
+        """Leave requests still in flight at the deadline to finish on their own; the next batch gets new workers."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _execute(self, writes: list[Write], deadline: Deadline) -> tuple[list[Verdict], Counter[str]]:
+        """One BatchExecuteStatement request: each statement's verdict in order, and the error codes met."""
+        codes: Counter[str] = Counter()
         try:
-            self._client.update_item(**update_request(write))
+            response = self._client.batch_execute_statement(Statements=[batch_statement(write) for write in writes])
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            if code == "ConditionalCheckFailedException":
-                return WriteOutcome.SUPERSEDED
-            if code in PERMANENT_ERRORS:
-                return WriteOutcome.REJECTED
-            logger.warning("update_item failed after retries: %s", code)
-            return WriteOutcome.FAILED
+            if code in PERMANENT_ERRORS and len(writes) > 1:
+                # A refused request names no culprit: halve it until the writes DynamoDB refuses stand alone.
+                return self._execute_halves(writes, deadline)
+            codes[code] += len(writes)
+            return [WriteOutcome.REJECTED if code in PERMANENT_ERRORS else WriteOutcome.FAILED] * len(writes), codes
         except BotoCoreError as error:
-            logger.warning("update_item failed after retries: %s", type(error).__name__)
-            return WriteOutcome.FAILED
-        return WriteOutcome.APPLIED
+            codes[type(error).__name__] += len(writes)
+            return [WriteOutcome.FAILED] * len(writes), codes
+        responses = response.get("Responses", [])
+        if len(responses) != len(writes):
+            codes["ResponseCountMismatch"] += len(writes)
+            return [WriteOutcome.FAILED] * len(writes), codes
+        verdicts: list[Verdict] = []
+        for entry in responses:
+            failure = entry.get("Error")
+            if failure is None:
+                verdicts.append(WriteOutcome.APPLIED)
+                continue
+            code = failure.get("Code", "")
+            if code != "ConditionalCheckFailed":
+                codes[code] += 1
+            verdicts.append(STATEMENT_ERRORS.get(code, WriteOutcome.FAILED))
+        return verdicts, codes
+
+    def _execute_halves(self, writes: list[Write], deadline: Deadline) -> tuple[list[Verdict], Counter[str]]:
+        middle = len(writes) // 2
+        verdicts: list[Verdict] = []
+        codes: Counter[str] = Counter()
+        for half in (writes[:middle], writes[middle:]):
+            if deadline.expired():
+                verdicts.extend([WriteOutcome.OUT_OF_TIME] * len(half))
+                continue
+            half_verdicts, half_codes = self._execute(half, deadline)
+            verdicts.extend(half_verdicts)
+            codes.update(half_codes)
+        return verdicts, codes
 
     def read_states(self, keys: Sequence[ItemKey], deadline: Deadline = NO_DEADLINE) -> ReadResult:
         """The current state of each key by consistent BatchGetItem, requests concurrent and bounded by the deadline;

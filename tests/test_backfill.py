@@ -53,16 +53,20 @@ def settings():
 
 
 class Calls:
-    """Counts the UpdateItem requests a client sends, and which keys they name."""
+    """Counts the writes (PartiQL statements) a client sends, and which keys they name."""
 
     def __init__(self, client) -> None:
         self.keys: list[str] = []
         self._lock = threading.Lock()
-        client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", self._seen)
+        client.meta.events.register("before-parameter-build.dynamodb.BatchExecuteStatement", self._seen)
 
     def _seen(self, params, **_):
         with self._lock:
-            self.keys.append(json.dumps(key_to_json(params["Key"]), sort_keys=True))
+            for statement in params["Statements"]:
+                # A SET's parameters are (flag, *key, e-mail), a REMOVE's (*key, "S").
+                parameters = statement["Parameters"]
+                key = parameters[1:-1] if statement["Statement"].split()[2] == "SET" else parameters[:-1]
+                self.keys.append(json.dumps(key_to_json(dict(enumerate(key))), sort_keys=True))
 
     @property
     def count(self) -> int:

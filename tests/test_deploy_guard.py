@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 
+from chalicelib.config import Settings
 from tests.projects import ROOT, chalice, stage_tool
 from tools import stage
-from tools.deploy_guard import deploy_refusal
+from tools.deploy_guard import budget_refusal, deploy_refusal, handler_timeout
 
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 OTHER_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Accounts/stream/2026-02-01T00:00:00.000"
@@ -146,3 +147,31 @@ def test_tools_stage_package_with_create_table_passes_for_a_bound_stage(project_
     assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
     result = stage_tool(project_copy, "package", "--stage", "prod", "--create-table", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
+
+
+def test_a_batch_that_cannot_answer_inside_the_timeout_at_worst_is_refused(chalice_dir):
+    project = chalice_dir.parent
+    default = Settings.from_environ({"STAGE": "prod"})
+    assert budget_refusal(project, "prod", default) is None
+    huge = Settings.from_environ({"STAGE": "prod", "BATCH_SIZE": "10000", "WRITE_CONCURRENCY": "4"})
+    refusal = budget_refusal(project, "prod", huge)
+    assert refusal and refusal.startswith("stage prod: a batch of BATCH_SIZE=10000 with WRITE_CONCURRENCY=4")
+    config = json.loads((chalice_dir / "config.json").read_text())
+    config["stages"]["prod"]["lambda_timeout"] = 20
+    stage.write_json(chalice_dir / "config.json", config)
+    assert handler_timeout(config, "prod") == 20 and "lambda_timeout of 20 s" in budget_refusal(
+        project, "prod", default
+    )
+    config["stages"]["prod"]["lambda_functions"]["sync_is_personal_email"] = {"lambda_timeout": 60}
+    assert handler_timeout(config, "prod") == 60
+
+
+def test_chalice_package_refuses_a_batch_too_big_for_its_timeout(project_copy, tmp_path):
+    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
+    config = json.loads((project_copy / ".chalice" / "config.json").read_text())
+    config["stages"]["prod"]["environment_variables"].update(BATCH_SIZE="10000", WRITE_CONCURRENCY="2")
+    stage.write_json(project_copy / ".chalice" / "config.json", config)
+    refused = chalice(project_copy, "package", "--stage", "prod", str(tmp_path / "refused"))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr + refused.stdout
+    assert "email-checker: stage prod: a batch of BATCH_SIZE=10000 with WRITE_CONCURRENCY=2" in refused.stderr
+    assert "lower BATCH_SIZE or raise WRITE_CONCURRENCY" in refused.stderr

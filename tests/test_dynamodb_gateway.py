@@ -1,4 +1,4 @@
-"""The adapter's behaviour on responses a real engine won't give on demand: partial reads, throttling."""
+"""The adapter's behaviour on responses a real engine won't give on demand: partial reads, a throttled request."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_throttling_is_retried_by_the_standard_retry_mode(engine, make_table, th
     put(table, Id="a", Email="a@gmail.com")
     client = engine.client(config=client_config(max_pool_connections=4))
     hook, calls = throttle_first(throttled)
-    client.meta.events.register("before-send.dynamodb.UpdateItem", hook)
+    client.meta.events.register("before-send.dynamodb.BatchExecuteStatement", hook)
     key = item_key(table.name, to_wire({"Id": "a"}))
     write = Write(key=key, action=Action.SET, flag=True, seen_email="a@gmail.com")
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
-from botocore.awsrequest import AWSResponse
 from chalice.test import Client
 
 from app import app
@@ -18,6 +17,7 @@ from chalicelib.records import StreamViewType
 from chalicelib.runtime import processor_for
 from localdev.events import StreamEventFactory, lambda_event, to_wire
 from localdev.invoker import FUNCTION_NAME, stage_environment
+from tests.faults import fail_statements
 
 ROOT = Path(__file__).resolve().parent.parent
 _deserialize = TypeDeserializer().deserialize
@@ -91,7 +91,7 @@ def test_clearing_the_flag_of_a_deleted_item_does_not_bring_it_back(make_table, 
 
     invoker(lambda_event([insert]))
 
-    assert get(table, Id="gone") is None, "an UpdateItem without its existence condition recreated the item"
+    assert get(table, Id="gone") is None, "a write without its existence condition recreated the item"
     [summary] = invoker.collector.summaries[seen:]
     assert summary["superseded"] == 1
 
@@ -230,18 +230,14 @@ def test_streams_without_new_images_read_the_current_items(make_table, drain, vi
 
 
 def inject_update_failures(processor, failing_ids):
-    """Make UpdateItem fail for the given Ids with a non-retryable 500, before it reaches the engine."""
+    """Make the writes of the given Ids fail with an InternalServerError on every try, before they reach the engine."""
 
-    def fail(params, **_):
-        key = json.loads(params["body"])["Key"]
-        if next(iter(key.values()))["S"] in failing_ids:
-            parsed = {"Error": {"Code": "InternalServerError", "Message": "injected"}, "ResponseMetadata": {}}
-            return AWSResponse("http://injected", 500, {}, None), parsed
-        return None
+    def code_for(statement):
+        return (
+            "InternalServerError" if any({"S": item_id} in statement["Parameters"] for item_id in failing_ids) else None
+        )
 
-    events = processor.gateway.client.meta.events
-    events.register("before-call.dynamodb.UpdateItem", fail)
-    return lambda: events.unregister("before-call.dynamodb.UpdateItem", fail)
+    return fail_statements(processor.gateway.client, code_for)
 
 
 def failing_batch(table):

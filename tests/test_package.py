@@ -201,7 +201,7 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
     )
     by_sid = {statement["Sid"]: statement for statement in document["Statement"]}
     assert {sid: (s["Action"], s["Resource"]) for sid, s in by_sid.items()} == {
-        "KeepTheFlagInSync": (["dynamodb:UpdateItem", "dynamodb:BatchGetItem"], table),
+        "KeepTheFlagInSync": (["dynamodb:PartiQLUpdate", "dynamodb:BatchGetItem"], table),
         "ReadTheStream": (["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"], stream),
         "FindTheStream": (["dynamodb:ListStreams"], f"{table}/stream/*"),
         "ReportDiscardedBatches": (["sqs:SendMessage"], "<StreamFailureQueue.Arn>"),
@@ -214,7 +214,7 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
         backfill["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
     )
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
-        "BackfillTheTable": (["dynamodb:Scan", "dynamodb:UpdateItem"], table),
+        "BackfillTheTable": (["dynamodb:Scan", "dynamodb:PartiQLUpdate"], table),
         "ReportSegmentResults": (["sqs:SendMessage"], "<BackfillResultsQueue.Arn>"),
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<BackfillSegmentLogGroup.Arn>"),
     }

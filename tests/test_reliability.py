@@ -5,7 +5,6 @@ Short versions run in `make test`; `make soak` runs the long ones (EMAIL_CHECKER
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -20,9 +19,10 @@ from botocore.retries.standard import ExponentialBackoff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chalicelib import dynamodb
 from chalicelib.runtime import processor_for
 from localdev.mapping import CheckpointStore, LocalEventSourceMapping
-from tests.faults import dynamodb_error
+from tests.faults import dynamodb_error, fail_statements
 from tests.reliability import EMAILS, Model, Op, perform, random_op, scan, violations
 
 SOAK = os.environ.get("EMAIL_CHECKER_SOAK") == "1"
@@ -165,39 +165,53 @@ def test_concurrent_clients_while_the_handler_runs(engine, make_table, invoker, 
     assert model.operations == threads * operations
 
 
-def transient_faults(stubborn: set[str], seed: int):
-    """A before-send hook that fails UpdateItem requests as DynamoDB can (throttling, a 500), deterministically per
-    key: a `stubborn` key fails its first 7 attempts (more than botocore's 5, so the failure must come back to the
-    mapping as a batch failure and be retried there); any other key may fail its first 2 (botocore's retries absorb
-    those). Bounded faults keep botocore's retry quota from running dry, which would make the run a matter of luck."""
+def transient_faults(client, stubborn: set[str], seed: int):
+    """Fail writes as DynamoDB can, deterministically per key: statements answered with a transient per-statement
+    code (throttling, a 500...), and every fourth request refused as a whole (botocore's retries absorb those). A
+    `stubborn` key's statement fails its first 7 tries (more than the gateway's 5, so the failure must come back to
+    the mapping as a batch failure and be retried there); any other key's may fail its first 2 (the gateway sends it
+    again). Bounded faults keep botocore's retry quota from running dry, which would make the run a matter of luck."""
     rng = random.Random(seed)
     lock = threading.Lock()
     attempts: dict[str, int] = {}
-    counts = {"sent": 0, "injected": 0}
-    kinds = [
-        (400, "ThrottlingException"),
-        (400, "ProvisionedThroughputExceededException"),
-        (500, "InternalServerError"),
-    ]
+    counts = {"sent": 0, "injected": 0, "requests": 0, "refused": 0}
+    codes = ["ThrottlingError", "ProvisionedThroughputExceeded", "InternalServerError", "RequestLimitExceeded"]
+    codes += ["TransactionConflict"]
+    kinds = [(400, "ThrottlingException"), (500, "InternalServerError")]
 
-    def hook(request, **_):
-        key = json.loads(request.body)["Key"]["Id"]["S"]
+    def code_for(statement):
+        key = next(p["S"] for p in statement["Parameters"] if p.get("S", "").startswith("user-"))
         with lock:
             counts["sent"] += 1
             attempts[key] = attempts.get(key, 0) + 1
-            failing = attempts[key] <= (7 if key in stubborn else 2 * (rng.random() < 0.5))
-            if not failing:
+            if attempts[key] > (7 if key in stubborn else 2 * (rng.random() < 0.5)):
                 return None
             counts["injected"] += 1
+            return rng.choice(codes)
+
+    def refuse_some(request, **_):
+        with lock:
+            counts["requests"] += 1
+            if counts["requests"] % 4:
+                return None
+            counts["refused"] += 1
             status, code = rng.choice(kinds)
         return dynamodb_error(request.url, status, code)
 
-    return hook, counts
+    remove = fail_statements(client, code_for)
+    client.meta.events.register("before-send.dynamodb.BatchExecuteStatement", refuse_some)
+
+    def undo():
+        client.meta.events.unregister("before-send.dynamodb.BatchExecuteStatement", refuse_some)
+        remove()
+
+    return undo, counts
 
 
 @pytest.mark.parametrize("reporting", [True, False], ids=["partial-failures", "raise"])
 def test_throttling_and_transient_errors_lose_nothing(engine, make_table, stage_invoker, monkeypatch, reporting):
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0.001)
+    monkeypatch.setattr(dynamodb, "STATEMENT_BACKOFF_SECONDS", 0.001)
     handler = stage_invoker(REPORT_BATCH_ITEM_FAILURES=str(reporting).lower())
     table = make_table()
     keys = [f"user-{i}" for i in range(40)]
@@ -205,9 +219,9 @@ def test_throttling_and_transient_errors_lose_nothing(engine, make_table, stage_
     client = engine.client()
     for i, key in enumerate(keys):
         perform(client, table.name, Op("put", key, EMAILS[i % 6]), model)
-    hook, counts = transient_faults(stubborn={"user-3", "user-17", "user-30"}, seed=7)
-    events = processor_for(handler.settings).gateway.client.meta.events
-    events.register("before-send.dynamodb.UpdateItem", hook)
+    undo, counts = transient_faults(
+        processor_for(handler.settings).gateway.client, stubborn={"user-3", "user-17", "user-30"}, seed=7
+    )
     try:
         mapping = LocalEventSourceMapping(
             engine.streams_client(),
@@ -219,9 +233,9 @@ def test_throttling_and_transient_errors_lose_nothing(engine, make_table, stage_
         )
         stats = mapping.drain(timeout=120)
     finally:
-        events.unregister("before-send.dynamodb.UpdateItem", hook)
-    assert counts["injected"] > 0 and counts["sent"] > counts["injected"]
-    # The stubborn keys outlast botocore's retries once each: the mapping had to retry their batches.
+        undo()
+    assert counts["injected"] > 0 and counts["sent"] > counts["injected"] and counts["refused"] > 0
+    # The stubborn keys outlast the gateway's tries once each: the mapping had to retry their batches.
     assert stats.failed_attempts >= 3
     assert stats.discarded_batches == []
     assert violations(scan(table.client, table.name), model, keys) == []
@@ -237,16 +251,16 @@ def test_a_handler_that_dies_half_way_through_a_batch_is_retried_harmlessly(engi
 
     def die_once(**_):
         calls["count"] += 1
-        if calls["count"] == 10:
+        if calls["count"] == 1:  # the first request's writes are in the table, the rest of the batch's are not
             raise RuntimeError("the function died half-way")
 
     events = processor_for(invoker.settings).gateway.client.meta.events
-    events.register("after-call.dynamodb.UpdateItem", die_once)
+    events.register("after-call.dynamodb.BatchExecuteStatement", die_once)
     try:
         mapping = LocalEventSourceMapping(engine.streams_client(), table.stream_arn, invoker)
         stats = mapping.drain()
     finally:
-        events.unregister("after-call.dynamodb.UpdateItem", die_once)
+        events.unregister("after-call.dynamodb.BatchExecuteStatement", die_once)
     assert stats.failed_attempts == 1, "the batch was not retried once"
     assert violations(scan(table.client, table.name), model, keys) == []
 

@@ -27,7 +27,7 @@ def test_the_backfill_policy_scans_and_writes_the_table_only():
     policy = stage.backfill_policy_document("email-checker", "prod", ARN, "arn:aws:sqs:eu-west-1:123456789012:q")
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
-    assert by_sid["BackfillTheTable"]["Action"] == ["dynamodb:Scan", "dynamodb:UpdateItem"]
+    assert by_sid["BackfillTheTable"]["Action"] == ["dynamodb:Scan", "dynamodb:PartiQLUpdate"]
     assert by_sid["BackfillTheTable"]["Resource"] == table
     assert by_sid["ReportSegmentResults"]["Resource"] == "arn:aws:sqs:eu-west-1:123456789012:q"
     assert all("backfill_segment" in r for r in by_sid["WriteLogs"]["Resource"])
@@ -43,7 +43,7 @@ def test_policy_is_least_privilege_on_known_arns():
     policy = stage.policy_document("email-checker", "prod", ARN)
     actions = {action for statement in policy["Statement"] for action in statement["Action"]}
     assert actions == {
-        "dynamodb:UpdateItem",
+        "dynamodb:PartiQLUpdate",
         "dynamodb:BatchGetItem",
         "dynamodb:DescribeStream",
         "dynamodb:GetRecords",

@@ -22,13 +22,13 @@ from localdev.slow_proxy import SlowProxy
 ITEMS = 100
 
 
-def processor_through(proxy: SlowProxy, report_batch_item_failures: bool) -> StreamProcessor:
+def processor_through(proxy: SlowProxy, report_batch_item_failures: bool, concurrency: int = 16) -> StreamProcessor:
     client = boto3.session.Session(region_name=REGION, **CREDENTIALS).client(
-        "dynamodb", endpoint_url=proxy.endpoint, config=client_config(max_pool_connections=16)
+        "dynamodb", endpoint_url=proxy.endpoint, config=client_config(max_pool_connections=concurrency)
     )
     return StreamProcessor(
         classify=lambda email: email.endswith("@gmail.com"),
-        gateway=DynamoDBGateway(client, max_concurrency=16),
+        gateway=DynamoDBGateway(client, max_concurrency=concurrency),
         report_batch_item_failures=report_batch_item_failures,
         logger=Logger(service=SERVICE),
     )
@@ -67,7 +67,8 @@ def test_a_slow_dynamodb_gets_an_answer_in_time_that_covers_every_unwritten_item
     event, records = seed(table)
     context = LambdaContext("sync_is_personal_email", 256, max_runtime_ms=5_000)
     with SlowProxy(upstream(engine), delay=1.0) as proxy:
-        processor = processor_through(proxy, report_batch_item_failures=True)
+        # 100 writes are 4 requests of 25; two at a time, each held 1 s or more: the second pair can't end by 3 s.
+        processor = processor_through(proxy, report_batch_item_failures=True, concurrency=2)
         began = time.monotonic()
         response = processor.handle(event, context)
         answered = time.monotonic() - began

@@ -14,7 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chalicelib.budget import budget_problem
+from chalicelib.config import Settings
 from tools.stage import (
+    HANDLER,
     backfill_policy_document,
     backfill_policy_file,
     handler_policy_file,
@@ -104,3 +107,26 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
         "`tools.stage bind`?): deployed, the functions' roles would not grant on that table and stream. Run "
         f"{bind_command(stage, stream_arn)}, which writes the STREAM_ARN and regenerates the stage's policies."
     )
+
+
+DEFAULT_LAMBDA_TIMEOUT = 60  # Chalice's default when no level of the config sets one
+
+
+def handler_timeout(config: dict[str, Any], stage: str) -> int:
+    """The stream handler's `lambda_timeout` as Chalice resolves it: function, then stage, then top level."""
+    stage_config = config.get("stages", {}).get(stage, {})
+    for level in (stage_config.get("lambda_functions", {}).get(HANDLER, {}), stage_config, config):
+        if "lambda_timeout" in level:
+            return int(level["lambda_timeout"])
+    return DEFAULT_LAMBDA_TIMEOUT
+
+
+def budget_refusal(project_dir: Path | str, stage: str, settings: Settings) -> str | None:
+    """Why the stage's batch can't answer inside its handler's timeout with every request at its worst, or None."""
+    from chalicelib.dynamodb import BATCH_STATEMENT_LIMIT
+
+    config = json.loads((Path(project_dir) / ".chalice" / "config.json").read_text())
+    problem = budget_problem(
+        settings.batch_size, settings.write_concurrency, BATCH_STATEMENT_LIMIT, handler_timeout(config, stage)
+    )
+    return f"stage {stage}: {problem}" if problem else None

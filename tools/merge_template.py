@@ -11,7 +11,7 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
   the log group that really exists whatever name CloudFormation gives the function;
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
   `chalice deploy` gets, on the ARNs this stack resolves;
-- for the backfill function `backfill_segment`: its own role policy (Scan and UpdateItem on the table, send to its
+- for the backfill function `backfill_segment`: its own role policy (Scan and PartiQLUpdate on the table, send to its
   results queue), its log group, and its asynchronous invocation config: results on success and on failure go to
   an encrypted queue the fan-out command reads (`python -m tools.backfill fanout`).
 """

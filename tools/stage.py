@@ -62,7 +62,7 @@ def policy_statements(
         {
             "Sid": "KeepTheFlagInSync",
             "Effect": "Allow",
-            "Action": ["dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
+            "Action": ["dynamodb:PartiQLUpdate", "dynamodb:BatchGetItem"],
             "Resource": table_arn,
         },
         {
@@ -132,7 +132,7 @@ def backfill_statements(
         {
             "Sid": "BackfillTheTable",
             "Effect": "Allow",
-            "Action": ["dynamodb:Scan", "dynamodb:UpdateItem"],
+            "Action": ["dynamodb:Scan", "dynamodb:PartiQLUpdate"],
             "Resource": table_arn,
         }
     ]
