@@ -22,7 +22,7 @@ LATENCIES = (0.0, 0.005)
 CLASSIFICATION = (
     "both handlers classify with the walkthrough's three domains "
     f"({', '.join(WALKTHROUGH_DOMAINS)}; email-checker through PERSONAL_DOMAINS_ONLY); the invariant and the lower "
-    "bound use email-checker's rule for them (DESIGN §2: exact, normalised domain match)"
+    "bound use email-checker's rule for them (docs/design.md §2: exact, normalised domain match)"
 )
 
 

@@ -21,7 +21,7 @@ NAME = "Name"
 # The walkthrough's three domains: the baseline's list, and email-checker's through PERSONAL_DOMAINS_ONLY.
 WALKTHROUGH_DOMAINS = ("gmail.com", "outlook.com", "hotmail.com")
 PLAIN_DOMAINS = (*WALKTHROUGH_DOMAINS, "example.com", "acme.io", "corp.example.org")
-# Addresses a suffix match gets wrong and exact, normalised matching gets right (DESIGN §2).
+# Addresses a suffix match gets wrong and exact, normalised matching gets right (docs/design.md §2).
 TRICKY_DOMAINS = ("GMAIL.COM", "notgmail.com", "mail.hotmail.com", "outlook.com.", "myhotmail.com")
 
 Item = dict[str, Any]
@@ -80,7 +80,7 @@ class MixedWorkload:
 
 
 def expected_flag(item: Mapping[str, Any], classify: Classify) -> bool | None:
-    """The flag the invariant (DESIGN §1) wants on an item; None when it wants the flag absent."""
+    """The flag the invariant (docs/design.md §1) wants on an item; None when it wants the flag absent."""
     email = item.get(EMAIL)
     return classify(email) if type(email) is str else None
 

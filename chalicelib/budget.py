@@ -1,4 +1,5 @@
-"""A batch's time budget in numbers (DESIGN §3): each request's timeouts and attempts, and the worst case they allow.
+"""A batch's time budget in numbers (docs/design.md §3): each request's timeouts and attempts, and the worst
+case they allow.
 
 Lambda kills an invocation at its timeout with no answer, no summary line and no metrics, and the whole batch is
 retried. So every request is bounded (timeouts and attempts below), the batch stops sending when its deadline comes

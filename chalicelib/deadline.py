@@ -1,4 +1,5 @@
-"""A batch's time budget (DESIGN §3): the point by which it must answer, and work mapped over a pool until then."""
+"""A batch's time budget (docs/design.md §3): the point by which it must answer, and work mapped over a pool until
+then."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Classification (DESIGN §2): is an e-mail address at a provider used for personal accounts?"""
+"""Classification (docs/design.md §2): is an e-mail address at a provider used for personal accounts?"""
 
 from __future__ import annotations
 

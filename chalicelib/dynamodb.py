@@ -1,5 +1,5 @@
-"""The DynamoDB adapter (DESIGN §3, §4): conditional writes in PartiQL batches, bounded and concurrent, and consistent
-reads."""
+"""The DynamoDB adapter (docs/design.md §3, §4): conditional writes in PartiQL batches, bounded and
+concurrent, and consistent reads."""
 
 from __future__ import annotations
 

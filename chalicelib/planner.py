@@ -1,4 +1,4 @@
-"""The pure decision (DESIGN §1, §3): which items need a write, and which write. Knows nothing of boto3."""
+"""The pure decision (docs/design.md §1, §3): which items need a write, and which write. Knows nothing of boto3."""
 
 from __future__ import annotations
 

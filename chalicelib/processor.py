@@ -1,4 +1,4 @@
-"""The batch loop (DESIGN §3, §6): decode, plan, read, write, count, log, and answer Lambda."""
+"""The batch loop (docs/design.md §3, §6): decode, plan, read, write, count, log, and answer Lambda."""
 
 from __future__ import annotations
 

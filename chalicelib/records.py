@@ -1,4 +1,4 @@
-"""Stream records, decoded (DESIGN §4): the few facts the planner needs, typed, from Lambda's DynamoDB JSON."""
+"""Stream records, decoded (docs/design.md §4): the few facts the planner needs, typed, from Lambda's DynamoDB JSON."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 SERVICE = "email-checker"
 METRICS_NAMESPACE = "EmailChecker"
-"""Every metric carries the dimensions `service` and `stage` (DESIGN §7)."""
+"""Every metric carries the dimensions `service` and `stage` (docs/design.md §7)."""
 
 
 @lru_cache(maxsize=4)

@@ -1,4 +1,5 @@
-"""A model of what clients did to a table, client operations that keep it, and the invariant check (DESIGN §1)."""
+"""A model of what clients did to a table, client operations that keep it, and the invariant check
+(docs/design.md §1)."""
 
 from __future__ import annotations
 

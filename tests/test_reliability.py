@@ -1,4 +1,4 @@
-"""The invariant under concurrent clients, faults and restarts, against DynamoDB Local (DESIGN §1, §3).
+"""The invariant under concurrent clients, faults and restarts, against DynamoDB Local (docs/design.md §1, §3).
 
 Short versions run in `make test`; `make soak` runs the long ones (EMAIL_CHECKER_SOAK=1).
 """

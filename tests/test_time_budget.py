@@ -1,5 +1,5 @@
-"""The batch's time budget (DESIGN §3): with DynamoDB slow or stalled, the handler answers before Lambda's deadline,
-and its answer covers every item it did not write."""
+"""The batch's time budget (docs/design.md §3): with DynamoDB slow or stalled, the handler answers before Lambda's
+deadline, and its answer covers every item it did not write."""
 
 from __future__ import annotations
 
