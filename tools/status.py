@@ -24,6 +24,7 @@ from tools.stage import deployed_resources, load_config, monitoring_targets, spl
 RECONCILER = "reconcile_discarded_batches"
 RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerBackfillFallbacks")
 RECONCILER_LINE = "reconciler message"
+LABEL_WIDTH = 18
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Status:
 
     def add(self, label: str, text: str, problem: str | None = None) -> None:
         """One line of output; with `problem`, also a reason for exit status 1."""
-        self.lines.append(f"{label:<14}{text}")
+        self.lines.append(f"{label:<{LABEL_WIDTH}}{text}")
         if problem:
             self.problems.append(problem)
 
@@ -268,7 +269,7 @@ def run_status(stage: str, stack_name: str | None = None) -> int:
     for line in status.lines:
         print(line)
     if status.problems:
-        print(f"{'verdict':<14}NOT OK: {'; '.join(status.problems)}")
+        print(f"{'verdict':<{LABEL_WIDTH}}NOT OK: {'; '.join(status.problems)}")
         return 1
-    print(f"{'verdict':<14}ok")
+    print(f"{'verdict':<{LABEL_WIDTH}}ok")
     return 0
