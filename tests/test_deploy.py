@@ -199,3 +199,66 @@ def test_enable_stream_reuses_a_stream_that_is_already_on(emulator, aws_environm
     assert dynamodb.describe_table(TableName="Accounts")["Table"]["LatestStreamArn"] == stream_arn
     config = json.loads((project_copy / ".chalice" / "config.json").read_text())
     assert config["stages"]["prod"]["environment_variables"]["STREAM_ARN"] == stream_arn
+
+
+def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_copy):
+    """The stack path: the function, mapping and queue found by logical id and type in the stack (moto's
+    CloudFormation makes no AWS::CloudWatch::Alarm: the alarms are read back from the packaged template instead)."""
+    from tools import merge_template
+
+    iam = emulator.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    role = iam.create_role(RoleName="stack-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    schema = json.loads((project_copy / "schema" / "users-table.json").read_text())
+    queue_arn = {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}
+    settings = failure_handling.mapping_failure_handling(queue_arn, merge_template.mapping_filter(schema))
+    template = {
+        "Resources": {
+            "UsersTable": {"Type": "AWS::DynamoDB::Table", "Properties": merge_template.table_properties(schema)},
+            "StreamFailureQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+            "SyncIsPersonalEmail": {
+                "Type": "AWS::Lambda::Function",
+                "Properties": {
+                    "Runtime": "python3.11",
+                    "Handler": "index.handler",
+                    "Role": role,
+                    "Code": {"ZipFile": "def handler(event, context):\n    return {}\n"},
+                    "Environment": {"Variables": {"REPORT_BATCH_ITEM_FAILURES": "true"}},
+                },
+            },
+            "SyncIsPersonalEmailDynamodbEventSource": {
+                "Type": "AWS::Lambda::EventSourceMapping",
+                "Properties": {
+                    "FunctionName": {"Ref": "SyncIsPersonalEmail"},
+                    "EventSourceArn": {"Fn::GetAtt": ["UsersTable", "StreamArn"]},
+                    "StartingPosition": "TRIM_HORIZON",
+                    **settings,
+                },
+            },
+        },
+    }
+    cloudformation = emulator.client("cloudformation")
+    cloudformation.create_stack(StackName="email-checker-prod", TemplateBody=json.dumps(template))
+    result = stage_tool(
+        project_copy, "status", "--stage", "prod", "--stack-name", "email-checker-prod", env=aws_environment
+    )
+    assert "from CloudFormation stack email-checker-prod" in result.stdout, result.stdout + result.stderr
+    assert "DRIFT" not in result.stdout and 'FunctionResponseTypes       ["ReportBatchItemFailures"]' in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The function's partial-failure mode off while the mapping expects answers: named, exit 1.
+    function = cloudformation.describe_stack_resource(
+        StackName="email-checker-prod", LogicalResourceId="SyncIsPersonalEmail"
+    )
+    emulator.client("lambda").update_function_configuration(
+        FunctionName=function["StackResourceDetail"]["PhysicalResourceId"],
+        Environment={"Variables": {"REPORT_BATCH_ITEM_FAILURES": "false"}},
+    )
+    drifted = stage_tool(
+        project_copy, "status", "--stage", "prod", "--stack-name", "email-checker-prod", env=aws_environment
+    )
+    assert drifted.returncode == 1 and "drift: function REPORT_BATCH_ITEM_FAILURES" in drifted.stdout

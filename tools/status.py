@@ -96,7 +96,11 @@ def from_chalice_deploy(app_name: str, stage: str) -> Deployment:
 
 def from_stack(cloudformation: Any, stack_name: str) -> Deployment:
     """The stage's parts as a CloudFormation stack made them (physical ids by logical id and type)."""
-    resources = cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+    resources = [
+        resource
+        for resource in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+        if "LogicalResourceId" in resource and "PhysicalResourceId" in resource
+    ]
     physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources}
     mappings = [r["PhysicalResourceId"] for r in resources if r["ResourceType"] == "AWS::Lambda::EventSourceMapping"]
     function_name = physical[FUNCTION]
