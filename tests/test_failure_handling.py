@@ -6,6 +6,7 @@ import json
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from tools import failure_handling, merge_template
@@ -99,10 +100,10 @@ def test_update_mapping_gives_up_after_its_bounded_delays_and_never_retries_othe
         stubber.add_client_error("update_event_source_mapping", "InvalidParameterValueException", PROPAGATING)
     stubber.add_client_error("update_event_source_mapping", "InvalidParameterValueException", "BatchSize too big")
     slept = []
-    with stubber, pytest.raises(Exception, match="SendMessage"):
+    with stubber, pytest.raises(ClientError, match="SendMessage"):
         failure_handling.update_mapping(client, UUID, settings, sleep=slept.append, delays=(1, 2))
     assert slept == [1, 2]
-    with stubber, pytest.raises(Exception, match="BatchSize"):
+    with stubber, pytest.raises(ClientError, match="BatchSize"):
         failure_handling.update_mapping(client, UUID, settings, sleep=slept.append, delays=(1, 2))
     assert slept == [1, 2]  # not a propagation error: raised at once
 

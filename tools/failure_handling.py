@@ -102,14 +102,14 @@ def update_mapping(
     delays: tuple[float, ...] = ROLE_PROPAGATION_DELAYS,
 ) -> dict[str, Any]:
     """update_event_source_mapping, retried with growing delays while the role's new send permission propagates."""
-    for delay in (*delays, None):
+    for delay in delays:
         try:
             return lambda_client.update_event_source_mapping(UUID=uuid, **settings)
         except ClientError as error:
-            if delay is None or not is_role_propagation_error(error):
+            if not is_role_propagation_error(error):
                 raise
-            sleep(delay)
-    raise AssertionError("unreachable")
+        sleep(delay)
+    return lambda_client.update_event_source_mapping(UUID=uuid, **settings)
 
 
 def wait_for_partial_failures(

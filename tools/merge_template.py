@@ -118,7 +118,7 @@ def monitoring_resources(resources: dict[str, Any]) -> dict[str, Any]:
         alarms.DEAD_LETTER_QUEUE: {"Fn::GetAtt": [DEAD_LETTER_QUEUE, "QueueName"]}
         if DEAD_LETTER_QUEUE in resources
         else None,
-        "service": alarms.service_targets("")["service"],
+        "service": alarms.SERVICE,
         alarms.STAGE: {"Ref": STAGE_PARAMETER},
     }
     # The dashboard body is one string: Fn::Sub fills in the same names the alarms get through Ref and GetAtt.

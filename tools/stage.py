@@ -333,12 +333,14 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
     session.client("iam").put_role_policy(
         RoleName=role_name, PolicyName=role_name, PolicyDocument=json.dumps(expected_policy(config, stage))
     )
-    table = session.client("dynamodb").describe_table(TableName=split_stream_arn(variables["STREAM_ARN"])[3])["Table"]
+    lambda_client = session.client("lambda")
+    uuid = deployed["dynamodb_event"]["event_uuid"]
+    # The filter names the key of the table whose stream the deployed mapping reads.
+    stream_arn = lambda_client.get_event_source_mapping(UUID=uuid)["EventSourceArn"]
+    table = session.client("dynamodb").describe_table(TableName=split_stream_arn(stream_arn)[3])["Table"]
     criteria = failure_handling.stream_filter(table)
     if criteria is None:
         print("note: the stream has no NewImage: no filter, the handler skips REMOVE records itself", file=sys.stderr)
-    lambda_client = session.client("lambda")
-    uuid = deployed["dynamodb_event"]["event_uuid"]
     failure_handling.update_mapping(lambda_client, uuid, failure_handling.mapping_failure_handling(queue_arn, criteria))
     failure_handling.wait_for_partial_failures(lambda_client, uuid)
     function_arn = deployed["lambda_function"]["lambda_arn"]
