@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tests.projects import backfill_tool, chalice, stage_tool
-from tools import failure_handling, stage
+from tools import alarms, failure_handling, stage
 
 FUNCTION = "email-checker-dev-sync_is_personal_email"
 BACKFILL = "email-checker-dev-backfill_segment"
@@ -90,7 +90,7 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert queue["SqsManagedSseEnabled"] == "true"
     assert json.loads(queue["Policy"]) == failure_handling.https_only_queue_policy(queue["QueueArn"])
     mapping = lambda_client.get_event_source_mapping(UUID=mapping["UUID"])
-    expected = failure_handling.mapping_failure_handling(queue["QueueArn"])
+    expected = failure_handling.mapping_failure_handling(queue["QueueArn"], failure_handling.filter_criteria("Id", "S"))
     assert {key: mapping[key] for key in expected} == expected
     assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, 100)
     variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
@@ -104,6 +104,53 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     # mode: a later chalice deploy falls back to raising until this command runs again.
     assert dev["FAILURE_QUEUE_ARN"] == queue["QueueArn"] and dev["REPORT_BATCH_ITEM_FAILURES"] == "false"
     assert json.loads((project_copy / ".chalice" / "policy-dev.json").read_text()) == attached
+    # The alarms and the dashboard: the same definitions as the template's, on this path's names.
+    cloudwatch = emulator.client("cloudwatch")
+    created = {
+        a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNamePrefix="email-checker-dev-")["MetricAlarms"]
+    }
+    targets = stage.monitoring_targets("email-checker", "dev", FUNCTION)
+    assert set(created) == {f"email-checker-dev-{alarm.key}" for alarm in alarms.ALARMS}
+    for alarm in alarms.ALARMS:
+        made = created[f"email-checker-dev-{alarm.key}"]
+        assert (made["Namespace"], made["MetricName"], made["Threshold"], made["Period"]) == (
+            alarm.namespace,
+            alarm.metric,
+            alarm.threshold,
+            alarm.period,
+        )
+        assert made["Dimensions"] == alarm.resolved_dimensions(targets)
+        assert made["TreatMissingData"] == "notBreaching" and made["AlarmActions"] == []
+    assert created["email-checker-dev-Failed"]["Dimensions"] == [
+        {"Name": "service", "Value": "email-checker"},
+        {"Name": "stage", "Value": "dev"},
+    ]
+    body = json.loads(cloudwatch.get_dashboard(DashboardName="email-checker-dev")["DashboardBody"])
+    assert body == alarms.dashboard_body(targets, emulator.client("sqs").meta.region_name)
+
+    # status: a clean deploy is all well.
+    clean = stage_tool(project_copy, "status", "--stage", "dev", env=aws_environment)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout.splitlines()[-1].split() == ["verdict", "ok"] and "DRIFT" not in clean.stdout
+    # A later `chalice deploy` recreating the mapping without partial failures, and a discarded batch waiting.
+    lambda_client.update_event_source_mapping(UUID=mapping["UUID"], FunctionResponseTypes=[])
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"DDBStreamBatchInfo": {"shardId": "s"}}))
+    drifted = stage_tool(project_copy, "status", "--stage", "dev", env=aws_environment)
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert "drift: FunctionResponseTypes" in drifted.stdout
+    assert "messages waiting: email-checker-dev-stream-failures" in drifted.stdout
+    assert "drift: function REPORT_BATCH_ITEM_FAILURES" in drifted.stdout  # the function answers nobody reads
+    sqs.purge_queue(QueueUrl=queue_url)
+    # Running it again repairs the mapping, and gives the alarms a topic to notify.
+    topic = "arn:aws:sns:us-east-1:123456789012:email-checker-alarms"
+    again = stage_tool(
+        project_copy, "apply-failure-handling", "--stage", "dev", "--alarm-topic-arn", topic, env=aws_environment
+    )
+    assert again.returncode == 0, again.stderr
+    notified = cloudwatch.describe_alarms(AlarmNamePrefix="email-checker-dev-")["MetricAlarms"]
+    assert [(a["AlarmActions"], a["OKActions"]) for a in notified] == [([topic], [topic])] * len(alarms.ALARMS)
+    repaired = stage_tool(project_copy, "status", "--stage", "dev", env=aws_environment)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
 
     # 4. The backfill's fan-out: a results queue, the function's asynchronous destinations, and the send permission.
     setup = backfill_tool(project_copy, "setup-fanout", "--stage", "dev", env=aws_environment)
@@ -152,3 +199,66 @@ def test_enable_stream_reuses_a_stream_that_is_already_on(emulator, aws_environm
     assert dynamodb.describe_table(TableName="Accounts")["Table"]["LatestStreamArn"] == stream_arn
     config = json.loads((project_copy / ".chalice" / "config.json").read_text())
     assert config["stages"]["prod"]["environment_variables"]["STREAM_ARN"] == stream_arn
+
+
+def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_copy):
+    """The stack path: the function, mapping and queue found by logical id and type in the stack (moto's
+    CloudFormation makes no AWS::CloudWatch::Alarm: the alarms are read back from the packaged template instead)."""
+    from tools import merge_template
+
+    iam = emulator.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    role = iam.create_role(RoleName="stack-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    schema = json.loads((project_copy / "schema" / "users-table.json").read_text())
+    queue_arn = {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}
+    settings = failure_handling.mapping_failure_handling(queue_arn, merge_template.mapping_filter(schema))
+    template = {
+        "Resources": {
+            "UsersTable": {"Type": "AWS::DynamoDB::Table", "Properties": merge_template.table_properties(schema)},
+            "StreamFailureQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+            "SyncIsPersonalEmail": {
+                "Type": "AWS::Lambda::Function",
+                "Properties": {
+                    "Runtime": "python3.11",
+                    "Handler": "index.handler",
+                    "Role": role,
+                    "Code": {"ZipFile": "def handler(event, context):\n    return {}\n"},
+                    "Environment": {"Variables": {"REPORT_BATCH_ITEM_FAILURES": "true"}},
+                },
+            },
+            "SyncIsPersonalEmailDynamodbEventSource": {
+                "Type": "AWS::Lambda::EventSourceMapping",
+                "Properties": {
+                    "FunctionName": {"Ref": "SyncIsPersonalEmail"},
+                    "EventSourceArn": {"Fn::GetAtt": ["UsersTable", "StreamArn"]},
+                    "StartingPosition": "TRIM_HORIZON",
+                    **settings,
+                },
+            },
+        },
+    }
+    cloudformation = emulator.client("cloudformation")
+    cloudformation.create_stack(StackName="email-checker-prod", TemplateBody=json.dumps(template))
+    result = stage_tool(
+        project_copy, "status", "--stage", "prod", "--stack-name", "email-checker-prod", env=aws_environment
+    )
+    assert "from CloudFormation stack email-checker-prod" in result.stdout, result.stdout + result.stderr
+    assert "DRIFT" not in result.stdout and 'FunctionResponseTypes       ["ReportBatchItemFailures"]' in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The function's partial-failure mode off while the mapping expects answers: named, exit 1.
+    function = cloudformation.describe_stack_resource(
+        StackName="email-checker-prod", LogicalResourceId="SyncIsPersonalEmail"
+    )
+    emulator.client("lambda").update_function_configuration(
+        FunctionName=function["StackResourceDetail"]["PhysicalResourceId"],
+        Environment={"Variables": {"REPORT_BATCH_ITEM_FAILURES": "false"}},
+    )
+    drifted = stage_tool(
+        project_copy, "status", "--stage", "prod", "--stack-name", "email-checker-prod", env=aws_environment
+    )
+    assert drifted.returncode == 1 and "drift: function REPORT_BATCH_ITEM_FAILURES" in drifted.stdout

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.projects import BIN, ROOT, chalice, copy_project, stage_tool
-from tools import failure_handling, merge_template
+from tools import alarms, failure_handling, merge_template
 
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 TABLE_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
@@ -115,8 +115,12 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "BackfillResultsQueue",
         "BackfillResultsQueuePolicy",
         "BackfillSegmentEventInvokeConfig",
+        "Dashboard",
+        *(alarm.logical_id for alarm in alarms.ALARMS if alarm.key != "DeadLetterQueueMessages"),
     }
     assert template["Parameters"]["UsersTableStreamArn"]["Default"] == "CREATE"
+    assert template["Parameters"]["Stage"]["Default"] == "prod"
+    assert template["Parameters"]["AlarmTopicArn"]["Default"] == ""
     table_stream = {
         "Fn::If": ["CreateUsersTable", {"Fn::GetAtt": ["UsersTable", "StreamArn"]}, {"Ref": "UsersTableStreamArn"}]
     }
@@ -126,6 +130,7 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
     assert function["LoggingConfig"] == {"LogGroup": {"Ref": "SyncIsPersonalEmailLogGroup"}}
     variables = function["Environment"]["Variables"]
     assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
+    assert variables["STAGE"] == {"Ref": "Stage"}  # the metrics' dimension, the same one the alarms watch
     assert variables["STREAM_ARN"] == table_stream
     assert variables["BATCH_SIZE"] == "100"  # the stage's own settings are kept
 
@@ -137,11 +142,12 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "StartingPosition": "TRIM_HORIZON",
         "MaximumBatchingWindowInSeconds": 0,
         "BisectBatchOnFunctionError": True,
-        "MaximumRetryAttempts": 500,
-        "MaximumRecordAgeInSeconds": 86400,
+        "MaximumRetryAttempts": 100,
+        "MaximumRecordAgeInSeconds": 21600,
         "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}}},
         "FunctionResponseTypes": ["ReportBatchItemFailures"],
-        "FilterCriteria": {"Filters": [{"Pattern": '{"eventName": ["INSERT", "MODIFY"]}'}]},
+        "MetricsConfig": {"Metrics": ["EventCount"]},
+        "FilterCriteria": {"Filters": [{"Pattern": '{"dynamodb": {"NewImage": {"Id": {"S": [{"exists": true}]}}}}'}]},
     }
 
     table = resources["UsersTable"]
@@ -177,12 +183,60 @@ def test_the_backfill_function_reports_to_its_results_queue(stack_with_table):
     assert template["Outputs"]["BackfillResultsQueueUrl"] == {"Value": {"Ref": "BackfillResultsQueue"}}
 
 
-def test_the_filter_keeps_remove_records_away_and_lets_inserts_and_modifies_through():
-    [rule] = failure_handling.filter_criteria()["Filters"]
-    pattern = json.loads(rule["Pattern"])
-    assert set(pattern) == {"eventName"}  # a metadata property of the stream record, as Lambda filters it
-    assert "REMOVE" not in pattern["eventName"]
-    assert sorted(pattern["eventName"]) == ["INSERT", "MODIFY"]
+def test_every_alarm_reads_back_from_the_packaged_template_as_defined(stack_with_table):
+    template, _ = stack_with_table
+    resources = template["Resources"]
+    conditions = {"CreateUsersTable": True, "HasAlarmTopic": False}
+    # The targets as the packaged stack resolves them: the handler, its queue, the stage parameter, the service.
+    # The reconciler's dead-letter queue's alarm comes with the queue.
+    dead_letter_queue = "StreamFailureDeadLetterQueue" in resources
+    targets = {
+        "function": "<SyncIsPersonalEmail>",
+        "failure_queue": "<StreamFailureQueue.QueueName>",
+        "dead_letter_queue": "<StreamFailureDeadLetterQueue.QueueName>" if dead_letter_queue else None,
+        "service": "email-checker",
+        "stage": "prod",
+    }
+    expected = alarms.alarms_for(targets)
+    assert len(expected) == len(alarms.ALARMS) - (0 if dead_letter_queue else 1)
+    assert {name for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"} == {
+        alarm.logical_id for alarm in expected
+    }
+    for alarm in expected:
+        properties = resolve(resources[alarm.logical_id]["Properties"], {"Stage": "prod"}, conditions)
+        assert resources[alarm.logical_id]["Type"] == "AWS::CloudWatch::Alarm"
+        assert (properties["Namespace"], properties["MetricName"]) == (alarm.namespace, alarm.metric)
+        assert properties["Dimensions"] == alarm.resolved_dimensions(targets)
+        assert (properties["Threshold"], properties["Period"], properties["Statistic"]) == (
+            alarm.threshold,
+            alarm.period,
+            alarm.statistic,
+        )
+        assert properties["TreatMissingData"] == "notBreaching"
+        assert properties["AlarmActions"] == properties["OKActions"] == "<AWS::NoValue>"
+        topic = resolve(
+            resources[alarm.logical_id]["Properties"]["AlarmActions"],
+            {"AlarmTopicArn": "arn:t"},
+            {"HasAlarmTopic": True},
+        )
+        assert topic == ["arn:t"]
+    # The custom metrics are alarmed with exactly the handler's dimensions: service from Powertools, stage from STAGE.
+    custom = [a for a in expected if a.namespace == "EmailChecker"]
+    assert {a.metric for a in custom} == {
+        "Failed",
+        "Rejected",
+        "Malformed",
+        "BatchErrors",
+        "OutOfTime",
+        "ReconcilerBackfillFallbacks",
+        "ReconcilerFailed",
+    }
+    for alarm in custom:
+        names = [d["Name"] for d in resources[alarm.logical_id]["Properties"]["Dimensions"]]
+        assert names == ["service", "stage"]
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    graphed = [w["properties"]["metrics"][0][:2] for w in json.loads(body)["widgets"]]
+    assert graphed == [[a.namespace, a.metric] for a in expected]
 
 
 @pytest.mark.parametrize(
@@ -231,9 +285,10 @@ def test_cfn_lint_passes_on_the_packaged_and_the_transformed_template(stack_with
     assert (transformed.returncode, transformed.stdout, transformed.stderr) == (0, "", "")
     # What CloudFormation creates for the mapping carries every setting, not only the SAM event that describes it.
     [mapping] = [r for r in cloudformation["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
-    assert {key: mapping["Properties"][key] for key in failure_handling.mapping_failure_handling(None)} == (
-        failure_handling.mapping_failure_handling({"Fn::GetAtt": ["StreamFailureQueue", "Arn"]})
+    expected = failure_handling.mapping_failure_handling(
+        {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}, merge_template.mapping_filter(SCHEMA)
     )
+    assert {key: mapping["Properties"][key] for key in expected} == expected
 
 
 def test_cfn_lint_reports_a_mapping_setting_out_of_range(stack_with_table, sam_to_cloudformation, tmp_path):

@@ -1,44 +1,140 @@
 """The event source mapping's failure handling and filter: one definition for both deploy paths.
 
-The values are the defaults AWS Solutions Constructs ship for `aws-dynamodbstreams-lambda` (core library,
-`lambda-event-source-mapping-defaults.ts`: bisectBatchOnError true, retryAttempts 500, maxRecordAge 24 h, an SQS
-on-failure destination), plus partial batch responses and a filter that keeps REMOVE records away from the function.
-
 The keys are the Lambda API's parameter names, which are also the CloudFormation/SAM property names, so the same
 dictionary is merged into the packaged template's DynamoDB event and passed to `update_event_source_mapping`.
+
+Why these numbers (Lambda developer guide, "Retain discarded records for a DynamoDB event source in Lambda",
+https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html, and "Configuring partial batch response
+with DynamoDB and Lambda", https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-batchfailurereporting.html):
+- a function error is retried until MaximumRetryAttempts or MaximumRecordAgeInSeconds; a partial batch response is
+  a failure retried "up to the retry limit", so every retry after one counts; splitting a batch (bisect) "doesn't
+  consume the retry quota"; throttles and other errors before invocation are bounded by the record age alone.
+- a discarded batch reaches the on-failure queue as a pointer (shard, sequence numbers) that the reconciler reads
+  back from the stream, whose records live 24 hours. Discarding at 6 hours of age leaves at least 18 hours.
+- one poison record in a batch of 100 costs ceil(log2 100) = 7 failing halves plus their 7 succeeding siblings
+  (free), then 1 + 100 attempts alone: about 115 invocations, at most 115 minutes if every one runs into the 60 s
+  timeout, so the retry quota, not the age, ends it, and the shard moves on within 2 hours, not 6.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 BISECT_BATCH_ON_FUNCTION_ERROR = True
-MAXIMUM_RETRY_ATTEMPTS = 500
-MAXIMUM_RECORD_AGE_IN_SECONDS = 86_400
+MAXIMUM_RETRY_ATTEMPTS = 100
+MAXIMUM_RECORD_AGE_IN_SECONDS = 6 * 3600
+STREAM_RETENTION_SECONDS = 24 * 3600
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
-# REMOVE needs nothing (DESIGN §4); listing the two event names that do need work, rather than `anything-but REMOVE`,
-# keeps an event name DynamoDB might add later away from the handler until someone decides what it means.
-FILTER_PATTERN = {"eventName": ["INSERT", "MODIFY"]}
+METRICS_CONFIG = {"Metrics": ["EventCount"]}
+# Views whose records carry NewImage on every INSERT and MODIFY: the filter below is only safe on these.
+IMAGE_VIEWS = ("NEW_IMAGE", "NEW_AND_OLD_IMAGES")
 # The on-failure queue keeps a discarded batch's pointer (shard, sequence numbers) for the longest SQS allows.
 FAILURE_QUEUE_RETENTION_SECONDS = 1_209_600
+# apply-failure-handling: IAM takes seconds to minutes to let the role send to the new queue.
+ROLE_PROPAGATION_DELAYS = (2, 4, 8, 16, 32, 64)
+MAPPING_WAIT_SECONDS = 300
+MAPPING_POLL_SECONDS = 5
 
 
-def filter_criteria() -> dict[str, Any]:
+def filter_pattern(hash_key: str, key_type: str) -> dict[str, Any]:
+    """Records whose NewImage holds the table's hash key: every INSERT and MODIFY, never a REMOVE.
+
+    Lambda's DynamoDB filtering page says only the `dynamodb` key can be filtered on, while DynamoDB's own TTL
+    tutorials filter on `eventName`; a pattern that matched nothing would checkpoint every record unseen, so this one
+    stays inside `dynamodb`. `exists` only works on a leaf, hence the key's type (S, N or B) in the path.
+    """
+    return {"dynamodb": {"NewImage": {hash_key: {key_type: [{"exists": True}]}}}}
+
+
+def filter_criteria(hash_key: str, key_type: str) -> dict[str, Any]:
     """The mapping's FilterCriteria: the pattern as the JSON string Lambda expects."""
-    return {"Filters": [{"Pattern": json.dumps(FILTER_PATTERN)}]}
+    return {"Filters": [{"Pattern": json.dumps(filter_pattern(hash_key, key_type))}]}
 
 
-def mapping_failure_handling(failure_destination_arn: Any) -> dict[str, Any]:
-    """Failure handling and filter for the mapping; the destination is an ARN string or a CloudFormation intrinsic."""
+def table_hash_key(table: dict[str, Any]) -> tuple[str, str]:
+    """(name, S|N|B) of a table's hash key, from a describe_table `Table` or the schema file."""
+    [name] = [key["AttributeName"] for key in table["KeySchema"] if key["KeyType"] == "HASH"]
+    [key_type] = [a["AttributeType"] for a in table["AttributeDefinitions"] if a["AttributeName"] == name]
+    return name, key_type
+
+
+def stream_filter(table: dict[str, Any]) -> dict[str, Any] | None:
+    """The FilterCriteria for a table's stream, or None when its view has no NewImage (then nothing is filtered)."""
+    view = table.get("StreamSpecification", {}).get("StreamViewType")
+    if view not in IMAGE_VIEWS:
+        return None
+    return filter_criteria(*table_hash_key(table))
+
+
+def mapping_failure_handling(failure_destination_arn: Any, filter_criteria_: dict[str, Any] | None) -> dict[str, Any]:
+    """Failure handling, metrics and filter for the mapping; the destination is an ARN or a CloudFormation intrinsic.
+
+    Without a filter (a KEYS_ONLY or OLD_IMAGE stream) FilterCriteria is empty, which clears one an
+    earlier run may have set: the handler then sees REMOVE records and ignores them itself.
+    """
     return {
         "BisectBatchOnFunctionError": BISECT_BATCH_ON_FUNCTION_ERROR,
         "MaximumRetryAttempts": MAXIMUM_RETRY_ATTEMPTS,
         "MaximumRecordAgeInSeconds": MAXIMUM_RECORD_AGE_IN_SECONDS,
         "DestinationConfig": {"OnFailure": {"Destination": failure_destination_arn}},
         "FunctionResponseTypes": [REPORT_BATCH_ITEM_FAILURES],
-        "FilterCriteria": filter_criteria(),
+        "MetricsConfig": METRICS_CONFIG,
+        "FilterCriteria": filter_criteria_ or {},
     }
+
+
+def is_role_propagation_error(error: ClientError) -> bool:
+    """Lambda refusing the on-failure destination because the role can't send to it yet (IAM is still propagating)."""
+    problem = error.response.get("Error", {})
+    return problem.get("Code") == "InvalidParameterValueException" and "SendMessage" in problem.get("Message", "")
+
+
+def update_mapping(
+    lambda_client: Any,
+    uuid: str,
+    settings: dict[str, Any],
+    sleep: Callable[[float], None] = time.sleep,
+    delays: tuple[float, ...] = ROLE_PROPAGATION_DELAYS,
+) -> dict[str, Any]:
+    """update_event_source_mapping, retried with growing delays while the role's new send permission propagates."""
+    for delay in delays:
+        try:
+            return lambda_client.update_event_source_mapping(UUID=uuid, **settings)
+        except ClientError as error:
+            if not is_role_propagation_error(error):
+                raise
+        sleep(delay)
+    return lambda_client.update_event_source_mapping(UUID=uuid, **settings)
+
+
+def wait_for_partial_failures(
+    lambda_client: Any,
+    uuid: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    timeout: float = MAPPING_WAIT_SECONDS,
+    interval: float = MAPPING_POLL_SECONDS,
+) -> dict[str, Any]:
+    """Poll the mapping until it is Enabled and reports batch item failures; ValueError in one line on timeout."""
+    give_up = clock() + timeout
+    while True:
+        mapping = lambda_client.get_event_source_mapping(UUID=uuid)
+        if mapping.get("State") == "Enabled" and REPORT_BATCH_ITEM_FAILURES in (
+            mapping.get("FunctionResponseTypes") or []
+        ):
+            return mapping
+        if clock() >= give_up:
+            raise ValueError(
+                f"mapping {uuid} is still {mapping.get('State')} with FunctionResponseTypes "
+                f"{mapping.get('FunctionResponseTypes') or []} after {timeout:.0f} s: the function was left raising on "
+                "failures; run apply-failure-handling again"
+            )
+        sleep(interval)
 
 
 def https_only_queue_policy(queue_arn: Any) -> dict[str, Any]:

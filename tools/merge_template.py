@@ -5,8 +5,9 @@
 Chalice deep-merges this into its SAM template: dictionaries merge key by key, anything else replaces. It adds
 - the users table, built from schema/users-table.json (the schema's one source), when the stack parameter
   `UsersTableStreamArn` is CREATE; otherwise the mapping reads the existing table's stream named by that parameter;
-- the mapping's failure handling and filter (tools/failure_handling.py), with an encrypted on-failure queue, and the
-  handler's partial-failure mode switched on to match `FunctionResponseTypes: [ReportBatchItemFailures]`;
+- the mapping's failure handling, metrics and filter (tools/failure_handling.py), with an encrypted on-failure queue,
+  and the handler's partial-failure mode switched on to match `FunctionResponseTypes: [ReportBatchItemFailures]`;
+- the alarms and dashboard of tools/alarms.py (parameters `Stage`, the metrics' dimension, and `AlarmTopicArn`);
 - a log group the template owns, named on the function through `LoggingConfig`, so the role's log permissions name
   the log group that really exists whatever name CloudFormation gives the function;
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
@@ -22,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tools import failure_handling
+from tools import alarms, failure_handling
 from tools.stage import LOG_WRITES, ROOT, backfill_statements, policy_statements, write_json
 
 SCHEMA = ROOT / "schema" / "users-table.json"
@@ -37,6 +38,12 @@ QUEUE = "StreamFailureQueue"
 QUEUE_POLICY = "StreamFailureQueuePolicy"
 LOG_GROUP = "SyncIsPersonalEmailLogGroup"
 STREAM_PARAMETER = "UsersTableStreamArn"
+STAGE_PARAMETER = "Stage"
+TOPIC_PARAMETER = "AlarmTopicArn"
+HAS_TOPIC = "HasAlarmTopic"
+DASHBOARD = "Dashboard"
+# The reconciler's dead-letter queue (its own helper adds it): its alarm is in the template once the queue is.
+DEAD_LETTER_QUEUE = "StreamFailureDeadLetterQueue"
 CREATE = "CREATE"
 CREATES_TABLE = "CreateUsersTable"
 LOG_RETENTION_DAYS = 30
@@ -73,6 +80,14 @@ def table_properties(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def mapping_filter(schema: dict[str, Any]) -> dict[str, Any]:
+    """The mapping's filter from the schema's hash key; ValueError if the schema's stream has no NewImage."""
+    criteria = failure_handling.stream_filter(schema)
+    if criteria is None:
+        raise ValueError("schema/users-table.json's stream view has no NewImage: the mapping's filter needs one")
+    return criteria
+
+
 def users_table_or_existing(created: Any, existing: Any) -> dict[str, Any]:
     """`created` when this stack makes the table, `existing` otherwise."""
     return {"Fn::If": [CREATES_TABLE, created, existing]}
@@ -95,8 +110,46 @@ def queue_resources(queue: str, policy: str, retention_seconds: int) -> dict[str
     }
 
 
+def monitoring_resources(resources: dict[str, Any]) -> dict[str, Any]:
+    """The alarms (tools/alarms.py) and the dashboard on this stack's function and queues."""
+    targets = {
+        alarms.FUNCTION: {"Ref": FUNCTION},
+        alarms.FAILURE_QUEUE: {"Fn::GetAtt": [QUEUE, "QueueName"]},
+        alarms.DEAD_LETTER_QUEUE: {"Fn::GetAtt": [DEAD_LETTER_QUEUE, "QueueName"]}
+        if DEAD_LETTER_QUEUE in resources
+        else None,
+        "service": alarms.SERVICE,
+        alarms.STAGE: {"Ref": STAGE_PARAMETER},
+    }
+    # The dashboard body is one string: Fn::Sub fills in the same names the alarms get through Ref and GetAtt.
+    placeholders = {
+        alarms.FUNCTION: f"${{{FUNCTION}}}",
+        alarms.FAILURE_QUEUE: f"${{{QUEUE}.QueueName}}",
+        alarms.DEAD_LETTER_QUEUE: f"${{{DEAD_LETTER_QUEUE}.QueueName}}" if DEAD_LETTER_QUEUE in resources else None,
+        "service": targets["service"],
+        alarms.STAGE: f"${{{STAGE_PARAMETER}}}",
+    }
+    return {
+        **alarms.cloudformation_alarms(targets, HAS_TOPIC, TOPIC_PARAMETER),
+        DASHBOARD: {
+            "Type": "AWS::CloudWatch::Dashboard",
+            "Properties": {
+                "DashboardName": {"Fn::Sub": "${AWS::StackName}"},
+                "DashboardBody": {"Fn::Sub": json.dumps(alarms.dashboard_body(placeholders, "${AWS::Region}"))},
+            },
+        },
+    }
+
+
 def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
     """The merge template for `chalice package`, from the table's schema."""
+    template = base_merge_template(schema)
+    template["Resources"].update(monitoring_resources(template["Resources"]))
+    return template
+
+
+def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
+    """The merge template without its alarms and dashboard."""
     existing_stream = {"Ref": STREAM_PARAMETER}
     stream_arn = users_table_or_existing({"Fn::GetAtt": [TABLE, "StreamArn"]}, existing_stream)
     table_arn = users_table_or_existing(
@@ -109,14 +162,28 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             STREAM_PARAMETER: {
                 "Type": "String",
                 "Description": (
-                    f"The stream ARN of an existing users table (NEW_AND_OLD_IMAGES), or {CREATE} to have this "
-                    "stack create the table from schema/users-table.json."
+                    f"The stream ARN of an existing users table (NEW_AND_OLD_IMAGES, the hash key of "
+                    f"schema/users-table.json: the mapping's filter names it), or {CREATE} to have this stack create "
+                    "the table from schema/users-table.json."
                 ),
                 "AllowedPattern": f"^({CREATE}|{STREAM_ARN_PATTERN})$",
                 "ConstraintDescription": f"{CREATE} or arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL",
-            }
+            },
+            STAGE_PARAMETER: {
+                "Type": "String",
+                "Description": "The Chalice stage: the handler's STAGE, the metrics dimension its alarms watch.",
+                "AllowedPattern": "^[A-Za-z0-9_-]+$",
+            },
+            TOPIC_PARAMETER: {
+                "Type": "String",
+                "Default": "",
+                "Description": "An SNS topic ARN the alarms notify (ALARM and OK); empty: no notifications.",
+            },
         },
-        "Conditions": {CREATES_TABLE: {"Fn::Equals": [existing_stream, CREATE]}},
+        "Conditions": {
+            CREATES_TABLE: {"Fn::Equals": [existing_stream, CREATE]},
+            HAS_TOPIC: {"Fn::Not": [{"Fn::Equals": [{"Ref": TOPIC_PARAMETER}, ""]}]},
+        },
         "Resources": {
             TABLE: {
                 "Type": "AWS::DynamoDB::Table",
@@ -192,6 +259,7 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                         "Variables": {
                             "STREAM_ARN": stream_arn,
                             "REPORT_BATCH_ITEM_FAILURES": "true",
+                            "STAGE": {"Ref": STAGE_PARAMETER},
                             "FAILURE_QUEUE_ARN": queue_arn,
                         }
                     },
@@ -199,7 +267,7 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                         EVENT_SOURCE: {
                             "Properties": {
                                 "Stream": stream_arn,
-                                **failure_handling.mapping_failure_handling(queue_arn),
+                                **failure_handling.mapping_failure_handling(queue_arn, mapping_filter(schema)),
                             }
                         }
                     },
@@ -213,6 +281,7 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             "FunctionLogGroup": {"Value": {"Ref": LOG_GROUP}},
             "BackfillFunctionName": {"Value": {"Ref": BACKFILL_FUNCTION}},
             "BackfillResultsQueueUrl": {"Value": {"Ref": BACKFILL_QUEUE}},
+            "DashboardName": {"Value": {"Ref": DASHBOARD}},
         },
     }
 

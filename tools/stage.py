@@ -4,7 +4,9 @@ give the deployed event source mapping the failure handling Chalice can't set.
 python -m tools.stage enable-stream --stage prod --table-name Users   # UpdateTable (NEW_AND_OLD_IMAGES), then bind
 python -m tools.stage bind --stage dev --stream-arn arn:aws:dynamodb:...:table/Users/stream/2026-...
 python -m tools.stage policies         # regenerate every .chalice/policy-<stage>.json
-python -m tools.stage apply-failure-handling --stage prod   # after `chalice deploy`: queue, mapping settings, env
+python -m tools.stage apply-failure-handling --stage prod [--alarm-topic-arn ARN]   # after `chalice deploy`: queue,
+                                       # mapping settings, env, alarms and dashboard
+python -m tools.stage status --stage prod [--stack-name STACK]   # what is deployed vs what it should be; exit 1 if not
 python -m tools.stage merge-template   # regenerate deploy/merge-template.json from schema/users-table.json
 python -m tools.stage package --stage prod [--create-table] out/   # `chalice package` with the merge template
 
@@ -26,7 +28,7 @@ from typing import Any
 import boto3
 
 from chalicelib.config import UNBOUND_STREAM_ARN
-from tools import failure_handling
+from tools import alarms, failure_handling
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = ROOT / ".chalice"
@@ -278,6 +280,21 @@ def failure_queue_name(app_name: str, stage: str) -> str:
     return f"{app_name}-{stage}-stream-failures"
 
 
+def dead_letter_queue_name(app_name: str, stage: str) -> str:
+    """The `chalice deploy` path's dead-letter queue: on-failure queue messages the reconciler gave up on."""
+    return f"{failure_queue_name(app_name, stage)}-dead"
+
+
+def monitoring_targets(app_name: str, stage: str, function_name: str) -> dict[str, str]:
+    """The alarms' dimension values on the `chalice deploy` path."""
+    return {
+        alarms.FUNCTION: function_name,
+        alarms.FAILURE_QUEUE: failure_queue_name(app_name, stage),
+        alarms.DEAD_LETTER_QUEUE: dead_letter_queue_name(app_name, stage),
+        **alarms.service_targets(stage),
+    }
+
+
 def backfill_queue_name(app_name: str, stage: str) -> str:
     """The queue the backfill function's asynchronous invocations report to (on success and on failure)."""
     return f"{app_name}-{stage}-backfill-results"
@@ -295,12 +312,12 @@ def ensure_failure_queue(
     return queue_arn
 
 
-def apply_failure_handling(stage: str) -> str:
-    """Give a `chalice deploy`ed stage the packaged path's failure handling; the on-failure queue's ARN.
+def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
+    """Give a `chalice deploy`ed stage the packaged path's failure handling, alarms and dashboard; the queue's ARN.
 
     The queue's ARN goes into the stage (FAILURE_QUEUE_ARN) so the policy file, which every `chalice deploy`
     re-attaches, keeps the send permission. REPORT_BATCH_ITEM_FAILURES is switched on in the deployed function only,
-    after the mapping reports partial failures: the stage keeps it off, so a later `chalice deploy` (which may
+    once the mapping reports partial failures: the stage keeps it off, so a later `chalice deploy` (which may
     create a new mapping without FunctionResponseTypes) falls back to raising, never to answers nobody reads.
     """
     config = load_config()
@@ -317,14 +334,25 @@ def apply_failure_handling(stage: str) -> str:
         RoleName=role_name, PolicyName=role_name, PolicyDocument=json.dumps(expected_policy(config, stage))
     )
     lambda_client = session.client("lambda")
-    lambda_client.update_event_source_mapping(
-        UUID=deployed["dynamodb_event"]["event_uuid"], **failure_handling.mapping_failure_handling(queue_arn)
-    )
+    uuid = deployed["dynamodb_event"]["event_uuid"]
+    # The filter names the key of the table whose stream the deployed mapping reads.
+    stream_arn = lambda_client.get_event_source_mapping(UUID=uuid)["EventSourceArn"]
+    table = session.client("dynamodb").describe_table(TableName=split_stream_arn(stream_arn)[3])["Table"]
+    criteria = failure_handling.stream_filter(table)
+    if criteria is None:
+        print("note: the stream has no NewImage: no filter, the handler skips REMOVE records itself", file=sys.stderr)
+    failure_handling.update_mapping(lambda_client, uuid, failure_handling.mapping_failure_handling(queue_arn, criteria))
+    failure_handling.wait_for_partial_failures(lambda_client, uuid)
     function_arn = deployed["lambda_function"]["lambda_arn"]
     environment = lambda_client.get_function_configuration(FunctionName=function_arn)["Environment"]["Variables"]
     lambda_client.update_function_configuration(
         FunctionName=function_arn, Environment={"Variables": {**environment, "REPORT_BATCH_ITEM_FAILURES": "true"}}
     )
+    prefix = f"{config['app_name']}-{stage}"
+    targets = monitoring_targets(config["app_name"], stage, function_arn.rsplit(":", 1)[1])
+    cloudwatch = session.client("cloudwatch")
+    alarms.put_alarms(cloudwatch, prefix, targets, alarm_topic_arn)
+    alarms.put_dashboard(cloudwatch, prefix, targets, session.region_name)
     return queue_arn
 
 
@@ -362,7 +390,7 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
     With `create_table` the stack makes the table, so the stage needs no STREAM_ARN: Chalice packages a scratch copy
     of the project whose stage names the unbound placeholder, which the merge template replaces everywhere.
     """
-    from tools.merge_template import CREATE, STREAM_PARAMETER, expected_merge_template
+    from tools.merge_template import CREATE, STAGE_PARAMETER, STREAM_PARAMETER, expected_merge_template
 
     config = load_config()
     variables = stage_variables(config, stage)
@@ -371,6 +399,7 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
         raise ValueError(f"stage {stage!r} has no STREAM_ARN: run enable-stream or bind first, or pass --create-table")
     merge_template = expected_merge_template()
     merge_template["Parameters"][STREAM_PARAMETER]["Default"] = CREATE if create_table else stream_arn
+    merge_template["Parameters"][STAGE_PARAMETER]["Default"] = stage
     with tempfile.TemporaryDirectory() as scratch:
         project = Path(scratch)
         for name in PACKAGED_PATHS:
@@ -414,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         "apply-failure-handling", help="give a `chalice deploy`ed mapping its failure handling and filter"
     )
     apply_parser.add_argument("--stage", required=True)
+    apply_parser.add_argument("--alarm-topic-arn", default="", help="SNS topic the alarms notify (default: none)")
+    status_parser = commands.add_parser("status", help="what is deployed, compared with what it should be")
+    status_parser.add_argument("--stage", required=True)
+    status_parser.add_argument("--stack-name", help="read a CloudFormation stack instead of .chalice/deployed/")
     commands.add_parser("merge-template", help="regenerate deploy/merge-template.json from the table's schema")
     package_parser = commands.add_parser("package", help="`chalice package` with the merge template")
     package_parser.add_argument("--stage", required=True)
@@ -439,9 +472,14 @@ def run(args: argparse.Namespace) -> int:
         stream_arn = enable_stream(args.stage, args.table_name)
         print(f"stream {stream_arn} is on; stage {args.stage} bound to it (.chalice/config.json, policy file)")
     elif args.command == "apply-failure-handling":
-        queue_arn = apply_failure_handling(args.stage)
+        queue_arn = apply_failure_handling(args.stage, args.alarm_topic_arn)
         print(f"mapping of stage {args.stage}: failure handling and filter applied, on-failure queue {queue_arn}")
+        print(f"alarms and dashboard created: {load_config()['app_name']}-{args.stage}[-<alarm>]")
         print("run this again after every `chalice deploy` of the stage (it is idempotent)")
+    elif args.command == "status":
+        from tools.status import run_status
+
+        return run_status(args.stage, args.stack_name)
     elif args.command == "merge-template":
         from tools.merge_template import write_merge_template
 

@@ -1,0 +1,279 @@
+"""`python -m tools.stage status`: what a stage has deployed, at a glance, against what it should have.
+
+Reads either path: `chalice deploy`'s .chalice/deployed/<stage>.json, or a CloudFormation stack (--stack-name).
+Prints the mapping's state and each failure-handling setting against tools/failure_handling.py (drift: e.g. a mapping
+a later `chalice deploy` recreated without FunctionResponseTypes or destination), the iterator age, both queues'
+depths, the alarms in ALARM and the reconciler's last outcome. Exit status 1 on drift, an alarm or messages waiting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from chalicelib.runtime import METRICS_NAMESPACE
+from tools import alarms, failure_handling
+from tools.merge_template import DEAD_LETTER_QUEUE, FUNCTION, QUEUE
+from tools.stage import deployed_resources, load_config, monitoring_targets, split_stream_arn
+
+RECONCILER = "reconcile_discarded_batches"
+RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerBackfillFallbacks")
+RECONCILER_LINE = "reconciler message"
+LABEL_WIDTH = 18
+
+
+@dataclass
+class Deployment:
+    """Where a stage's parts are: names and ids read from either deploy path."""
+
+    source: str
+    function_name: str
+    mapping_uuid: str | None
+    failure_queue: str
+    dead_letter_queue: str
+    alarm_names: list[str]
+    reconciler_log_group: str
+
+
+@dataclass
+class Status:
+    """The lines to print and the problems that make the exit status non-zero."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, label: str, text: str, problem: str | None = None) -> None:
+        """One line of output; with `problem`, also a reason for exit status 1."""
+        self.lines.append(f"{label:<{LABEL_WIDTH}}{text}")
+        if problem:
+            self.problems.append(problem)
+
+
+def normalized(key: str, value: Any) -> Any:
+    """A mapping setting in a comparable form: filter patterns parsed, absent lists and dicts empty."""
+    if key == "FilterCriteria":
+        return sorted(json.dumps(json.loads(f["Pattern"]), sort_keys=True) for f in (value or {}).get("Filters", []))
+    if key in ("FunctionResponseTypes",):
+        return sorted(value or [])
+    if key in ("DestinationConfig", "MetricsConfig"):
+        return value or {}
+    return value
+
+
+def mapping_drift(actual: dict[str, Any], expected: dict[str, Any]) -> list[tuple[str, Any, Any, bool]]:
+    """(setting, expected, actual, same) for every failure-handling setting of the mapping."""
+    rows = []
+    for key, want in expected.items():
+        got = actual.get(key)
+        if key == "DestinationConfig":
+            want = (want.get("OnFailure") or {}).get("Destination")
+            got = ((got or {}).get("OnFailure") or {}).get("Destination")
+        rows.append((key, want, got, normalized(key, want) == normalized(key, got)))
+    return rows
+
+
+def from_chalice_deploy(app_name: str, stage: str) -> Deployment:
+    """The stage's parts as `chalice deploy` recorded them and tools.stage names them."""
+    deployed = deployed_resources(stage)
+    function_name = deployed["lambda_function"]["lambda_arn"].rsplit(":", 1)[1]
+    targets = monitoring_targets(app_name, stage, function_name)
+    prefix = f"{app_name}-{stage}"
+    return Deployment(
+        source=f"chalice deploy (.chalice/deployed/{stage}.json)",
+        function_name=function_name,
+        mapping_uuid=deployed.get("dynamodb_event", {}).get("event_uuid"),
+        failure_queue=targets[alarms.FAILURE_QUEUE],
+        dead_letter_queue=targets[alarms.DEAD_LETTER_QUEUE],
+        alarm_names=[alarms.alarm_name(prefix, alarm) for alarm in alarms.alarms_for(targets)],
+        reconciler_log_group=f"/aws/lambda/{app_name}-{stage}-{RECONCILER}",
+    )
+
+
+def from_stack(cloudformation: Any, stack_name: str) -> Deployment:
+    """The stage's parts as a CloudFormation stack made them (physical ids by logical id and type)."""
+    resources = [
+        resource
+        for resource in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+        if "LogicalResourceId" in resource and "PhysicalResourceId" in resource
+    ]
+    physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources}
+    mappings = [r["PhysicalResourceId"] for r in resources if r["ResourceType"] == "AWS::Lambda::EventSourceMapping"]
+    function_name = physical[FUNCTION]
+    return Deployment(
+        source=f"CloudFormation stack {stack_name}",
+        function_name=function_name,
+        mapping_uuid=mappings[0] if mappings else None,
+        # A queue's physical id is its URL; the name is its last part.
+        failure_queue=physical.get(QUEUE, "").rsplit("/", 1)[-1],
+        dead_letter_queue=physical.get(DEAD_LETTER_QUEUE, "").rsplit("/", 1)[-1],
+        alarm_names=[r["PhysicalResourceId"] for r in resources if r["ResourceType"] == "AWS::CloudWatch::Alarm"],
+        reconciler_log_group=f"/aws/lambda/{physical.get('ReconcileDiscardedBatches', '')}",
+    )
+
+
+def queue_depth(sqs: Any, name: str) -> tuple[str | None, int, int]:
+    """(ARN, visible, in flight) of a queue by name; (None, 0, 0) when it doesn't exist."""
+    if not name:
+        return None, 0, 0
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError:
+        return None, 0, 0
+    names = ["QueueArn", "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return (
+        attributes["QueueArn"],
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+def latest_datapoint(
+    cloudwatch: Any, namespace: str, metric: str, dimensions: list[dict[str, str]], statistic: str, hours: int
+) -> dict[str, Any] | None:
+    """The most recent datapoint of a metric in the last `hours`, or None."""
+    now = datetime.now(UTC)
+    points = cloudwatch.get_metric_statistics(
+        Namespace=namespace,
+        MetricName=metric,
+        Dimensions=dimensions,
+        StartTime=now - timedelta(hours=hours),
+        EndTime=now,
+        Period=60 if hours <= 1 else 3600,
+        Statistics=[statistic],
+    )["Datapoints"]
+    return max(points, key=lambda point: point["Timestamp"]) if points else None
+
+
+def check_mapping(status: Status, session: Any, deployment: Deployment, failure_queue_arn: str | None) -> None:
+    """The mapping's state and settings, and the function's partial-failure mode, against what they should be."""
+    lambda_client = session.client("lambda")
+    if not deployment.mapping_uuid:
+        status.add("mapping", "none found", "drift: no event source mapping")
+        return
+    mapping = lambda_client.get_event_source_mapping(UUID=deployment.mapping_uuid)
+    state = mapping.get("State")
+    status.add(
+        "mapping",
+        f"{deployment.mapping_uuid}  {state}",
+        None if state == "Enabled" else f"drift: mapping {state}",
+    )
+    table_name = split_stream_arn(mapping["EventSourceArn"])[3]
+    table = session.client("dynamodb").describe_table(TableName=table_name)["Table"]
+    expected = failure_handling.mapping_failure_handling(failure_queue_arn, failure_handling.stream_filter(table))
+    for key, want, got, same in mapping_drift(mapping, expected):
+        shown = json.dumps(normalized(key, got)) if key == "FilterCriteria" else json.dumps(got)
+        text = f"  {key:<28}{shown}" + ("" if same else f"  DRIFT (want {json.dumps(normalized(key, want))})")
+        status.add("", text, None if same else f"drift: {key}")
+    variables = lambda_client.get_function_configuration(FunctionName=deployment.function_name)
+    partial = (variables.get("Environment") or {}).get("Variables", {}).get("REPORT_BATCH_ITEM_FAILURES", "")
+    reports = failure_handling.REPORT_BATCH_ITEM_FAILURES in (mapping.get("FunctionResponseTypes") or [])
+    same = (partial == "true") == reports and reports
+    status.add(
+        "function",
+        f"{deployment.function_name}  REPORT_BATCH_ITEM_FAILURES={partial or '(unset)'}" + ("" if same else "  DRIFT"),
+        None if same else "drift: function REPORT_BATCH_ITEM_FAILURES",
+    )
+
+
+def check_queues(status: Status, sqs: Any, deployment: Deployment) -> str | None:
+    """Both queues' depths; the on-failure queue's ARN."""
+    failure_arn = None
+    for label, name in (("on-failure", deployment.failure_queue), ("dead-letter", deployment.dead_letter_queue)):
+        arn, visible, in_flight = queue_depth(sqs, name)
+        if label == "on-failure":
+            failure_arn = arn
+        if arn is None:
+            missing = f"drift: no {label} queue" if label == "on-failure" else None
+            status.add(f"{label} queue", f"{name or '(none)'}: absent", missing)
+            continue
+        waiting = visible + in_flight
+        status.add(
+            f"{label} queue",
+            f"{name}: {visible} visible, {in_flight} in flight" + ("  WAITING" if waiting else ""),
+            f"messages waiting: {name}" if waiting else None,
+        )
+    return failure_arn
+
+
+def check_alarms(status: Status, cloudwatch: Any, deployment: Deployment) -> None:
+    """The stage's alarms: how many exist, which are in ALARM."""
+    found = []
+    for start in range(0, len(deployment.alarm_names), 100):
+        found += cloudwatch.describe_alarms(AlarmNames=deployment.alarm_names[start : start + 100])["MetricAlarms"]
+    firing = sorted(alarm["AlarmName"] for alarm in found if alarm["StateValue"] == "ALARM")
+    missing = len(deployment.alarm_names) - len(found)
+    status.add(
+        "alarms",
+        f"{len(found)} of {len(deployment.alarm_names)} present, {len(firing)} in ALARM"
+        + (f": {', '.join(firing)}" if firing else ""),
+        f"alarms in ALARM: {', '.join(firing)}" if firing else None,
+    )
+    if missing:
+        status.problems.append(f"drift: {missing} alarm(s) missing (run apply-failure-handling)")
+
+
+def check_reconciler(status: Status, session: Any, stage: str, deployment: Deployment) -> None:
+    """The reconciler's last outcome: its metrics' latest datapoints, and its last summary line."""
+    cloudwatch = session.client("cloudwatch")
+    dimensions = alarms.custom_dimensions(stage)
+    parts = []
+    for metric in RECONCILER_METRICS:
+        point = latest_datapoint(cloudwatch, METRICS_NAMESPACE, metric, dimensions, "Sum", 24)
+        if point:
+            parts.append(f"{metric} {point['Sum']:g} at {point['Timestamp']:%Y-%m-%d %H:%M}Z")
+    status.add("reconciler", "; ".join(parts) if parts else "no datapoints in the last 24 h")
+    try:
+        events = session.client("logs").filter_log_events(
+            logGroupName=deployment.reconciler_log_group, filterPattern=f'"{RECONCILER_LINE}"', limit=50
+        )["events"]
+    except ClientError:
+        events = []
+    if events:
+        status.add("", f"  last line: {max(events, key=lambda e: e['timestamp'])['message'].strip()[:200]}")
+
+
+def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
+    """Everything `status` prints, and its problems."""
+    app_name = load_config()["app_name"]
+    if stack_name:
+        deployment = from_stack(session.client("cloudformation"), stack_name)
+    else:
+        deployment = from_chalice_deploy(app_name, stage)
+    status = Status()
+    status.add("stage", f"{stage} from {deployment.source}")
+    failure_arn = check_queues(status, session.client("sqs"), deployment)
+    check_mapping(status, session, deployment, failure_arn)
+    cloudwatch = session.client("cloudwatch")
+    point = latest_datapoint(
+        cloudwatch,
+        "AWS/Lambda",
+        "IteratorAge",
+        [{"Name": "FunctionName", "Value": deployment.function_name}],
+        "Maximum",
+        1,
+    )
+    status.add(
+        "iterator age",
+        f"{point['Maximum'] / 1000:.1f} s at {point['Timestamp']:%H:%M}Z" if point else "no data in the last hour",
+    )
+    check_alarms(status, cloudwatch, deployment)
+    check_reconciler(status, session, stage, deployment)
+    return status
+
+
+def run_status(stage: str, stack_name: str | None = None) -> int:
+    """Print the stage's status; 0 when all is well, 1 on drift, an alarm or messages waiting."""
+    status = collect(boto3.session.Session(), stage, stack_name)
+    for line in status.lines:
+        print(line)
+    if status.problems:
+        print(f"{'verdict':<{LABEL_WIDTH}}NOT OK: {'; '.join(status.problems)}")
+        return 1
+    print(f"{'verdict':<{LABEL_WIDTH}}ok")
+    return 0
