@@ -1,4 +1,5 @@
-"""The README's figure: end-to-end lag, batch times and cold starts of both handlers, from a result document."""
+"""The figure in docs/performance.md: end-to-end lag, batch times and cold starts of both handlers, from a result
+document."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ _DECODE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, ArithmeticErr
 
 
 # boto3's deserializer for every value, as the team's standard says: skipping it for strings and BOOLs (which it
-# returns as they are) measured 3.5 us per record and ~30 ms of cold start (the boto3 import) faster, see the README's
-# Performance section; not worth a hand-parsed subset of DynamoDB JSON.
+# returns as they are) measured 3.5 us per record and ~30 ms of cold start (the boto3 import) faster, see
+# docs/performance.md; not worth a hand-parsed subset of DynamoDB JSON.
 _deserialize_wire = TypeDeserializer().deserialize
 
 
