@@ -143,7 +143,10 @@ def test_the_tour_make_run_then_one_write_through_the_aws_cli(fresh_clone):
             assert time.monotonic() < deadline and run.poll() is None, "".join(lines)
             lines.append(run.stdout.readline())
         if "127.0.0.1:8000" not in "".join(lines):
-            pytest.skip("port 8000 was busy, so `make run` chose another and the tour's endpoint does not apply")
+            pytest.skip(
+                "port 8000 was busy, so `make run` chose another and the tour's endpoint does not apply: "
+                + "".join(lines)
+            )
         wrote = run_verbatim(fresh_clone, write, timeout=60)
         assert wrote.returncode == 0, wrote.stdout
         while not any("write(s)" in line for line in lines):
