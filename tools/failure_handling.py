@@ -29,8 +29,9 @@ def filter_criteria() -> dict[str, Any]:
     return {"Filters": [{"Pattern": json.dumps(FILTER_PATTERN)}]}
 
 
-def mapping_failure_handling(failure_destination_arn: Any) -> dict[str, Any]:
-    """Failure handling and filter for the mapping; the destination is an ARN string or a CloudFormation intrinsic."""
+def mapping_failure_handling(failure_destination_arn: Any, parallelization_factor: int = 1) -> dict[str, Any]:
+    """Failure handling, filter and the stage's ParallelizationFactor for the mapping; the destination is an ARN
+    string or a CloudFormation intrinsic."""
     return {
         "BisectBatchOnFunctionError": BISECT_BATCH_ON_FUNCTION_ERROR,
         "MaximumRetryAttempts": MAXIMUM_RETRY_ATTEMPTS,
@@ -38,6 +39,7 @@ def mapping_failure_handling(failure_destination_arn: Any) -> dict[str, Any]:
         "DestinationConfig": {"OnFailure": {"Destination": failure_destination_arn}},
         "FunctionResponseTypes": [REPORT_BATCH_ITEM_FAILURES],
         "FilterCriteria": filter_criteria(),
+        "ParallelizationFactor": parallelization_factor,
     }
 
 

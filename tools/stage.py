@@ -25,7 +25,7 @@ from typing import Any
 
 import boto3
 
-from chalicelib.config import UNBOUND_STREAM_ARN
+from chalicelib.config import UNBOUND_STREAM_ARN, Settings
 from tools import failure_handling
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,8 +317,9 @@ def apply_failure_handling(stage: str) -> str:
         RoleName=role_name, PolicyName=role_name, PolicyDocument=json.dumps(expected_policy(config, stage))
     )
     lambda_client = session.client("lambda")
+    factor = Settings.from_environ(variables).parallelization_factor
     lambda_client.update_event_source_mapping(
-        UUID=deployed["dynamodb_event"]["event_uuid"], **failure_handling.mapping_failure_handling(queue_arn)
+        UUID=deployed["dynamodb_event"]["event_uuid"], **failure_handling.mapping_failure_handling(queue_arn, factor)
     )
     function_arn = deployed["lambda_function"]["lambda_arn"]
     environment = lambda_client.get_function_configuration(FunctionName=function_arn)["Environment"]["Variables"]
@@ -362,7 +363,7 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
     With `create_table` the stack makes the table, so the stage needs no STREAM_ARN: Chalice packages a scratch copy
     of the project whose stage names the unbound placeholder, which the merge template replaces everywhere.
     """
-    from tools.merge_template import CREATE, STREAM_PARAMETER, expected_merge_template
+    from tools.merge_template import CREATE, EVENT_SOURCE, FUNCTION, STREAM_PARAMETER, expected_merge_template
 
     config = load_config()
     variables = stage_variables(config, stage)
@@ -371,6 +372,8 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
         raise ValueError(f"stage {stage!r} has no STREAM_ARN: run enable-stream or bind first, or pass --create-table")
     merge_template = expected_merge_template()
     merge_template["Parameters"][STREAM_PARAMETER]["Default"] = CREATE if create_table else stream_arn
+    event = merge_template["Resources"][FUNCTION]["Properties"]["Events"][EVENT_SOURCE]["Properties"]
+    event["ParallelizationFactor"] = Settings.from_environ(variables).parallelization_factor
     with tempfile.TemporaryDirectory() as scratch:
         project = Path(scratch)
         for name in PACKAGED_PATHS:
