@@ -142,7 +142,9 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}}},
         "FunctionResponseTypes": ["ReportBatchItemFailures"],
         "FilterCriteria": {"Filters": [{"Pattern": '{"eventName": ["INSERT", "MODIFY"]}'}]},
+        "ParallelizationFactor": 1,  # the stage's PARALLELIZATION_FACTOR
     }
+    assert function["ReservedConcurrentExecutions"] == 10
 
     table = resources["UsersTable"]
     assert table["Condition"] == "CreateUsersTable"
