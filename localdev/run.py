@@ -66,13 +66,22 @@ class FailureQueue:
 
 def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     """Start moto's server (stopped when `cleanup` closes) and create the stage's on-failure queue in it."""
-    from localdev.moto_server import MotoServer
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from localdev import moto_server
     from tools.stage import failure_queue_name, load_config
 
-    server = cleanup.enter_context(MotoServer())
-    sqs = server.client("sqs")
+    # In this process, not a child: a poller that is killed (-9 included) can't leave a server behind.
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    cleanup.callback(server.stop)
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    session = boto3.session.Session(region_name=moto_server.REGION, **moto_server.CREDENTIALS)
+    sqs = session.client("sqs", endpoint_url=endpoint)
     queue_url = sqs.create_queue(QueueName=failure_queue_name(load_config()["app_name"], stage))["QueueUrl"]
-    return FailureQueue(server.endpoint, queue_url, sqs)
+    return FailureQueue(endpoint, queue_url, sqs)
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> int:
