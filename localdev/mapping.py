@@ -22,9 +22,11 @@ settings, read from tools/failure_handling.py (the one definition both deploy pa
   after the retries, or records older than the age, are discarded and described to the on-failure destination in
   the invocation record of https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html
   (`DDBStreamBatchInfo`: a pointer to the records, never the records themselves).
-- ParallelizationFactor (with-ddb.html, "Concurrent batches per shard"): up to N batches of one shard at once;
-  records with the same key always go to the same lane, so each item's records stay in order, and the shard's
-  checkpoint only moves past records every lane has finished.
+- ParallelizationFactor (with-ddb.html, "Polling and batching streams": up to 10 batches per shard at once, and
+  "Lambda still ensures in-order processing at the partition-key level"): up to N lanes per shard; records with the
+  same key (all its key attributes: a stream record doesn't say which is the partition key, so an item's records,
+  not a whole partition's, share a lane) always go to the same lane, in order, and the shard's checkpoint only moves
+  past records every lane has finished.
 
 Where Lambda re-reads the stream to retry, this mapping retries from the records it holds: the same records.
 """
