@@ -65,6 +65,8 @@ class Settings:
     personal_domains_remove: frozenset[str]
     write_concurrency: int
     report_batch_item_failures: bool
+    parallelization_factor: int = 1
+    """Batches of one shard the event source mapping runs at once (Lambda's ParallelizationFactor, 1-10)."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -86,4 +88,5 @@ class Settings:
             personal_domains_remove=_domain_list(environ, "PERSONAL_DOMAINS_REMOVE"),
             write_concurrency=_int_setting(environ, "WRITE_CONCURRENCY", 16, 1, 128),
             report_batch_item_failures=_bool_setting(environ, "REPORT_BATCH_ITEM_FAILURES", False),
+            parallelization_factor=_int_setting(environ, "PARALLELIZATION_FACTOR", 1, 1, 10),
         )

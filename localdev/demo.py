@@ -84,7 +84,8 @@ def run(verbose: bool = False) -> int:
     with DynamoDBLocal() as engine:
         os.environ.update(engine.environment())
         from localdev.invoker import ChaliceInvoker
-        from localdev.mapping import LocalEventSourceMapping
+        from localdev.mapping import LocalEventSourceMapping, serialized
+        from tools.failure_handling import DEPLOYED_FUNCTION
 
         client = engine.client()
         definition = table_definition()
@@ -93,9 +94,12 @@ def run(verbose: bool = False) -> int:
         view_type = definition["StreamSpecification"]["StreamViewType"]
         print(f"DynamoDB Local on {engine.endpoint}: table {table}, stream {view_type}")
 
-        invoker = ChaliceInvoker(stage="dev", quiet=not verbose)
+        invoker = ChaliceInvoker(stage="dev", quiet=not verbose, deployed_overrides=DEPLOYED_FUNCTION)
         settings = invoker.settings
-        mapping = LocalEventSourceMapping.for_stage(engine.streams_client(), stream_arn, invoker, settings)
+        # The deployed mapping's filter, retries, bisection and lanes; the Chalice test client runs one call at a time.
+        mapping = LocalEventSourceMapping.for_stage(
+            engine.streams_client(), stream_arn, serialized(invoker), settings, dynamodb=client
+        )
         print(f"local event source mapping: batch size {settings.batch_size}, from {settings.starting_position}\n")
         print(f"{'step':<45} {'records':>7} {'writes':>6}  IsPersonalEmail after")
         failures = 0

@@ -52,7 +52,12 @@ class SummaryCollector(logging.Handler):
 
 class _StageTimeoutLambdaClient(TestLambdaClient):
     """Chalice's test Lambda client, but the context's remaining time starts at the function's `lambda_timeout`, as
-    on AWS (Chalice's test client gives every invocation 3 s, which the handler's time budget would obey)."""
+    on AWS (Chalice's test client gives every invocation 3 s, which the handler's time budget would obey), and the
+    deploy steps' changes to the function's environment applied over the stage's."""
+
+    def __init__(self, app: Any, config: Any, overrides: dict[str, str]) -> None:
+        super().__init__(app, config)
+        self._overrides = overrides
 
     def invoke(self, function_name: str, payload: Any = None) -> InvokeResponse:
         """Call the function under its stage's environment with a Lambda-like context."""
@@ -60,29 +65,43 @@ class _StageTimeoutLambdaClient(TestLambdaClient):
         context = LambdaContext(
             function_name, memory_size=scoped.lambda_memory_size, max_runtime_ms=scoped.lambda_timeout * 1000
         )
-        with self._patched_env_vars(scoped.environment_variables):
+        with self._patched_env_vars({**scoped.environment_variables, **self._overrides}):
             return InvokeResponse(payload=self._app.handler_map[function_name](payload or {}, context))
 
 
 class _StageTimeoutClient(Client):
     """`chalice.test.Client` whose Lambda client honours the function's configured timeout."""
 
+    overrides: dict[str, str] = {}
+
     @property
     def lambda_(self) -> TestLambdaClient:
         """The Lambda test client with faithful remaining time."""
         if self._lambda_client is None:
-            self._lambda_client = _StageTimeoutLambdaClient(self._app, self._chalice_config)
+            self._lambda_client = _StageTimeoutLambdaClient(self._app, self._chalice_config, self.overrides)
         return self._lambda_client
 
 
 class ChaliceInvoker:
     """Calls the app's stream handler with a Lambda event, under the stage's environment variables."""
 
-    def __init__(self, stage: str = "dev", quiet: bool = True, project_dir: Path = ROOT) -> None:
+    def __init__(
+        self,
+        stage: str = "dev",
+        quiet: bool = True,
+        project_dir: Path = ROOT,
+        deployed_overrides: dict[str, str] | None = None,
+    ) -> None:
+        """`deployed_overrides`: variables a deploy step sets on the function over the stage's (as both deploy paths
+        set REPORT_BATCH_ITEM_FAILURES=true once the mapping reports partial failures)."""
         from app import app
 
         self._client = _StageTimeoutClient(app, stage_name=stage, project_dir=str(project_dir))
-        self.stage_environment = stage_environment(stage, FUNCTION_NAME, project_dir)
+        self._client.overrides = dict(deployed_overrides or {})
+        self.stage_environment = {
+            **stage_environment(stage, FUNCTION_NAME, project_dir),
+            **self._client.overrides,
+        }
         self.settings = Settings.from_environ(self.stage_environment)
         self.quiet = quiet
         self.collector = SummaryCollector()

@@ -1,9 +1,34 @@
 """A local event source mapping: reads a DynamoDB stream and invokes a handler the way Lambda's mapping does.
 
 Every shard is followed (parents before children), records go out in stream order in batches of at most
-`batch_size`, a failed batch is retried from where it failed (the whole batch when the handler raised, from the
-reported sequence number when it reports partial failures), and a per-shard checkpoint, optionally kept on disk,
-lets a restarted poller resume after the last fully processed record: at-least-once, like Lambda.
+`batch_size`, and a per-shard checkpoint, optionally kept on disk, lets a restarted poller resume after the last
+finished record: at-least-once, like Lambda. `LocalEventSourceMapping.for_stage` applies the deployed mapping's
+settings, read from tools/failure_handling.py (the one definition both deploy paths use):
+
+- FilterCriteria (https://docs.aws.amazon.com/lambda/latest/dg/invocation-eventfiltering.html): up to five
+  filters, ORed; a record none of them matches is never sent to the function and is checkpointed like a processed
+  one. Lambda matches the pattern against the record as the function would receive it (`eventName`,
+  `dynamodb.NewImage.<name>.S`, ...), with EventBridge pattern syntax, evaluated here by moto's EventBridge matcher.
+- ReportBatchItemFailures (https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-batchfailurereporting.html):
+  the lowest reported sequence number is the checkpoint, everything from it is retried; an empty or null list is a
+  full success; an empty, null or unknown itemIdentifier makes the whole batch a failure; without the response type
+  on the mapping, Lambda ignores what the function returns and the batch counts as a success.
+- BisectBatchOnFunctionError (same page, "Bisecting a batch", and
+  https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html "Error handling": splitting a batch does not count
+  towards the retry quota): a failed invocation splits the batch in two halves, each retried on its own; with a
+  partial-failure report the split is at the returned sequence number (only the rest is retried).
+- MaximumRetryAttempts and MaximumRecordAgeInSeconds
+  (https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html; -1 is infinite): a batch still failing
+  after the retries, or records older than the age, are discarded and described to the on-failure destination in
+  the invocation record of https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html
+  (`DDBStreamBatchInfo`: a pointer to the records, never the records themselves).
+- ParallelizationFactor (with-ddb.html, "Polling and batching streams": up to 10 batches per shard at once, and
+  "Lambda still ensures in-order processing at the partition-key level"): up to N lanes per shard; records with the
+  same key (all its key attributes: a stream record doesn't say which is the partition key, so an item's records,
+  not a whole partition's, share a lane) always go to the same lane, in order, and the shard's checkpoint only moves
+  past records every lane has finished.
+
+Where Lambda re-reads the stream to retry, this mapping retries from the records it holds: the same records.
 """
 
 from __future__ import annotations
@@ -13,8 +38,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+import uuid
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -23,6 +52,15 @@ from localdev.events import json_round_trip, lambda_event, lambda_record
 logger = logging.getLogger(__name__)
 
 Invoke = Callable[[dict[str, Any]], Any]
+OnFailure = Callable[[dict[str, Any]], None]
+
+RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
+# The developer guide's example shows only RetryAttemptsExhausted; RecordAgeExceeded is the value observed in the
+# records Lambda sends for age discards (and the one LocalStack emulates).
+RECORD_AGE_EXCEEDED = "RecordAgeExceeded"
+LOCAL_FUNCTION_ARN = "arn:aws:lambda:us-east-1:000000000000:function:email-checker-local-sync_is_personal_email"
+MAX_FILTERS = 5
+GET_RECORDS_LIMIT = 1000  # DynamoDB Streams' GetRecords returns at most 1,000 records per call
 
 
 @dataclass(slots=True)
@@ -32,11 +70,10 @@ class ShardState:
     shard_id: str
     parent_id: str | None
     checkpoint: str | None = None
-    """The last sequence number whose batch the handler finished."""
+    """The last sequence number up to which every record is finished (processed, filtered out or discarded)."""
     iterator: str | None = None
     finished: bool = False
     """The shard is closed and every record of it was processed."""
-    attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -44,10 +81,18 @@ class MappingStats:
     """What the mapping has done so far."""
 
     batches: int = 0
+    """Invocations of the function."""
     records: int = 0
+    """Records the function finished (a batch's success, or the part before a reported failure)."""
     failed_attempts: int = 0
+    """Invocations that failed (raised, or reported failures)."""
+    bisections: int = 0
+    filtered: int = 0
+    """Records no filter matched: checkpointed without invoking."""
     discarded_batches: list[tuple[str, str]] = field(default_factory=list)
-    """(first, last) sequence numbers of batches given up after `max_attempts`, like an on-failure destination."""
+    """(first, last) sequence numbers of every discarded range, also sent to the on-failure destination."""
+    failure_records: list[dict[str, Any]] = field(default_factory=list)
+    """The invocation records describing the discarded ranges, as sent to the on-failure destination."""
 
 
 class CheckpointStore:
@@ -71,8 +116,152 @@ class CheckpointStore:
         os.replace(partial, self.path)
 
 
+class RecordFilter:
+    """A mapping's FilterCriteria, evaluated with moto's EventBridge pattern matcher (the syntax Lambda uses)."""
+
+    def __init__(self, filter_criteria: dict[str, Any] | None) -> None:
+        from moto.events.models import EventPattern, EventPatternParser
+
+        patterns = [rule["Pattern"] for rule in (filter_criteria or {}).get("Filters", [])]
+        self.patterns = patterns
+        """The filters' patterns, as the mapping was given them (JSON text)."""
+        if len(patterns) > MAX_FILTERS:
+            raise ValueError(f"a mapping takes at most {MAX_FILTERS} filters, not {len(patterns)}")
+        # The parser rejects what Lambda would reject (invalid JSON, a value that is neither an object nor an array).
+        self._patterns = [EventPattern(raw, EventPatternParser(raw).parse()) for raw in patterns]
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """Whether the record (in Lambda's JSON shape) goes to the function: no filters, or any filter matches."""
+        return not self._patterns or any(pattern.matches_event(record) for pattern in self._patterns)
+
+
+class SqsFailureDestination:
+    """An on-failure destination: sends each invocation record, as JSON, to an SQS queue."""
+
+    def __init__(self, sqs_client: Any, queue_url: str) -> None:
+        self._sqs = sqs_client
+        self.queue_url = queue_url
+
+    def __call__(self, failure_record: dict[str, Any]) -> None:
+        """Send one invocation record."""
+        self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(failure_record))
+
+
+def serialized(invoke: Invoke) -> Invoke:
+    """`invoke` behind a lock: for an invoker that must not run twice at once (the Chalice test client patches
+    os.environ around each call, so two concurrent calls would undo each other's environment)."""
+    lock = threading.Lock()
+
+    def call(event: dict[str, Any]) -> Any:
+        with lock:
+            return invoke(event)
+
+    return call
+
+
+def mapping_options(properties: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's options for mapping properties named as in the Lambda API (CreateEventSourceMapping)."""
+    names = {
+        "BisectBatchOnFunctionError": "bisect_batch_on_function_error",
+        "MaximumRetryAttempts": "maximum_retry_attempts",
+        "MaximumRecordAgeInSeconds": "maximum_record_age_in_seconds",
+        "FilterCriteria": "filter_criteria",
+        "ParallelizationFactor": "parallelization_factor",
+        "BatchSize": "batch_size",
+        "StartingPosition": "starting_position",
+        "MaximumBatchingWindowInSeconds": "maximum_batching_window_in_seconds",
+    }
+    options = {option: properties[name] for name, option in names.items() if name in properties}
+    if "FunctionResponseTypes" in properties:
+        options["report_batch_item_failures"] = "ReportBatchItemFailures" in properties["FunctionResponseTypes"]
+    return options
+
+
+def _iso_seconds(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _iso_millis(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def invocation_record(
+    records: list[dict[str, Any]],
+    *,
+    shard_id: str,
+    stream_arn: str,
+    function_arn: str,
+    condition: str,
+    function_error: str | None,
+    invoke_count: int,
+    now: float,
+) -> dict[str, Any]:
+    """What Lambda sends to an on-failure destination for discarded stream records (services-dynamodb-errors.html)."""
+    created = [record["dynamodb"].get("ApproximateCreationDateTime") for record in (records[0], records[-1])]
+    return {
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": function_arn,
+            "condition": condition,
+            "approximateInvokeCount": invoke_count,
+        },
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": function_error},
+        "version": "1.0",
+        "timestamp": _iso_millis(now),
+        "DDBStreamBatchInfo": {
+            "shardId": shard_id,
+            "startSequenceNumber": _sequence(records[0]),
+            "endSequenceNumber": _sequence(records[-1]),
+            "approximateArrivalOfFirstRecord": _iso_seconds(created[0]),
+            "approximateArrivalOfLastRecord": _iso_seconds(created[1]),
+            "batchSize": len(records),
+            "streamArn": stream_arn,
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One invocation's result: success, a partial failure from `retry_from`, or a whole-batch failure."""
+
+    retry_from: int | None = None
+    """Index of the first record to retry; None when the batch succeeded."""
+    whole: bool = False
+    """The function raised, or its report named no record of the batch: the whole batch failed."""
+    function_error: str | None = None
+
+
+class _Progress:
+    """One read's records in stream order; the shard's checkpoint moves past a record once it and every record
+    before it are finished, whichever lane finished them."""
+
+    def __init__(self, sequence_numbers: list[str], on_advance: Callable[[str], None]) -> None:
+        self._order = sequence_numbers
+        self._done: set[str] = set()
+        self._next = 0
+        self._on_advance = on_advance
+        self._lock = threading.Lock()
+
+    def finish(self, sequence_numbers: Iterable[str]) -> None:
+        """Mark records finished; checkpoint when the contiguous finished prefix grows."""
+        with self._lock:
+            self._done.update(sequence_numbers)
+            start = self._next
+            while self._next < len(self._order) and self._order[self._next] in self._done:
+                self._next += 1
+            if self._next > start:
+                self._on_advance(self._order[self._next - 1])
+
+
 class LocalEventSourceMapping:
-    """Polls every shard of one stream and delivers Lambda events to `invoke`."""
+    """Polls every shard of one stream and delivers Lambda events to `invoke`.
+
+    The plain constructor keeps Lambda's defaults (no filter, no bisect, no age limit) except the retries: 9, so a
+    record that always fails is given up after 10 attempts instead of blocking its shard for a day. `for_stage`
+    applies the deployed mapping's settings.
+    """
 
     def __init__(
         self,
@@ -84,9 +273,20 @@ class LocalEventSourceMapping:
         starting_position: str = "TRIM_HORIZON",
         maximum_batching_window_in_seconds: float = 0,
         report_batch_item_failures: bool = False,
-        max_attempts: int = 10,
+        bisect_batch_on_function_error: bool = False,
+        maximum_retry_attempts: int = 9,
+        maximum_record_age_in_seconds: int = -1,
+        filter_criteria: dict[str, Any] | None = None,
+        parallelization_factor: int = 1,
+        on_failure: OnFailure | None = None,
+        function_arn: str = LOCAL_FUNCTION_ARN,
         checkpoints: CheckpointStore | None = None,
+        max_attempts: int | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if not 1 <= parallelization_factor <= 10:
+            raise ValueError(f"parallelization_factor must be from 1 to 10, not {parallelization_factor}")
         self._streams = streams_client
         self.stream_arn = stream_arn
         self._invoke = invoke
@@ -94,24 +294,56 @@ class LocalEventSourceMapping:
         self.starting_position = starting_position
         self.batching_window = maximum_batching_window_in_seconds
         self.report_batch_item_failures = report_batch_item_failures
-        self.max_attempts = max_attempts
+        self.bisect = bisect_batch_on_function_error
+        # `max_attempts` (attempts in all, the first included) is the former name; Lambda counts retries.
+        self.maximum_retry_attempts = max_attempts - 1 if max_attempts is not None else maximum_retry_attempts
+        self.maximum_record_age = maximum_record_age_in_seconds
+        self.filter = RecordFilter(filter_criteria)
+        self.parallelization_factor = parallelization_factor
+        self._on_failure = on_failure
+        self.function_arn = function_arn
         self._checkpoints = checkpoints
+        self._clock = clock
+        self._sleep = sleep
         self._shards: dict[str, ShardState] = {}
         self._saved = checkpoints.load(stream_arn) if checkpoints else {}
+        self._stats_lock = threading.Lock()
         self.stats = MappingStats()
 
     @classmethod
-    def for_stage(cls, streams_client: Any, stream_arn: str, invoke: Invoke, settings: Any, **options: Any) -> Self:
-        """A mapping with the stage's batch size, starting position, batching window and failure reporting."""
+    def for_stage(
+        cls,
+        streams_client: Any,
+        stream_arn: str,
+        invoke: Invoke,
+        settings: Any,
+        *,
+        dynamodb: Any,
+        on_failure: OnFailure | None = None,
+        **options: Any,
+    ) -> Self:
+        """A mapping as the stage deploys it: its batch size, starting position and batching window, and the failure
+        handling, filter and parallelization factor both deploy paths apply (tools/failure_handling.py); the filter
+        names the key of the stream's table, which `dynamodb` describes."""
+        from chalicelib.records import table_name_from_stream_arn
+        from tools.failure_handling import mapping_failure_handling, stream_filter
+
+        table = dynamodb.describe_table(TableName=table_name_from_stream_arn(stream_arn))["Table"]
+        deployed = mapping_options(
+            mapping_failure_handling(None, stream_filter(table), settings.parallelization_factor)
+        )
         return cls(
             streams_client,
             stream_arn,
             invoke,
-            batch_size=settings.batch_size,
-            starting_position=settings.starting_position,
-            maximum_batching_window_in_seconds=settings.maximum_batching_window_in_seconds,
-            report_batch_item_failures=settings.report_batch_item_failures,
-            **options,
+            **{
+                "batch_size": settings.batch_size,
+                "starting_position": settings.starting_position,
+                "maximum_batching_window_in_seconds": settings.maximum_batching_window_in_seconds,
+                **deployed,
+                "on_failure": on_failure,
+                **options,
+            },
         )
 
     def _refresh_shards(self) -> None:
@@ -148,73 +380,170 @@ class LocalEventSourceMapping:
             ).get("ShardIterator")
         return shard.iterator
 
-    def _read_batch(self, shard: ShardState) -> tuple[list[dict[str, Any]], bool]:
-        """Up to `batch_size` records, waiting up to the batching window to fill the batch; (records, closed)."""
+    def _read(self, shard: ShardState, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` records, waiting up to the batching window to fill them; (records, closed)."""
         records: list[dict[str, Any]] = []
         deadline = time.monotonic() + self.batching_window
         while True:
             iterator = self._iterator(shard)
             if iterator is None:
                 return records, True
-            response = self._streams.get_records(ShardIterator=iterator, Limit=self.batch_size - len(records))
+            wanted = min(GET_RECORDS_LIMIT, limit - len(records))
+            response = self._streams.get_records(ShardIterator=iterator, Limit=wanted)
             records.extend(response.get("Records", []))
             shard.iterator = response.get("NextShardIterator")
             if shard.iterator is None:
                 return records, True
-            if len(records) >= self.batch_size or time.monotonic() >= deadline:
+            if len(records) >= limit or time.monotonic() >= deadline:
                 return records, False
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
-    def _deliver(self, records: list[dict[str, Any]]) -> str | None:
-        """Invoke the handler; the sequence number to retry from, or None when the whole batch is done."""
-        # What crosses Lambda's boundary is JSON: the handler gets base64 text for binary values, never bytes.
-        event = json_round_trip(lambda_event([lambda_record(record, self.stream_arn) for record in records]))
-        try:
-            response = self._invoke(event)
-        except Exception as error:  # the function failed: Lambda retries the whole batch
-            logger.warning("batch from %s failed: %s", _sequence(records[0]), type(error).__name__)
-            return _sequence(records[0])
-        failures = (response or {}).get("batchItemFailures") if self.report_batch_item_failures else None
-        if failures:
-            return min((failure["itemIdentifier"] for failure in failures), key=int)
-        return None
+    def _lane(self, record: dict[str, Any]) -> int:
+        # A stable hash of the key, so an item's records always share a lane (Python's hash() varies by process).
+        key = json.dumps(record["dynamodb"].get("Keys", {}), sort_keys=True).encode()
+        return zlib.crc32(key) % self.parallelization_factor
 
     def _process_shard(self, shard: ShardState) -> int:
-        records, closed = self._read_batch(shard)
-        if records:
-            self.stats.batches += 1
-            retry_from = self._deliver(records)
-            done = records if retry_from is None else [r for r in records if int(_sequence(r)) < int(retry_from)]
-            if done:
-                self._checkpoint(shard, _sequence(done[-1]))
-            self.stats.records += len(done)
-            if retry_from is None:
-                shard.attempts = 0
+        # Each lane gets up to a batch per read: with a factor of N, N batches of one shard can run at once.
+        raw, closed = self._read(shard, self.batch_size * self.parallelization_factor)
+        if raw:
+            records = [lambda_record(record, self.stream_arn) for record in raw]
+            progress = _Progress([_sequence(r) for r in records], lambda last: self._checkpoint(shard, last))
+            matched = [self.filter.matches(record) for record in records]
+            kept = [record for record, match in zip(records, matched, strict=True) if match]
+            with self._stats_lock:
+                self.stats.filtered += len(records) - len(kept)
+            # Filtered-out records are finished as they are read: checkpointed, never sent to the function.
+            progress.finish(_sequence(r) for r, match in zip(records, matched, strict=True) if not match)
+            lanes: dict[int, list[dict[str, Any]]] = {}
+            for record in kept:
+                lanes.setdefault(self._lane(record), []).append(record)
+            work = [(shard, lane, progress) for lane in lanes.values()]
+            if len(work) <= 1:
+                for item in work:
+                    self._run_lane(*item)
             else:
-                self._retry_or_discard(shard, retry_from, records[len(done) :])
-        if closed and shard.iterator is None and shard.attempts == 0:
+                with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="lane") as pool:
+                    for future in [pool.submit(self._run_lane, *item) for item in work]:
+                        future.result()
+        if closed and shard.iterator is None:
             shard.finished = True
-        return len(records)
+        return len(raw)
 
-    def _retry_or_discard(self, shard: ShardState, retry_from: str, rest: list[dict[str, Any]]) -> None:
-        self.stats.failed_attempts += 1
-        shard.attempts += 1
-        if shard.attempts < self.max_attempts:
-            # Re-read from the failed record on the next poll, as Lambda does.
-            shard.iterator = self._streams.get_shard_iterator(
-                StreamArn=self.stream_arn,
-                ShardId=shard.shard_id,
-                ShardIteratorType="AT_SEQUENCE_NUMBER",
-                SequenceNumber=retry_from,
-            )["ShardIterator"]
-            time.sleep(min(0.05 * 2**shard.attempts, 1.0))
-            return
-        logger.error(
-            "giving up on records %s..%s after %d attempts", _sequence(rest[0]), _sequence(rest[-1]), shard.attempts
+    def _run_lane(self, shard: ShardState, records: list[dict[str, Any]], progress: _Progress) -> None:
+        for start in range(0, len(records), self.batch_size):
+            self._handle(shard, records[start : start + self.batch_size], progress, retries=0, invocations=0)
+
+    def _handle(
+        self, shard: ShardState, batch: list[dict[str, Any]], progress: _Progress, retries: int, invocations: int
+    ) -> None:
+        """Deliver `batch` until every record of it succeeded or was discarded: retries, bisection, age limit."""
+        function_error: str | None = None
+        while batch:
+            batch = self._discard_expired(shard, batch, progress, function_error, invocations)
+            if not batch:
+                return
+            outcome = self._deliver(batch)
+            invocations += 1
+            if outcome.retry_from is None:
+                self._succeeded(batch, progress)
+                return
+            with self._stats_lock:
+                self.stats.failed_attempts += 1
+            function_error = outcome.function_error
+            if outcome.whole and self.bisect and len(batch) > 1:
+                # Splitting does not count towards the retry quota: each half starts where this batch stood.
+                with self._stats_lock:
+                    self.stats.bisections += 1
+                half = len(batch) // 2
+                self._handle(shard, batch[:half], progress, retries, invocations)
+                self._handle(shard, batch[half:], progress, retries, invocations)
+                return
+            # A partial failure: the records before the reported one are finished, the rest is retried.
+            self._succeeded(batch[: outcome.retry_from], progress)
+            batch = batch[outcome.retry_from :]
+            if 0 <= self.maximum_retry_attempts <= retries:
+                self._discard(shard, batch, progress, RETRY_ATTEMPTS_EXHAUSTED, function_error, invocations)
+                return
+            retries += 1
+            self._sleep(min(0.05 * 2**retries, 1.0))
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> _Outcome:
+        """Invoke the function once with the batch and classify what came back."""
+        with self._stats_lock:
+            self.stats.batches += 1
+        # A fresh copy per invocation, through JSON as across Lambda's boundary: the handler may alter its event.
+        event = json_round_trip(lambda_event(batch))
+        try:
+            response = self._invoke(event)
+        except Exception as error:  # the function failed: the whole batch is retried (or bisected)
+            logger.warning("batch from %s failed: %s", _sequence(batch[0]), type(error).__name__)
+            return _Outcome(retry_from=0, whole=True, function_error="Unhandled")
+        if not self.report_batch_item_failures or not isinstance(response, dict):
+            return _Outcome()
+        failures = response.get("batchItemFailures")
+        if not failures:
+            return _Outcome()
+        if not isinstance(failures, list):
+            return _Outcome(retry_from=0, whole=True)
+        positions = {_sequence(record): index for index, record in enumerate(batch)}
+        reported = [f.get("itemIdentifier") if isinstance(f, dict) else None for f in failures]
+        if any(identifier not in positions for identifier in reported):
+            logger.warning("batch from %s reported an unknown item identifier: a failure", _sequence(batch[0]))
+            return _Outcome(retry_from=0, whole=True)
+        return _Outcome(retry_from=min(positions[identifier] for identifier in reported))
+
+    def _succeeded(self, records: list[dict[str, Any]], progress: _Progress) -> None:
+        if records:
+            with self._stats_lock:
+                self.stats.records += len(records)
+            progress.finish(_sequence(record) for record in records)
+
+    def _discard_expired(
+        self,
+        shard: ShardState,
+        batch: list[dict[str, Any]],
+        progress: _Progress,
+        function_error: str | None,
+        invocations: int,
+    ) -> list[dict[str, Any]]:
+        if self.maximum_record_age < 0:
+            return batch
+        oldest_allowed = self._clock() - self.maximum_record_age
+        created = [record["dynamodb"].get("ApproximateCreationDateTime", oldest_allowed) for record in batch]
+        expired = [record for record, at in zip(batch, created, strict=True) if at < oldest_allowed]
+        if expired:
+            self._discard(shard, expired, progress, RECORD_AGE_EXCEEDED, function_error, invocations)
+            return [record for record, at in zip(batch, created, strict=True) if at >= oldest_allowed]
+        return batch
+
+    def _discard(
+        self,
+        shard: ShardState,
+        records: list[dict[str, Any]],
+        progress: _Progress,
+        condition: str,
+        function_error: str | None,
+        invocations: int,
+    ) -> None:
+        first, last = _sequence(records[0]), _sequence(records[-1])
+        logger.error("discarding records %s..%s (%d): %s", first, last, len(records), condition)
+        failure = invocation_record(
+            records,
+            shard_id=shard.shard_id,
+            stream_arn=self.stream_arn,
+            function_arn=self.function_arn,
+            condition=condition,
+            function_error=function_error,
+            invoke_count=invocations,
+            now=self._clock(),
         )
-        self.stats.discarded_batches.append((_sequence(rest[0]), _sequence(rest[-1])))
-        self._checkpoint(shard, _sequence(rest[-1]))
-        shard.attempts = 0
+        if self._on_failure is not None:
+            self._on_failure(failure)
+        with self._stats_lock:
+            self.stats.discarded_batches.append((first, last))
+            self.stats.failure_records.append(failure)
+        progress.finish(_sequence(record) for record in records)
 
     def _checkpoint(self, shard: ShardState, sequence_number: str) -> None:
         shard.checkpoint = sequence_number
@@ -224,7 +553,7 @@ class LocalEventSourceMapping:
             )
 
     def poll(self) -> int:
-        """One pass: one batch from every shard that is ready; the number of records read."""
+        """One pass: one read from every shard that is ready, delivered to the end; the number of records read."""
         self._refresh_shards()
         return sum(self._process_shard(shard) for shard in list(self._shards.values()) if self._ready(shard))
 

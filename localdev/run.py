@@ -1,4 +1,6 @@
-"""Long-running local mode: DynamoDB Local (data kept on disk) plus the local event source mapping, until Ctrl-C.
+"""Long-running local mode: DynamoDB Local (data kept on disk), the local event source mapping with the stage's
+production settings (filter, retries, bisection, record age, parallelization), and its on-failure queue on moto's SQS,
+until Ctrl-C or SIGTERM (both stop every process this starts).
 
     python -m localdev.run                 # or: make run
     python -m localdev.run --endpoint http://127.0.0.1:8000   # follow a DynamoDB Local that is already running
@@ -16,6 +18,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from localdev.dynamodb_local import (
     port_is_free,
     table_definition,
 )
+from localdev.mapping import SqsFailureDestination
 
 STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
 PREFERRED_PORT = 8000
@@ -45,6 +49,39 @@ def describe_batch(summary: dict[str, Any]) -> str:
     )
     extras = [f"{summary[name]} {name}" for name in ("rejected", "malformed") if summary.get(name)]
     return line + (", " + ", ".join(extras) if extras else "") + f" in {summary['duration_ms']:.1f} ms"
+
+
+@dataclass(frozen=True)
+class FailureQueue:
+    """The local on-failure destination: an SQS queue on moto's server, named as on the `chalice deploy` path."""
+
+    endpoint: str
+    queue_url: str
+    sqs: Any
+
+    def destination(self) -> SqsFailureDestination:
+        """The mapping's `on_failure` sender for this queue."""
+        return SqsFailureDestination(self.sqs, self.queue_url)
+
+
+def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
+    """Start moto's server (stopped when `cleanup` closes) and create the stage's on-failure queue in it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from localdev import moto_server
+    from tools.stage import failure_queue_name, load_config
+
+    # In this process, not a child: a poller that is killed (-9 included) can't leave a server behind.
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    cleanup.callback(server.stop)
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    session = boto3.session.Session(region_name=moto_server.REGION, **moto_server.CREDENTIALS)
+    sqs = session.client("sqs", endpoint_url=endpoint)
+    queue_url = sqs.create_queue(QueueName=failure_queue_name(load_config()["app_name"], stage))["QueueUrl"]
+    return FailureQueue(endpoint, queue_url, sqs)
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> int:
@@ -68,9 +105,12 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             return 2
 
         from localdev.invoker import ChaliceInvoker
-        from localdev.mapping import CheckpointStore, LocalEventSourceMapping
+        from localdev.mapping import CheckpointStore, LocalEventSourceMapping, serialized
+        from tools.failure_handling import DEPLOYED_FUNCTION
 
-        invoker = ChaliceInvoker(stage=args.stage, quiet=not args.verbose)
+        # The reconciler consumes this queue: failures.queue_url on moto's failures.endpoint.
+        failures = start_failure_queue(cleanup, args.stage)
+        invoker = ChaliceInvoker(stage=args.stage, quiet=not args.verbose, deployed_overrides=DEPLOYED_FUNCTION)
         console = sys.stdout  # the summaries arrive while the quiet invoker has stdout redirected
         invoker.collector.on_summary = lambda summary: print(describe_batch(summary), file=console, flush=True)
         cleanup.callback(invoker.close)
@@ -79,8 +119,11 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         mapping = LocalEventSourceMapping.for_stage(
             session.client("dynamodbstreams", endpoint_url=endpoint),
             stream_arn,
-            invoker,
+            # Lanes run in threads; the Chalice test client must be called one at a time.
+            serialized(invoker),
             settings,
+            dynamodb=session.client("dynamodb", endpoint_url=endpoint),
+            on_failure=failures.destination(),
             checkpoints=CheckpointStore(args.checkpoints),
         )
         storage = "in memory" if args.endpoint else f"data in {args.data_dir}"
@@ -88,8 +131,20 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         print(f"table {args.table}, stream {stream_arn}")
         print(
             f"following it as stage {args.stage}: batch size {settings.batch_size}, from "
-            f"{settings.starting_position}, batching window {settings.maximum_batching_window_in_seconds} s; "
-            f"checkpoints in {args.checkpoints}"
+            f"{settings.starting_position}, batching window {settings.maximum_batching_window_in_seconds} s, "
+            f"{mapping.parallelization_factor} batch(es) per shard at once; checkpoints in {args.checkpoints}"
+        )
+        age = mapping.maximum_record_age
+        print(
+            f"failure handling as deployed: bisect {'on' if mapping.bisect else 'off'}, "
+            f"{mapping.maximum_retry_attempts} retries, records older than {age} s discarded, "
+            f"partial failures {'reported' if mapping.report_batch_item_failures else 'ignored'}, "
+            f"filter {' or '.join(mapping.filter.patterns) or 'none'}"
+        )
+        print(f"discarded batches go to the SQS queue {failures.queue_url} (moto on {failures.endpoint}); read them:")
+        print(
+            f"  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws sqs receive-message --region {REGION} "
+            f"--endpoint-url {failures.endpoint} --queue-url {failures.queue_url}"
         )
         print("try, from another terminal:")
         print(
@@ -99,7 +154,11 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         )
         print("Ctrl-C to stop", flush=True)
         stats = mapping.run(stop)
-        print(f"stopped after {stats.batches} batch(es), {stats.records} record(s)", flush=True)
+        print(
+            f"stopped after {stats.batches} batch(es), {stats.records} record(s), {stats.filtered} filtered out, "
+            f"{len(stats.discarded_batches)} range(s) discarded",
+            flush=True,
+        )
     return 0
 
 

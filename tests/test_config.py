@@ -14,6 +14,7 @@ def test_defaults_when_nothing_is_set():
     assert settings.starting_position == "TRIM_HORIZON"
     assert settings.maximum_batching_window_in_seconds == 0
     assert settings.report_batch_item_failures is False
+    assert settings.parallelization_factor == 1
     assert settings.personal_domains_only == frozenset()
 
 
@@ -32,6 +33,9 @@ def test_domain_lists_are_normalised():
         ("MAXIMUM_BATCHING_WINDOW_IN_SECONDS", "301"),
         ("WRITE_CONCURRENCY", "0"),
         ("REPORT_BATCH_ITEM_FAILURES", "maybe"),
+        ("PARALLELIZATION_FACTOR", "0"),
+        ("PARALLELIZATION_FACTOR", "11"),
+        ("PARALLELIZATION_FACTOR", "two"),
     ],
 )
 def test_invalid_settings_name_the_variable(name, value):
@@ -46,3 +50,11 @@ def test_every_stage_config_is_valid_and_sets_the_contract(stage):
     settings = Settings.from_environ(config["stages"][stage]["environment_variables"])
     assert settings.batch_size == 100
     assert settings.starting_position == "TRIM_HORIZON"
+    assert settings.parallelization_factor == 1
+    # Shards x factor concurrent batches stay under the handler's reserved concurrency.
+    handler = config["stages"][stage]["lambda_functions"]["sync_is_personal_email"]
+    assert handler["reserved_concurrency"] >= settings.parallelization_factor
+
+
+def test_the_parallelization_factor_is_read():
+    assert Settings.from_environ({"PARALLELIZATION_FACTOR": " 4 "}).parallelization_factor == 4

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from localdev.mapping import CheckpointStore, LocalEventSourceMapping
 from tests.test_handler import put
 
@@ -152,3 +156,52 @@ def test_a_child_shard_waits_until_its_closed_parent_is_drained():
         assert mapping.poll() == 1
     stub.assert_no_pending_responses()
     assert handler.batches == [[FIRST], [SECOND]]
+
+
+def _record(event_name, new_image=None, old_image=None):
+    body = {"Keys": {"Id": {"S": "k"}}, "SequenceNumber": "1"}
+    if new_image is not None:
+        body["NewImage"] = new_image
+    if old_image is not None:
+        body["OldImage"] = old_image
+    return {"eventName": event_name, "eventSource": "aws:dynamodb", "dynamodb": body}
+
+
+def _filter(*patterns):
+    from localdev.mapping import RecordFilter
+
+    return RecordFilter({"Filters": [{"Pattern": json.dumps(pattern)} for pattern in patterns]})
+
+
+def test_filters_match_lambdas_dynamodb_json_shapes():
+    with_email = _record("MODIFY", new_image={"Id": {"S": "k"}, "Email": {"S": "a@gmail.com"}})
+    without_email = _record("MODIFY", new_image={"Id": {"S": "k"}})
+    removed = _record("REMOVE", old_image={"Id": {"S": "k"}, "Email": {"S": "a@gmail.com"}})
+    by_name = _filter({"eventName": ["INSERT", "MODIFY"]})
+    assert by_name.matches(with_email) and not by_name.matches(removed)
+    has_email = _filter({"dynamodb": {"NewImage": {"Email": {"S": [{"exists": True}]}}}})
+    assert has_email.matches(with_email) and not has_email.matches(without_email) and not has_email.matches(removed)
+    no_email = _filter({"dynamodb": {"NewImage": {"Email": {"S": [{"exists": False}]}}}})
+    assert no_email.matches(without_email) and not no_email.matches(with_email)
+    gmail = _filter({"dynamodb": {"NewImage": {"Email": {"S": [{"suffix": "@gmail.com"}]}}}})
+    assert gmail.matches(with_email) and not gmail.matches(without_email)
+    not_removed = _filter({"eventName": [{"anything-but": ["REMOVE"]}]})
+    assert not_removed.matches(with_email) and not not_removed.matches(removed)
+
+
+def test_filters_are_ored_and_no_filter_passes_everything():
+    removed = _record("REMOVE", old_image={"Id": {"S": "k"}})
+    inserted = _record("INSERT", new_image={"Id": {"S": "k"}})
+    either = _filter({"eventName": ["INSERT"]}, {"eventName": ["REMOVE"]})
+    assert either.matches(removed) and either.matches(inserted)
+    assert not _filter({"eventName": ["MODIFY"]}).matches(inserted)
+    assert _filter().matches(removed)
+
+
+def test_more_than_five_filters_or_an_invalid_pattern_are_refused():
+    from moto.events.exceptions import InvalidEventPatternException
+
+    with pytest.raises(ValueError, match="at most 5"):
+        _filter(*({"eventName": [name]} for name in "ABCDEF"))
+    with pytest.raises(InvalidEventPatternException):
+        _filter({"eventName": "INSERT"})  # a value must be an array or an object

@@ -148,7 +148,9 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "FunctionResponseTypes": ["ReportBatchItemFailures"],
         "MetricsConfig": {"Metrics": ["EventCount"]},
         "FilterCriteria": {"Filters": [{"Pattern": '{"dynamodb": {"NewImage": {"Id": {"S": [{"exists": true}]}}}}'}]},
+        "ParallelizationFactor": 1,  # the stage's PARALLELIZATION_FACTOR
     }
+    assert function["ReservedConcurrentExecutions"] == 10
 
     table = resources["UsersTable"]
     assert table["Condition"] == "CreateUsersTable"

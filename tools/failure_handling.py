@@ -30,6 +30,9 @@ MAXIMUM_RETRY_ATTEMPTS = 100
 MAXIMUM_RECORD_AGE_IN_SECONDS = 6 * 3600
 STREAM_RETENTION_SECONDS = 24 * 3600
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
+# What both deploy paths set on the function once its mapping reports partial failures (the stage keeps it off, so
+# a mapping recreated without FunctionResponseTypes falls back to raising); the local mapping's function gets it too.
+DEPLOYED_FUNCTION = {"REPORT_BATCH_ITEM_FAILURES": "true"}
 METRICS_CONFIG = {"Metrics": ["EventCount"]}
 # Views whose records carry NewImage on every INSERT and MODIFY: the filter below is only safe on these.
 IMAGE_VIEWS = ("NEW_IMAGE", "NEW_AND_OLD_IMAGES")
@@ -71,8 +74,11 @@ def stream_filter(table: dict[str, Any]) -> dict[str, Any] | None:
     return filter_criteria(*table_hash_key(table))
 
 
-def mapping_failure_handling(failure_destination_arn: Any, filter_criteria_: dict[str, Any] | None) -> dict[str, Any]:
-    """Failure handling, metrics and filter for the mapping; the destination is an ARN or a CloudFormation intrinsic.
+def mapping_failure_handling(
+    failure_destination_arn: Any, filter_criteria_: dict[str, Any] | None, parallelization_factor: int = 1
+) -> dict[str, Any]:
+    """Failure handling, metrics, filter and the stage's ParallelizationFactor for the mapping; the destination is an
+    ARN or a CloudFormation intrinsic.
 
     Without a filter (a KEYS_ONLY or OLD_IMAGE stream) FilterCriteria is empty, which clears one an
     earlier run may have set: the handler then sees REMOVE records and ignores them itself.
@@ -85,6 +91,7 @@ def mapping_failure_handling(failure_destination_arn: Any, filter_criteria_: dic
         "FunctionResponseTypes": [REPORT_BATCH_ITEM_FAILURES],
         "MetricsConfig": METRICS_CONFIG,
         "FilterCriteria": filter_criteria_ or {},
+        "ParallelizationFactor": parallelization_factor,
     }
 
 

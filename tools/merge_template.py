@@ -258,7 +258,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     "Environment": {
                         "Variables": {
                             "STREAM_ARN": stream_arn,
-                            "REPORT_BATCH_ITEM_FAILURES": "true",
+                            **failure_handling.DEPLOYED_FUNCTION,
                             "STAGE": {"Ref": STAGE_PARAMETER},
                             "FAILURE_QUEUE_ARN": queue_arn,
                         }

@@ -27,7 +27,7 @@ from typing import Any
 
 import boto3
 
-from chalicelib.config import UNBOUND_STREAM_ARN
+from chalicelib.config import UNBOUND_STREAM_ARN, Settings
 from tools import alarms, failure_handling
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -341,12 +341,14 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
     criteria = failure_handling.stream_filter(table)
     if criteria is None:
         print("note: the stream has no NewImage: no filter, the handler skips REMOVE records itself", file=sys.stderr)
-    failure_handling.update_mapping(lambda_client, uuid, failure_handling.mapping_failure_handling(queue_arn, criteria))
+    factor = Settings.from_environ(variables).parallelization_factor
+    settings = failure_handling.mapping_failure_handling(queue_arn, criteria, factor)
+    failure_handling.update_mapping(lambda_client, uuid, settings)
     failure_handling.wait_for_partial_failures(lambda_client, uuid)
     function_arn = deployed["lambda_function"]["lambda_arn"]
     environment = lambda_client.get_function_configuration(FunctionName=function_arn)["Environment"]["Variables"]
     lambda_client.update_function_configuration(
-        FunctionName=function_arn, Environment={"Variables": {**environment, "REPORT_BATCH_ITEM_FAILURES": "true"}}
+        FunctionName=function_arn, Environment={"Variables": {**environment, **failure_handling.DEPLOYED_FUNCTION}}
     )
     prefix = f"{config['app_name']}-{stage}"
     targets = monitoring_targets(config["app_name"], stage, function_arn.rsplit(":", 1)[1])
@@ -390,7 +392,14 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
     With `create_table` the stack makes the table, so the stage needs no STREAM_ARN: Chalice packages a scratch copy
     of the project whose stage names the unbound placeholder, which the merge template replaces everywhere.
     """
-    from tools.merge_template import CREATE, STAGE_PARAMETER, STREAM_PARAMETER, expected_merge_template
+    from tools.merge_template import (
+        CREATE,
+        EVENT_SOURCE,
+        FUNCTION,
+        STAGE_PARAMETER,
+        STREAM_PARAMETER,
+        expected_merge_template,
+    )
 
     config = load_config()
     variables = stage_variables(config, stage)
@@ -400,6 +409,8 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
     merge_template = expected_merge_template()
     merge_template["Parameters"][STREAM_PARAMETER]["Default"] = CREATE if create_table else stream_arn
     merge_template["Parameters"][STAGE_PARAMETER]["Default"] = stage
+    event = merge_template["Resources"][FUNCTION]["Properties"]["Events"][EVENT_SOURCE]["Properties"]
+    event["ParallelizationFactor"] = Settings.from_environ(variables).parallelization_factor
     with tempfile.TemporaryDirectory() as scratch:
         project = Path(scratch)
         for name in PACKAGED_PATHS:

@@ -16,10 +16,11 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from chalicelib.config import Settings
 from chalicelib.runtime import METRICS_NAMESPACE
 from tools import alarms, failure_handling
 from tools.merge_template import DEAD_LETTER_QUEUE, FUNCTION, QUEUE
-from tools.stage import deployed_resources, load_config, monitoring_targets, split_stream_arn
+from tools.stage import deployed_resources, load_config, monitoring_targets, split_stream_arn, stage_variables
 
 RECONCILER = "reconcile_discarded_batches"
 RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerBackfillFallbacks")
@@ -150,7 +151,9 @@ def latest_datapoint(
     return max(points, key=lambda point: point["Timestamp"]) if points else None
 
 
-def check_mapping(status: Status, session: Any, deployment: Deployment, failure_queue_arn: str | None) -> None:
+def check_mapping(
+    status: Status, session: Any, deployment: Deployment, failure_queue_arn: str | None, factor: int
+) -> None:
     """The mapping's state and settings, and the function's partial-failure mode, against what they should be."""
     lambda_client = session.client("lambda")
     if not deployment.mapping_uuid:
@@ -165,7 +168,9 @@ def check_mapping(status: Status, session: Any, deployment: Deployment, failure_
     )
     table_name = split_stream_arn(mapping["EventSourceArn"])[3]
     table = session.client("dynamodb").describe_table(TableName=table_name)["Table"]
-    expected = failure_handling.mapping_failure_handling(failure_queue_arn, failure_handling.stream_filter(table))
+    expected = failure_handling.mapping_failure_handling(
+        failure_queue_arn, failure_handling.stream_filter(table), factor
+    )
     for key, want, got, same in mapping_drift(mapping, expected):
         shown = json.dumps(normalized(key, got)) if key == "FilterCriteria" else json.dumps(got)
         text = f"  {key:<28}{shown}" + ("" if same else f"  DRIFT (want {json.dumps(normalized(key, want))})")
@@ -240,7 +245,9 @@ def check_reconciler(status: Status, session: Any, stage: str, deployment: Deplo
 
 def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     """Everything `status` prints, and its problems."""
-    app_name = load_config()["app_name"]
+    config = load_config()
+    app_name = config["app_name"]
+    factor = Settings.from_environ(stage_variables(config, stage)).parallelization_factor
     if stack_name:
         deployment = from_stack(session.client("cloudformation"), stack_name)
     else:
@@ -248,7 +255,7 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     status = Status()
     status.add("stage", f"{stage} from {deployment.source}")
     failure_arn = check_queues(status, session.client("sqs"), deployment)
-    check_mapping(status, session, deployment, failure_arn)
+    check_mapping(status, session, deployment, failure_arn, factor)
     cloudwatch = session.client("cloudwatch")
     point = latest_datapoint(
         cloudwatch,
