@@ -246,9 +246,9 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     "Environment": {
                         "Variables": {"STREAM_ARN": stream_arn, "BACKFILL_FUNCTION_NAME": {"Ref": BACKFILL_FUNCTION}}
                     },
-                    # Chalice points the event source at the `chalice deploy` path's queue name; here it is the
-                    # stack's own queue.
-                    "Events": {RECONCILER_EVENT_SOURCE: {"Properties": {"Queue": queue_arn}}},
+                    # Chalice points the event source at the `chalice deploy` path's queue name, as an `Fn::Sub`;
+                    # the merge is key by key, so only another `Fn::Sub` replaces it: the stack's own queue's ARN.
+                    "Events": {RECONCILER_EVENT_SOURCE: {"Properties": {"Queue": {"Fn::Sub": f"${{{QUEUE}.Arn}}"}}}},
                 }
             },
             FUNCTION: {
