@@ -43,7 +43,8 @@ def processor_for(settings: Settings) -> StreamProcessor:
     )
 
 
-def _metrics(settings: Settings) -> Any:
+def metrics_for(settings: Settings) -> Any:
+    """Powertools Metrics in the service's namespace with the stage's dimension."""
     from aws_lambda_powertools import Metrics
 
     metrics = Metrics(service=SERVICE, namespace=METRICS_NAMESPACE)
@@ -81,7 +82,7 @@ def reconciler_for(settings: Settings) -> MessageHandler:
         reconciler,
         sqs=session.client("sqs", config=config),
         logger=Logger(service=SERVICE, stage=settings.stage),
-        metrics=_metrics(settings),
+        metrics=metrics_for(settings),
     )
 
 
