@@ -36,9 +36,10 @@ if CLI_MODE:
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not CLI_MODE:
     # In Lambda, build the function's clients, domain list and Powertools in the init phase, not in the first batch's
     # time budget. Tests and the CLI import this module without it, so importing it stays cheap.
-    if os.environ["AWS_LAMBDA_FUNCTION_NAME"].endswith("-backfill_segment"):
+    _name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
+    if _name.endswith("-backfill_segment"):
         backfill_worker_for(SETTINGS)
-    elif os.environ["AWS_LAMBDA_FUNCTION_NAME"].endswith("-reconcile_discarded_batches"):
+    elif _name.endswith("-reconcile_discarded_batches") or "-ReconcileDiscardedBatches-" in _name:  # deploy, package
         reconciler_for(SETTINGS)
     else:
         processor_for(SETTINGS)

@@ -4,6 +4,9 @@ items brought under the invariant from their current state; the backfill when th
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import boto3
@@ -455,3 +458,31 @@ def test_a_segment_stops_continuing_at_its_bound_and_without_the_flag():
     )
     with pytest.raises(PayloadError):
         next_payload({"continue_until_done": True, "continuation": 6, "max_continuations": 5}, unfinished)
+
+
+@pytest.mark.parametrize(
+    ("function_name", "built"),
+    [
+        ("email-checker-dev-reconcile_discarded_batches", "reconciler"),
+        ("email-checker-prod-ReconcileDiscardedBatches-1A2B3C4D", "reconciler"),
+        ("email-checker-dev-sync_is_personal_email", "processor"),
+    ],
+)
+def test_the_reconciler_is_built_in_the_init_phase_of_its_own_function(engine, function_name, built):
+    from localdev.invoker import ROOT
+
+    probe = (
+        "import app; from chalicelib import runtime; "
+        "print(runtime.reconciler_for.cache_info().currsize, runtime.processor_for.cache_info().currsize)"
+    )
+    environment = {**engine.environment(), "AWS_LAMBDA_FUNCTION_NAME": function_name, "STAGE": "dev"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == (["1", "0"] if built == "reconciler" else ["0", "1"])
