@@ -1,9 +1,10 @@
 """The reconciler: what a discarded stream batch touched is brought under the invariant from the items' current state.
 
 When a batch exhausts its retries, Lambda sends an invocation record to the mapping's on-failure destination (our
-SQS queue). For a DynamoDB stream that record is only a pointer, never the records themselves. Its shape, as the
-AWS Lambda Developer Guide shows it ("Retain discarded records for a DynamoDB event source in Lambda",
-https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html, example invocation record):
+SQS queue). For a DynamoDB stream that record is only a pointer, never the records themselves (only an S3
+destination also gets the batch). Its shape, as the AWS Lambda Developer Guide shows it ("Retain discarded records
+for a DynamoDB event source in Lambda", https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html,
+"Example invocation record"; the same example in awsdocs/aws-lambda-developer-guide, doc_source/with-ddb.md):
 
     {"requestContext": {"requestId": ..., "functionArn": "arn:aws:lambda:...:function:NAME[:ALIAS]",
                         "condition": "RetryAttemptsExhausted", "approximateInvokeCount": 1},

@@ -106,6 +106,26 @@ def test_the_developer_guide_record_parses_with_an_alias_arn_and_a_null_function
     assert batch.function_error is None
 
 
+def test_the_documented_example_record_parses():
+    """The invocation record in the Lambda developer guide (services-dynamodb-errors), as printed there."""
+    documented = """{
+        "requestContext": {"requestId": "316aa6d0-8154-xmpl-9af7-85d5f4a6bc81",
+            "functionArn": "arn:aws:lambda:us-east-2:123456789012:function:myfunction",
+            "condition": "RetryAttemptsExhausted", "approximateInvokeCount": 1},
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "version": "1.0", "timestamp": "2019-11-14T00:13:49.717Z",
+        "DDBStreamBatchInfo": {"shardId": "shardId-00000001573689847184-864758bb",
+            "startSequenceNumber": "800000000003126276362", "endSequenceNumber": "800000000003126276362",
+            "approximateArrivalOfFirstRecord": "2019-11-14T00:13:19Z",
+            "approximateArrivalOfLastRecord": "2019-11-14T00:13:19Z", "batchSize": 1,
+            "streamArn": "arn:aws:dynamodb:us-east-2:123456789012:table/mytable/stream/2019-11-14T00:04:06.388"}
+    }"""
+    batch = parse_message(documented)
+    assert (batch.table_name, batch.shard_id) == ("mytable", "shardId-00000001573689847184-864758bb")
+    assert batch.start_sequence_number == batch.end_sequence_number == "800000000003126276362"
+    assert (batch.condition, batch.function_error, batch.batch_size) == ("RetryAttemptsExhausted", "Unhandled", 1)
+
+
 @pytest.mark.parametrize(
     ("body", "names"),
     [
