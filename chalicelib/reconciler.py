@@ -24,7 +24,9 @@ deleted), the keys can't be known: the table's backfill is started instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -42,8 +44,10 @@ RETRY_BASE_DELAY_SECONDS = 30
 MAX_RETRY_DELAY_SECONDS = 12 * 3600
 """SQS's longest visibility timeout."""
 GET_RECORDS_LIMIT = 1000
-EMPTY_PAGES_AT_TIP = 3
-"""Consecutive empty pages on an open shard that say the reader is at the shard's tip (past the range)."""
+EMPTY_PAGE_PAUSE_SECONDS = 0.25
+"""GetRecords may answer an empty page short of the records that follow ("it might take multiple calls to get to a
+portion of the shard that contains stream records", DynamoDB Streams API reference): the pause before asking again
+keeps within the shard's 5 reads per second, shared with the mapping's own poller."""
 BACKFILL_SEGMENTS = 4
 BACKFILL_MAX_CONTINUATIONS = 200
 """Each segment invocation re-invokes itself at most this many times (200 x 15 min: over two days per segment)."""
@@ -205,7 +209,8 @@ def _error_code(error: ClientError) -> str:
 def read_range_keys(streams: Any, batch: DiscardedBatch, deadline: Deadline) -> RangeKeys:
     """The keys of the records from the start to the end sequence number; RangeGone if the stream lost them.
 
-    Stops early (complete False) when the deadline passes; the message is then retried.
+    Reads until the end sequence number's record (or one past it, or the closed shard's end); stops early (complete
+    False) when the deadline passes, and the message is then retried.
     """
     start, end = int(batch.start_sequence_number), int(batch.end_sequence_number)
     table_name = batch.table_name
@@ -221,7 +226,7 @@ def read_range_keys(streams: Any, batch: DiscardedBatch, deadline: Deadline) -> 
         if _error_code(error) in RANGE_GONE_ERRORS:
             raise RangeGone(_error_code(error)) from None
         raise
-    first, empty_pages = True, 0
+    first = True
     while iterator and not deadline.expired():
         try:
             page = streams.get_records(ShardIterator=iterator, Limit=GET_RECORDS_LIMIT)
@@ -240,18 +245,20 @@ def read_range_keys(streams: Any, batch: DiscardedBatch, deadline: Deadline) -> 
                 found.complete = True
                 return found
             found.records += 1
-            try:
+            with contextlib.suppress(MalformedRecord, KeyError):  # no key to fix: the handler counted it malformed
                 found.keys[item_key(table_name, record["dynamodb"]["Keys"])] = None
-            except (MalformedRecord, KeyError):
-                continue  # no key to fix; the handler counted this record as malformed
+            if sequence_number == end:
+                # The end sequence number is the batch's last record: once it is read, the range is.
+                found.complete = True
+                return found
         iterator = page.get("NextShardIterator")
-        empty_pages = 0 if records else empty_pages + 1
-        if empty_pages >= EMPTY_PAGES_AT_TIP:
-            break
-    # The shard ended (closed: no next iterator) or its tip was reached: everything up to the end was read.
-    found.complete = not iterator or empty_pages >= EMPTY_PAGES_AT_TIP
-    if first and found.complete:
-        raise RangeGone("trimmed")  # not even the first record is there any more
+        if not records and iterator:
+            time.sleep(EMPTY_PAGE_PAUSE_SECONDS)
+    if not iterator:
+        # The shard is closed and was read to its end.
+        if first:
+            raise RangeGone("trimmed")  # not even the range's first record is there any more
+        found.complete = True
     return found
 
 

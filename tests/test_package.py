@@ -10,6 +10,7 @@ import pytest
 
 from tests.projects import BIN, ROOT, chalice, copy_project, stage_tool
 from tools import failure_handling, merge_template
+from tools.stage import TABLE_WRITE_ACTION
 
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 TABLE_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
@@ -274,7 +275,7 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
         reconciler["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
     )
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
-        "ReconcileTheItems": (["dynamodb:BatchGetItem", "dynamodb:UpdateItem", "dynamodb:DescribeTable"], table),
+        "ReconcileTheItems": (["dynamodb:BatchGetItem", TABLE_WRITE_ACTION, "dynamodb:DescribeTable"], table),
         "ReadTheDiscardedRange": (
             ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
             f"{table}/stream/*",

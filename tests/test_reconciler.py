@@ -506,3 +506,24 @@ def test_the_reconciler_is_built_in_the_init_phase_of_its_own_function(engine, f
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == (["1", "0"] if built == "reconciler" else ["0", "1"])
+
+
+def test_an_empty_page_short_of_the_range_is_read_past_and_a_closed_shard_ends_it(engine, make_table):
+    table = make_table()
+    put(table, Id="a", Email="a@gmail.com")
+    put(table, Id="b", Email="b@gmail.com")
+    streams, stub = stubbed("dynamodbstreams")
+
+    def record(sequence_number: str, key: str) -> dict[str, Any]:
+        return {"eventName": "INSERT", "dynamodb": {"SequenceNumber": sequence_number, "Keys": {"Id": {"S": key}}}}
+
+    stub.add_response("get_shard_iterator", {"ShardIterator": "i1"})
+    stub.add_response("get_records", {"Records": [record(START, "a")], "NextShardIterator": "i2"})
+    stub.add_response("get_records", {"Records": [], "NextShardIterator": "i3"})  # short of what follows
+    stub.add_response("get_records", {"Records": [record(str(int(START) + 1), "b")]})  # the shard closes here
+    batch = parse_message(json.dumps(on_failure_record(table.stream_arn, SHARD, START, END)))
+    with stub:
+        report = reconciler(engine, streams=streams).reconcile(batch, Deadline.after(60))
+        stub.assert_no_pending_responses()
+    assert (report.outcome, report.records, report.fixed, report.range_complete) == (Outcome.RECONCILED, 2, 2, True)
+    assert get(table, Id="b")["IsPersonalEmail"] is True
