@@ -409,7 +409,7 @@ class MessageHandler:
     def handle(self, message: Mapping[str, Any], remaining_ms: Callable[[], int]) -> Report:
         """Handle one SQS record (Lambda's shape); raise ReconcileIncomplete when it must come back later."""
         deadline = Deadline.from_remaining_ms(remaining_ms(), MARGIN_SECONDS)
-        where: dict[str, Any] = {}
+        where: dict[str, Any] = {"message_id": message.get("messageId")}
         try:
             batch = parse_message(message.get("body"))
         except InvalidMessage as problem:
@@ -417,7 +417,7 @@ class MessageHandler:
             report = Report(outcome=Outcome.INVALID, reason=str(problem))
             self._finish(report, where)
             return report
-        where = {
+        where |= {
             "shard_id": batch.shard_id,
             "start_sequence_number": batch.start_sequence_number,
             "end_sequence_number": batch.end_sequence_number,

@@ -405,6 +405,7 @@ def test_failing_writes_put_the_message_back_with_a_growing_delay_and_raise(
 
     [line] = [r for r in log_sink.records() if r.get("message") == "reconciler message"]
     assert (line["outcome"], line["failed"], line["fixed"], line["retry_in_seconds"]) == ("retry", 2, 0, 120)
+    assert (line["message_id"], line["shard_id"]) == ("0f8b3c2e", shard_of(engine, table))
     [emf] = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
     assert emf["ReconcilerFailed"] == [1.0] and emf["ReconcilerItemsFixed"] == [0.0]
     assert "IsPersonalEmail" not in get(table, Id="a")

@@ -434,6 +434,9 @@ def ensure_stage_queues(stage: str) -> tuple[str, str]:
 def apply_failure_handling(stage: str) -> str:
     """Give a `chalice deploy`ed stage the packaged path's failure handling; the on-failure queue's ARN.
 
+    The on-failure queue and its dead-letter queue are made sure of again (`enable-stream` or `queues` made them
+    before the first deploy, since the reconciler's SQS event source names the queue).
+
     The queue's ARN goes into the stage (FAILURE_QUEUE_ARN) so the policy file, which every `chalice deploy`
     re-attaches, keeps the send permission. REPORT_BATCH_ITEM_FAILURES is switched on in the deployed function only,
     after the mapping reports partial failures: the stage keeps it off, so a later `chalice deploy` (which may
