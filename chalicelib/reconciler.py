@@ -88,7 +88,7 @@ class DiscardedBatch:
 
 def _sequence_number(info: Mapping[str, Any], name: str) -> str:
     value = info.get(name)
-    if not isinstance(value, str) or not value.isdigit():
+    if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
         raise InvalidMessage(f"DDBStreamBatchInfo.{name} is missing or not a sequence number")
     return value
 
@@ -137,12 +137,8 @@ def parse_message(body: str) -> DiscardedBatch:
 
 def retry_delay_seconds(receive_count: int) -> int:
     """How long a message that could not be finished waits before its next try: doubling from 30 s, at most 12 h."""
-    exponent = max(0, receive_count - 1)
-    return (
-        MAX_RETRY_DELAY_SECONDS
-        if exponent >= 12
-        else min(RETRY_BASE_DELAY_SECONDS * 2**exponent, MAX_RETRY_DELAY_SECONDS)
-    )
+    doublings = min(max(0, receive_count - 1), 16)  # 30 s * 2**16 is far past the cap already
+    return min(RETRY_BASE_DELAY_SECONDS * 2**doublings, MAX_RETRY_DELAY_SECONDS)
 
 
 def queue_url_from_arn(queue_arn: str) -> str:

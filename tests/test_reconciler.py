@@ -135,6 +135,7 @@ def test_the_documented_example_record_parses():
         (json.dumps(on_failure_record(STREAM_ARN, "", "1", "2")), "shardId"),
         (json.dumps(on_failure_record(STREAM_ARN, "s", "12a", "20")), "startSequenceNumber"),
         (json.dumps(on_failure_record(STREAM_ARN, "s", "30", "20")), "before startSequenceNumber"),
+        (json.dumps(on_failure_record(STREAM_ARN, "s", "1", "2²")), "endSequenceNumber"),
         (json.dumps(on_failure_record("arn:aws:sqs:eu-west-1:1:q", "s", "1", "2")), "streamArn"),
     ],
 )
