@@ -6,10 +6,10 @@ import os
 from typing import Any
 
 from chalice import Chalice
-from chalice.app import DynamoDBEvent
+from chalice.app import DynamoDBEvent, SQSEvent
 
-from chalicelib.config import UNBOUND_STREAM_ARN, ConfigError, Settings
-from chalicelib.runtime import backfill_segment, backfill_worker_for, processor_for
+from chalicelib.config import UNBOUND_STREAM_ARN, ConfigError, Settings, failure_queue_name
+from chalicelib.runtime import backfill_segment, backfill_worker_for, processor_for, reconciler_for
 
 # Powertools owns the "email-checker" logger (structured JSON); Chalice would add a second, plain-text handler to it.
 app = Chalice(app_name="email-checker", configure_logs=False)
@@ -39,8 +39,11 @@ if CLI_MODE:
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not CLI_MODE:
     # In Lambda, build the function's clients, domain list and Powertools in the init phase, not in the first batch's
     # time budget. Tests and the CLI import this module without it, so importing it stays cheap.
-    if os.environ["AWS_LAMBDA_FUNCTION_NAME"].endswith("-backfill_segment"):
+    _name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
+    if _name.endswith("-backfill_segment"):
         backfill_worker_for(SETTINGS)
+    elif _name.endswith("-reconcile_discarded_batches") or "-ReconcileDiscardedBatches-" in _name:  # deploy, package
+        reconciler_for(SETTINGS)
     else:
         processor_for(SETTINGS)
 
@@ -61,4 +64,17 @@ def sync_is_personal_email(event: DynamoDBEvent) -> dict[str, Any]:
 @app.lambda_function(name="backfill_segment")
 def backfill_one_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Backfill one scan segment until the function's time runs low; where it stopped, for the next invocation."""
-    return backfill_segment(Settings.from_environ(os.environ), event, context.get_remaining_time_in_millis)
+    return backfill_segment(
+        Settings.from_environ(os.environ), event, context.get_remaining_time_in_millis, context.function_name
+    )
+
+
+# The stream's on-failure queue by name: `chalice deploy` subscribes to it in the deploying account and region (the
+# queue must exist first: `tools.stage enable-stream` or `queues` makes it); the packaged template's merge points
+# the event source at its own `StreamFailureQueue` instead.
+@app.on_sqs_message(queue=failure_queue_name(app.app_name, SETTINGS.stage), batch_size=1)
+def reconcile_discarded_batches(event: SQSEvent) -> None:
+    """Bring every item of a discarded stream batch under the invariant, or start the backfill if the range is gone."""
+    handler = reconciler_for(Settings.from_environ(os.environ))
+    for record in event:
+        handler.handle(record.to_dict(), event.context.get_remaining_time_in_millis)

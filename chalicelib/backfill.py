@@ -363,6 +363,29 @@ class SegmentWorker:
         return result
 
 
+MAX_CONTINUATIONS_LIMIT = 10_000
+
+
+def next_payload(payload: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The payload that continues a self-continuing segment where this invocation stopped, or None when it is done,
+    isn't self-continuing (`continue_until_done`), or has used its `max_continuations`; PayloadError for bad counts.
+
+    The reconciler starts a backfill this way from inside AWS, where no fan-out command is watching: each segment
+    invocation re-invokes the function asynchronously with its continuation key, a bounded number of times.
+    """
+    if payload.get("continue_until_done") is not True:
+        return None
+    done, limit = payload.get("continuation", 0), payload.get("max_continuations", 0)
+    if type(done) is not int or type(limit) is not int or not 0 <= done <= limit <= MAX_CONTINUATIONS_LIMIT:
+        raise PayloadError(
+            f"continuation and max_continuations must be whole numbers, 0 <= continuation <= max <= "
+            f"{MAX_CONTINUATIONS_LIMIT}"
+        )
+    if result.get("done") or done >= limit:
+        return None
+    return {**payload, "start_key": result.get("last_evaluated_key"), "continuation": done + 1}
+
+
 def run_segment(
     payload: Mapping[str, Any],
     worker: SegmentWorker,

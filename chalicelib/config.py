@@ -17,6 +17,16 @@ LOCAL_STAGE = "local"
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+def failure_queue_name(app_name: str, stage: str) -> str:
+    """The stream's on-failure queue on the `chalice deploy` path, which the reconciler consumes."""
+    return f"{app_name}-{stage}-stream-failures"
+
+
+def dead_letter_queue_name(app_name: str, stage: str) -> str:
+    """Where SQS moves an on-failure message the reconciler could not finish in its bounded number of receives."""
+    return f"{failure_queue_name(app_name, stage)}-dead"
+
+
 class ConfigError(ValueError):
     """A stage setting is missing or invalid; the message names the environment variable to fix."""
 
@@ -67,6 +77,8 @@ class Settings:
     report_batch_item_failures: bool
     parallelization_factor: int = 1
     """Batches of one shard the event source mapping runs at once (Lambda's ParallelizationFactor, 1-10)."""
+    backfill_function_name: str = ""
+    """The backfill function the reconciler starts when a discarded range has left the stream."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -89,4 +101,5 @@ class Settings:
             write_concurrency=_int_setting(environ, "WRITE_CONCURRENCY", 16, 1, 128),
             report_batch_item_failures=_bool_setting(environ, "REPORT_BATCH_ITEM_FAILURES", False),
             parallelization_factor=_int_setting(environ, "PARALLELIZATION_FACTOR", 1, 1, 10),
+            backfill_function_name=environ.get("BACKFILL_FUNCTION_NAME", "").strip(),
         )

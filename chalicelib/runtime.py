@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from chalicelib.backfill import SegmentWorker
     from chalicelib.domains import EmailClassifier
     from chalicelib.processor import StreamProcessor
+    from chalicelib.reconciler import MessageHandler
 
 SERVICE = "email-checker"
 METRICS_NAMESPACE = "EmailChecker"
@@ -38,6 +40,49 @@ def processor_for(settings: Settings) -> StreamProcessor:
         report_batch_item_failures=settings.report_batch_item_failures,
         logger=Logger(service=SERVICE, stage=settings.stage),
         metrics=metrics,
+    )
+
+
+def metrics_for(settings: Settings) -> Any:
+    """Powertools Metrics in the service's namespace with the stage's dimension."""
+    from aws_lambda_powertools import Metrics
+
+    metrics = Metrics(service=SERVICE, namespace=METRICS_NAMESPACE)
+    metrics.set_default_dimensions(stage=settings.stage)
+    return metrics
+
+
+@lru_cache(maxsize=4)
+def reconciler_for(settings: Settings) -> MessageHandler:
+    """The stage's on-failure queue consumer, built on first use: the handler's reads, planner and writes, the
+    stream read back, and the backfill started through the backfill function when the range is gone."""
+    import boto3
+    from aws_lambda_powertools import Logger
+
+    from chalicelib.dynamodb import DynamoDBGateway, client_config
+    from chalicelib.reconciler import MessageHandler, Reconciler, invoke_backfill
+
+    session = boto3.session.Session()
+    client = dynamodb_client(settings)
+    config = client_config(max_pool_connections=settings.write_concurrency)
+    lambda_client = session.client("lambda", config=config)
+
+    def start_backfill(table_name: str, run_id: str) -> int:
+        if not settings.backfill_function_name:
+            raise ValueError("BACKFILL_FUNCTION_NAME is not set: the reconciler can't start the backfill")
+        return invoke_backfill(lambda_client, client, settings.backfill_function_name, table_name, run_id)
+
+    reconciler = Reconciler(
+        streams=session.client("dynamodbstreams", config=config),
+        gateway=DynamoDBGateway(client, max_concurrency=settings.write_concurrency),
+        classify=classifier_for(settings).is_personal_email,
+        start_backfill=start_backfill,
+    )
+    return MessageHandler(
+        reconciler,
+        sqs=session.client("sqs", config=config),
+        logger=Logger(service=SERVICE, stage=settings.stage),
+        metrics=metrics_for(settings),
     )
 
 
@@ -79,11 +124,19 @@ def backfill_worker_for(settings: Settings) -> SegmentWorker:
     )
 
 
-def backfill_segment(settings: Settings, payload: Mapping[str, Any], remaining_ms: Callable[[], int]) -> dict[str, Any]:
-    """Run one invocation of the backfill function and log its counts (segment numbers and counts only)."""
-    from chalicelib.backfill import run_segment
+def backfill_segment(
+    settings: Settings,
+    payload: Mapping[str, Any],
+    remaining_ms: Callable[[], int],
+    function_name: str | None = None,
+    lambda_client: Any = None,
+) -> dict[str, Any]:
+    """Run one invocation of the backfill function and log its counts (segment numbers and counts only); a
+    self-continuing segment that isn't done re-invokes `function_name` asynchronously from where it stopped."""
+    from chalicelib.backfill import next_payload, run_segment
 
     result = run_segment(payload, backfill_worker_for(settings), remaining_ms)
+    following = next_payload(payload, result)
     _backfill_logger().info(
         "backfill segment",
         extra={
@@ -92,10 +145,23 @@ def backfill_segment(settings: Settings, payload: Mapping[str, Any], remaining_m
             "total_segments": result["total_segments"],
             "done": result["done"],
             "attempt": result.get("attempt"),
+            "run_id": payload.get("run_id"),
+            "continuation": payload.get("continuation"),
+            "continues": following is not None and bool(function_name),
             **result["counts"],
         },
     )
+    if following is not None and function_name:
+        client = lambda_client if lambda_client is not None else _lambda_client()
+        client.invoke(FunctionName=function_name, InvocationType="Event", Payload=json.dumps(following).encode())
     return result
+
+
+@lru_cache(maxsize=1)
+def _lambda_client() -> Any:
+    import boto3
+
+    return boto3.session.Session().client("lambda")
 
 
 @lru_cache(maxsize=1)

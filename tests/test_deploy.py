@@ -13,6 +13,7 @@ from tools import alarms, failure_handling, stage
 
 FUNCTION = "email-checker-dev-sync_is_personal_email"
 BACKFILL = "email-checker-dev-backfill_segment"
+RECONCILER = "email-checker-dev-reconcile_discarded_batches"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,16 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert config["stages"]["dev"]["environment_variables"]["STREAM_ARN"] == stream_arn
     policy_file = json.loads((project_copy / ".chalice" / "policy-dev.json").read_text())
     assert policy_file == stage.policy_document("email-checker", "dev", stream_arn)
+    # The reconciler's event source names the on-failure queue: enable-stream made it, with its dead-letter queue.
+    sqs = emulator.client("sqs")
+    failures_url = sqs.get_queue_url(QueueName="email-checker-dev-stream-failures")["QueueUrl"]
+    failures = sqs.get_queue_attributes(QueueUrl=failures_url, AttributeNames=["All"])["Attributes"]
+    dead_url = sqs.get_queue_url(QueueName="email-checker-dev-stream-failures-dead")["QueueUrl"]
+    dead = sqs.get_queue_attributes(QueueUrl=dead_url, AttributeNames=["All"])["Attributes"]
+    assert json.loads(failures["RedrivePolicy"]) == {"deadLetterTargetArn": dead["QueueArn"], "maxReceiveCount": 10}
+    assert int(failures["VisibilityTimeout"]) == failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS
+    assert (dead["SqsManagedSseEnabled"], dead["MessageRetentionPeriod"]) == ("true", "1209600")
+    assert json.loads(dead["Policy"]) == failure_handling.https_only_queue_policy(dead["QueueArn"])
 
     # 2. chalice deploy, then read back what it made.
     deployed = chalice(project_copy, "deploy", "--stage", "dev", env=aws_environment)
@@ -80,15 +91,25 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn)
     assert "dynamodb:Scan" not in json.dumps(attached)
     assert lambda_client.list_event_source_mappings(FunctionName=backfill["FunctionArn"])["EventSourceMappings"] == []
+    # The reconciler: its own role and policy, subscribed to the on-failure queue one message at a time.
+    reconciler = lambda_client.get_function_configuration(FunctionName=RECONCILER)
+    assert reconciler["Timeout"] == failure_handling.RECONCILER_TIMEOUT_SECONDS
+    assert reconciler["Environment"]["Variables"]["BACKFILL_FUNCTION_NAME"] == BACKFILL
+    reconciler_role = reconciler["Role"].rsplit("/", 1)[1]
+    assert reconciler_role not in (role_name, backfill_role)
+    reconciler_policy = iam.get_role_policy(RoleName=reconciler_role, PolicyName=reconciler_role)["PolicyDocument"]
+    assert reconciler_policy == stage.reconciler_policy_document("email-checker", "dev", stream_arn)
+    [consumer] = lambda_client.list_event_source_mappings(FunctionName=reconciler["FunctionArn"])["EventSourceMappings"]
+    assert (consumer["EventSourceArn"], consumer["BatchSize"]) == (failures["QueueArn"], 1)
 
     # 3. The failure handling chalice deploy can't set, applied to the deployed mapping.
     applied = stage_tool(project_copy, "apply-failure-handling", "--stage", "dev", env=aws_environment)
     assert applied.returncode == 0, applied.stderr
-    sqs = emulator.client("sqs")
     queue_url = sqs.get_queue_url(QueueName="email-checker-dev-stream-failures")["QueueUrl"]
     queue = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     assert queue["SqsManagedSseEnabled"] == "true"
     assert json.loads(queue["Policy"]) == failure_handling.https_only_queue_policy(queue["QueueArn"])
+    assert queue["QueueArn"] == failures["QueueArn"] and queue["RedrivePolicy"] == failures["RedrivePolicy"]
     mapping = lambda_client.get_event_source_mapping(UUID=mapping["UUID"])
     expected = failure_handling.mapping_failure_handling(queue["QueueArn"], failure_handling.filter_criteria("Id", "S"))
     assert {key: mapping[key] for key in expected} == expected

@@ -65,6 +65,7 @@ def test_a_stream_arn_changed_without_bind_is_refused(chalice_dir, failure_handl
     message = deploy_refusal(chalice_dir.parent, "prod", OTHER_ARN)
     assert message is not None and "\n" not in message
     assert "stage prod" in message and "policy-prod.json" in message and "policy-prod-backfill.json" in message
+    assert "policy-prod-reconciler.json" in message
     assert "arn:aws:dynamodb:eu-west-1:123456789012:table/Users" in message  # what the stale files grant on
     assert f"`python -m tools.stage bind --stage prod --stream-arn {OTHER_ARN}`" in message
     assert "config.json" not in message
@@ -84,6 +85,20 @@ def test_a_stale_backfill_policy_alone_is_refused(chalice_dir):
     message = deploy_refusal(chalice_dir.parent, "prod", ARN)
     assert message is not None
     assert ".chalice/policy-prod-backfill.json" in message and ".chalice/policy-prod.json" not in message
+
+
+def test_a_stale_reconciler_policy_alone_is_refused(chalice_dir):
+    configure(chalice_dir, STREAM_ARN=ARN)
+    stale = stage.reconciler_policy_document("email-checker", "prod", OTHER_ARN)
+    stage.write_json(chalice_dir / "policy-prod-reconciler.json", stale)
+    message = deploy_refusal(chalice_dir.parent, "prod", ARN)
+    assert message is not None
+    assert ".chalice/policy-prod-reconciler.json" in message and ".chalice/policy-prod.json" not in message
+    # A reconciler file with an extra statement is refused too: nothing in it is left to the file's own say.
+    document = stage.reconciler_policy_document("email-checker", "prod", ARN)
+    document["Statement"].append({"Sid": "X", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": "q"})
+    stage.write_json(chalice_dir / "policy-prod-reconciler.json", document)
+    assert "policy-prod-reconciler.json" in deploy_refusal(chalice_dir.parent, "prod", ARN)
 
 
 def test_a_policy_with_a_statement_nobody_generated_is_refused(chalice_dir):

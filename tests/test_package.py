@@ -10,6 +10,7 @@ import pytest
 
 from tests.projects import BIN, ROOT, chalice, copy_project, stage_tool
 from tools import alarms, failure_handling, merge_template
+from tools.stage import TABLE_WRITE_ACTION
 
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 TABLE_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
@@ -38,7 +39,7 @@ def sam_to_cloudformation():
     def run(template):
         template = json.loads(json.dumps(template))
         # `aws cloudformation package` uploads deployment.zip and puts its S3 location here; SAM insists on one.
-        for function in ("SyncIsPersonalEmail", "BackfillSegment"):
+        for function in ("SyncIsPersonalEmail", "BackfillSegment", "ReconcileDiscardedBatches"):
             template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
         return transform(template, {}, NoManagedPolicies())
 
@@ -116,7 +117,12 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "BackfillResultsQueuePolicy",
         "BackfillSegmentEventInvokeConfig",
         "Dashboard",
-        *(alarm.logical_id for alarm in alarms.ALARMS if alarm.key != "DeadLetterQueueMessages"),
+        *(alarm.logical_id for alarm in alarms.ALARMS),
+        "ReconcileDiscardedBatches",
+        "ReconcileDiscardedBatchesRole",
+        "ReconcileDiscardedBatchesLogGroup",
+        "StreamFailureDeadLetterQueue",
+        "StreamFailureDeadLetterQueuePolicy",
     }
     assert template["Parameters"]["UsersTableStreamArn"]["Default"] == "CREATE"
     assert template["Parameters"]["Stage"]["Default"] == "prod"
@@ -241,6 +247,46 @@ def test_every_alarm_reads_back_from_the_packaged_template_as_defined(stack_with
     assert graphed == [[a.namespace, a.metric] for a in expected]
 
 
+def test_the_reconciler_consumes_the_failure_queue_which_redrives_to_its_dead_letter_queue(stack_with_table):
+    template, _ = stack_with_table
+    resources = template["Resources"]
+    function = resources["ReconcileDiscardedBatches"]["Properties"]
+    assert function["Handler"] == "app.reconcile_discarded_batches"
+    assert function["Role"] == {"Fn::GetAtt": ["ReconcileDiscardedBatchesRole", "Arn"]}
+    assert function["Timeout"] == failure_handling.RECONCILER_TIMEOUT_SECONDS
+    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "ReconcileDiscardedBatchesLogGroup"}}
+    assert function["Environment"]["Variables"]["BACKFILL_FUNCTION_NAME"] == {"Ref": "BackfillSegment"}
+    # Chalice's event source (named after the `chalice deploy` path's queue) now reads the stack's own queue.
+    assert function["Events"] == {
+        "ReconcileDiscardedBatchesSqsEventSource": {
+            "Type": "SQS",
+            "Properties": {
+                "Queue": {"Fn::Sub": "${StreamFailureQueue.Arn}"},
+                "BatchSize": 1,
+                "MaximumBatchingWindowInSeconds": 0,
+            },
+        }
+    }
+    queue = resources["StreamFailureQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["StreamFailureDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": 10,
+    }
+    assert queue["VisibilityTimeout"] >= function["Timeout"]
+    dead = resources["StreamFailureDeadLetterQueue"]["Properties"]
+    assert dead == {"SqsManagedSseEnabled": True, "MessageRetentionPeriod": 1_209_600}
+    assert dead["MessageRetentionPeriod"] >= queue["MessageRetentionPeriod"]
+    [https_only] = resources["StreamFailureDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert https_only["Effect"] == "Deny" and https_only["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert resources["StreamFailureDeadLetterQueuePolicy"]["Properties"]["Queues"] == [
+        {"Ref": "StreamFailureDeadLetterQueue"}
+    ]
+    # The backfill function has a name the continuation permission can state without a circular reference.
+    assert resources["BackfillSegment"]["Properties"]["FunctionName"] == {
+        "Fn::Sub": "${AWS::StackName}-backfill_segment"
+    }
+
+
 @pytest.mark.parametrize(
     ("parameter", "table", "stream"),
     [
@@ -269,10 +315,33 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
     document = resolve(
         backfill["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
     )
+    backfill_arn = {
+        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:"
+        "${AWS::StackName}-backfill_segment"
+    }
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
         "BackfillTheTable": (["dynamodb:Scan", "dynamodb:PartiQLUpdate"], table),
         "ReportSegmentResults": (["sqs:SendMessage"], "<BackfillResultsQueue.Arn>"),
+        "ContinueTheSegment": (["lambda:InvokeFunction"], backfill_arn),
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<BackfillSegmentLogGroup.Arn>"),
+    }
+    # The reconciler: read the range back, fix its items, consume its queue, start the backfill; nothing else.
+    [reconciler] = template["Resources"]["ReconcileDiscardedBatchesRole"]["Properties"]["Policies"]
+    document = resolve(
+        reconciler["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
+    )
+    assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
+        "ReconcileTheItems": (["dynamodb:BatchGetItem", TABLE_WRITE_ACTION, "dynamodb:DescribeTable"], table),
+        "ReadTheDiscardedRange": (
+            ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
+            f"{table}/stream/*",
+        ),
+        "ConsumeTheFailureQueue": (
+            ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"],
+            "<StreamFailureQueue.Arn>",
+        ),
+        "StartTheBackfill": (["lambda:InvokeFunction"], backfill_arn),
+        "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<ReconcileDiscardedBatchesLogGroup.Arn>"),
     }
 
 
@@ -286,7 +355,10 @@ def test_cfn_lint_passes_on_the_packaged_and_the_transformed_template(stack_with
     transformed = cfn_lint(out / "cloudformation.json")
     assert (transformed.returncode, transformed.stdout, transformed.stderr) == (0, "", "")
     # What CloudFormation creates for the mapping carries every setting, not only the SAM event that describes it.
-    [mapping] = [r for r in cloudformation["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    mappings = [r for r in cloudformation["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    [mapping] = [m for m in mappings if m["Properties"]["FunctionName"] == {"Ref": "SyncIsPersonalEmail"}]
+    [consumer] = [m for m in mappings if m["Properties"]["FunctionName"] == {"Ref": "ReconcileDiscardedBatches"}]
+    assert consumer["Properties"]["EventSourceArn"] == {"Fn::Sub": "${StreamFailureQueue.Arn}"}
     expected = failure_handling.mapping_failure_handling(
         {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}, merge_template.mapping_filter(SCHEMA)
     )

@@ -21,17 +21,26 @@ def test_policy_files_are_what_the_stage_stream_arn_gives(name):
     assert on_disk == stage.expected_policy(config, name), "run `make policies`"
     backfill = json.loads((ROOT / ".chalice" / stage.backfill_policy_file(config, name)).read_text())
     assert backfill == stage.expected_backfill_policy(config, name), "run `make policies`"
+    reconciler = json.loads((ROOT / ".chalice" / stage.reconciler_policy_file(config, name)).read_text())
+    assert reconciler == stage.expected_reconciler_policy(config, name), "run `make policies`"
 
 
 def test_the_backfill_policy_scans_and_writes_the_table_only():
     policy = stage.backfill_policy_document("email-checker", "prod", ARN, "arn:aws:sqs:eu-west-1:123456789012:q")
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
-    assert by_sid["BackfillTheTable"]["Action"] == ["dynamodb:Scan", "dynamodb:PartiQLUpdate"]
+    assert by_sid["BackfillTheTable"]["Action"] == ["dynamodb:Scan", stage.TABLE_WRITE_ACTION]
     assert by_sid["BackfillTheTable"]["Resource"] == table
     assert by_sid["ReportSegmentResults"]["Resource"] == "arn:aws:sqs:eu-west-1:123456789012:q"
     assert all("backfill_segment" in r for r in by_sid["WriteLogs"]["Resource"])
-    assert set(by_sid) == {"BackfillTheTable", "ReportSegmentResults", "WriteLogs"}
+    # A segment the reconciler started continues itself: it may invoke itself, and nothing else.
+    assert by_sid["ContinueTheSegment"] == {
+        "Sid": "ContinueTheSegment",
+        "Effect": "Allow",
+        "Action": ["lambda:InvokeFunction"],
+        "Resource": "arn:aws:lambda:eu-west-1:123456789012:function:email-checker-prod-backfill_segment",
+    }
+    assert set(by_sid) == {"BackfillTheTable", "ReportSegmentResults", "ContinueTheSegment", "WriteLogs"}
     # Without a results queue there is nothing to send to.
     assert "ReportSegmentResults" not in {s["Sid"] for s in stage.backfill_policy_document("a", "b", ARN)["Statement"]}
     # The stream handler's policy never gains Scan.
@@ -59,6 +68,78 @@ def test_policy_is_least_privilege_on_known_arns():
     for statement in policy["Statement"]:
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         assert all(r.startswith("arn:aws:") and ":123456789012:" in r for r in resources)
+
+
+def test_the_reconciler_policy_reads_the_range_fixes_items_consumes_its_queue_and_starts_the_backfill():
+    policy = stage.reconciler_policy_document("email-checker", "prod", ARN)
+    by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
+    table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
+    assert by_sid["ReconcileTheItems"]["Action"] == [
+        "dynamodb:BatchGetItem",
+        stage.TABLE_WRITE_ACTION,
+        "dynamodb:DescribeTable",
+    ]
+    assert by_sid["ReconcileTheItems"]["Resource"] == table
+    assert by_sid["ReadTheDiscardedRange"]["Resource"] == f"{table}/stream/*"
+    assert set(by_sid["ReadTheDiscardedRange"]["Action"]) == {
+        "dynamodb:DescribeStream",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+    }
+    assert by_sid["ConsumeTheFailureQueue"]["Resource"] == (
+        "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-stream-failures"
+    )
+    assert set(by_sid["ConsumeTheFailureQueue"]["Action"]) == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:ChangeMessageVisibility",
+    }
+    assert by_sid["StartTheBackfill"]["Action"] == ["lambda:InvokeFunction"]
+    assert by_sid["StartTheBackfill"]["Resource"] == (
+        "arn:aws:lambda:eu-west-1:123456789012:function:email-checker-prod-backfill_segment"
+    )
+    assert all("reconcile_discarded_batches" in r for r in by_sid["WriteLogs"]["Resource"])
+    assert set(by_sid) == {
+        "ReconcileTheItems",
+        "ReadTheDiscardedRange",
+        "ConsumeTheFailureQueue",
+        "StartTheBackfill",
+        "WriteLogs",
+    }
+    # Neither Scan nor sending: the reconciler fixes the keys it read, and the backfill does the scanning.
+    actions = json.dumps(policy)
+    assert "dynamodb:Scan" not in actions and "sqs:SendMessage" not in actions
+
+
+def test_every_policy_writes_with_the_one_write_action():
+    documents = [
+        stage.policy_document("a", "b", ARN),
+        stage.backfill_policy_document("a", "b", ARN),
+        stage.reconciler_policy_document("a", "b", ARN),
+    ]
+    writes = [
+        action
+        for document in documents
+        for statement in document["Statement"]
+        for action in statement["Action"]
+        if action.startswith("dynamodb:") and ("Update" in action or "Put" in action or "PartiQL" in action)
+    ]
+    assert writes == [stage.TABLE_WRITE_ACTION] * 3
+
+
+def test_the_reconciler_timeout_fits_the_queue_visibility_timeout():
+    from tools import failure_handling
+
+    config = stage.load_config()
+    for name in config["stages"]:
+        function = config["stages"][name]["lambda_functions"][stage.RECONCILER]
+        assert function["lambda_timeout"] == failure_handling.RECONCILER_TIMEOUT_SECONDS
+        # Lambda refuses an SQS event source whose visibility timeout is below the function's timeout.
+        assert function["lambda_timeout"] <= failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS
+        assert config["stages"][name]["environment_variables"]["BACKFILL_FUNCTION_NAME"] == (
+            f"{config['app_name']}-{name}-{stage.BACKFILL}"
+        )
 
 
 @pytest.mark.parametrize("bad", ["", "arn:aws:dynamodb:eu-west-1:1:table/Users", "arn:aws:sqs:eu-west-1:1:q"])
@@ -100,6 +181,8 @@ def test_a_stage_without_the_backfill_policy_file_is_named():
     del config["stages"]["dev"]["lambda_functions"]
     with pytest.raises(ValueError, match=r"lambda_functions\.backfill_segment\.iam_policy_file"):
         stage.backfill_policy_file(config, "dev")
+    with pytest.raises(ValueError, match=r"lambda_functions\.reconcile_discarded_batches\.iam_policy_file"):
+        stage.reconciler_policy_file(config, "dev")
 
 
 def test_bind_writes_stage_into_a_stage_that_lacks_it(project_copy):

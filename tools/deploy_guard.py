@@ -1,10 +1,10 @@
 """The check `chalice deploy`/`package` run through app.py: a stage's IAM policy files must be the ones its
 STREAM_ARN gives.
 
-A STREAM_ARN edited by hand (without `tools.stage bind`) leaves `.chalice/policy-<stage>.json` and
-`policy-<stage>-backfill.json` granting on another table while the mapping reads the new stream: AWS would refuse the
-deploy or deny every write, and moto (which doesn't enforce IAM) would not notice. app.py imports this module only
-in Chalice's CLI mode; it is never part of the deployment package.
+A STREAM_ARN edited by hand (without `tools.stage bind`) leaves `.chalice/policy-<stage>.json`,
+`policy-<stage>-backfill.json` and `policy-<stage>-reconciler.json` granting on another table while the mapping
+reads the new stream: AWS would refuse the deploy or deny every write, and moto (which doesn't enforce IAM) would
+not notice. app.py imports this module only in Chalice's CLI mode; it is never part of the deployment package.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from tools.stage import (
     backfill_policy_file,
     handler_policy_file,
     policy_document,
+    reconciler_policy_document,
+    reconciler_policy_file,
     split_stream_arn,
 )
 
@@ -92,11 +94,13 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
     app_name = config["app_name"]
     try:
         backfill_file = backfill_policy_file(config, stage)
+        reconciler_file = reconciler_policy_file(config, stage)
     except ValueError as problem:
         return str(problem)
     checks = [
         (handler_policy_file(config, stage), lambda queue: policy_document(app_name, stage, stream_arn, queue)),
         (backfill_file, lambda queue: backfill_policy_document(app_name, stage, stream_arn, queue)),
+        (reconciler_file, lambda _queue: reconciler_policy_document(app_name, stage, stream_arn)),
     ]
     stale = [reason for name, expected in checks if (reason := stale_policy(chalice_dir / name, expected))]
     if not stale:

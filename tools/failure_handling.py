@@ -42,6 +42,16 @@ FAILURE_QUEUE_RETENTION_SECONDS = 1_209_600
 ROLE_PROPAGATION_DELAYS = (2, 4, 8, 16, 32, 64)
 MAPPING_WAIT_SECONDS = 300
 MAPPING_POLL_SECONDS = 5
+# The reconciler (`reconcile_discarded_batches`) consumes the on-failure queue. A message it can't finish comes back
+# after a doubling delay (chalicelib.reconciler.retry_delay_seconds: 30 s, 60 s, ... at most 12 h); after this many
+# receives SQS moves it to the dead-letter queue, kept as long as SQS allows. A dead-letter queue's retention counts
+# from the original enqueue time, so it must be no shorter than the source queue's.
+RECONCILER_TIMEOUT_SECONDS = 120
+RECONCILER_MAX_RECEIVES = 10
+DEAD_LETTER_RETENTION_SECONDS = 1_209_600
+# Lambda refuses an SQS event source whose visibility timeout is below the function's timeout; AWS recommends six
+# times it, so a message isn't redelivered while Lambda still retries a throttled invocation.
+FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * RECONCILER_TIMEOUT_SECONDS
 
 
 def filter_pattern(hash_key: str, key_type: str) -> dict[str, Any]:
@@ -159,3 +169,8 @@ def https_only_queue_policy(queue_arn: Any) -> dict[str, Any]:
             }
         ],
     }
+
+
+def redrive_policy(dead_letter_arn: Any) -> dict[str, Any]:
+    """The on-failure queue's RedrivePolicy (an object in CloudFormation, a JSON string in SQS's API)."""
+    return {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": RECONCILER_MAX_RECEIVES}

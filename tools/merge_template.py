@@ -13,8 +13,13 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
   `chalice deploy` gets, on the ARNs this stack resolves;
 - for the backfill function `backfill_segment`: its own role policy (Scan and PartiQLUpdate on the table, send to its
-  results queue), its log group, and its asynchronous invocation config: results on success and on failure go to
-  an encrypted queue the fan-out command reads (`python -m tools.backfill fanout`).
+  results queue, invoke itself to continue a segment the reconciler started), its log group, a name derived from
+  the stack's (so that self-invocation permission can name it without a circular reference: stack names up to 47
+  characters), and its asynchronous invocation config: results on success and on failure go to an encrypted queue
+  the fan-out command reads (`python -m tools.backfill fanout`);
+- for the reconciler `reconcile_discarded_batches`: its SQS event source pointed at `StreamFailureQueue` (Chalice
+  names the `chalice deploy` path's queue), the queue's visibility timeout and redrive policy to the dead-letter
+  queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the backfill function's name.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import alarms, failure_handling
-from tools.stage import LOG_WRITES, ROOT, backfill_statements, policy_statements, write_json
+from tools.stage import LOG_WRITES, ROOT, backfill_statements, policy_statements, reconciler_statements, write_json
 
 SCHEMA = ROOT / "schema" / "users-table.json"
 MERGE_TEMPLATE = ROOT / "deploy" / "merge-template.json"
@@ -55,6 +60,14 @@ BACKFILL_QUEUE = "BackfillResultsQueue"
 BACKFILL_QUEUE_POLICY = "BackfillResultsQueuePolicy"
 BACKFILL_INVOKE_CONFIG = "BackfillSegmentEventInvokeConfig"
 BACKFILL_RESULTS_RETENTION_SECONDS = 4 * 24 * 3600
+BACKFILL_FUNCTION_NAME = "${AWS::StackName}-backfill_segment"
+# The reconciler `reconcile_discarded_batches` and its dead-letter queue.
+RECONCILER_FUNCTION = "ReconcileDiscardedBatches"
+RECONCILER_ROLE = "ReconcileDiscardedBatchesRole"
+RECONCILER_EVENT_SOURCE = "ReconcileDiscardedBatchesSqsEventSource"
+RECONCILER_LOG_GROUP = "ReconcileDiscardedBatchesLogGroup"
+DEAD_LETTER_QUEUE = "StreamFailureDeadLetterQueue"
+DEAD_LETTER_QUEUE_POLICY = "StreamFailureDeadLetterQueuePolicy"
 
 STREAM_ARN_PATTERN = r"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:[0-9]{12}:table/[A-Za-z0-9_.-]{3,255}/stream/.+"
 
@@ -157,6 +170,16 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
     )
     queue_arn = {"Fn::GetAtt": [QUEUE, "Arn"]}
     results_arn = {"Fn::GetAtt": [BACKFILL_QUEUE, "Arn"]}
+    backfill_arn = {
+        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:" + BACKFILL_FUNCTION_NAME
+    }
+    failure_queue = queue_resources(QUEUE, QUEUE_POLICY, failure_handling.FAILURE_QUEUE_RETENTION_SECONDS)
+    failure_queue[QUEUE]["Properties"].update(
+        {
+            "VisibilityTimeout": failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS,
+            "RedrivePolicy": failure_handling.redrive_policy({"Fn::GetAtt": [DEAD_LETTER_QUEUE, "Arn"]}),
+        }
+    )
     return {
         "Parameters": {
             STREAM_PARAMETER: {
@@ -193,7 +216,10 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                 "UpdateReplacePolicy": "Retain",
                 "Properties": table_properties(schema),
             },
-            **queue_resources(QUEUE, QUEUE_POLICY, failure_handling.FAILURE_QUEUE_RETENTION_SECONDS),
+            **failure_queue,
+            **queue_resources(
+                DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_POLICY, failure_handling.DEAD_LETTER_RETENTION_SECONDS
+            ),
             LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
             ROLE: {
                 "Properties": {
@@ -225,7 +251,11 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                             "PolicyDocument": {
                                 "Version": "2012-10-17",
                                 "Statement": backfill_statements(
-                                    table_arn, LOG_WRITES, {"Fn::GetAtt": [BACKFILL_LOG_GROUP, "Arn"]}, results_arn
+                                    table_arn,
+                                    LOG_WRITES,
+                                    {"Fn::GetAtt": [BACKFILL_LOG_GROUP, "Arn"]},
+                                    results_arn,
+                                    backfill_arn,
                                 ),
                             },
                         }
@@ -234,6 +264,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             },
             BACKFILL_FUNCTION: {
                 "Properties": {
+                    "FunctionName": {"Fn::Sub": BACKFILL_FUNCTION_NAME},
                     "LoggingConfig": {"LogGroup": {"Ref": BACKFILL_LOG_GROUP}},
                     # Every function gets the stage's variables; the backfill names its table in each payload.
                     "Environment": {"Variables": {"STREAM_ARN": stream_arn}},
@@ -251,6 +282,46 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                         "OnFailure": {"Destination": results_arn},
                     },
                 },
+            },
+            RECONCILER_LOG_GROUP: {
+                "Type": "AWS::Logs::LogGroup",
+                "Properties": {"RetentionInDays": LOG_RETENTION_DAYS},
+            },
+            RECONCILER_ROLE: {
+                "Properties": {
+                    "Policies": [
+                        {
+                            "PolicyName": f"{RECONCILER_ROLE}Policy",
+                            "PolicyDocument": {
+                                "Version": "2012-10-17",
+                                "Statement": reconciler_statements(
+                                    table_arn,
+                                    {"Fn::Join": ["", [table_arn, "/stream/*"]]},
+                                    queue_arn,
+                                    backfill_arn,
+                                    LOG_WRITES,
+                                    {"Fn::GetAtt": [RECONCILER_LOG_GROUP, "Arn"]},
+                                ),
+                            },
+                        }
+                    ]
+                }
+            },
+            RECONCILER_FUNCTION: {
+                "Properties": {
+                    "LoggingConfig": {"LogGroup": {"Ref": RECONCILER_LOG_GROUP}},
+                    "Environment": {
+                        "Variables": {
+                            "STREAM_ARN": stream_arn,
+                            "BACKFILL_FUNCTION_NAME": {"Ref": BACKFILL_FUNCTION},
+                            # Its metrics carry the stage the alarms watch, as the handler's do.
+                            "STAGE": {"Ref": STAGE_PARAMETER},
+                        }
+                    },
+                    # Chalice points the event source at the `chalice deploy` path's queue name, as an `Fn::Sub`;
+                    # the merge is key by key, so only another `Fn::Sub` replaces it: the stack's own queue's ARN.
+                    "Events": {RECONCILER_EVENT_SOURCE: {"Properties": {"Queue": {"Fn::Sub": f"${{{QUEUE}.Arn}}"}}}},
+                }
             },
             FUNCTION: {
                 "Properties": {
@@ -278,6 +349,8 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             "UsersTableName": {"Condition": CREATES_TABLE, "Value": {"Ref": TABLE}},
             "UsersTableStreamArn": {"Value": stream_arn},
             "StreamFailureQueueUrl": {"Value": {"Ref": QUEUE}},
+            "StreamFailureDeadLetterQueueUrl": {"Value": {"Ref": DEAD_LETTER_QUEUE}},
+            "ReconcilerFunctionName": {"Value": {"Ref": RECONCILER_FUNCTION}},
             "FunctionLogGroup": {"Value": {"Ref": LOG_GROUP}},
             "BackfillFunctionName": {"Value": {"Ref": BACKFILL_FUNCTION}},
             "BackfillResultsQueueUrl": {"Value": {"Ref": BACKFILL_QUEUE}},

@@ -10,8 +10,11 @@ python -m tools.stage status --stage prod [--stack-name STACK]   # what is deplo
 python -m tools.stage merge-template   # regenerate deploy/merge-template.json from schema/users-table.json
 python -m tools.stage package --stage prod [--create-table] out/   # `chalice package` with the merge template
 
-Each stage has two policy files: `policy-<stage>.json` for the stream handler and `policy-<stage>-backfill.json` for
-the backfill function (`lambda_functions.backfill_segment` in the stage's config), so only the backfill can Scan.
+python -m tools.stage queues --stage dev   # the on-failure queue and its dead-letter queue (before `chalice deploy`)
+
+Each stage has three policy files: `policy-<stage>.json` for the stream handler, `policy-<stage>-backfill.json` for
+the backfill function (`lambda_functions.backfill_segment` in the stage's config), so only the backfill can Scan, and
+`policy-<stage>-reconciler.json` for the on-failure queue's consumer `reconcile_discarded_batches`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import boto3
 
-from chalicelib.config import UNBOUND_STREAM_ARN, Settings
+from chalicelib.config import UNBOUND_STREAM_ARN, Settings, dead_letter_queue_name, failure_queue_name
 from tools import alarms, failure_handling
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +39,9 @@ CONFIG = CHALICE_DIR / "config.json"
 DEPLOYED_DIR = CHALICE_DIR / "deployed"
 HANDLER = "sync_is_personal_email"
 BACKFILL = "backfill_segment"
+RECONCILER = "reconcile_discarded_batches"
+# The one action every function writes the flag with (the gateway's conditional write): each policy builder uses it.
+TABLE_WRITE_ACTION = "dynamodb:PartiQLUpdate"
 STREAM_VIEW_TYPE = "NEW_AND_OLD_IMAGES"
 # What `chalice package` bundles, plus the project config: copied into a scratch project by `package`.
 PACKAGED_PATHS = ("app.py", "chalicelib", "vendor", "requirements.txt")
@@ -64,7 +70,7 @@ def policy_statements(
         {
             "Sid": "KeepTheFlagInSync",
             "Effect": "Allow",
-            "Action": ["dynamodb:PartiQLUpdate", "dynamodb:BatchGetItem"],
+            "Action": [TABLE_WRITE_ACTION, "dynamodb:BatchGetItem"],
             "Resource": table_arn,
         },
         {
@@ -127,17 +133,22 @@ def policy_document(app_name: str, stage: str, stream_arn: str, failure_queue_ar
 
 
 def backfill_statements(
-    table_arn: Any, log_actions: list[str], log_resources: Any, results_queue_arn: Any = None
+    table_arn: Any, log_actions: list[str], log_resources: Any, results_queue_arn: Any = None, own_arn: Any = None
 ) -> list[dict[str, Any]]:
-    """The backfill function's least-privilege statements: scan and fix the table, report to its results queue."""
+    """The backfill function's least-privilege statements: scan and fix the table, report to its results queue,
+    continue a self-continuing segment by invoking itself (`own_arn`)."""
     statements = [
         {
             "Sid": "BackfillTheTable",
             "Effect": "Allow",
-            "Action": ["dynamodb:Scan", "dynamodb:PartiQLUpdate"],
+            "Action": ["dynamodb:Scan", TABLE_WRITE_ACTION],
             "Resource": table_arn,
         }
     ]
+    if own_arn:
+        statements.append(
+            {"Sid": "ContinueTheSegment", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": own_arn}
+        )
     if results_queue_arn:
         # Lambda sends an asynchronous invocation's result to its destination with the function's role.
         statements.append(
@@ -158,7 +169,86 @@ def backfill_policy_document(app_name: str, stage: str, stream_arn: str, results
     return {
         "Version": "2012-10-17",
         "Statement": backfill_statements(
-            table_arn, ["logs:CreateLogGroup", *LOG_WRITES], [log_group, f"{log_group}:log-stream:*"], results_queue_arn
+            table_arn,
+            ["logs:CreateLogGroup", *LOG_WRITES],
+            [log_group, f"{log_group}:log-stream:*"],
+            results_queue_arn,
+            deployed_function_arn(app_name, stage, stream_arn, BACKFILL),
+        ),
+    }
+
+
+def deployed_function_arn(app_name: str, stage: str, stream_arn: str, function: str) -> str:
+    """A `chalice deploy`ed function's ARN (`<app>-<stage>-<function>`), in the stage's stream's region and account."""
+    partition, region, account, _ = split_stream_arn(stream_arn)
+    return f"arn:{partition}:lambda:{region}:{account}:function:{app_name}-{stage}-{function}"
+
+
+def reconciler_statements(
+    table_arn: Any,
+    streams_arn: Any,
+    failure_queue_arn: Any,
+    backfill_function_arn: Any,
+    log_actions: list[str],
+    log_resources: Any,
+) -> list[dict[str, Any]]:
+    """The reconciler's least-privilege statements: read the discarded range back, read and fix its items, consume
+    the on-failure queue, and start the backfill when the range is gone."""
+    return [
+        {
+            "Sid": "ReconcileTheItems",
+            "Effect": "Allow",
+            # DescribeTable: the key names a backfill payload carries.
+            "Action": ["dynamodb:BatchGetItem", TABLE_WRITE_ACTION, "dynamodb:DescribeTable"],
+            "Resource": table_arn,
+        },
+        {
+            "Sid": "ReadTheDiscardedRange",
+            "Effect": "Allow",
+            "Action": ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
+            # The table's streams, not only the current one: a message may name the stream before a rebind, and
+            # must get its ResourceNotFoundException (then the backfill), not an AccessDenied retried to the DLQ.
+            "Resource": streams_arn,
+        },
+        {
+            "Sid": "ConsumeTheFailureQueue",
+            "Effect": "Allow",
+            "Action": [
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
+                "sqs:ChangeMessageVisibility",
+            ],
+            "Resource": failure_queue_arn,
+        },
+        {
+            "Sid": "StartTheBackfill",
+            "Effect": "Allow",
+            "Action": ["lambda:InvokeFunction"],
+            "Resource": backfill_function_arn,
+        },
+        {"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources},
+    ]
+
+
+def failure_queue_arn(app_name: str, stage: str, stream_arn: str) -> str:
+    """The `chalice deploy` path's on-failure queue ARN: its name, in the stream's region and account."""
+    partition, region, account, _ = split_stream_arn(stream_arn)
+    return f"arn:{partition}:sqs:{region}:{account}:{failure_queue_name(app_name, stage)}"
+
+
+def reconciler_policy_document(app_name: str, stage: str, stream_arn: str, _queue_arn: str = "") -> dict[str, Any]:
+    """The `chalice deploy` reconciler's policy, on the ARNs the stage's stream ARN gives."""
+    table_arn, log_group = function_arns(app_name, stage, stream_arn, RECONCILER)
+    return {
+        "Version": "2012-10-17",
+        "Statement": reconciler_statements(
+            table_arn,
+            f"{table_arn}/stream/*",
+            failure_queue_arn(app_name, stage, stream_arn),
+            deployed_function_arn(app_name, stage, stream_arn, BACKFILL),
+            ["logs:CreateLogGroup", *LOG_WRITES],
+            [log_group, f"{log_group}:log-stream:*"],
         ),
     }
 
@@ -197,13 +287,27 @@ def expected_backfill_policy(config: dict[str, Any], stage: str) -> dict[str, An
 
 def backfill_policy_file(config: dict[str, Any], stage: str) -> str:
     """The backfill function's policy file name in the stage's config; ValueError naming the key if it is missing."""
-    name = config["stages"][stage].get("lambda_functions", {}).get(BACKFILL, {}).get("iam_policy_file")
+    return _function_policy_file(config, stage, BACKFILL, "backfill")
+
+
+def reconciler_policy_file(config: dict[str, Any], stage: str) -> str:
+    """The reconciler's policy file name in the stage's config; ValueError naming the key if it is missing."""
+    return _function_policy_file(config, stage, RECONCILER, "reconciler")
+
+
+def _function_policy_file(config: dict[str, Any], stage: str, function: str, suffix: str) -> str:
+    name = config["stages"][stage].get("lambda_functions", {}).get(function, {}).get("iam_policy_file")
     if not name:
         raise ValueError(
-            f"stage {stage!r} has no lambda_functions.{BACKFILL}.iam_policy_file in .chalice/config.json: add "
-            f'"policy-{stage}-backfill.json" there (without it the backfill function would get the handler\'s policy)'
+            f"stage {stage!r} has no lambda_functions.{function}.iam_policy_file in .chalice/config.json: add "
+            f'"policy-{stage}-{suffix}.json" there (without it that function would get the handler\'s policy)'
         )
     return name
+
+
+def expected_reconciler_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The policy a stage's reconciler policy file must hold, from its STREAM_ARN."""
+    return reconciler_policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
@@ -224,7 +328,9 @@ def write_policies(config: dict[str, Any], chalice_dir: Path = CHALICE_DIR) -> l
         write_json(path, expected_policy(config, stage))
         backfill_path = chalice_dir / backfill_policy_file(config, stage)
         write_json(backfill_path, expected_backfill_policy(config, stage))
-        written += [path, backfill_path]
+        reconciler_path = chalice_dir / reconciler_policy_file(config, stage)
+        write_json(reconciler_path, expected_reconciler_policy(config, stage))
+        written += [path, backfill_path, reconciler_path]
     return written
 
 
@@ -258,6 +364,8 @@ def enable_stream(stage: str, table_name: str) -> str:
         stream_arn = updated["TableDescription"]["LatestStreamArn"]
         dynamodb.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
     bind(stage, stream_arn)
+    # The reconciler's event source names the on-failure queue: it must exist before the first `chalice deploy`.
+    ensure_stage_queues(stage)
     return stream_arn
 
 
@@ -273,16 +381,6 @@ def deployed_resources(stage: str, function: str = HANDLER) -> dict[str, dict[st
         for resource in json.loads(record.read_text())["resources"]
         if resource["name"] in names
     }
-
-
-def failure_queue_name(app_name: str, stage: str) -> str:
-    """The `chalice deploy` path's on-failure queue."""
-    return f"{app_name}-{stage}-stream-failures"
-
-
-def dead_letter_queue_name(app_name: str, stage: str) -> str:
-    """The `chalice deploy` path's dead-letter queue: on-failure queue messages the reconciler gave up on."""
-    return f"{failure_queue_name(app_name, stage)}-dead"
 
 
 def monitoring_targets(app_name: str, stage: str, function_name: str) -> dict[str, str]:
@@ -301,19 +399,55 @@ def backfill_queue_name(app_name: str, stage: str) -> str:
 
 
 def ensure_failure_queue(
-    sqs: Any, name: str, retention_seconds: int = failure_handling.FAILURE_QUEUE_RETENTION_SECONDS
+    sqs: Any,
+    name: str,
+    retention_seconds: int = failure_handling.FAILURE_QUEUE_RETENTION_SECONDS,
+    extra_attributes: dict[str, str] | None = None,
 ) -> str:
-    """Create the encrypted, TLS-only queue (on-failure, or backfill results), or find it; its ARN."""
-    attributes = {"SqsManagedSseEnabled": "true", "MessageRetentionPeriod": str(retention_seconds)}
-    queue_url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    """Create the encrypted, TLS-only queue (on-failure, its dead-letter queue, or backfill results), or find it and
+    bring its attributes up to date; its ARN."""
+    # Created bare, then set: CreateQueue refuses an existing queue whose attributes differ from the ones it is given.
+    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    policy = json.dumps(failure_handling.https_only_queue_policy(queue_arn))
-    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": policy})
+    attributes = {
+        "SqsManagedSseEnabled": "true",
+        "MessageRetentionPeriod": str(retention_seconds),
+        "Policy": json.dumps(failure_handling.https_only_queue_policy(queue_arn)),
+        **(extra_attributes or {}),
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes=attributes)
     return queue_arn
+
+
+def ensure_reconciler_queues(sqs: Any, app_name: str, stage: str) -> tuple[str, str]:
+    """The on-failure queue, made the reconciler's event source (visibility timeout, redrive to its dead-letter
+    queue), and the dead-letter queue; (queue ARN, dead-letter queue ARN)."""
+    dead_letter_arn = ensure_failure_queue(
+        sqs, dead_letter_queue_name(app_name, stage), failure_handling.DEAD_LETTER_RETENTION_SECONDS
+    )
+    queue_arn = ensure_failure_queue(
+        sqs,
+        failure_queue_name(app_name, stage),
+        extra_attributes={
+            "VisibilityTimeout": str(failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS),
+            "RedrivePolicy": json.dumps(failure_handling.redrive_policy(dead_letter_arn)),
+        },
+    )
+    return queue_arn, dead_letter_arn
+
+
+def ensure_stage_queues(stage: str) -> tuple[str, str]:
+    """Make the stage's on-failure queue and dead-letter queue (idempotent); their ARNs."""
+    config = load_config()
+    stage_variables(config, stage)
+    return ensure_reconciler_queues(boto3.session.Session().client("sqs"), config["app_name"], stage)
 
 
 def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
     """Give a `chalice deploy`ed stage the packaged path's failure handling, alarms and dashboard; the queue's ARN.
+
+    The on-failure queue and its dead-letter queue are made sure of again (`enable-stream` or `queues` made them
+    before the first deploy, since the reconciler's SQS event source names the queue).
 
     The queue's ARN goes into the stage (FAILURE_QUEUE_ARN) so the policy file, which every `chalice deploy`
     re-attaches, keeps the send permission. REPORT_BATCH_ITEM_FAILURES is switched on in the deployed function only,
@@ -324,7 +458,7 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
     variables = stage_variables(config, stage)
     deployed = deployed_resources(stage)
     session = boto3.session.Session()
-    queue_arn = ensure_failure_queue(session.client("sqs"), failure_queue_name(config["app_name"], stage))
+    queue_arn, _ = ensure_reconciler_queues(session.client("sqs"), config["app_name"], stage)
     variables["FAILURE_QUEUE_ARN"] = queue_arn
     write_json(CONFIG, config)
     write_policies(config)
@@ -458,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     status_parser = commands.add_parser("status", help="what is deployed, compared with what it should be")
     status_parser.add_argument("--stage", required=True)
     status_parser.add_argument("--stack-name", help="read a CloudFormation stack instead of .chalice/deployed/")
+    queues_parser = commands.add_parser(
+        "queues", help="make the on-failure queue and its dead-letter queue (before the first `chalice deploy`)"
+    )
+    queues_parser.add_argument("--stage", required=True)
     commands.add_parser("merge-template", help="regenerate deploy/merge-template.json from the table's schema")
     package_parser = commands.add_parser("package", help="`chalice package` with the merge template")
     package_parser.add_argument("--stage", required=True)
@@ -491,6 +629,9 @@ def run(args: argparse.Namespace) -> int:
         from tools.status import run_status
 
         return run_status(args.stage, args.stack_name)
+    elif args.command == "queues":
+        queue_arn, dead_letter_arn = ensure_stage_queues(args.stage)
+        print(f"on-failure queue {queue_arn} (redrive to {dead_letter_arn}) ready for `chalice deploy`")
     elif args.command == "merge-template":
         from tools.merge_template import write_merge_template
 
