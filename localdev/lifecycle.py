@@ -1,0 +1,174 @@
+"""How every local entry point (demo, run, bench, the backfill bench) starts server processes, stops on SIGINT or
+SIGTERM, and reports an error: one `error: ...` line on stderr, never a traceback, never a server left running.
+
+Server processes (DynamoDB Local, moto) start in their own session, so a terminal's Ctrl-C does not reach them and
+only this process stops them. `spawn` records each one; `handle_signals` installs the handlers:
+
+- outside `graceful()` a signal stops every recorded server at once (SIGTERM, then SIGKILL after a few seconds) and
+  exits with 128 + the signal's number, without unwinding the interrupted code: an exception raised at an arbitrary
+  point can leave a lock held that the unwinding then waits for (a walkthrough once hung for minutes that way);
+- inside `graceful()` the first signal only sets the returned event (the loop finishes what it has in hand and
+  returns, and the `with` blocks stop the servers); a second one stops at once as above.
+
+An `atexit` hook stops any server still recorded when the interpreter exits normally.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SECONDS = 5.0
+
+_children: dict[int, str] = {}
+_spawning = False
+_pending: int | None = None
+_graceful: threading.Event | None = None
+
+
+def spawn(command: list[str], name: str, **options: Any) -> subprocess.Popen[bytes]:
+    """Start a server process in its own session and record it, so a signal or the exit stops it."""
+    global _spawning, _pending
+    _spawning = True  # a signal in the gap between fork and record is held until the process is recorded
+    try:
+        process = subprocess.Popen(command, start_new_session=True, **options)
+        _children[process.pid] = name
+    finally:
+        _spawning = False
+    if _pending is not None:
+        _stop_now(_pending)
+    return process
+
+
+def forget(process: subprocess.Popen[bytes]) -> None:
+    """The process has been stopped and reaped by its owner."""
+    _children.pop(process.pid, None)
+
+
+def stop_children(timeout: float = STOP_SECONDS) -> None:
+    """SIGTERM every recorded server's process group, SIGKILL what is left after `timeout` s, and reap them.
+
+    Only system calls: it runs inside a signal handler, where the interrupted code may hold Python-level locks."""
+    pids = list(_children)
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if not _reaped(pid)}
+        if alive:
+            time.sleep(0.05)
+    for pid in alive:
+        _signal_group(pid, signal.SIGKILL)
+        with suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    for pid in pids:
+        _children.pop(pid, None)
+
+
+def _signal_group(pid: int, number: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, number)  # the server is its session's leader: its group id is its pid
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # already reaped (by its owner's Popen)
+        return True
+
+
+def _stop_now(number: int) -> None:
+    """Stop every server and exit with 128 + the signal's number."""
+    names = sorted(set(_children.values()))
+    os.write(2, f"\n{signal.Signals(number).name}: stopping{' ' + ', '.join(names) if names else ''}\n".encode())
+    stop_children()
+    for stream in (sys.stdout, sys.stderr):
+        # The interrupted code may be writing to it (a reentrant flush raises): what is lost is output only.
+        with suppress(Exception):
+            stream.flush()
+    os._exit(128 + number)
+
+
+def _on_signal(number: int, frame: Any) -> None:
+    global _pending
+    if _spawning:
+        _pending = number
+    elif _graceful is not None and not _graceful.is_set():
+        _graceful.set()
+    else:
+        _stop_now(number)
+
+
+@contextmanager
+def handle_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the recorded servers and exit at once, for the duration of the block (main thread)."""
+    previous = {number: signal.signal(number, _on_signal) for number in SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextmanager
+def graceful() -> Iterator[threading.Event]:
+    """Inside `handle_signals`: the first signal sets the event instead; a second one still stops at once."""
+    global _graceful
+    stop = threading.Event()
+    _graceful = stop
+    try:
+        yield stop
+    finally:
+        _graceful = None
+
+
+def run_main(body: Callable[[], int], known: tuple[type[BaseException], ...] = ()) -> int:
+    """`body()` under `handle_signals`, its errors of the known kinds reported (see `report_errors`)."""
+    with handle_signals():
+        return report_errors(body, known)
+
+
+def report_errors(body: Callable[[], int], known: tuple[type[BaseException], ...] = ()) -> int:
+    """`body()`; an error of the `known` kinds, or one `describe` knows, becomes one `error:` line on stderr and 2."""
+    try:
+        return body()
+    except Exception as error:
+        message = describe(error, known)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def describe(error: BaseException, known: tuple[type[BaseException], ...] = ()) -> str | None:
+    """One line for an error a user can fix (settings, region, endpoint, missing table, ...); None for a bug."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
+
+    if isinstance(error, NoRegionError):
+        return "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a region in your AWS profile)"
+    if isinstance(error, NoCredentialsError):
+        return "no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    if isinstance(error, EndpointConnectionError):
+        return f"cannot reach {error.kwargs.get('endpoint_url', 'the endpoint')}: is it running, is the URL right?"
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        operation = getattr(error, "operation_name", "the request")
+        if details.get("Code") == "ResourceNotFoundException":
+            return f"{operation}: {details.get('Message') or 'not found'} (check the name and the region)"
+        return f"{operation} failed: {details.get('Code', 'error')}: {details.get('Message', '')}".rstrip(": ")
+    if isinstance(error, known):
+        return " ".join(str(error).split()) or type(error).__name__
+    return None
+
+
+atexit.register(stop_children)
