@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     with lifecycle.handle_signals():
         # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.
         from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
+        from tools.errors import report_errors
 
-        return lifecycle.report_errors(lambda: benchmark(argv), (PrerequisiteMissing, EngineFailed))
+        return report_errors(lambda: benchmark(argv), (PrerequisiteMissing, EngineFailed))
 
 
 def benchmark(argv: list[str] | None = None) -> int:

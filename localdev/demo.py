@@ -136,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.
         from chalicelib.config import ConfigError
         from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
+        from tools.errors import report_errors
 
         known = (PrerequisiteMissing, EngineFailed, ConfigError)
-        return lifecycle.report_errors(lambda: run(verbose=args.verbose), known)
+        return report_errors(lambda: run(verbose=args.verbose), known)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""How every local entry point (demo, run, bench, the backfill bench) starts server processes, stops on SIGINT or
-SIGTERM, and reports an error: one `error: ...` line on stderr, never a traceback, never a server left running.
+"""How every local entry point (demo, run, bench, the backfill bench) starts server processes and stops on SIGINT or
+SIGTERM: never a traceback, never a server left running (errors: one line, `tools.errors.report_errors`).
 
 Server processes (DynamoDB Local, moto) start in their own session, so a terminal's Ctrl-C does not reach them and
 only this process stops them. `spawn` records each one; `handle_signals` installs the handlers:
@@ -133,42 +133,11 @@ def graceful() -> Iterator[threading.Event]:
 
 
 def run_main(body: Callable[[], int], known: tuple[type[BaseException], ...] = ()) -> int:
-    """`body()` under `handle_signals`, its errors of the known kinds reported (see `report_errors`)."""
+    """`body()` under `handle_signals`, its errors of the known kinds reported (see `tools.errors.report_errors`)."""
+    from tools.errors import report_errors
+
     with handle_signals():
         return report_errors(body, known)
-
-
-def report_errors(body: Callable[[], int], known: tuple[type[BaseException], ...] = ()) -> int:
-    """`body()`; an error of the `known` kinds, or one `describe` knows, becomes one `error:` line on stderr and 2."""
-    try:
-        return body()
-    except Exception as error:
-        message = describe(error, known)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-
-
-def describe(error: BaseException, known: tuple[type[BaseException], ...] = ()) -> str | None:
-    """One line for an error a user can fix (settings, region, endpoint, missing table, ...); None for a bug."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
-
-    if isinstance(error, NoRegionError):
-        return "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a region in your AWS profile)"
-    if isinstance(error, NoCredentialsError):
-        return "no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-    if isinstance(error, EndpointConnectionError):
-        return f"cannot reach {error.kwargs.get('endpoint_url', 'the endpoint')}: is it running, is the URL right?"
-    if isinstance(error, ClientError):
-        details = error.response.get("Error", {})
-        operation = getattr(error, "operation_name", "the request")
-        if details.get("Code") == "ResourceNotFoundException":
-            return f"{operation}: {details.get('Message') or 'not found'} (check the name and the region)"
-        return f"{operation} failed: {details.get('Code', 'error')}: {details.get('Message', '')}".rstrip(": ")
-    if isinstance(error, known):
-        return " ".join(str(error).split()) or type(error).__name__
-    return None
 
 
 atexit.register(stop_children)

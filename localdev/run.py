@@ -133,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.
         from chalicelib.config import ConfigError
         from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
+        from tools.errors import report_errors
         from tools.stage import UnknownStage
 
         known = (PrerequisiteMissing, EngineFailed, PortBusy, ConfigError, UnknownStage)
-        return lifecycle.report_errors(lambda: run(args), known)
+        return report_errors(lambda: run(args), known)
 
 
 if __name__ == "__main__":

@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     except Exception as error:
-        from localdev.lifecycle import describe
+        from tools.errors import describe
 
         message = describe(error)  # no region, an endpoint that does not answer, a missing table: one line
         if message is None:

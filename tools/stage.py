@@ -508,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     cleanup_parser.add_argument("--stage", required=True)
     cleanup_parser.add_argument("--yes", action="store_true", help="delete without asking")
     args = parser.parse_args(argv)
-    from localdev.lifecycle import run_main  # not at the top: `package` copies tools/ into a project without localdev
+    from tools.errors import report_errors
 
-    return run_main(lambda: run(args), known=(ValueError,))
+    return report_errors(lambda: run(args), known=(ValueError,))
 
 
 def run(args: argparse.Namespace) -> int:
