@@ -438,7 +438,11 @@ def ask(urls: list[str], assume_yes: bool) -> bool:
     if not sys.stdin.isatty():
         print("not deleted: run again with --yes to delete them")
         return False
-    return input("delete them? [y/N] ").strip().lower() in ("y", "yes")
+    try:
+        return input("delete them? [y/N] ").strip().lower() in ("y", "yes")
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return False
 
 
 def package(stage: str, out: Path, create_table: bool) -> Path:
