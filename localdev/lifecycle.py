@@ -7,7 +7,7 @@ only this process stops them. `spawn` records each one; `handle_signals` install
 - outside `graceful()` a signal stops every recorded server at once (SIGTERM, then SIGKILL after a few seconds) and
   exits with 128 + the signal's number, without unwinding the interrupted code: an exception raised at an arbitrary
   point can leave a lock held that the unwinding then waits for (a walkthrough once hung for minutes that way);
-- inside `graceful()` the first signal only sets the returned event (the loop finishes what it has in hand and
+- inside `graceful()` the first signal only sets the returned flag (the loop finishes what it has in hand and
   returns, and the `with` blocks stop the servers); a second one stops at once as above.
 
 An `atexit` hook stops any server still recorded when the interpreter exits normally.
@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -32,7 +31,32 @@ STOP_SECONDS = 5.0
 _children: dict[int, str] = {}
 _spawning = False
 _pending: int | None = None
-_graceful: threading.Event | None = None
+
+
+class StopFlag:
+    """A `threading.Event` look-alike (set, is_set, wait) without a lock, so a signal handler can set it: an Event's
+    lock may be held by the very code the handler interrupted, and the handler would wait for it forever."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        """Ask the loop to stop."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout` s, in short steps, returning early once set; whether it is set."""
+        deadline = time.monotonic() + timeout
+        while not self._set and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.05, left))
+        return self._set
+
+
+_graceful: StopFlag | None = None
 
 
 def spawn(command: list[str], name: str, **options: Any) -> subprocess.Popen[bytes]:
@@ -111,8 +135,12 @@ def _on_signal(number: int, frame: Any) -> None:
 
 @contextmanager
 def handle_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM stop the recorded servers and exit at once, for the duration of the block (main thread)."""
-    previous = {number: signal.signal(number, _on_signal) for number in SIGNALS}
+    """SIGINT and SIGTERM stop the recorded servers and exit at once, for the duration of the block (main thread).
+
+    A signal this process was started ignoring (a background job of a shell script, nohup) stays ignored."""
+    previous = {
+        number: signal.signal(number, _on_signal) for number in SIGNALS if signal.getsignal(number) != signal.SIG_IGN
+    }
     try:
         yield
     finally:
@@ -121,10 +149,10 @@ def handle_signals() -> Iterator[None]:
 
 
 @contextmanager
-def graceful() -> Iterator[threading.Event]:
-    """Inside `handle_signals`: the first signal sets the event instead; a second one still stops at once."""
+def graceful() -> Iterator[StopFlag]:
+    """Inside `handle_signals`: the first signal sets the flag instead; a second one still stops at once."""
     global _graceful
-    stop = threading.Event()
+    stop = StopFlag()
     _graceful = stop
     try:
         yield stop
