@@ -135,6 +135,9 @@ class DynamoDBLocal(ServerProcess):
     def start(self, timeout: float = 60.0) -> DynamoDBLocal:
         """Start the engine and wait until it answers requests."""
         jar = find_jar()
+        if not port_is_free(self.port):
+            # Else the readiness probe below could be answered by what listens there, while this engine fails.
+            raise EngineFailed(f"port {self.port} is in use: DynamoDB Local can't listen on it")
         storage = ["-dbPath", str(self.db_path)] if self.db_path else ["-inMemory"]
         if self.db_path:
             self.db_path.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from localdev.dynamodb_local import DynamoDBLocal, EngineFailed, free_port, port_is_free
+from localdev.dynamodb_local import DynamoDBLocal, EngineFailed, free_port, last_error, port_is_free
 from tests.projects import copy_project, stage_tool
 from tools.merge_template import STREAM_ARN_PATTERN
 from tools.stage import split_stream_arn
@@ -102,14 +102,25 @@ def test_make_run_on_a_busy_port(engine, tmp_path):
     assert_one_error_line(result, f"port {engine.port} is in use", f"--endpoint http://127.0.0.1:{engine.port}")
 
 
-def test_the_engine_on_a_taken_port_fails_in_one_line():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        with pytest.raises(EngineFailed) as failed:
-            DynamoDBLocal(port=taken.getsockname()[1]).start()
-    message = str(failed.value)
-    assert "\n" not in message and "Address already in use" in message, message
+def test_an_engine_on_a_taken_port_fails_in_one_line(engine):
+    # Not started: the readiness probe would be answered by the engine already there.
+    with pytest.raises(EngineFailed, match=f"^port {engine.port} is in use: DynamoDB Local can't listen on it$"):
+        DynamoDBLocal(port=engine.port).start()
+
+
+def test_the_line_that_says_why_the_engine_failed():
+    # DynamoDB Local 3.3's output when another process took the port between the check and its start.
+    stderr = """Exception in thread "main" java.io.IOException: Failed to bind to 0.0.0.0/0.0.0.0:36423
+\tat org.eclipse.jetty.server.ServerConnector.openAcceptChannel(ServerConnector.java:349)
+\tat software.amazon.dynamodb.services.local.main.ServerRunner.main(ServerRunner.java:106)
+Caused by: java.net.BindException: Address already in use
+\tat java.base/sun.nio.ch.Net.bind0(Native Method)
+\t... 16 more
+"""
+    assert last_error(stderr) == (
+        "java.io.IOException: Failed to bind to 0.0.0.0/0.0.0.0:36423 (java.net.BindException: Address already in use)"
+    )
+    assert last_error("") == "no output"
 
 
 def test_a_port_in_time_wait_is_free_and_a_listened_one_is_not():
@@ -127,6 +138,18 @@ def test_a_port_in_time_wait_is_free_and_a_listened_one_is_not():
     with socket.socket() as plain, pytest.raises(OSError):
         plain.bind(("127.0.0.1", port))  # the port is in TIME_WAIT: a bind without SO_REUSEADDR fails
     assert port_is_free(port)
+
+
+def test_dynamodb_local_restarts_on_its_port_at_once():
+    # `make run` stopped and started again within a minute: the engine's side of its connections is in TIME_WAIT.
+    with DynamoDBLocal() as first:
+        client = first.client()
+        client.list_tables()
+        port = first.port
+    client.close()  # the engine closed first: its side of the connection is now in TIME_WAIT
+    assert port_is_free(port)
+    with DynamoDBLocal(port=port) as second:
+        assert second.client().list_tables()["TableNames"] == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
