@@ -13,15 +13,27 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import suite
-from bench.plot import plot
-from bench.report import backfill_lines, engine_line, render, rows
-from bench.subjects import ROOT
-from localdev.dynamodb_local import DynamoDBLocal, PrerequisiteMissing
+from localdev import lifecycle
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark: 0 once it ran (the table says PASS or MISS per target), 2 when a prerequisite is missing."""
+    with lifecycle.handle_signals():
+        # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.
+        from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
+        from tools.errors import report_errors
+
+        return report_errors(lambda: benchmark(argv), (PrerequisiteMissing, EngineFailed))
+
+
+def benchmark(argv: list[str] | None = None) -> int:
+    """Parse the command line, run every measure, write and print the results."""
+    from bench import suite
+    from bench.plot import plot
+    from bench.report import backfill_lines, engine_line, render, rows
+    from bench.subjects import ROOT
+    from localdev.dynamodb_local import DynamoDBLocal
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny workloads: checks the harness, not the speed")
     parser.add_argument("--json", type=Path, help="result document (default bench/results.json)")
@@ -34,12 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args.plot = args.plot or folder / "results.png"
     started = time.monotonic()
     print("benchmark: email-checker vs the walkthrough's Lambda, on DynamoDB Local", file=sys.stderr)
-    try:
-        with DynamoDBLocal() as engine:
-            results = suite.run(engine, suite.SMOKE if args.smoke else suite.FULL)
-    except PrerequisiteMissing as missing:
-        print(f"error: {missing}", file=sys.stderr)
-        return 2
+    with DynamoDBLocal() as engine:
+        results = suite.run(engine, suite.SMOKE if args.smoke else suite.FULL)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.plot)

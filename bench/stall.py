@@ -22,7 +22,15 @@ from chalicelib.deadline import Deadline
 from chalicelib.dynamodb import DynamoDBGateway, client_config
 from chalicelib.processor import BatchReport, StreamProcessor
 from chalicelib.runtime import SERVICE
-from localdev.dynamodb_local import CREDENTIALS, REGION, DynamoDBLocal, PrerequisiteMissing, create_table
+from localdev import lifecycle
+from localdev.dynamodb_local import (
+    CREDENTIALS,
+    REGION,
+    DynamoDBLocal,
+    EngineFailed,
+    PrerequisiteMissing,
+    create_table,
+)
 from localdev.dynamodb_local import table_definition as users_table
 from localdev.events import StreamEventFactory, to_wire
 from localdev.slow_proxy import SlowProxy
@@ -82,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{request_worst_case_seconds():.0f} s"
     )
     try:
-        with DynamoDBLocal() as engine:
+        with lifecycle.handle_signals(), DynamoDBLocal() as engine:
             for label, delay, stall in CASES:
                 answered, report = run_case(engine, delay, stall, args.writes, args.timeout)
                 print(
                     f"  {label:<26} answered after {answered:6.2f} s: {report.writes:4} written, "
                     f"{report.out_of_time:4} out of time, {report.failed:4} failed in all"
                 )
-    except PrerequisiteMissing as missing:
+    except (PrerequisiteMissing, EngineFailed) as missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from localdev.dynamodb_local import DynamoDBLocal, PrerequisiteMissing, create_table, table_definition
+from localdev import lifecycle
 
 
 @dataclass
@@ -81,6 +81,8 @@ def render_table(rows: list[dict[str, str]]) -> str:
 
 def run(verbose: bool = False) -> int:
     """Run the walkthrough; 0 when every step left the table as expected."""
+    from localdev.dynamodb_local import DynamoDBLocal, create_table, table_definition
+
     with DynamoDBLocal() as engine:
         os.environ.update(engine.environment())
         from localdev.invoker import ChaliceInvoker
@@ -134,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the walkthrough on DynamoDB Local.")
     parser.add_argument("--verbose", action="store_true", help="also print the handler's JSON log lines and metrics")
     args = parser.parse_args(argv)
-    try:
-        return run(verbose=args.verbose)
-    except PrerequisiteMissing as missing:
-        print(f"error: {missing}", file=sys.stderr)
-        return 2
+    with lifecycle.handle_signals():
+        # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.
+        from chalicelib.config import ConfigError
+        from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
+        from tools.errors import report_errors
+
+        known = (PrerequisiteMissing, EngineFailed, ConfigError)
+        return report_errors(lambda: run(verbose=args.verbose), known)
 
 
 if __name__ == "__main__":

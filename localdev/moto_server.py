@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 
+from localdev import lifecycle
 from localdev.dynamodb_local import ServerProcess, free_port, stop_process
 
 REGION = "us-east-1"
@@ -37,16 +38,23 @@ class MotoServer(ServerProcess):
         """Start the emulator and wait until it answers."""
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._process = lifecycle.spawn(command, "moto", stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_until_ready(timeout)
+        except BaseException:
+            self.stop()  # `with` calls stop() only once start() has returned
+            raise
+        return self
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        assert self._process is not None
         deadline = time.monotonic() + timeout
         while not self._answers():
             if self._process.poll() is not None:
                 raise RuntimeError(f"moto.server exited with code {self._process.returncode}: {self._log_tail()}")
             if time.monotonic() > deadline:
-                self.stop()
                 raise TimeoutError(f"moto.server did not answer on {self.endpoint} within {timeout:.0f} s")
             time.sleep(0.2)
-        return self
 
     def _answers(self) -> bool:
         try:

@@ -13,30 +13,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from localdev.dynamodb_local import (
-    CREDENTIALS,
-    REGION,
-    DynamoDBLocal,
-    PrerequisiteMissing,
-    endpoint_environment,
-    ensure_table,
-    free_port,
-    port_is_free,
-    table_definition,
-)
-from localdev.mapping import SqsFailureDestination
+from localdev import lifecycle
+
+if TYPE_CHECKING:
+    from localdev.mapping import SqsFailureDestination
 
 STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
 PREFERRED_PORT = 8000
+
+
+class PortBusy(RuntimeError):
+    """The port asked for is taken."""
 
 
 def describe_batch(summary: dict[str, Any]) -> str:
@@ -61,6 +55,8 @@ class FailureQueue:
 
     def destination(self) -> SqsFailureDestination:
         """The mapping's `on_failure` sender for this queue."""
+        from localdev.mapping import SqsFailureDestination
+
         return SqsFailureDestination(self.sqs, self.queue_url)
 
 
@@ -84,10 +80,28 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     return FailureQueue(endpoint, queue_url, sqs)
 
 
-def run(args: argparse.Namespace, stop: threading.Event) -> int:
-    """Start (or attach to) the engine, ensure the table, and follow its stream until `stop` is set."""
+def run(args: argparse.Namespace) -> int:
+    """Start (or attach to) the engine, ensure the table, and follow its stream until SIGINT or SIGTERM."""
     import boto3
 
+    from localdev.dynamodb_local import (
+        CREDENTIALS,
+        REGION,
+        DynamoDBLocal,
+        endpoint_environment,
+        ensure_table,
+        free_port,
+        port_is_free,
+        table_definition,
+    )
+    from tools.stage import require_stage
+
+    require_stage(args.stage)  # before the engine starts (Chalice would take any name, with no settings)
+    if args.port and not args.endpoint and not port_is_free(args.port):
+        raise PortBusy(
+            f"port {args.port} is in use (a DynamoDB Local or `make run` still running?): choose another --port, "
+            f"or follow what listens there with --endpoint http://127.0.0.1:{args.port}"
+        )
     with ExitStack() as cleanup:
         if args.endpoint:
             endpoint = args.endpoint
@@ -98,17 +112,19 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         os.environ.update(endpoint_environment(endpoint))
         session = boto3.session.Session(region_name=REGION, **CREDENTIALS)
         client = session.client("dynamodb", endpoint_url=endpoint)
-        definition = table_definition(TableName=args.table)
+        definition = table_definition(**({"TableName": args.table} if args.table else {}))
         stream_arn = ensure_table(client, definition)
         if not stream_arn:
-            print(f"error: table {args.table} has no stream; enable NEW_AND_OLD_IMAGES on it", file=sys.stderr)
+            print(
+                f"error: table {definition['TableName']} has no stream; enable NEW_AND_OLD_IMAGES on it",
+                file=sys.stderr,
+            )
             return 2
 
         from localdev.invoker import ChaliceInvoker
         from localdev.mapping import CheckpointStore, LocalEventSourceMapping, serialized
         from tools.failure_handling import DEPLOYED_FUNCTION
 
-        # The reconciler consumes this queue: failures.queue_url on moto's failures.endpoint.
         failures = start_failure_queue(cleanup, args.stage)
         invoker = ChaliceInvoker(stage=args.stage, quiet=not args.verbose, deployed_overrides=DEPLOYED_FUNCTION)
         console = sys.stdout  # the summaries arrive while the quiet invoker has stdout redirected
@@ -122,22 +138,21 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             # Lanes run in threads; the Chalice test client must be called one at a time.
             serialized(invoker),
             settings,
-            dynamodb=session.client("dynamodb", endpoint_url=endpoint),
+            dynamodb=client,
             on_failure=failures.destination(),
             checkpoints=CheckpointStore(args.checkpoints),
         )
         storage = "in memory" if args.endpoint else f"data in {args.data_dir}"
         print(f"DynamoDB Local: {endpoint} ({storage})")
-        print(f"table {args.table}, stream {stream_arn}")
+        print(f"table {definition['TableName']}, stream {stream_arn}")
         print(
             f"following it as stage {args.stage}: batch size {settings.batch_size}, from "
             f"{settings.starting_position}, batching window {settings.maximum_batching_window_in_seconds} s, "
             f"{mapping.parallelization_factor} batch(es) per shard at once; checkpoints in {args.checkpoints}"
         )
-        age = mapping.maximum_record_age
         print(
             f"failure handling as deployed: bisect {'on' if mapping.bisect else 'off'}, "
-            f"{mapping.maximum_retry_attempts} retries, records older than {age} s discarded, "
+            f"{mapping.maximum_retry_attempts} retries, records older than {mapping.maximum_record_age} s discarded, "
             f"partial failures {'reported' if mapping.report_batch_item_failures else 'ignored'}, "
             f"filter {' or '.join(mapping.filter.patterns) or 'none'}"
         )
@@ -149,11 +164,13 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         print("try, from another terminal:")
         print(
             f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws dynamodb put-item --region {REGION} "
-            f"--endpoint-url {endpoint} --table-name {args.table} "
+            f"--endpoint-url {endpoint} --table-name {definition['TableName']} "
             """--item '{"Id": {"S": "ID1"}, "Email": {"S": "john@gmail.com"}}'"""
         )
         print("Ctrl-C to stop", flush=True)
-        stats = mapping.run(stop)
+        # Ctrl-C and SIGTERM finish the batch in hand, then the engine stops cleanly; a second one stops at once.
+        with lifecycle.graceful() as stop:
+            stats = mapping.run(stop)
         print(
             f"stopped after {stats.batches} batch(es), {stats.records} record(s), {stats.filtered} filtered out, "
             f"{len(stats.discarded_batches)} range(s) discarded",
@@ -166,22 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", default="dev", help="the Chalice stage whose settings to use (default dev)")
-    parser.add_argument("--table", default=table_definition()["TableName"])
+    parser.add_argument("--table", help="the table to follow (default: schema/users-table.json's TableName)")
     parser.add_argument("--port", type=int, help=f"DynamoDB Local's port (default {PREFERRED_PORT} if free)")
     parser.add_argument("--data-dir", type=Path, default=STATE_DIR / "dynamodb", help="where DynamoDB Local keeps data")
     parser.add_argument("--endpoint", help="follow an already running DynamoDB Local instead of starting one")
     parser.add_argument("--checkpoints", type=Path, default=STATE_DIR / "checkpoints.json")
     parser.add_argument("--verbose", action="store_true", help="also print the handler's JSON log lines and metrics")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    # Ctrl-C and SIGTERM finish the batch in hand, then stop the engine cleanly.
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda *_: stop.set())
-    try:
-        return run(args, stop)
-    except PrerequisiteMissing as missing:
-        print(f"error: {missing}", file=sys.stderr)
-        return 2
+    with lifecycle.handle_signals():
+        # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.
+        from chalicelib.config import ConfigError
+        from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
+        from tools.errors import report_errors
+        from tools.stage import UnknownStage
+
+        known = (PrerequisiteMissing, EngineFailed, PortBusy, ConfigError, UnknownStage)
+        return report_errors(lambda: run(args), known)
 
 
 if __name__ == "__main__":

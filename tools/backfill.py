@@ -611,6 +611,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, CheckpointMismatch) as problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    except Exception as error:
+        from tools.errors import describe
+
+        message = describe(error)  # no region, an endpoint that does not answer, a missing table: one line
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 def backfill(args: argparse.Namespace) -> int:

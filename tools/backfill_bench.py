@@ -89,7 +89,15 @@ def measure(items: int, segments: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark against a DynamoDB Local it starts (or --endpoint), print and save the results."""
+    """Run the benchmark against a DynamoDB Local it starts, print and save the results."""
+    from localdev import lifecycle
+    from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
+
+    return lifecycle.run_main(lambda: benchmark(argv), known=(PrerequisiteMissing, EngineFailed))
+
+
+def benchmark(argv: list[str] | None = None) -> int:
+    """Parse the command line, measure each segment count, write and print the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--segments", type=int, nargs="+", default=[1, 2, 4, 8])

@@ -9,6 +9,7 @@ python -m tools.stage apply-failure-handling --stage prod [--alarm-topic-arn ARN
 python -m tools.stage status --stage prod [--stack-name STACK]   # what is deployed vs what it should be; exit 1 if not
 python -m tools.stage merge-template   # regenerate deploy/merge-template.json from schema/users-table.json
 python -m tools.stage package --stage prod [--create-table] out/   # `chalice package` with the merge template
+python -m tools.stage cleanup --stage dev    # after `chalice delete`: the stage's SQS queues, which it leaves
 
 python -m tools.stage queues --stage dev   # the on-failure queue and its dead-letter queue (before `chalice deploy`)
 
@@ -20,11 +21,14 @@ the backfill function (`lambda_functions.backfill_segment` in the stage's config
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +52,38 @@ PACKAGED_PATHS = ("app.py", "chalicelib", "vendor", "requirements.txt")
 LOG_WRITES = ["logs:CreateLogStream", "logs:PutLogEvents"]
 
 
+PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+ACCOUNT = re.compile(r"[0-9]{12}")
+TABLE_NAME = re.compile(r"[a-zA-Z0-9_.-]{3,255}")
+STREAM_LABEL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?")
+ARN_SHAPE = "arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL"
+
+
 def split_stream_arn(stream_arn: str) -> tuple[str, str, str, str]:
-    """(partition, region, account, table name) of a DynamoDB stream ARN; ValueError if it isn't one."""
+    """(partition, region, account, table name) of a DynamoDB stream ARN; ValueError naming the part that is wrong.
+
+    As strict as AWS (so the packaged template's parameter and cfn-lint accept what `bind` wrote): partition aws,
+    aws-cn or aws-us-gov, a region, a 12-digit account, a table name of 3 to 255 letters, digits, `_`, `.` or `-`,
+    and the stream's label (its creation time, e.g. 2026-01-01T00:00:00.000)."""
     parts = stream_arn.split(":", 5)
-    resource = parts[5].split("/") if len(parts) == 6 and parts[2] == "dynamodb" else []
-    if len(resource) != 4 or resource[0] != "table" or resource[2] != "stream" or not all(resource):
-        raise ValueError("not a DynamoDB stream ARN: arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL")
-    return parts[1], parts[3], parts[4], resource[1]
+    resource = parts[5].split("/") if len(parts) == 6 else []
+    shaped = len(parts) == 6 and parts[0] == "arn" and parts[2] == "dynamodb" and len(resource) == 4
+    if not shaped or resource[0] != "table" or resource[2] != "stream":
+        problem = f"expected {ARN_SHAPE}"
+    elif parts[1] not in PARTITIONS:
+        problem = f"partition {parts[1]!r} is not one of {', '.join(PARTITIONS)}"
+    elif not REGION.fullmatch(parts[3]):
+        problem = f"{parts[3]!r} is not a region (like eu-west-1)"
+    elif not ACCOUNT.fullmatch(parts[4]):
+        problem = f"account {parts[4]!r} is not 12 digits"
+    elif not TABLE_NAME.fullmatch(resource[1]):
+        problem = f"table name {resource[1]!r} is not 3 to 255 of a-z, A-Z, 0-9, '_', '.', '-'"
+    elif not STREAM_LABEL.fullmatch(resource[3]) and stream_arn != UNBOUND_STREAM_ARN:
+        problem = f"stream label {resource[3]!r} is not a stream's creation time (like 2026-01-01T00:00:00.000)"
+    else:
+        return parts[1], parts[3], parts[4], resource[1]
+    raise ValueError(f"not a DynamoDB stream ARN: {problem}")
 
 
 def policy_statements(
@@ -258,6 +287,23 @@ def load_config() -> dict[str, Any]:
     return json.loads(CONFIG.read_text())
 
 
+class UnknownStage(ValueError):
+    """A stage that .chalice/config.json does not define (Chalice itself accepts any name, with no settings)."""
+
+
+def stage_names(project_dir: Path = ROOT) -> list[str]:
+    """The stages defined in the project's .chalice/config.json, in its order."""
+    return list(json.loads((project_dir / ".chalice" / "config.json").read_text()).get("stages", {}))
+
+
+def require_stage(stage: str, names: Iterable[str] | None = None) -> str:
+    """`stage` if it is one of `names` (default: this project's stages); UnknownStage listing them otherwise."""
+    names = list(names) if names is not None else stage_names()
+    if stage not in names:
+        raise UnknownStage(f"no stage {stage!r} in .chalice/config.json (stages: {', '.join(names) or 'none'})")
+    return stage
+
+
 def stage_stream_arn(config: dict[str, Any], stage: str) -> str:
     """The stage's STREAM_ARN, or the unbound placeholder."""
     return config["stages"][stage].get("environment_variables", {}).get("STREAM_ARN") or UNBOUND_STREAM_ARN
@@ -265,8 +311,7 @@ def stage_stream_arn(config: dict[str, Any], stage: str) -> str:
 
 def stage_variables(config: dict[str, Any], stage: str) -> dict[str, str]:
     """The stage's environment variables with STAGE set to its name; ValueError for an unknown stage."""
-    if stage not in config["stages"]:
-        raise ValueError(f"no stage {stage!r} in .chalice/config.json (stages: {', '.join(config['stages'])})")
+    require_stage(stage, config["stages"])
     variables = config["stages"][stage].setdefault("environment_variables", {})
     # Every command that writes a stage keeps STAGE (the function's metrics dimension, the deploy guard's stage).
     variables["STAGE"] = stage
@@ -347,7 +392,12 @@ def enable_stream(stage: str, table_name: str) -> str:
     """Turn on the table's stream (NEW_AND_OLD_IMAGES) unless it is on already, bind the stage to it; its ARN."""
     stage_variables(load_config(), stage)
     dynamodb = boto3.session.Session().client("dynamodb")
-    table = dynamodb.describe_table(TableName=table_name)["Table"]
+    try:
+        table = dynamodb.describe_table(TableName=table_name)["Table"]
+    except dynamodb.exceptions.ResourceNotFoundException:
+        raise ValueError(
+            f"no table {table_name!r} in {dynamodb.meta.region_name} (check the name and AWS_REGION)"
+        ) from None
     stream = table.get("StreamSpecification", {})
     if stream.get("StreamEnabled"):
         if stream["StreamViewType"] != STREAM_VIEW_TYPE:
@@ -520,6 +570,50 @@ def apply_backfill_destinations(stage: str) -> str:
     return sqs.get_queue_url(QueueName=backfill_queue_name(config["app_name"], stage))["QueueUrl"]
 
 
+def stage_queues(sqs: Any, app_name: str, stage: str) -> list[str]:
+    """URLs of the stage's queues that exist: the on-failure queue, its dead-letter queue and the backfill results
+    queue (`chalice delete` leaves them, as it did not create them)."""
+    urls = []
+    names = (
+        failure_queue_name(app_name, stage),
+        dead_letter_queue_name(app_name, stage),
+        backfill_queue_name(app_name, stage),
+    )
+    for name in names:
+        with contextlib.suppress(sqs.exceptions.QueueDoesNotExist):
+            urls.append(sqs.get_queue_url(QueueName=name)["QueueUrl"])
+    return urls
+
+
+def cleanup(stage: str, confirm: Callable[[list[str]], bool]) -> list[str]:
+    """After `chalice delete`: delete the stage's queues if `confirm(urls)` says so; the URLs deleted."""
+    require_stage(stage)
+    sqs = boto3.session.Session().client("sqs")
+    urls = stage_queues(sqs, load_config()["app_name"], stage)
+    if not urls or not confirm(urls):
+        return []
+    for url in urls:
+        sqs.delete_queue(QueueUrl=url)
+    return urls
+
+
+def ask(urls: list[str], assume_yes: bool) -> bool:
+    """List the queues and ask before deleting them (without a terminal, only --yes deletes)."""
+    print("the stage's queues (`chalice delete` leaves them; messages in them are lost with them):")
+    for url in urls:
+        print(f"  {url}")
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        print("not deleted: run again with --yes to delete them")
+        return False
+    try:
+        return input("delete them? [y/N] ").strip().lower() in ("y", "yes")
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return False
+
+
 def package(stage: str, out: Path, create_table: bool) -> Path:
     """`chalice package` with deploy/merge-template.json, the stack parameter defaulting to this stage's choice.
 
@@ -601,12 +695,13 @@ def main(argv: list[str] | None = None) -> int:
     package_parser.add_argument("--stage", required=True)
     package_parser.add_argument("--create-table", action="store_true", help="the stack creates the users table")
     package_parser.add_argument("out", type=Path)
+    cleanup_parser = commands.add_parser("cleanup", help="after `chalice delete`: delete the stage's SQS queues")
+    cleanup_parser.add_argument("--stage", required=True)
+    cleanup_parser.add_argument("--yes", action="store_true", help="delete without asking")
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ValueError as problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    from tools.errors import report_errors
+
+    return report_errors(lambda: run(args), known=(ValueError,))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -632,6 +727,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "queues":
         queue_arn, dead_letter_arn = ensure_stage_queues(args.stage)
         print(f"on-failure queue {queue_arn} (redrive to {dead_letter_arn}) ready for `chalice deploy`")
+    elif args.command == "cleanup":
+        deleted = cleanup(args.stage, lambda urls: ask(urls, args.yes))
+        print(f"deleted {len(deleted)} queue(s) of stage {args.stage}" if deleted else "no queue deleted")
     elif args.command == "merge-template":
         from tools.merge_template import write_merge_template
 

@@ -1,0 +1,255 @@
+"""What a newcomer gets wrong gets one `error: ...` line on stderr and exit code 2, never a traceback: a missing
+table, no region, an endpoint that does not answer, a busy port, a bad stage setting, an unknown stage, a stream ARN
+the template would refuse. And the checks behind them: port_is_free, the ARN validator, the stage's queues."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from localdev.dynamodb_local import DynamoDBLocal, EngineFailed, free_port, last_error, port_is_free
+from tests.projects import copy_project, stage_tool
+from tools.merge_template import STREAM_ARN_PATTERN
+from tools.stage import split_stream_arn
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == 2, output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def without_aws(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This environment with no AWS_* variable, no AWS config or credentials file, plus `extra`."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    missing = str(tmp_path / "no-aws-config")
+    return {**environment, "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing, **extra}
+
+
+def local(engine, tmp_path: Path) -> dict[str, str]:
+    return without_aws(tmp_path, **engine.environment())
+
+
+def python(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A table that does not exist, no region, an endpoint nobody answers on
+
+
+def test_backfill_of_a_missing_table(engine, tmp_path):
+    result = python(
+        "tools.backfill", "run", "--table", "NoSuchTable", "--no-progress", "--checkpoint", str(tmp_path / "c.json"),
+        env=local(engine, tmp_path),
+    )  # fmt: skip
+    assert_one_error_line(result, "DescribeTable", "check the name and the region")
+
+
+def test_enable_stream_on_a_missing_table(engine, tmp_path, project_copy):
+    before = (project_copy / ".chalice" / "config.json").read_text()
+    result = stage_tool(
+        project_copy, "enable-stream", "--stage", "dev", "--table-name", "NoSuchTable", env=local(engine, tmp_path)
+    )
+    assert_one_error_line(result, "no table 'NoSuchTable' in us-east-1")
+    assert (project_copy / ".chalice" / "config.json").read_text() == before
+
+
+def test_no_region(tmp_path, project_copy):
+    environment = without_aws(tmp_path, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
+    backfill = python("tools.backfill", "run", "--table", "Users", "--no-progress", env=environment)
+    assert_one_error_line(backfill, "no AWS region", "AWS_DEFAULT_REGION")
+    enable = stage_tool(project_copy, "enable-stream", "--stage", "dev", "--table-name", "Users", env=environment)
+    assert_one_error_line(enable, "no AWS region")
+
+
+def test_an_endpoint_nobody_answers_on(tmp_path):
+    nobody = f"http://127.0.0.1:{free_port()}"
+    environment = without_aws(
+        tmp_path, AWS_ENDPOINT_URL_DYNAMODB=nobody, AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="x",
+    )  # fmt: skip
+    backfill = python("tools.backfill", "run", "--table", "Users", "--no-progress", env=environment)
+    assert_one_error_line(backfill, f"cannot reach {nobody}")
+    following = python("localdev.run", "--endpoint", nobody, "--checkpoints", str(tmp_path / "c.json"), env=environment)
+    assert_one_error_line(following, f"cannot reach {nobody}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ports
+
+
+def test_make_run_on_a_busy_port(engine, tmp_path):
+    result = python("localdev.run", "--port", str(engine.port), "--data-dir", str(tmp_path / "d"), env=dict(os.environ))
+    assert_one_error_line(result, f"port {engine.port} is in use", f"--endpoint http://127.0.0.1:{engine.port}")
+
+
+def test_an_engine_on_a_taken_port_fails_in_one_line(engine):
+    # Not started: the readiness probe would be answered by the engine already there.
+    with pytest.raises(EngineFailed, match=f"^port {engine.port} is in use: DynamoDB Local can't listen on it$"):
+        DynamoDBLocal(port=engine.port).start()
+
+
+def test_the_line_that_says_why_the_engine_failed():
+    # DynamoDB Local 3.3's output when another process took the port between the check and its start.
+    stderr = """Exception in thread "main" java.io.IOException: Failed to bind to 0.0.0.0/0.0.0.0:36423
+\tat org.eclipse.jetty.server.ServerConnector.openAcceptChannel(ServerConnector.java:349)
+\tat software.amazon.dynamodb.services.local.main.ServerRunner.main(ServerRunner.java:106)
+Caused by: java.net.BindException: Address already in use
+\tat java.base/sun.nio.ch.Net.bind0(Native Method)
+\t... 16 more
+"""
+    assert last_error(stderr) == (
+        "java.io.IOException: Failed to bind to 0.0.0.0/0.0.0.0:36423 (java.net.BindException: Address already in use)"
+    )
+    assert last_error("") == "no output"
+
+
+def test_a_port_in_time_wait_is_free_and_a_listened_one_is_not():
+    # A server that closes first (as DynamoDB Local does when it stops) leaves its side in TIME_WAIT on its port.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Jetty's connector does
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not port_is_free(port)
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # the port is in TIME_WAIT: a bind without SO_REUSEADDR fails
+    assert port_is_free(port)
+
+
+def test_dynamodb_local_restarts_on_its_port_at_once():
+    # `make run` stopped and started again within a minute: the engine's side of its connections is in TIME_WAIT.
+    with DynamoDBLocal() as first:
+        client = first.client()
+        client.list_tables()
+        port = first.port
+    client.close()  # the engine closed first: its side of the connection is now in TIME_WAIT
+    assert port_is_free(port)
+    with DynamoDBLocal(port=port) as second:
+        assert second.client().list_tables()["TableNames"] == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages: unknown ones and bad settings
+
+
+def test_an_unknown_stage_is_refused_everywhere(tmp_path, project_copy):
+    environment = without_aws(tmp_path, AWS_DEFAULT_REGION="us-east-1")
+    expected = ("no stage 'staging' in .chalice/config.json", "dev, prod")
+    run = python("localdev.run", "--stage", "staging", "--data-dir", str(tmp_path / "d"), env=environment)
+    assert_one_error_line(run, *expected)
+    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", "staging", env=environment)
+    assert_one_error_line(backfill, *expected)
+    bind = stage_tool(project_copy, "bind", "--stage", "staging", "--stream-arn", GOOD_ARN, env=environment)
+    assert_one_error_line(bind, *expected)
+
+
+@pytest.fixture
+def project_with_a_bad_setting(tmp_path):
+    """A runnable copy of the project (localdev and the engine's jar too) whose dev stage has BATCH_SIZE=lots."""
+    project = copy_project(tmp_path / "project")
+    shutil.copytree(ROOT / "localdev", project / "localdev", ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "node_modules").symlink_to(ROOT / "node_modules")
+    config_path = project / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["stages"]["dev"]["environment_variables"]["BATCH_SIZE"] = "lots"
+    config_path.write_text(json.dumps(config))
+    return project
+
+
+def test_a_bad_stage_setting_under_demo_and_run(project_with_a_bad_setting, tmp_path):
+    environment = without_aws(tmp_path)
+    demo = python("localdev.demo", env=environment, cwd=project_with_a_bad_setting)
+    assert_one_error_line(demo, "BATCH_SIZE", "'lots'")
+    run = python(
+        "localdev.run", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"),
+        "--checkpoints", str(tmp_path / "c.json"), env=environment, cwd=project_with_a_bad_setting,
+    )  # fmt: skip
+    assert_one_error_line(run, "BATCH_SIZE", "'lots'")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stream ARNs: as strict as the template's parameter
+
+
+@pytest.mark.parametrize(
+    ("arn", "problem"),
+    [
+        (GOOD_ARN.replace("123456789012", "12345"), "account '12345' is not 12 digits"),
+        (GOOD_ARN.replace("table/Users", "table/My Users"), "table name 'My Users'"),
+        (GOOD_ARN.replace("table/Users", "table/ab"), "table name 'ab'"),
+        (GOOD_ARN.replace("arn:aws:", "arn:aws-xx:"), "partition 'aws-xx'"),
+        (GOOD_ARN.replace("eu-west-1", "europe"), "'europe' is not a region"),
+        (GOOD_ARN.replace("2026-01-01T00:00:00.000", "latest"), "stream label 'latest'"),
+        ("arn:aws:sqs:eu-west-1:123456789012:q", "expected arn:aws:dynamodb:"),
+    ],
+)
+def test_bind_refuses_an_arn_the_template_would_refuse(arn, problem, tmp_path, project_copy):
+    before = (project_copy / ".chalice" / "config.json").read_text()
+    result = stage_tool(project_copy, "bind", "--stage", "dev", "--stream-arn", arn, env=without_aws(tmp_path))
+    assert_one_error_line(result, "not a DynamoDB stream ARN", problem)
+    assert (project_copy / ".chalice" / "config.json").read_text() == before
+    assert not re.fullmatch(STREAM_ARN_PATTERN, arn) or problem.startswith(("partition", "'europe'", "stream label"))
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        GOOD_ARN,
+        "arn:aws-cn:dynamodb:cn-north-1:123456789012:table/a.b-c_d/stream/2026-01-01T00:00:00.000",
+        "arn:aws-us-gov:dynamodb:us-gov-west-1:123456789012:table/Users/stream/2026-11-25T05:32:12.123456",
+    ],
+)
+def test_what_bind_accepts_the_template_accepts(arn):
+    assert split_stream_arn(arn)[2] == "123456789012"
+    assert re.fullmatch(STREAM_ARN_PATTERN, arn)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# After `chalice delete`: the stage's queues
+
+
+def test_cleanup_lists_the_queues_then_deletes_them_when_told(tmp_path, project_copy):
+    from localdev.moto_server import MotoServer
+    from tools.stage import backfill_queue_name, ensure_failure_queue, failure_queue_name
+
+    with MotoServer() as emulator:
+        sqs = emulator.client("sqs")
+        for name in (failure_queue_name("email-checker", "dev"), backfill_queue_name("email-checker", "dev")):
+            ensure_failure_queue(sqs, name)
+        ensure_failure_queue(sqs, failure_queue_name("email-checker", "prod"))
+        environment = without_aws(tmp_path, **emulator.environment())
+        listed = stage_tool(project_copy, "cleanup", "--stage", "dev", env=environment)
+        assert listed.returncode == 0, listed.stderr
+        assert "stream-failures" in listed.stdout and "backfill-results" in listed.stdout and "--yes" in listed.stdout
+        assert len(sqs.list_queues()["QueueUrls"]) == 3
+        deleted = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=environment)
+        assert deleted.returncode == 0 and "deleted 2 queue(s)" in deleted.stdout, deleted.stdout + deleted.stderr
+        assert [url.rsplit("/", 1)[1] for url in sqs.list_queues()["QueueUrls"]] == [
+            "email-checker-prod-stream-failures"
+        ]
+        again = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=environment)
+        assert again.returncode == 0 and "no queue deleted" in again.stdout

@@ -1,0 +1,135 @@
+"""Every local entry point stops on SIGINT (a terminal's Ctrl-C, sent to its process group) and SIGTERM (sent to the
+process) at any moment, within seconds, without a traceback, and leaves no DynamoDB Local or moto running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = "EMAIL_CHECKER_TEST_MARKER"
+SERVERS = ("DynamoDBLocal", "moto.server")
+
+
+def servers_started_by(marker: str) -> list[str]:
+    """Command lines of DynamoDB Local and moto processes whose environment carries `marker` (inherited from the
+    process under test, whichever session or group they run in)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if f"{MARKER}={marker}".encode() in environment.split(b"\0") and any(s in command for s in SERVERS):
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+def start(module_args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
+    """The entry point as a user starts it: its own process group, output to a file (a pipe could fill)."""
+    marker = uuid.uuid4().hex
+    output = tmp_path / f"{marker}.out"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *module_args],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, MARKER: marker, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    return process, marker, output
+
+
+def interrupt(process: subprocess.Popen, number: int) -> None:
+    """Ctrl-C goes to the terminal's foreground process group; `kill` (and most supervisors) to the process."""
+    if number == signal.SIGINT:
+        os.killpg(process.pid, number)
+    else:
+        process.send_signal(number)
+
+
+def wait_for(path: Path, text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def assert_stopped_cleanly(process: subprocess.Popen, marker: str, output: Path, number: int) -> str:
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"still running 20 s after {signal.Signals(number).name}:\n{output.read_text()[-3000:]}")
+    text = output.read_text(errors="replace")
+    leftovers = servers_started_by(marker)
+    for line in leftovers:  # don't leave them running for the next test
+        os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    assert not leftovers, f"left running after {signal.Signals(number).name}: {leftovers}\n{text[-3000:]}"
+    assert "Traceback" not in text, text[-3000:]
+    assert process.returncode in (0, 128 + number), (process.returncode, text[-3000:])
+    return text
+
+
+# Before and while the imports, while DynamoDB Local starts, and while the walkthrough's steps run.
+@pytest.mark.parametrize("delay", [0.5, 2.0, 5.0])
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_demo_stops_on_a_signal_at_any_moment(number, delay, tmp_path):
+    process, marker, output = start(["localdev.demo"], tmp_path)
+    time.sleep(delay)
+    interrupt(process, number)
+    assert_stopped_cleanly(process, marker, output, number)
+
+
+@pytest.mark.parametrize(
+    ("number", "delay"), [(signal.SIGTERM, 0.5), (signal.SIGINT, 2.0), (signal.SIGTERM, 6.0)], ids=str
+)
+def test_the_bench_stops_on_a_signal_at_any_moment(number, delay, tmp_path):
+    process, marker, output = start(
+        ["bench", "--smoke", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")], tmp_path
+    )
+    time.sleep(delay)
+    interrupt(process, number)
+    assert_stopped_cleanly(process, marker, output, number)
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_run_stops_while_starting_and_finishes_its_batch_while_following(number, tmp_path):
+    from localdev.dynamodb_local import free_port
+
+    arguments = ["localdev.run", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+    arguments += ["--checkpoints", str(tmp_path / "checkpoints.json")]
+    starting, marker, output = start(arguments, tmp_path)
+    time.sleep(1.0)
+    interrupt(starting, number)
+    assert_stopped_cleanly(starting, marker, output, number)
+
+    following, marker, output = start(arguments, tmp_path)
+    assert wait_for(output, "Ctrl-C to stop", 60), output.read_text()
+    interrupt(following, number)
+    text = assert_stopped_cleanly(following, marker, output, number)
+    assert following.returncode == 0 and "stopped after" in text, text
+
+
+def test_the_backfill_bench_stops_on_sigterm(tmp_path):
+    process, marker, output = start(
+        ["tools.backfill_bench", "--items", "2000", "--segments", "1", "--out", str(tmp_path / "b.json")], tmp_path
+    )
+    time.sleep(4.0)
+    interrupt(process, signal.SIGTERM)
+    assert_stopped_cleanly(process, marker, output, signal.SIGTERM)
