@@ -12,6 +12,7 @@ so a restart resumes after the last fully processed batch (at-least-once, like L
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -68,7 +69,9 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     from localdev import moto_server
     from tools.stage import failure_queue_name, load_config
 
-    # In this process, not a child: a poller that is killed (-9 included) can't leave a server behind.
+    # In this process, not a child: a poller that is killed (-9 included) can't leave a server behind. Its web
+    # server would log every request on stderr, between the batch lines.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     cleanup.callback(server.stop)
@@ -125,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
         from localdev.mapping import CheckpointStore, LocalEventSourceMapping, serialized
         from tools.failure_handling import DEPLOYED_FUNCTION
 
-        failures = start_failure_queue(cleanup, args.stage)
         invoker = ChaliceInvoker(stage=args.stage, quiet=not args.verbose, deployed_overrides=DEPLOYED_FUNCTION)
+        failures = start_failure_queue(cleanup, args.stage)  # once the stage's settings are known to be valid
         console = sys.stdout  # the summaries arrive while the quiet invoker has stdout redirected
         invoker.collector.on_summary = lambda summary: print(describe_batch(summary), file=console, flush=True)
         cleanup.callback(invoker.close)
