@@ -9,18 +9,36 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+# The write operations a handler may send, and how many conditional item writes each request carries.
+WRITE_OPERATIONS = {
+    "UpdateItem": lambda params: 1,
+    "ExecuteStatement": lambda params: 1,
+    "BatchExecuteStatement": lambda params: len(params.get("Statements", ())),
+}
 
-class CallCounter:
-    """Counts one operation's calls on a botocore client (a `before-call` hook: every attempt the handler makes)."""
 
-    def __init__(self, client: Any, operation: str = "UpdateItem") -> None:
+class DynamoDBCounter:
+    """Counts what a botocore DynamoDB client sends, whatever API the handler uses: `count` is item writes (one per
+    UpdateItem or ExecuteStatement, one per statement of a BatchExecuteStatement: each is a conditional write, and one
+    write request unit; counted once per API call, as the handler's parameters are built), `requests` is HTTP requests
+    of any operation (a `before-send` hook: retries included)."""
+
+    def __init__(self, client: Any) -> None:
         self.count = 0
+        self.requests = 0
         self._lock = threading.Lock()
-        client.meta.events.register(f"before-call.dynamodb.{operation}", self._count)
+        for operation in WRITE_OPERATIONS:
+            client.meta.events.register(f"before-parameter-build.dynamodb.{operation}", self._count_writes)
+        client.meta.events.register("before-send.dynamodb", self._count_request)
 
-    def _count(self, **_: Any) -> None:
+    def _count_writes(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        writes = WRITE_OPERATIONS[model.name](params)
         with self._lock:
-            self.count += 1
+            self.count += writes
+
+    def _count_request(self, **_: Any) -> None:
+        with self._lock:
+            self.requests += 1
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.hooks import CallCounter
+from bench.hooks import DynamoDBCounter
 from bench.workload import WALKTHROUGH_DOMAINS
 from tools.stage import load_config
 
@@ -48,15 +48,15 @@ def environment(variables: Mapping[str, str]) -> Iterator[None]:
 
 @dataclass
 class Subject:
-    """One handler, its DynamoDB client (for hooks) and a count of the UpdateItem calls it makes."""
+    """One handler, its DynamoDB client (for hooks) and a count of the item writes and requests it makes."""
 
     name: str
     handler: Callable[[dict[str, Any], Any], Any]
     client: Any
-    writes: CallCounter = field(init=False)
+    writes: DynamoDBCounter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.writes = CallCounter(self.client)
+        self.writes = DynamoDBCounter(self.client)
 
     def invoke(self, event: dict[str, Any]) -> Any:
         """One invocation, as Lambda makes it (no context object is used by either handler)."""
