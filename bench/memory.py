@@ -1,9 +1,14 @@
 """Both handlers at Lambda memory sizes: each in its own process under the size's CPU share (bench.quota), DynamoDB
 Local outside it. Per size and handler: a batch of writes and a cold start with a 5 ms round trip, the highest rate
-one shard sustains with lag p99 under 1 s, and the cost per million changes."""
+one shard sustains with lag p99 under 1 s, and the cost per million changes.
+
+python -m bench.memory [--sizes 128,256,...] [--smoke] [--model] [--json PATH]   (this table alone; `make bench` runs
+it with everything else)
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -26,9 +31,9 @@ from bench.measure import (
     wrong_flags,
 )
 from bench.quota import CpuQuota, cpu_quota, cpu_share, modelled_seconds
-from bench.report import median, percentile
-from bench.subjects import OURS, ROOT, stage_environment
-from localdev.dynamodb_local import DynamoDBLocal
+from bench.report import median, memory_table, percentile
+from bench.subjects import OURS, ROOT, environment, stage_environment
+from localdev.dynamodb_local import DynamoDBLocal, PrerequisiteMissing
 
 KEPT_UP = 0.9  # the writer reached this share of the asked rate: DynamoDB Local served it
 
@@ -298,3 +303,43 @@ def _measure_one(
         "cold_start": {},
         "all_writes_right": right,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure the memory table alone (the sizes of `make bench` by default) and print it."""
+    from bench import suite
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", help="memory sizes in MB, comma-separated")
+    parser.add_argument("--smoke", action="store_true", help="the smoke run's sizes: checks the harness only")
+    parser.add_argument("--model", action="store_true", help="no cgroup: the CPU-time model")
+    parser.add_argument("--json", type=Path, help="write the section as JSON here")
+    args = parser.parse_args(argv)
+    sizes = suite.SMOKE if args.smoke else suite.FULL
+    memory_sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else sizes.memory_sizes
+    memory_sizes = sorted({*memory_sizes, suite.stage_memory(), suite.SHARD_TARGET_MB})
+    try:
+        with DynamoDBLocal() as engine, environment({**engine.environment(), **stage_environment()}):
+            section = measure_memory(
+                engine,
+                memory_sizes,
+                sizes.batch_records,
+                sizes.memory_repetitions,
+                sizes.memory_cold_runs,
+                sizes.shard_rates,
+                sizes.shard_seconds,
+                allow_cgroups=not args.model,
+            )
+    except PrerequisiteMissing as missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    section["stage_memory_mb"] = suite.stage_memory()
+    section["shard_target_mb"] = suite.SHARD_TARGET_MB
+    print(memory_table(section))
+    if args.json:
+        args.json.write_text(json.dumps(section, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

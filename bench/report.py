@@ -218,7 +218,8 @@ def memory_table(memory: dict[str, Any]) -> str:
         "cold start",
         "CPU/change",
         "changes/s per shard",
-        "Lambda $/M",
+        "Lambda GB-s $/M",
+        "invocations $/M",
         "DynamoDB $/M",
         "total $/M",
     )
@@ -235,7 +236,8 @@ def memory_table(memory: dict[str, Any]) -> str:
                     _ms(handler["cold_start"]["median_s"]),
                     f"{handler['cpu_per_change_s'] * 1e6:.0f} us",
                     f"{handler['changes_per_s']:,.0f} ({handler['rate_source']})",
-                    f"{cost['lambda_duration_usd'] + cost['lambda_requests_usd']:.4f}",
+                    f"{cost['lambda_duration_usd']:.4f}",
+                    f"{cost['lambda_requests_usd']:.4f}",
                     f"{cost['dynamodb_writes_usd']:.4f}",
                     f"{cost['total_usd']:.4f}",
                 )
