@@ -267,3 +267,21 @@ def test_a_cgroup_quota_throttles_its_process_and_is_removed_even_on_error():
         assert took > 0.1 * 1769 / 128 * 0.7
         raise RuntimeError("the measure failed")
     assert not path.exists() and not math.isnan(took)
+
+
+def test_on_cgroup_v2_the_quota_is_written_to_cpu_max(monkeypatch, tmp_path):
+    # A stand-in for a v2 hierarchy's files (the real one needs a cgroup2 mount this test can't assume).
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    monkeypatch.setattr(quota, "V1_ROOT", tmp_path / "no-v1")
+    monkeypatch.setattr(quota, "V2_ROOT", root)
+    with quota.cpu_quota(256) as limited:
+        assert limited.mode == quota.CGROUP_V2 and limited.enforced
+        assert (limited.path / "cpu.max").read_text() == f"{round(100_000 * 256 / 1769)} 100000"
+        assert (root / "cgroup.subtree_control").read_text() == "+cpu"
+        assert limited.command(["python", "-V"])[-2:] == ["python", "-V"]
+        (limited.path / "cpu.max").unlink()  # cgroupfs removes its own files with the group; a plain folder can't
+        path = limited.path
+    assert not path.exists()
