@@ -9,11 +9,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-# The write operations a handler may send, and how many conditional item writes each request carries.
+
+def _is_write(statement: dict[str, Any]) -> bool:
+    return not statement.get("Statement", "").lstrip().upper().startswith("SELECT")
+
+
+# The write operations a handler may send, and how many item writes each request carries (PartiQL SELECTs are reads).
 WRITE_OPERATIONS = {
     "UpdateItem": lambda params: 1,
-    "ExecuteStatement": lambda params: 1,
-    "BatchExecuteStatement": lambda params: len(params.get("Statements", ())),
+    "ExecuteStatement": lambda params: int(_is_write(params)),
+    "BatchExecuteStatement": lambda params: sum(map(_is_write, params.get("Statements", ()))),
 }
 
 

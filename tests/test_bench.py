@@ -218,6 +218,9 @@ def test_the_counter_counts_statements_and_requests_whatever_the_write_api(engin
     assert len(answer["Responses"]) == 3
     assert counter.count == 1 + 3  # the UpdateItem, and every statement: each is one conditional write
     assert counter.requests == 3  # PutItem, UpdateItem, one BatchExecuteStatement
+    select = f'SELECT * FROM "{table.name}" WHERE Id = ?'
+    client.batch_execute_statement(Statements=[{"Statement": select, "Parameters": [{"S": "a"}]}])
+    assert counter.count == 4 and counter.requests == 4  # a read is a request, not a write
 
 
 def test_a_shard_keeps_up_while_two_batches_fit_the_lag_limit():
