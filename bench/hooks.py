@@ -22,7 +22,7 @@ WRITE_OPERATIONS = {
 }
 
 
-class DynamoDBCounter:
+class CallCounter:
     """Counts what a botocore DynamoDB client sends, whatever API the handler uses: `count` is item writes (one per
     UpdateItem or ExecuteStatement, one per statement of a BatchExecuteStatement: each is a conditional write, and one
     write request unit; counted once per API call, as the handler's parameters are built), `requests` is HTTP requests

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.hooks import DynamoDBCounter
+from bench.hooks import CallCounter
 from bench.workload import WALKTHROUGH_DOMAINS
 from tools.stage import load_config
 
@@ -53,10 +53,10 @@ class Subject:
     name: str
     handler: Callable[[dict[str, Any], Any], Any]
     client: Any
-    writes: DynamoDBCounter = field(init=False)
+    writes: CallCounter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.writes = DynamoDBCounter(self.client)
+        self.writes = CallCounter(self.client)
 
     def invoke(self, event: dict[str, Any]) -> Any:
         """One invocation, as Lambda makes it (no context object is used by either handler)."""

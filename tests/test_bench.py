@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from bench import lambda_model, quota, suite
-from bench.hooks import DynamoDBCounter
+from bench.hooks import CallCounter
 from bench.plot import plot
 from bench.report import backfill_lines, memory_table, percentile, render, rows
 from bench.subjects import BASELINE, OURS
@@ -200,7 +200,7 @@ def test_smoke_run_memory_sizes_under_a_recorded_quota_mode(smoke):
 def test_the_counter_counts_statements_and_requests_whatever_the_write_api(engine, make_table):
     table = make_table(stream=False)
     client = engine.client()
-    counter = DynamoDBCounter(client)
+    counter = CallCounter(client)
     client.put_item(TableName=table.name, Item={"Id": {"S": "a"}, "Email": {"S": "a@example.com"}})
     client.update_item(
         TableName=table.name,
