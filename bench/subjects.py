@@ -48,7 +48,7 @@ def environment(variables: Mapping[str, str]) -> Iterator[None]:
 
 @dataclass
 class Subject:
-    """One handler, its DynamoDB client (for hooks) and a count of the item writes and requests it makes."""
+    """One handler, its DynamoDB client (for hooks) and a count of the writes it asks DynamoDB for."""
 
     name: str
     handler: Callable[[dict[str, Any], Any], Any]
