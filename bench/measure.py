@@ -352,12 +352,22 @@ def lag_run(
     idle_seconds: float,
     timeout: float,
     invoker: Callable[[str, str], Callable[[dict[str, Any]], Any]] | None = None,
+    warmup_items: int = 0,
 ) -> dict[str, Any]:
     """One lag run on a fresh table: `items` new items at `rate` per second through the local mapping, each flag
-    read back until it shows; the handler is `invoker(name, table)` (default: in this process)."""
+    read back until it shows; the handler is `invoker(name, table)` (default: in this process). `warmup_items`
+    items are written and handled first, untimed: the handler's first batch on a table (its connections) and the
+    engine's first requests of a kind are not the steady state a rate is about."""
     table, stream_arn = new_table(engine, f"lag-{name}")
     invoke = invoker(name, table) if invoker else subject(name, table).invoke
     mapping = LocalEventSourceMapping(engine.streams_client(), stream_arn, invoke, batch_size=100)
+    if warmup_items:
+        put_all(
+            engine.client(),
+            table,
+            [{KEY: f"warm-{number:04d}", EMAIL: f"warm{number}@{PLAIN_DOMAINS[0]}"} for number in range(warmup_items)],
+        )
+        mapping.drain()
     stop = threading.Event()
     poller = threading.Thread(target=mapping.run, args=(stop,), kwargs={"idle_seconds": idle_seconds}, daemon=True)
     written: dict[str, float] = {}

@@ -36,6 +36,7 @@ from bench.subjects import OURS, ROOT, environment, stage_environment
 from localdev.dynamodb_local import DynamoDBLocal, PrerequisiteMissing
 
 KEPT_UP = 0.9  # the writer reached this share of the asked rate: DynamoDB Local served it
+WARMUP = 30  # items handled before each lag run's clock starts
 
 
 class Worker:
@@ -103,11 +104,21 @@ def _batches(
         table, _ = new_table(engine, f"quota-{name}-{records}", stream=False)
         worker.load(name, table)
         setups.append((records, table, batch_workload(table, records)))
-        samples[str(records)] = {"seconds": [], "wall_s": [], "cpu_s": [], "writes": [], "requests": []}
+        samples[str(records)] = {
+            "seconds": [],
+            "sustained_s": [],
+            "wall_s": [],
+            "cpu_s": [],
+            "writes": [],
+            "requests": [],
+        }
     for repetition in range(repetitions + 1):  # the first is a warm-up, not kept
         for records, table, workload in setups:
             put_all(client, table, workload.items)
             result = worker.invoke(table, workload.needs_writes, latency)
+            # CFS hands out the quota per 100 ms period: a batch shorter than one period's quota runs at full speed,
+            # a shard kept busy can't. Back to back, a batch takes at least its CPU time at the share.
+            result["sustained_s"] = max(result["seconds"], result["cpu_s"] / cpu_share(worker.quota.memory_mb))
             right = right and result["writes"] == records and wrong_flags(client, table) == 0
             if repetition:
                 for key, values in samples[str(records)].items():
@@ -158,7 +169,7 @@ def _ladder(
     runs, best, stopped = [], 0.0, "ladder top"
     for rate in rates:
         items = max(10, round(rate * seconds))
-        run = lag_run(engine, name, items, rate, idle_seconds=0.25, timeout=3.0, invoker=invoker)
+        run = lag_run(engine, name, items, rate, idle_seconds=0.25, timeout=3.0, invoker=invoker, warmup_items=WARMUP)
         p99 = percentile(run["lags_s"], 0.99)
         kept_up = run["write_rate_achieved"] >= KEPT_UP * rate
         passed = kept_up and p99 < lambda_model.LAG_LIMIT_S and run["not_visible"] == 0 and run["all_writes_right"]
@@ -272,7 +283,7 @@ def _measure_one(
     with Worker(quota, {}) as worker:
         batches, right = _batches(worker, engine, name, (records, small), repetitions, latency)
         big, little = batches[str(records)], batches[str(small)]
-        big_s, small_s = median(big["seconds"]), median(little["seconds"])
+        big_s, small_s = median(big["sustained_s"]), median(little["sustained_s"])
         fixed, per_change = lambda_model.batch_line(small, small_s, records, big_s)
         computed = lambda_model.sustainable_rate(fixed, per_change, records)
         ladder = None
@@ -289,7 +300,8 @@ def _measure_one(
     requests = sum(big["requests"]) / max(1, sum(big["writes"]))
     return {
         "batch": batches,
-        "batch_median_s": big_s,
+        "batch_median_s": median(big["seconds"]),
+        "sustained_median_s": big_s,
         "cpu_per_change_s": median(big["cpu_s"]) / records,
         "fixed_s": fixed,
         "per_change_s": per_change,
