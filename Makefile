@@ -24,7 +24,8 @@ test: deps check-java
 soak: deps check-java
 	EMAIL_CHECKER_SOAK=1 $(BIN)/python -m pytest tests/test_reliability.py -p no:logging
 
-# Prints the table, writes bench/results.json and bench/results.png (a few minutes; loopback only).
+# Prints both tables, writes bench/results.json and bench/results.png (~8 minutes; loopback only; the handlers run
+# under a cgroup CPU quota per Lambda memory size where this user may make one, else the CPU-time model).
 bench: deps check-java
 	$(BIN)/python -m bench
 

@@ -30,7 +30,7 @@ def benchmark(argv: list[str] | None = None) -> int:
     """Parse the command line, run every measure, write and print the results."""
     from bench import suite
     from bench.plot import plot
-    from bench.report import backfill_lines, engine_line, render, rows
+    from bench.report import backfill_lines, engine_line, memory_table, render, rows
     from bench.subjects import ROOT
     from localdev.dynamodb_local import DynamoDBLocal
 
@@ -59,6 +59,9 @@ def benchmark(argv: list[str] | None = None) -> int:
     print(suite.CLASSIFICATION)
     print()
     print(render(rows(results)))
+    print()
+    print(memory_table(results["memory"]))
+    print()
     print(engine_line(results["engine"]))
     print(backfill_lines(results.get("backfill", [])))
     print(f"\nwrote {args.json} and {args.plot} in {results['wall_seconds']:.0f} s")

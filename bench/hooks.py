@@ -10,25 +10,39 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def _is_write(statement: dict[str, Any]) -> bool:
+    return not statement.get("Statement", "").lstrip().upper().startswith("SELECT")
+
+
+# The write operations a handler may send, and how many item writes each request carries (PartiQL SELECTs are reads).
+WRITE_OPERATIONS = {
+    "UpdateItem": lambda params: 1,
+    "ExecuteStatement": lambda params: int(_is_write(params)),
+    "BatchExecuteStatement": lambda params: sum(map(_is_write, params.get("Statements", ()))),
+}
+
+
 class CallCounter:
-    """Counts the writes a botocore client asks DynamoDB for: one per UpdateItem call, one per statement of a
-    BatchExecuteStatement call (`before-parameter-build` hooks: once per call, not per botocore retry)."""
+    """Counts what a botocore DynamoDB client sends, whatever API the handler uses: `count` is item writes (one per
+    UpdateItem or ExecuteStatement, one per statement of a BatchExecuteStatement: each is a conditional write, and one
+    write request unit; counted once per API call, as the handler's parameters are built), `requests` is HTTP requests
+    of any operation (a `before-send` hook: retries included)."""
 
     def __init__(self, client: Any) -> None:
         self.count = 0
         self.requests = 0
         self._lock = threading.Lock()
-        client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", self._count_one)
-        client.meta.events.register("before-parameter-build.dynamodb.BatchExecuteStatement", self._count_statements)
+        for operation in WRITE_OPERATIONS:
+            client.meta.events.register(f"before-parameter-build.dynamodb.{operation}", self._count_writes)
+        client.meta.events.register("before-send.dynamodb", self._count_request)
 
-    def _count_one(self, **_: Any) -> None:
+    def _count_writes(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        writes = WRITE_OPERATIONS[model.name](params)
         with self._lock:
-            self.count += 1
-            self.requests += 1
+            self.count += writes
 
-    def _count_statements(self, params: dict[str, Any], **_: Any) -> None:
+    def _count_request(self, **_: Any) -> None:
         with self._lock:
-            self.count += len(params.get("Statements", []))
             self.requests += 1
 
 

@@ -13,13 +13,17 @@ COLOURS = {OURS: "#1f77b4", BASELINE: "#d62728"}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Write a three-panel PNG: lag distribution (CDF), median batch times, median cold starts."""
+    """Write the PNG: lag distribution (CDF), median batch times, median cold starts, and (when measured) both
+    handlers' batch and cold start at each memory size's CPU share."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (lag_axis, batch_axis, cold_axis) = plt.subplots(1, 3, figsize=(16, 5.2))
+    memory = results.get("memory")
+    panels = 4 if memory else 3
+    figure, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 5.2))
+    lag_axis, batch_axis, cold_axis = axes[:3]
     handlers = (OURS, BASELINE)
 
     lag = results["lag"]
@@ -69,6 +73,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"cold start, {cold['records']} writes, fresh interpreter (median of {cold['runs']})",
     )
 
+    if memory:
+        _memory_panel(axes[3], memory, handlers)
+
     machine = results["machine"]
     figure.suptitle(
         f"email-checker vs the walkthrough's Lambda on DynamoDB Local - {machine['cpus']} x {machine['cpu_model']}, "
@@ -77,6 +84,24 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _memory_panel(axis: Any, memory: dict[str, Any], handlers: tuple[str, ...]) -> None:
+    sizes = [row["memory_mb"] for row in memory["rows"]]
+    for name in handlers:
+        batch = [row["handlers"][name]["batch_median_s"] * 1000 for row in memory["rows"]]
+        cold = [row["handlers"][name]["cold_start"]["median_s"] * 1000 for row in memory["rows"]]
+        axis.plot(sizes, batch, marker="o", color=COLOURS[name], label=f"{name}: {memory['records']} writes")
+        axis.plot(sizes, cold, marker="s", linestyle="--", color=COLOURS[name], label=f"{name}: cold start + batch")
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xticks(sizes, [str(size) for size in sizes], fontsize=8)
+    axis.set(
+        title=f"at each memory size's CPU share, {memory['latency_ms']:g} ms round trip",
+        xlabel=f"memory size (MB); {memory['mode']}",
+        ylabel="ms (log scale, median)",
+    )
+    axis.legend(loc="upper right", fontsize=7)
 
 
 def _latency(milliseconds: float) -> str:
