@@ -322,8 +322,17 @@ class ReconcilerRunner:
 
     def run(self, stop: Any) -> RunnerStats:
         """Poll until `stop` (anything with `is_set`) is set."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         while not stop.is_set():
-            self.poll()
+            try:
+                self.poll()
+            except (BotoCoreError, ClientError) as error:  # the queue is unreachable for now: try again shortly
+                if self._on_line is not None:
+                    self._on_line(
+                        f"[{time.strftime('%H:%M:%S')}] reconciler: the queue failed ({type(error).__name__})"
+                    )
+                stop.wait(1.0)
         return self.stats
 
     def drain(self, local_lambda: LocalLambda | None = None, timeout: float = 60.0) -> RunnerStats:
@@ -358,7 +367,10 @@ def describe_backfill(name: str, event: dict[str, Any], result: Any) -> str:
     """One line per local backfill invocation: its segment, whether it is done, its counts."""
     if isinstance(result, Exception):
         return f"[{time.strftime('%H:%M:%S')}] {name} failed: {type(result).__name__}"
-    counts = ", ".join(f"{value} {key}" for key, value in sorted((result.get("counts") or {}).items()))
+    shown = ("scanned", "written", "already_correct", "superseded", "failed", "rejected")
+    counts = ", ".join(
+        f"{result['counts'][name]} {name.replace('_', ' ')}" for name in shown if name in (result.get("counts") or {})
+    )
     return (
         f"[{time.strftime('%H:%M:%S')}] {name} segment {result.get('segment')}/{result.get('total_segments')} "
         f"(continuation {event.get('continuation')}): {'done' if result.get('done') else 'continues'}: {counts}"

@@ -13,6 +13,7 @@ so a restart resumes after the last fully processed batch (at-least-once, like L
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import threading
@@ -74,6 +75,8 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     from localdev import moto_server
     from tools.stage import ensure_reconciler_queues, failure_queue_name, load_config
 
+    # Werkzeug logs every request, and the reconciler polls the queue every second.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     # In this process, not a child: a poller that is killed (-9 included) can't leave a server behind.
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
