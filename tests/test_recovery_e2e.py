@@ -70,6 +70,10 @@ def local(engine, monkeypatch):
     lock = threading.Lock()
     with ExitStack() as cleanup:
         failures = start_failure_queue(cleanup, "dev")
+        # moto's state outlives its server in this process: each test starts with empty queues and leaves none.
+        for url in (failures.queue_url, failures.dead_letter_url):
+            failures.sqs.purge_queue(QueueUrl=url)
+            cleanup.callback(failures.sqs.delete_queue, QueueUrl=url)
         reconciler = start_reconciler(
             failures.sqs, failures.queue_url, failures.endpoint, stage="dev", quiet=False, lock=lock
         )
@@ -168,7 +172,14 @@ def test_a_discarded_batch_is_reconciled_through_the_queue(
         # Reported: retried from the lowest failed record to the batch's end, twice, then that range discarded.
         assert ranges == [(int(sequence["user-3"]), int(sequence["user-11"]))] and stats.bisections == 0
     assert stats.failed_attempts >= 3
-    assert local.queued() == len(stats.failure_records)
+    # The queue holds exactly the invocation records the mapping sent (looked at, and made visible again at once).
+    sqs, url, bodies = local.failures.sqs, local.failures.queue_url, {}
+    for _ in range(3):  # each receive counts towards the redrive's 10
+        if len(bodies) == len(stats.failure_records):
+            break
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+        bodies |= {message["MessageId"]: json.loads(message["Body"]) for message in messages}
+    assert sorted(bodies.values(), key=json.dumps) == sorted(stats.failure_records, key=json.dumps)
     assert {r["requestContext"]["condition"] for r in stats.failure_records} == {"RetryAttemptsExhausted"}
     wrong = violations(scan(table.client, table.name), model, KEYS)
     assert sorted(problem.split(":")[0] for problem in wrong) == sorted(FAILING), wrong
@@ -293,6 +304,7 @@ def test_a_message_whose_handling_fails_comes_back_after_the_delay_and_ends_in_t
     assert FLAG not in scan(table.client, table.name)["user-0"]
     line = local.reconciler.collector.last("reconciler message")
     assert (line["outcome"], line["reason"], line["retry_in_seconds"]) == ("retry", "ValidationException", 1)
+    assert line["message_id"] == moved["MessageId"]
 
 
 def dead_letter_arn(local: Local) -> str:
