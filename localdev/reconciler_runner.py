@@ -113,8 +113,11 @@ class LocalLambda:
             thread.start()
         return self
 
-    def invoke(self, FunctionName: str, InvocationType: str = "RequestResponse", Payload: bytes | str = b"") -> dict:
-        """Queue an asynchronous invocation (boto3's `invoke`); ValueError for an unknown function or type."""
+    def invoke(
+        self, FunctionName: str, InvocationType: str = "RequestResponse", Payload: bytes | str = b""
+    ) -> dict[str, int]:
+        """Queue an asynchronous invocation (boto3's `invoke`); LookupError for a function the app doesn't have,
+        ValueError for another invocation type."""
         name = self._functions.resolve(FunctionName)
         if name is None:
             raise LookupError(f"no function {FunctionName} in the app")
