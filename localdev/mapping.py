@@ -147,10 +147,11 @@ class SqsFailureDestination:
         self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(failure_record))
 
 
-def serialized(invoke: Invoke) -> Invoke:
+def serialized(invoke: Invoke, lock: threading.Lock | None = None) -> Invoke:
     """`invoke` behind a lock: for an invoker that must not run twice at once (the Chalice test client patches
-    os.environ around each call, so two concurrent calls would undo each other's environment)."""
-    lock = threading.Lock()
+    os.environ around each call, so two concurrent calls would undo each other's environment); pass the lock other
+    test-client callers hold (the local reconciler's) to keep them apart too."""
+    lock = lock or threading.Lock()
 
     def call(event: dict[str, Any]) -> Any:
         with lock:

@@ -1,6 +1,7 @@
 """Long-running local mode: DynamoDB Local (data kept on disk), the local event source mapping with the stage's
-production settings (filter, retries, bisection, record age, parallelization), and its on-failure queue on moto's SQS,
-until Ctrl-C or SIGTERM (both stop every process this starts).
+production settings (filter, retries, bisection, record age, parallelization), its on-failure queue on moto's SQS
+consumed by the reconciler as Lambda's SQS event source would (localdev/reconciler_runner.py), until Ctrl-C or
+SIGTERM (both stop every process this starts).
 
     python -m localdev.run                 # or: make run
     python -m localdev.run --endpoint http://127.0.0.1:8000   # follow a DynamoDB Local that is already running
@@ -15,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -48,11 +50,13 @@ def describe_batch(summary: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class FailureQueue:
-    """The local on-failure destination: an SQS queue on moto's server, named as on the `chalice deploy` path."""
+    """The local on-failure destination: an SQS queue on moto's server, named as on the `chalice deploy` path, with
+    its dead-letter queue."""
 
     endpoint: str
     queue_url: str
     sqs: Any
+    dead_letter_url: str = ""
 
     def destination(self) -> SqsFailureDestination:
         """The mapping's `on_failure` sender for this queue."""
@@ -62,12 +66,14 @@ class FailureQueue:
 
 
 def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
-    """Start moto's server (stopped when `cleanup` closes) and create the stage's on-failure queue in it."""
+    """Start moto's server (stopped when `cleanup` closes) and create the stage's on-failure queue in it, with the
+    deployed queue's visibility timeout and redrive to its dead-letter queue."""
     import boto3
     from moto.server import ThreadedMotoServer
 
+    from chalicelib.config import dead_letter_queue_name
     from localdev import moto_server
-    from tools.stage import failure_queue_name, load_config
+    from tools.stage import ensure_reconciler_queues, failure_queue_name, load_config
 
     # In this process, not a child: a poller that is killed (-9 included) can't leave a server behind. Its web
     # server would log every request on stderr, between the batch lines.
@@ -79,8 +85,11 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     endpoint = f"http://{host}:{port}"
     session = boto3.session.Session(region_name=moto_server.REGION, **moto_server.CREDENTIALS)
     sqs = session.client("sqs", endpoint_url=endpoint)
-    queue_url = sqs.create_queue(QueueName=failure_queue_name(load_config()["app_name"], stage))["QueueUrl"]
-    return FailureQueue(endpoint, queue_url, sqs)
+    app_name = load_config()["app_name"]
+    ensure_reconciler_queues(sqs, app_name, stage)
+    queue_url = sqs.get_queue_url(QueueName=failure_queue_name(app_name, stage))["QueueUrl"]
+    dead_letter_url = sqs.get_queue_url(QueueName=dead_letter_queue_name(app_name, stage))["QueueUrl"]
+    return FailureQueue(endpoint, queue_url, sqs, dead_letter_url)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
         from localdev.invoker import ChaliceInvoker
         from localdev.mapping import CheckpointStore, LocalEventSourceMapping, serialized
-        from tools.failure_handling import DEPLOYED_FUNCTION
+        from localdev.reconciler_runner import start_reconciler
+        from tools.failure_handling import DEPLOYED_FUNCTION, RECONCILER_MAX_RECEIVES
 
         invoker = ChaliceInvoker(stage=args.stage, quiet=not args.verbose, deployed_overrides=DEPLOYED_FUNCTION)
         failures = start_failure_queue(cleanup, args.stage)  # once the stage's settings are known to be valid
@@ -135,11 +145,23 @@ def run(args: argparse.Namespace) -> int:
         cleanup.callback(invoker.close)
         args.checkpoints.parent.mkdir(parents=True, exist_ok=True)
         settings = invoker.settings
+        one_at_a_time = threading.Lock()  # the handler's and the reconciler's calls alike
+        reconciler = start_reconciler(
+            failures.sqs,
+            failures.queue_url,
+            failures.endpoint,
+            stage=args.stage,
+            quiet=not args.verbose,
+            lock=one_at_a_time,
+            on_line=lambda line: print(line, file=console, flush=True),
+        )
+        cleanup.callback(reconciler.close)
+        os.environ.update(reconciler.environment)
         mapping = LocalEventSourceMapping.for_stage(
             session.client("dynamodbstreams", endpoint_url=endpoint),
             stream_arn,
             # Lanes run in threads; the Chalice test client must be called one at a time.
-            serialized(invoker),
+            serialized(invoker, one_at_a_time),
             settings,
             dynamodb=client,
             on_failure=failures.destination(),
@@ -159,7 +181,11 @@ def run(args: argparse.Namespace) -> int:
             f"partial failures {'reported' if mapping.report_batch_item_failures else 'ignored'}, "
             f"filter {' or '.join(mapping.filter.patterns) or 'none'}"
         )
-        print(f"discarded batches go to the SQS queue {failures.queue_url} (moto on {failures.endpoint}); read them:")
+        print(
+            f"discarded batches go to the SQS queue {failures.queue_url} (moto on {failures.endpoint}), where the "
+            f"reconciler takes them (one line each; after {RECONCILER_MAX_RECEIVES} tries: {failures.dead_letter_url});"
+            " read them:"
+        )
         print(
             f"  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws sqs receive-message --region {REGION} "
             f"--endpoint-url {failures.endpoint} --queue-url {failures.queue_url}"
@@ -173,10 +199,14 @@ def run(args: argparse.Namespace) -> int:
         print("Ctrl-C to stop", flush=True)
         # Ctrl-C and SIGTERM finish the batch in hand, then the engine stops cleanly; a second one stops at once.
         with lifecycle.graceful() as stop:
+            consumer = threading.Thread(target=reconciler.runner.run, args=(stop,), name="reconciler", daemon=True)
+            consumer.start()
             stats = mapping.run(stop)
+            consumer.join()
         print(
             f"stopped after {stats.batches} batch(es), {stats.records} record(s), {stats.filtered} filtered out, "
-            f"{len(stats.discarded_batches)} range(s) discarded",
+            f"{len(stats.discarded_batches)} range(s) discarded; reconciler: {reconciler.runner.stats.received} "
+            f"message(s), {reconciler.runner.stats.deleted} finished",
             flush=True,
         )
     return 0

@@ -1,0 +1,313 @@
+"""Recovery end to end, as `make run` runs it: writes whose handling keeps failing are bisected, retried and
+discarded by the local mapping (the deployed settings, fewer retries) to the on-failure queue on moto's SQS; the
+reconciler, fed by the local SQS event source, brings every item under the invariant from its current state, or
+falls back to the table's backfill, run by the local Lambda, when the range has left the stream."""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import pytest
+
+from chalicelib import dynamodb, runtime
+from chalicelib.reconciler import backfill_payloads
+from localdev.invoker import ChaliceInvoker
+from localdev.mapping import LocalEventSourceMapping, MappingStats, serialized
+from localdev.reconciler_runner import LocalReconciler, start_reconciler
+from localdev.run import FailureQueue, start_failure_queue
+from tests.faults import fail_statements
+from tests.reliability import FLAG, Model, Op, perform, scan, violations
+from tools.failure_handling import DEPLOYED_FUNCTION
+
+# What the clients write: every kind of value the handler must get right. The failing keys each need a write.
+ITEMS = [
+    Op("put", "user-0", "ann@gmail.com"),
+    Op("put", "user-1", "bob@example.com"),
+    Op("put", "user-2", "cy@outlook.com", flag=False),  # a wrong flag put by hand
+    Op("put", "user-3", "dee@hotmail.com"),
+    Op("put", "user-4", "eve@example.com", flag=True),
+    Op("put", "user-5", None),
+    Op("put", "user-6", "fay@yahoo.com"),
+    Op("put", "user-7", 7, flag=True),
+    Op("put", "user-8", "gus@example.com"),
+    Op("put", "user-9", "hal@gmail.com", flag=False),
+    Op("put", "user-10", "ivy@gmail.com"),
+    Op("put", "user-11", "jo@example.com", flag=True),
+]
+KEYS = [op.key for op in ITEMS]
+FAILING = {"user-3", "user-4", "user-9"}
+
+
+class Crash(RuntimeError):
+    """What the handler's DynamoDB client raises for a request naming a failing key (the function fails)."""
+
+
+def names_failing_key(statements) -> bool:
+    return any({"S": key} in statement["Parameters"] for statement in statements for key in FAILING)
+
+
+@dataclass
+class Local:
+    """`make run`'s pieces on the test session's DynamoDB Local: the queues on moto, the reconciler runner."""
+
+    failures: FailureQueue
+    reconciler: LocalReconciler
+    lock: threading.Lock
+
+    def queued(self, url: str | None = None) -> int:
+        attributes = self.failures.sqs.get_queue_attributes(
+            QueueUrl=url or self.failures.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return sum(int(value) for value in attributes.values())
+
+
+@pytest.fixture
+def local(engine, monkeypatch):
+    lock = threading.Lock()
+    with ExitStack() as cleanup:
+        failures = start_failure_queue(cleanup, "dev")
+        # moto's state outlives its server in this process: each test starts with empty queues and leaves none.
+        for url in (failures.queue_url, failures.dead_letter_url):
+            failures.sqs.purge_queue(QueueUrl=url)
+            cleanup.callback(failures.sqs.delete_queue, QueueUrl=url)
+        reconciler = start_reconciler(
+            failures.sqs, failures.queue_url, failures.endpoint, stage="dev", quiet=False, lock=lock
+        )
+        cleanup.callback(reconciler.close)
+        for name, value in reconciler.environment.items():
+            monkeypatch.setenv(name, value)
+        # A fresh execution environment: the functions' clients are built from these endpoints, not an earlier test's.
+        runtime.reconciler_for.cache_clear()
+        runtime._lambda_client.cache_clear()
+        cleanup.callback(runtime._lambda_client.cache_clear)
+        cleanup.callback(runtime.reconciler_for.cache_clear)
+        yield Local(failures, reconciler, lock)
+
+
+@pytest.fixture
+def deployed_invoker(engine):
+    """The stream handler as deployed: it reports partial batch failures."""
+    handler = ChaliceInvoker(stage="dev", deployed_overrides=DEPLOYED_FUNCTION)
+    yield handler
+    handler.close()
+
+
+def fail_writes(client, mode: str):
+    """Make the handler's writes of the failing keys fail on every try: each statement answered with an error
+    (the handler reports the records: retried from there), or the request raising (the function fails: bisected)."""
+    if mode == "reported":
+        return fail_statements(
+            client, lambda statement: "InternalServerError" if names_failing_key([statement]) else None
+        )
+
+    def crash(params, **_):
+        if names_failing_key(params["Statements"]):
+            raise Crash("the function fails on this item")
+
+    client.meta.events.register("before-parameter-build.dynamodb.BatchExecuteStatement", crash)
+    return lambda: client.meta.events.unregister("before-parameter-build.dynamodb.BatchExecuteStatement", crash)
+
+
+def discard_the_failing_items(
+    engine, table, local, invoker, mode
+) -> tuple[Model, LocalEventSourceMapping, MappingStats]:
+    """Write the items, run the mapping as deployed (2 retries) while the failing keys' writes fail; the model."""
+    model = Model()
+    for op in ITEMS:
+        perform(table.client, table.name, op, model)
+    remove = fail_writes(runtime.processor_for(invoker.settings).gateway.client, mode)
+    try:
+        mapping = LocalEventSourceMapping.for_stage(
+            engine.streams_client(),
+            table.stream_arn,
+            serialized(invoker, local.lock),
+            invoker.settings,
+            dynamodb=table.client,
+            on_failure=local.failures.destination(),
+            maximum_retry_attempts=2,
+            sleep=lambda seconds: None,
+        )
+        stats = mapping.drain()
+    finally:
+        remove()
+    return model, mapping, stats
+
+
+def sequence_numbers(engine, table) -> dict[str, str]:
+    """Each key's INSERT record's sequence number."""
+    streams = engine.streams_client()
+    [shard] = streams.describe_stream(StreamArn=table.stream_arn)["StreamDescription"]["Shards"]
+    iterator = streams.get_shard_iterator(
+        StreamArn=table.stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    records = streams.get_records(ShardIterator=iterator)["Records"]
+    return {
+        r["dynamodb"]["Keys"]["Id"]["S"]: r["dynamodb"]["SequenceNumber"] for r in records if r["eventName"] == "INSERT"
+    }
+
+
+def emf_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if '"ReconcilerMessages"' in line]
+
+
+@pytest.mark.parametrize("mode", ["reported", "raised"])
+def test_a_discarded_batch_is_reconciled_through_the_queue(
+    engine, make_table, local, deployed_invoker, monkeypatch, capsys, mode
+):
+    monkeypatch.setattr(dynamodb, "STATEMENT_BACKOFF_SECONDS", 0.001)
+    table = make_table()
+    model, mapping, stats = discard_the_failing_items(engine, table, local, deployed_invoker, mode)
+
+    sequence = sequence_numbers(engine, table)
+    ranges = [(int(first), int(last)) for first, last in stats.discarded_batches]
+    if mode == "raised":
+        # Bisected down to each failing record alone, retried twice, then discarded on its own.
+        assert stats.bisections >= 3
+        assert sorted(ranges) == sorted((int(sequence[k]),) * 2 for k in FAILING)
+    else:
+        # Reported: retried from the lowest failed record to the batch's end, twice, then that range discarded.
+        assert ranges == [(int(sequence["user-3"]), int(sequence["user-11"]))] and stats.bisections == 0
+    assert stats.failed_attempts >= 3
+    # The queue holds exactly the invocation records the mapping sent (looked at, and made visible again at once).
+    sqs, url, bodies = local.failures.sqs, local.failures.queue_url, {}
+    for _ in range(3):  # each receive counts towards the redrive's 10
+        if len(bodies) == len(stats.failure_records):
+            break
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+        bodies |= {message["MessageId"]: json.loads(message["Body"]) for message in messages}
+    assert sorted(bodies.values(), key=json.dumps) == sorted(stats.failure_records, key=json.dumps)
+    assert {r["requestContext"]["condition"] for r in stats.failure_records} == {"RetryAttemptsExhausted"}
+    wrong = violations(scan(table.client, table.name), model, KEYS)
+    assert sorted(problem.split(":")[0] for problem in wrong) == sorted(FAILING), wrong
+
+    # The fault is over. Meanwhile a client deleted one of the wrong items: the reconciler must not bring it back.
+    perform(table.client, table.name, Op("delete", "user-9"), model)
+    mapping.drain()  # its REMOVE is filtered out
+    capsys.readouterr()
+
+    runner_stats = local.reconciler.runner.drain(local.reconciler.local_lambda, timeout=30)
+
+    items = scan(table.client, table.name)
+    assert violations(items, model, KEYS) == []
+    assert set(items) == {key for key, item in model.items.items() if item is not None}, "an item created or lost"
+    assert runner_stats.received == runner_stats.deleted == len(stats.failure_records) and runner_stats.failed == 0
+    assert set(runner_stats.outcomes) == {"reconciled"}
+    assert local.queued() == 0 and local.queued(local.failures.dead_letter_url) == 0
+    lines = [line for line in local.reconciler.collector.lines if line["message"] == "reconciler message"]
+    assert sum(line["fixed"] for line in lines) == 2 and sum(line["gone"] for line in lines) == 1
+    assert all(line["range_complete"] for line in lines)
+    emf = emf_lines(capsys.readouterr().out)
+    assert len(emf) == len(lines) and sum(m["ReconcilerItemsFixed"][0] for m in emf) == 2
+    assert local.reconciler.local_lambda.invocations == 0
+
+
+def test_a_range_gone_from_the_stream_ends_in_the_local_backfill(
+    engine, make_table, local, deployed_invoker, monkeypatch, capsys
+):
+    monkeypatch.setattr(dynamodb, "STATEMENT_BACKOFF_SECONDS", 0.001)
+    table = make_table()
+    model, _, stats = discard_the_failing_items(engine, table, local, deployed_invoker, "reported")
+    assert len(stats.failure_records) == 1
+    # The discarded range's shard has left the stream (in AWS: trimmed after 24 hours). DynamoDB Local keeps a
+    # stream's shards readable even once the stream is disabled or its table deleted, as AWS does for 24 hours; what
+    # it answers for a shard it no longer has is ResourceNotFoundException ("Shard does not exist").
+    sqs, url = local.failures.sqs, local.failures.queue_url
+    [message] = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1)["Messages"]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    record = json.loads(message["Body"])
+    record["DDBStreamBatchInfo"]["shardId"] = "shardId-00000001700000000000-0000dead"
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(record))
+    capsys.readouterr()
+
+    runner_stats = local.reconciler.runner.drain(local.reconciler.local_lambda, timeout=45)
+
+    assert runner_stats.outcomes == ["backfill_started"] and runner_stats.deleted == 1
+    line = local.reconciler.collector.last("reconciler message")
+    assert (line["reason"], line["backfill_segments"]) == ("ResourceNotFoundException", 4)
+    segments = [line for line in local.reconciler.collector.lines if line["message"] == "backfill segment"]
+    assert sorted(line["segment"] for line in segments) == [0, 1, 2, 3] and all(line["done"] for line in segments)
+    assert local.reconciler.local_lambda.errors == 0
+    items = scan(table.client, table.name)
+    assert violations(items, model, KEYS) == []
+    assert set(items) == {key for key, item in model.items.items() if item is not None}
+    [emf] = emf_lines(capsys.readouterr().out)
+    assert emf["ReconcilerBackfillFallbacks"] == [1.0] and emf["ReconcilerFailed"] == [0.0]
+    assert local.queued() == 0
+
+
+def test_a_self_continuing_backfill_segment_continues_through_the_local_lambda(engine, make_table, local):
+    table = make_table()
+    model = Model()
+    for op in ITEMS[:5]:
+        perform(table.client, table.name, op, model)
+    [payload] = backfill_payloads(table.name, ("Id",), "continuing", segments=1)
+    # One item a page, and a safety margin longer than the function's 900 s: one page per invocation.
+    payload |= {"page_size": 1, "safety_margin_ms": 10_000_000}
+
+    local.reconciler.local_lambda.invoke(
+        FunctionName="email-checker-dev-backfill_segment", InvocationType="Event", Payload=json.dumps(payload)
+    )
+    local.reconciler.runner.drain(local.reconciler.local_lambda, timeout=30)
+
+    segments = [line for line in local.reconciler.collector.lines if line["message"] == "backfill segment"]
+    assert [line["continuation"] for line in segments] == list(range(len(segments)))
+    assert len(segments) >= 5 and segments[-1]["done"] and not any(line["done"] for line in segments[:-1])
+    assert violations(scan(table.client, table.name), model, [op.key for op in ITEMS[:5]]) == []
+
+
+def test_a_message_whose_handling_fails_comes_back_after_the_delay_and_ends_in_the_dead_letter_queue(
+    engine, make_table, local, monkeypatch
+):
+    """Lambda's SQS semantics: not deleted when the function raises, back once the visibility the reconciler set
+    ends, with a growing receive count; after maxReceiveCount receives, SQS moves it to the dead-letter queue."""
+    from chalicelib import reconciler
+
+    delays = []
+    monkeypatch.setattr(reconciler, "retry_delay_seconds", lambda receives: delays.append(receives) or 1)
+    sqs, url = local.failures.sqs, local.failures.queue_url
+    sqs.set_queue_attributes(
+        QueueUrl=url,
+        Attributes={
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dead_letter_arn(local), "maxReceiveCount": 3}  # the stage's is 10
+            )
+        },
+    )
+    table = make_table()
+    perform(table.client, table.name, Op("put", "user-0", "ann@gmail.com"), Model())
+    [shard] = engine.streams_client().describe_stream(StreamArn=table.stream_arn)["StreamDescription"]["Shards"]
+    # A sequence number DynamoDB Local refuses for the shard (ValidationException "Invalid SequenceNumber for the
+    # shard"): the reconciler can't read the range, and retries.
+    body = {
+        "requestContext": {"condition": "RetryAttemptsExhausted"},
+        "DDBStreamBatchInfo": {
+            "shardId": shard["ShardId"],
+            "startSequenceNumber": "0" * 21,
+            "endSequenceNumber": "0" * 21,
+            "streamArn": table.stream_arn,
+        },
+    }
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+    runner = local.reconciler.runner
+
+    runner.drain(timeout=30)
+
+    assert runner.stats.received == 3 and runner.stats.failed == 3 and runner.stats.deleted == 0
+    assert delays == [1, 2, 3], "the reconciler saw the receive count grow"
+    assert set(runner.stats.outcomes) == {"retry"}
+    [moved] = sqs.receive_message(QueueUrl=local.failures.dead_letter_url)["Messages"]
+    assert json.loads(moved["Body"]) == body
+    assert FLAG not in scan(table.client, table.name)["user-0"]
+    line = local.reconciler.collector.last("reconciler message")
+    assert (line["outcome"], line["reason"], line["retry_in_seconds"]) == ("retry", "ValidationException", 1)
+    assert line["message_id"] == moved["MessageId"]
+
+
+def dead_letter_arn(local: Local) -> str:
+    return local.failures.sqs.get_queue_attributes(
+        QueueUrl=local.failures.dead_letter_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
