@@ -21,17 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tools.backfill import (
-    DEFAULT_PAGE_SIZE,
-    ROOT,
-    Checkpoint,
-    Options,
-    dynamodb_client,
-    local_worker,
-    run_local,
-    stage_settings,
-    table_facts,
-)
+from tools.backfill.checkpoint import Checkpoint
+from tools.backfill.cli import dynamodb_client
+from tools.backfill.local import DEFAULT_PAGE_SIZE, Options, local_worker, run_local, stage_settings
+from tools.backfill.table import table_facts
+from tools.project import ROOT
 
 EMAILS = ("someone@gmail.com", "someone@example.com", "someone@outlook.com", "someone@corp.example.org")
 BATCH = 25

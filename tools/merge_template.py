@@ -12,11 +12,10 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
   the log group that really exists whatever name CloudFormation gives the function;
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
   `chalice deploy` gets, on the ARNs this stack resolves;
-- for the backfill function `backfill_segment`: its own role policy (Scan and PartiQLUpdate on the table, send to its
-  results queue, invoke itself to continue a segment the reconciler started), its log group, a name derived from
-  the stack's (so that self-invocation permission can name it without a circular reference: stack names up to 47
-  characters), and its asynchronous invocation config: results on success and on failure go to an encrypted queue
-  the fan-out command reads (`python -m tools.backfill fanout`);
+- for the backfill function `backfill_segment`: its own role policy (Scan and PartiQLUpdate on the table, invoke
+  itself to continue a segment the reconciler started), its log group, and a name derived from the stack's (so that
+  self-invocation permission can name it without a circular reference: stack names up to 47 characters); the
+  fan-out command (`python -m tools.backfill fanout`) invokes it synchronously, so it needs no results queue;
 - for the reconciler `reconcile_discarded_batches`: its SQS event source pointed at `StreamFailureQueue` (Chalice
   names the `chalice deploy` path's queue), the queue's visibility timeout and redrive policy to the dead-letter
   queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the backfill function's name.
@@ -56,10 +55,6 @@ LOG_RETENTION_DAYS = 30
 BACKFILL_FUNCTION = "BackfillSegment"
 BACKFILL_ROLE = "BackfillSegmentRole"
 BACKFILL_LOG_GROUP = "BackfillSegmentLogGroup"
-BACKFILL_QUEUE = "BackfillResultsQueue"
-BACKFILL_QUEUE_POLICY = "BackfillResultsQueuePolicy"
-BACKFILL_INVOKE_CONFIG = "BackfillSegmentEventInvokeConfig"
-BACKFILL_RESULTS_RETENTION_SECONDS = 4 * 24 * 3600
 BACKFILL_FUNCTION_NAME = "${AWS::StackName}-backfill_segment"
 # The reconciler `reconcile_discarded_batches` and its dead-letter queue.
 RECONCILER_FUNCTION = "ReconcileDiscardedBatches"
@@ -169,7 +164,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
         {"Fn::GetAtt": [TABLE, "Arn"]}, {"Fn::Select": [0, {"Fn::Split": ["/stream/", existing_stream]}]}
     )
     queue_arn = {"Fn::GetAtt": [QUEUE, "Arn"]}
-    results_arn = {"Fn::GetAtt": [BACKFILL_QUEUE, "Arn"]}
     backfill_arn = {
         "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:" + BACKFILL_FUNCTION_NAME
     }
@@ -241,7 +235,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     ]
                 }
             },
-            **queue_resources(BACKFILL_QUEUE, BACKFILL_QUEUE_POLICY, BACKFILL_RESULTS_RETENTION_SECONDS),
             BACKFILL_LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
             BACKFILL_ROLE: {
                 "Properties": {
@@ -254,7 +247,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                                     table_arn,
                                     LOG_WRITES,
                                     {"Fn::GetAtt": [BACKFILL_LOG_GROUP, "Arn"]},
-                                    results_arn,
                                     backfill_arn,
                                 ),
                             },
@@ -269,19 +261,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     # Every function gets the stage's variables; the backfill names its table in each payload.
                     "Environment": {"Variables": {"STREAM_ARN": stream_arn}},
                 }
-            },
-            BACKFILL_INVOKE_CONFIG: {
-                "Type": "AWS::Lambda::EventInvokeConfig",
-                "Properties": {
-                    "FunctionName": {"Ref": BACKFILL_FUNCTION},
-                    "Qualifier": "$LATEST",
-                    # The fan-out re-invokes a failed segment from its checkpoint; Lambda's own retries would race it.
-                    "MaximumRetryAttempts": 0,
-                    "DestinationConfig": {
-                        "OnSuccess": {"Destination": results_arn},
-                        "OnFailure": {"Destination": results_arn},
-                    },
-                },
             },
             RECONCILER_LOG_GROUP: {
                 "Type": "AWS::Logs::LogGroup",
@@ -353,7 +332,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             "ReconcilerFunctionName": {"Value": {"Ref": RECONCILER_FUNCTION}},
             "FunctionLogGroup": {"Value": {"Ref": LOG_GROUP}},
             "BackfillFunctionName": {"Value": {"Ref": BACKFILL_FUNCTION}},
-            "BackfillResultsQueueUrl": {"Value": {"Ref": BACKFILL_QUEUE}},
             "DashboardName": {"Value": {"Ref": DASHBOARD}},
         },
     }

@@ -162,10 +162,10 @@ def policy_document(app_name: str, stage: str, stream_arn: str, failure_queue_ar
 
 
 def backfill_statements(
-    table_arn: Any, log_actions: list[str], log_resources: Any, results_queue_arn: Any = None, own_arn: Any = None
+    table_arn: Any, log_actions: list[str], log_resources: Any, own_arn: Any = None
 ) -> list[dict[str, Any]]:
-    """The backfill function's least-privilege statements: scan and fix the table, report to its results queue,
-    continue a self-continuing segment by invoking itself (`own_arn`)."""
+    """The backfill function's least-privilege statements: scan and fix the table, continue a self-continuing
+    segment (the reconciler's fallback) by invoking itself (`own_arn`)."""
     statements = [
         {
             "Sid": "BackfillTheTable",
@@ -178,21 +178,11 @@ def backfill_statements(
         statements.append(
             {"Sid": "ContinueTheSegment", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": own_arn}
         )
-    if results_queue_arn:
-        # Lambda sends an asynchronous invocation's result to its destination with the function's role.
-        statements.append(
-            {
-                "Sid": "ReportSegmentResults",
-                "Effect": "Allow",
-                "Action": ["sqs:SendMessage"],
-                "Resource": results_queue_arn,
-            }
-        )
     statements.append({"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources})
     return statements
 
 
-def backfill_policy_document(app_name: str, stage: str, stream_arn: str, results_queue_arn: str = "") -> dict[str, Any]:
+def backfill_policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
     """The `chalice deploy` backfill function's policy, on the table named by the stage's stream ARN."""
     table_arn, log_group = function_arns(app_name, stage, stream_arn, BACKFILL)
     return {
@@ -201,7 +191,6 @@ def backfill_policy_document(app_name: str, stage: str, stream_arn: str, results
             table_arn,
             ["logs:CreateLogGroup", *LOG_WRITES],
             [log_group, f"{log_group}:log-stream:*"],
-            results_queue_arn,
             deployed_function_arn(app_name, stage, stream_arn, BACKFILL),
         ),
     }
@@ -325,9 +314,8 @@ def expected_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
 
 
 def expected_backfill_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The policy a stage's backfill policy file must hold, from its STREAM_ARN and BACKFILL_QUEUE_ARN."""
-    results_queue_arn = config["stages"][stage].get("environment_variables", {}).get("BACKFILL_QUEUE_ARN", "")
-    return backfill_policy_document(config["app_name"], stage, stage_stream_arn(config, stage), results_queue_arn)
+    """The policy a stage's backfill policy file must hold, from its STREAM_ARN."""
+    return backfill_policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
 
 
 def backfill_policy_file(config: dict[str, Any], stage: str) -> str:
@@ -443,18 +431,13 @@ def monitoring_targets(app_name: str, stage: str, function_name: str) -> dict[st
     }
 
 
-def backfill_queue_name(app_name: str, stage: str) -> str:
-    """The queue the backfill function's asynchronous invocations report to (on success and on failure)."""
-    return f"{app_name}-{stage}-backfill-results"
-
-
 def ensure_failure_queue(
     sqs: Any,
     name: str,
     retention_seconds: int = failure_handling.FAILURE_QUEUE_RETENTION_SECONDS,
     extra_attributes: dict[str, str] | None = None,
 ) -> str:
-    """Create the encrypted, TLS-only queue (on-failure, its dead-letter queue, or backfill results), or find it and
+    """Create the encrypted, TLS-only queue (on-failure or its dead-letter queue), or find it and
     bring its attributes up to date; its ARN."""
     # Created bare, then set: CreateQueue refuses an existing queue whose attributes differ from the ones it is given.
     queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
@@ -542,43 +525,11 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
     return queue_arn
 
 
-def apply_backfill_destinations(stage: str) -> str:
-    """Point a `chalice deploy`ed backfill function's asynchronous results at an SQS queue; the queue's URL.
-
-    Creates the encrypted, TLS-only results queue, records its ARN in the stage (BACKFILL_QUEUE_ARN) so the backfill
-    policy file keeps the send permission, re-attaches that policy, and sets the function's EventInvokeConfig:
-    on success and on failure to the queue, Lambda's own retries off (the fan-out re-invokes from its checkpoint).
-    """
-    config = load_config()
-    variables = stage_variables(config, stage)
-    function_arn = deployed_resources(stage, BACKFILL)["lambda_function"]["lambda_arn"]
-    role_name = deployed_resources(stage, BACKFILL)["iam_role"]["role_name"]
-    session = boto3.session.Session()
-    sqs = session.client("sqs")
-    queue_arn = ensure_failure_queue(sqs, backfill_queue_name(config["app_name"], stage), 4 * 24 * 3600)
-    variables["BACKFILL_QUEUE_ARN"] = queue_arn
-    write_json(CONFIG, config)
-    write_policies(config)
-    session.client("iam").put_role_policy(
-        RoleName=role_name, PolicyName=role_name, PolicyDocument=json.dumps(expected_backfill_policy(config, stage))
-    )
-    session.client("lambda").put_function_event_invoke_config(
-        FunctionName=function_arn,
-        MaximumRetryAttempts=0,
-        DestinationConfig={"OnSuccess": {"Destination": queue_arn}, "OnFailure": {"Destination": queue_arn}},
-    )
-    return sqs.get_queue_url(QueueName=backfill_queue_name(config["app_name"], stage))["QueueUrl"]
-
-
 def stage_queues(sqs: Any, app_name: str, stage: str) -> list[str]:
-    """URLs of the stage's queues that exist: the on-failure queue, its dead-letter queue and the backfill results
-    queue (`chalice delete` leaves them, as it did not create them)."""
+    """URLs of the stage's queues that exist: the on-failure queue and its dead-letter queue (`chalice delete`
+    leaves them, as it did not create them)."""
     urls = []
-    names = (
-        failure_queue_name(app_name, stage),
-        dead_letter_queue_name(app_name, stage),
-        backfill_queue_name(app_name, stage),
-    )
+    names = (failure_queue_name(app_name, stage), dead_letter_queue_name(app_name, stage))
     for name in names:
         with contextlib.suppress(sqs.exceptions.QueueDoesNotExist):
             urls.append(sqs.get_queue_url(QueueName=name)["QueueUrl"])
