@@ -313,7 +313,6 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
     }
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
         "BackfillTheTable": (["dynamodb:Scan", "dynamodb:PartiQLUpdate"], table),
-        "ReportSegmentResults": (["sqs:SendMessage"], "<BackfillResultsQueue.Arn>"),
         "ContinueTheSegment": (["lambda:InvokeFunction"], backfill_arn),
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<BackfillSegmentLogGroup.Arn>"),
     }

@@ -12,6 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = ROOT / ".chalice"
 CONFIG = CHALICE_DIR / "config.json"
 DEPLOYED_DIR = CHALICE_DIR / "deployed"
+# The app's functions, as app.py names them.
+HANDLER = "sync_is_personal_email"
+BACKFILL = "backfill_segment"
+RECONCILER = "reconcile_discarded_batches"
 
 
 class UnknownStage(ValueError):
