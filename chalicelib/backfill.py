@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from chalicelib.deadline import NO_DEADLINE, Deadline
-from chalicelib.dynamodb import WriteOutcome
+from chalicelib.dynamodb import OutcomeTally, WriteOutcome
 from chalicelib.planner import Classify, Write, decide
 from chalicelib.records import decision_projection, from_event_json, item_key, item_state
 
@@ -222,15 +222,11 @@ def plan_page(
 
 def tally(outcomes: Sequence[WriteOutcome], counts: Counts) -> None:
     """Count the writes' outcomes."""
-    for outcome in outcomes:
-        if outcome is WriteOutcome.APPLIED:
-            counts.written += 1
-        elif outcome is WriteOutcome.SUPERSEDED:
-            counts.superseded += 1
-        elif outcome is WriteOutcome.REJECTED:
-            counts.rejected += 1
-        else:
-            counts.failed += 1
+    tallied = OutcomeTally.of(outcomes)
+    counts.written += tallied.applied
+    counts.superseded += tallied.superseded
+    counts.rejected += tallied.rejected
+    counts.failed += tallied.failed
 
 
 def estimated_read_units(items: Sequence[Mapping[str, Any]], consistent: bool) -> float:

@@ -8,8 +8,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
+from chalicelib.dynamodb import dynamodb_client
 from tools.backfill import fanout as fanout_module
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch, default_checkpoint_path
 from tools.backfill.local import DEFAULT_PAGE_SIZE, FUNCTION_NAME, Options, local_worker, run_local, stage_settings
@@ -26,15 +26,6 @@ existed, or whose records aged out of it), from this machine or fanned out over 
 Docs: docs/backfill.md. Output holds counts and segment numbers only; the checkpoint file holds one key per segment
 (a key may be an e-mail address): keep it as private as the table.
 """
-
-
-def dynamodb_client(pool: int) -> Any:
-    """A DynamoDB client from the environment, with connections enough for every thread."""
-    import boto3
-
-    from chalicelib.dynamodb import client_config
-
-    return boto3.session.Session().client("dynamodb", config=client_config(max_pool_connections=pool))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -109,7 +100,7 @@ def backfill(args: argparse.Namespace) -> int:
         raise ValueError("--concurrency and --max-failures must be at least 1")
     settings = stage_settings(args.stage)
     threads = min(args.threads or args.segments, 32) if local else 1
-    client = dynamodb_client(pool=threads * (args.write_concurrency if local else 1) + threads)
+    client = dynamodb_client(threads * (args.write_concurrency if local else 1) + threads)
     facts = table_facts(client.describe_table(TableName=args.table)["Table"])
     read_units, write_units = rate_limits(facts, args.read_units, args.write_units, args.capacity_fraction)
     options = Options(args.dry_run, args.page_size, read_units, write_units, getattr(args, "max_pages", None))
