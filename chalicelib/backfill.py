@@ -1,7 +1,7 @@
 """The backfill's segment worker: scan one segment of a parallel scan, decide each item as the handler would, and
 write only what violates the invariant, through the handler's own conditional writes (docs/design.md §1, §3).
 
-The same worker runs in the local command (tools/backfill.py, a thread per segment) and in the Lambda function
+The same worker runs in the local command (tools/backfill/local.py, a thread per segment) and in the Lambda function
 `backfill_segment` (app.py), which works until its remaining time runs low and hands back where it stopped.
 """
 

@@ -1,4 +1,4 @@
-"""The backfill (tools/backfill.py, chalicelib/backfill.py): every existing item ends under the invariant, from this
+"""The backfill (tools/backfill/, chalicelib/backfill.py): every existing item ends under the invariant, from this
 machine or fanned out over the Lambda function, against DynamoDB Local."""
 
 from __future__ import annotations

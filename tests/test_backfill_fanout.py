@@ -181,3 +181,52 @@ def test_the_stage_is_required():
 
 def test_stage_settings_read_the_stage_config():
     assert stage_settings("prod").stage == "prod"
+
+
+def test_the_lambda_invoker_waits_for_the_answer_and_names_a_function_error_by_type():
+    import io
+    import json
+
+    import boto3
+    from botocore.response import StreamingBody
+    from botocore.stub import Stubber
+
+    from tools.backfill.fanout import InvocationFailed, LambdaInvoker
+
+    session = boto3.session.Session(region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+    client = session.client("lambda")
+    payload = SegmentRequest("T", ("Id",), 1, 2).payload(run_id="r", attempt=1)
+    answer = {"segment": 1, "total_segments": 2, "last_evaluated_key": None, "done": True, "counts": {}}
+    expected = {"FunctionName": "fn", "InvocationType": "RequestResponse", "Payload": json.dumps(payload).encode()}
+
+    def body(document) -> StreamingBody:
+        raw = json.dumps(document).encode()
+        return StreamingBody(io.BytesIO(raw), len(raw))
+
+    error = {"errorType": "PayloadError", "errorMessage": "start_key a@gmail.com"}
+    with Stubber(client) as stub:
+        stub.add_response("invoke", {"StatusCode": 200, "Payload": body(answer)}, expected)
+        stub.add_response("invoke", {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": body(error)}, expected)
+        invoker = LambdaInvoker(client, "fn")
+        assert invoker.invoke(payload) == answer
+        try:
+            invoker.invoke(payload)
+            raise AssertionError("a function error must raise")
+        except InvocationFailed as failure:
+            assert str(failure) == "function error PayloadError"  # never the message, which may quote a value
+        stub.assert_no_pending_responses()
+
+
+def test_an_invocation_starts_no_page_that_cannot_fit(make_table, settings_dev):
+    from chalicelib.backfill import run_segment
+
+    table = make_table(stream=False)
+    populate(table.client, table, 20, Model())
+    worker = local_worker(settings_dev, table.client, 4)
+    payload = SegmentRequest(table.name, ("Id",), 0, 1, page_size=5).payload()
+    # 50 s left, a 30 s margin and a page assumed to take 60 s: no page starts; the key handed back is the start.
+    short = run_segment({**payload, "safety_margin_ms": 30_000}, worker, lambda: 50_000)
+    assert (short["counts"]["pages"], short["done"], short["last_evaluated_key"]) == (0, False, None)
+    # With 100 s left the same invocation works; a measured page (well under 60 s) doesn't lower the assumed one.
+    roomy = run_segment({**payload, "safety_margin_ms": 30_000}, worker, lambda: 100_000)
+    assert roomy["done"] and roomy["counts"]["scanned"] == 20

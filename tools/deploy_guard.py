@@ -36,7 +36,7 @@ def bind_command(stage: str, stream_arn: str = "<arn>") -> str:
 
 
 def queue_arn_in(document: dict[str, Any]) -> str:
-    """The queue the policy lets the function send to (added by apply-failure-handling or setup-fanout), or ""."""
+    """The queue the policy lets the function send to (added by apply-failure-handling), or ""."""
     queues = [s.get("Resource") for s in document.get("Statement", []) if s.get("Action") == SEND]
     return queues[0] if len(queues) == 1 and isinstance(queues[0], str) else ""
 
