@@ -30,7 +30,9 @@ Docs: docs/backfill.md. Output holds counts and segment numbers only; the checkp
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    top = argparse.ArgumentParser(description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="python -m tools.backfill", description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = top.add_subparsers(dest="command", required=True)
     for name, text in (("run", "backfill from this machine"), ("fanout", "backfill with the Lambda function")):
         command = commands.add_parser(name, help=text)
