@@ -1,7 +1,7 @@
 """The backfill's segment worker: scan one segment of a parallel scan, decide each item as the handler would, and
 write only what violates the invariant, through the handler's own conditional writes (docs/design.md §1, §3).
 
-The same worker runs in the local command (tools/backfill.py, a thread per segment) and in the Lambda function
+The same worker runs in the local command (tools/backfill/local.py, a thread per segment) and in the Lambda function
 `backfill_segment` (app.py), which works until its remaining time runs low and hands back where it stopped.
 """
 
@@ -14,13 +14,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from chalicelib.dynamodb import WriteOutcome
+from chalicelib.deadline import NO_DEADLINE, Deadline
+from chalicelib.dynamodb import OutcomeTally, WriteOutcome
 from chalicelib.planner import Classify, Write, decide
 from chalicelib.records import decision_projection, from_event_json, item_key, item_state
 
 # Scan reads in 4 KB units, eventually consistent at half a unit each; a write costs at least one 1 KB unit.
 READ_UNIT_BYTES = 4096
 DEFAULT_SAFETY_MARGIN_MS = 30_000
+# The longest a page is assumed to take before one has been timed (then the slowest measured page, if longer): an
+# invocation starts a page only when the margin plus this is left. 60 s covers a 1,000-item page whose writes are
+# paced at 16 units/s per segment; a page that still runs out of time stops its writes at the deadline and is redone.
+DEFAULT_PAGE_WORST_CASE_MS = 60_000
 
 
 class PayloadError(ValueError):
@@ -137,6 +142,13 @@ class PageResult:
     retry: bool = False
     """Some writes failed after botocore's retries: the page must be scanned again from its start key."""
 
+    def finished_counts(self) -> Counts:
+        """What this page adds to a segment's counts: all of it when it finished; when it will be scanned again, only
+        its failures and the units it consumed (its items are counted when the page is redone, never twice)."""
+        if not self.retry:
+            return self.counts
+        return Counts(failed=self.counts.failed, read_units=self.counts.read_units, write_units=self.counts.write_units)
+
 
 @dataclass(slots=True)
 class SegmentResult:
@@ -210,15 +222,11 @@ def plan_page(
 
 def tally(outcomes: Sequence[WriteOutcome], counts: Counts) -> None:
     """Count the writes' outcomes."""
-    for outcome in outcomes:
-        if outcome is WriteOutcome.APPLIED:
-            counts.written += 1
-        elif outcome is WriteOutcome.SUPERSEDED:
-            counts.superseded += 1
-        elif outcome is WriteOutcome.REJECTED:
-            counts.rejected += 1
-        else:
-            counts.failed += 1
+    tallied = OutcomeTally.of(outcomes)
+    counts.written += tallied.applied
+    counts.superseded += tallied.superseded
+    counts.rejected += tallied.rejected
+    counts.failed += tallied.failed
 
 
 def estimated_read_units(items: Sequence[Mapping[str, Any]], consistent: bool) -> float:
@@ -295,12 +303,15 @@ class SegmentWorker:
         classify: Classify,
         read_limit: TokenBucket | None = None,
         write_limit: TokenBucket | None = None,
+        new_gateway: Callable[[], Any] | None = None,
     ) -> None:
         self._client = client
         self._gateway = gateway
         self._classify = classify
         self._read_limit = read_limit
         self._write_limit = write_limit
+        self._new_gateway = new_gateway
+        self._owns_gateway = False
 
     def limited(self, read_units_per_second: float | None, write_units_per_second: float | None) -> SegmentWorker:
         """The same worker (client, writes, classification) under its own rate limits (None: unlimited)."""
@@ -310,9 +321,28 @@ class SegmentWorker:
             self._classify,
             TokenBucket(read_units_per_second) if read_units_per_second else None,
             TokenBucket(write_units_per_second) if write_units_per_second else None,
+            self._new_gateway,
         )
 
-    def page(self, request: SegmentRequest, start_key: Mapping[str, Any] | None) -> PageResult:
+    def for_segment(self) -> SegmentWorker:
+        """A worker for one more segment: the same rate limits (shared) and its own writes pool when the worker
+        was given `new_gateway`, so a write concurrency is per segment, not shared by every segment."""
+        if self._new_gateway is None:
+            return self
+        worker = SegmentWorker(
+            self._client, self._new_gateway(), self._classify, self._read_limit, self._write_limit, self._new_gateway
+        )
+        worker._owns_gateway = True
+        return worker
+
+    def close(self) -> None:
+        """Stop the writes pool of a worker `for_segment` made (a shared one is left to its owner)."""
+        if self._owns_gateway:
+            self._gateway.close()
+
+    def page(
+        self, request: SegmentRequest, start_key: Mapping[str, Any] | None, deadline: Deadline = NO_DEADLINE
+    ) -> PageResult:
         """Scan one page from `start_key`, write what it needs (unless a dry run), and count."""
         if self._read_limit is not None:
             self._read_limit.take(0)
@@ -335,7 +365,7 @@ class SegmentWorker:
                 chunk = writes[start : start + step]
                 if self._write_limit is not None:
                     self._write_limit.take(len(chunk))
-                tally(self._gateway.apply(chunk), counts)
+                tally(self._gateway.apply(chunk, deadline), counts)
         return PageResult(counts, response.get("LastEvaluatedKey"), retry=counts.failed > 0)
 
     def run(
@@ -343,16 +373,19 @@ class SegmentWorker:
         request: SegmentRequest,
         keep_going: Callable[[], bool],
         on_page: Callable[[PageResult, SegmentResult], None] | None = None,
+        deadline: Deadline = NO_DEADLINE,
+        first_page: bool = True,
     ) -> SegmentResult:
         """Work through the segment from the request's start key while `keep_going()` says so (asked before every
-        page after the first). A page with failed writes ends the run at that page's start, to be scanned again.
+        page, the first too unless `first_page`). A page with failed writes (or writes cut off by `deadline`) ends
+        the run at that page's start, to be scanned again; its items are not counted (`finished_counts`).
         `on_page` sees each page and where the segment stands after it (the checkpoint to keep)."""
         result = SegmentResult(request.segment, request.total_segments, request.start_key, done=False)
-        first = True
+        first = first_page
         while first or keep_going():
             first = False
-            page = self.page(request, result.last_evaluated_key)
-            result.counts.add(page.counts)
+            page = self.page(request, result.last_evaluated_key, deadline)
+            result.counts.add(page.finished_counts())
             if not page.retry:
                 result.last_evaluated_key = page.last_evaluated_key
                 result.done = page.last_evaluated_key is None
@@ -399,8 +432,11 @@ def run_segment(
     limits = [payload.get(name) for name in ("read_units_per_second", "write_units_per_second")]
     if not all(limit is None or (type(limit) in (int, float) and limit > 0) for limit in limits):
         raise PayloadError("read_units_per_second and write_units_per_second must be positive numbers or null")
+    worst = payload.get("page_worst_case_ms", DEFAULT_PAGE_WORST_CASE_MS)
+    if type(worst) is not int or worst < 0:
+        raise PayloadError("page_worst_case_ms must be a whole number of milliseconds")
     worker = worker.limited(*limits)
-    slowest = {"ms": 0.0}
+    slowest = {"ms": float(worst)}
     started = {"at": time.monotonic()}
 
     def note_page(_page: PageResult, _result: SegmentResult) -> None:
@@ -408,8 +444,14 @@ def run_segment(
         slowest["ms"] = max(slowest["ms"], (now - started["at"]) * 1000)
         started["at"] = now
 
-    # Another page only when it fits: the margin plus the slowest page so far must still be left.
-    result = worker.run(request, lambda: remaining_ms() > margin + slowest["ms"], note_page)
+    def fits() -> bool:
+        started["at"] = time.monotonic()
+        return remaining_ms() > margin + slowest["ms"]
+
+    # A page starts only when it fits (the margin plus the slowest page, measured or assumed, is still left); one that
+    # overruns anyway stops its writes at the margin (the deadline) and is redone by the next invocation.
+    deadline = Deadline.from_remaining_ms(remaining_ms(), margin / 1000)
+    result = worker.run(request, fits, note_page, deadline, first_page=False)
     # Echoed so a coordinator can match a result to its invocation (asynchronous invocations may be delivered twice).
     echoed = {name: payload[name] for name in ("run_id", "attempt") if name in payload}
     return result.payload(table_name=request.table_name, **echoed)

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -53,6 +53,31 @@ class WriteOutcome(StrEnum):
     """Not written before the batch's deadline (not sent, or still in flight): counted as failed and retried."""
 
 
+@dataclass(slots=True)
+class OutcomeTally:
+    """How many writes ended each way; OUT_OF_TIME counts as failed (the write is retried like a failed one)."""
+
+    applied: int = 0
+    superseded: int = 0
+    rejected: int = 0
+    failed: int = 0
+
+    @classmethod
+    def of(cls, outcomes: Iterable[WriteOutcome]) -> OutcomeTally:
+        """The tally of `outcomes`."""
+        tally = cls()
+        for outcome in outcomes:
+            if outcome is WriteOutcome.APPLIED:
+                tally.applied += 1
+            elif outcome is WriteOutcome.SUPERSEDED:
+                tally.superseded += 1
+            elif outcome is WriteOutcome.REJECTED:
+                tally.rejected += 1
+            else:
+                tally.failed += 1
+        return tally
+
+
 # Errors that say the request can never succeed as it is; everything else is worth retrying.
 PERMANENT_ERRORS = frozenset({"ValidationException", "ResourceNotFoundException"})
 
@@ -82,6 +107,13 @@ def client_config(max_pool_connections: int) -> Config:
         read_timeout=READ_TIMEOUT_SECONDS,
         tcp_keepalive=True,
     )
+
+
+def dynamodb_client(max_pool_connections: int) -> Any:
+    """A DynamoDB client with these botocore settings (endpoint and region from the environment)."""
+    import boto3
+
+    return boto3.session.Session().client("dynamodb", config=client_config(max_pool_connections))
 
 
 def quote_name(name: str) -> str:

@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.budget import ANSWER_MARGIN_SECONDS
 from chalicelib.deadline import Deadline
-from chalicelib.dynamodb import WriteOutcome
+from chalicelib.dynamodb import OutcomeTally, WriteOutcome
 from chalicelib.planner import Classify, decide
 from chalicelib.records import ItemKey, MalformedRecord, item_key, table_name_from_stream_arn
 
@@ -260,15 +260,11 @@ def read_range_keys(streams: Any, batch: DiscardedBatch, deadline: Deadline) -> 
 
 def tally(report: Report, outcomes: Sequence[WriteOutcome]) -> None:
     """Count the writes' outcomes into the report."""
-    for outcome in outcomes:
-        if outcome is WriteOutcome.APPLIED:
-            report.fixed += 1
-        elif outcome is WriteOutcome.SUPERSEDED:
-            report.superseded += 1
-        elif outcome is WriteOutcome.REJECTED:
-            report.rejected += 1
-        else:
-            report.failed += 1
+    tallied = OutcomeTally.of(outcomes)
+    report.fixed += tallied.applied
+    report.superseded += tallied.superseded
+    report.rejected += tallied.rejected
+    report.failed += tallied.failed
 
 
 class Reconciler:

@@ -100,14 +100,10 @@ def classifier_for(settings: Settings) -> EmailClassifier:
 
 
 def dynamodb_client(settings: Settings) -> Any:
-    """A DynamoDB client with the function's botocore settings (endpoint and region from the environment)."""
-    import boto3
+    """A DynamoDB client with the function's botocore settings, connections for its write concurrency."""
+    from chalicelib.dynamodb import dynamodb_client as new_client
 
-    from chalicelib.dynamodb import client_config
-
-    return boto3.session.Session().client(
-        "dynamodb", config=client_config(max_pool_connections=settings.write_concurrency)
-    )
+    return new_client(settings.write_concurrency)
 
 
 @lru_cache(maxsize=4)

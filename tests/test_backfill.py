@@ -1,4 +1,4 @@
-"""The backfill (tools/backfill.py, chalicelib/backfill.py): every existing item ends under the invariant, from this
+"""The backfill (tools/backfill/, chalicelib/backfill.py): every existing item ends under the invariant, from this
 machine or fanned out over the Lambda function, against DynamoDB Local."""
 
 from __future__ import annotations
@@ -28,23 +28,13 @@ from localdev.events import to_wire
 from localdev.mapping import LocalEventSourceMapping
 from tests.reliability import EMAILS, Model, Op, classify, perform, scan, violations
 from tests.test_reliability import follow, report, run_clients, settle
-from tools.backfill import (
-    ROOT,
-    ChaliceTestTransport,
-    Checkpoint,
-    CheckpointMismatch,
-    Delivery,
-    FanoutOptions,
-    Options,
-    TableFacts,
-    destination_delivery,
-    fan_out,
-    local_worker,
-    rate_limits,
-    run_local,
-    stage_settings,
-    table_facts,
-)
+from tests.transports import ChaliceInvoker
+from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch
+from tools.backfill.fanout import FanoutOptions, InvocationFailed, fan_out
+from tools.backfill.local import Options, local_worker, run_local, stage_settings
+from tools.backfill.ratelimit import ON_DEMAND_READ_UNITS, ON_DEMAND_WRITE_UNITS, rate_limits
+from tools.backfill.table import TableFacts, table_facts
+from tools.project import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +104,14 @@ def test_the_token_bucket_waits_for_what_was_taken():
 
 def test_rate_limits_from_units_or_a_fraction_of_provisioned_capacity():
     provisioned = TableFacts("T", ("Id",), 10, read_capacity=400, write_capacity=100)
-    assert rate_limits(provisioned, None, None, None) == (None, None)
+    assert rate_limits(provisioned, None, None, None) == (80, 20)  # a fifth of the capacity by default
     assert rate_limits(provisioned, None, None, 0.25) == (100, 25)
     assert rate_limits(provisioned, 50, None, 0.5) == (50, 50)
     on_demand = TableFacts("T", ("Id",), 10, read_capacity=0, write_capacity=0)
     with pytest.raises(ValueError, match="on-demand"):
         rate_limits(on_demand, None, None, 0.5)
+    assert rate_limits(on_demand, None, None, None) == (ON_DEMAND_READ_UNITS, ON_DEMAND_WRITE_UNITS)
+    assert rate_limits(on_demand, 30, None, None) == (30, ON_DEMAND_WRITE_UNITS)
     with pytest.raises(ValueError, match="at most 1"):
         rate_limits(provisioned, None, None, 1.5)
 
@@ -164,23 +156,6 @@ def test_the_scan_reads_only_the_keys_and_the_two_attributes():
     assert (parameters["Segment"], parameters["TotalSegments"], parameters["Limit"]) == (1, 4, 10)
     assert parameters["ExclusiveStartKey"] == request.start_key
     assert parameters["ReturnConsumedCapacity"] == "TOTAL"
-
-
-def test_a_destination_record_becomes_a_delivery():
-    request = {"segment": 2, "run_id": "r", "attempt": 1}
-    response = {"segment": 2, "done": True, "last_evaluated_key": None, "counts": {}}
-    success = {"requestContext": {"condition": "Success"}, "requestPayload": request, "responsePayload": response}
-    assert destination_delivery(success) == Delivery(request, response)
-    failed = {
-        "requestContext": {"condition": "RetriesExhausted"},
-        "requestPayload": request,
-        "responseContext": {"functionError": "Unhandled"},
-        "responsePayload": {"errorMessage": "boom"},
-    }
-    assert destination_delivery(failed) == Delivery(request, None)
-
-
-# ------------------------------------------------------------------------------------------- against DynamoDB Local
 
 
 def test_a_table_written_with_no_stream_ends_under_the_invariant(make_table, settings, tmp_path):
@@ -278,14 +253,15 @@ def test_failed_writes_stop_the_segment_at_the_page_that_must_be_redone(make_tab
     real = local_worker(settings, table.client, 4)
 
     class FailingGateway:
-        def apply(self, writes):
+        def apply(self, writes, deadline=None):
             return [WriteOutcome.FAILED for _ in writes]
 
     worker = SegmentWorker(table.client, FailingGateway(), classifier_for(settings).is_personal_email)
     request = SegmentRequest(table.name, ("Id",), 0, 1, page_size=10)
     result = worker.run(request, lambda: True)
-    assert (result.done, result.last_evaluated_key, result.counts.pages) == (False, None, 1)
-    assert result.counts.failed == result.counts.to_write > 0
+    assert (result.done, result.last_evaluated_key, result.counts.pages) == (False, None, 0)
+    # The page is to be redone: only its failures count now, its items when it is redone (never twice).
+    assert result.counts.failed > 0 and (result.counts.scanned, result.counts.to_write) == (0, 0)
     assert real.run(request, lambda: True).done  # the same segment with working writes finishes
 
 
@@ -308,7 +284,7 @@ def test_the_rate_limits_pace_reads_and_writes(make_table, settings):
     gateway = DynamoDBGateway(table.client, max_concurrency=4)
 
     class Recording:
-        def apply(self, writes):
+        def apply(self, writes, deadline=None):
             chunks.append(len(writes))
             return gateway.apply(writes)
 
@@ -330,7 +306,7 @@ def test_the_command_runs_stops_resumes_and_summarises(make_table, tmp_path):
     keys = populate(table.client, table, 60, model)
     path = tmp_path / "cli.json"
     command = [sys.executable, "-m", "tools.backfill", "run", "--table", table.name, "--segments", "2"]
-    command += ["--page-size", "10", "--checkpoint", str(path)]
+    command += ["--stage", "dev", "--page-size", "10", "--checkpoint", str(path)]
     partial = subprocess.run(
         [*command, "--max-pages", "1", "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -387,27 +363,18 @@ def test_a_backfill_racing_clients_and_the_handler_leaves_no_violation(engine, m
     assert counts.scanned >= len(keys) - 40  # at least every item no client touched
 
 
-class FlakyTransport:
-    """The Chalice transport, but the first invocation fails before it starts (as a throttled one would) and every
-    outcome is delivered twice (Lambda's asynchronous delivery is at least once)."""
+class FlakyInvoker:
+    """The Chalice invoker, but the first invocation fails before it starts (as a throttled one would)."""
 
-    def __init__(self, inner: ChaliceTestTransport) -> None:
+    def __init__(self, inner: ChaliceInvoker) -> None:
         self.inner = inner
-        self.refused: list[dict] = []
+        self.refused = 0
 
-    def submit(self, payload):
+    def invoke(self, payload):
         if not self.refused:
-            self.refused.append(payload)
-        else:
-            self.inner.submit(payload)
-
-    def deliveries(self):
-        arrived = [Delivery(payload, None) for payload in self.refused if payload.get("failed") is None]
-        for payload in self.refused:
-            payload["failed"] = True
-        for delivery in self.inner.deliveries():
-            arrived += [delivery, delivery]
-        return arrived
+            self.refused += 1
+            raise InvocationFailed("TooManyRequestsException")
+        return self.inner.invoke(payload)
 
 
 def test_the_fan_out_through_the_function_backfills_every_segment(make_table, log_sink, tmp_path):
@@ -416,27 +383,27 @@ def test_the_fan_out_through_the_function_backfills_every_segment(make_table, lo
     keys = populate(table.client, table, 120, model)
     needed = len(violations(scan(table.client, table.name), model, keys))
     calls = Calls(table.client)  # the function has its own client: this one must see no writes
-    transport = ChaliceTestTransport(stage="dev")
+    invoker = ChaliceInvoker(stage="dev")
     path = tmp_path / "fanout.json"
-    # The test client gives the function 3 s; a 3 s margin means one page per invocation, then a continuation.
-    fanout = FanoutOptions(concurrency=2, safety_margin_ms=3000, max_invocations=4)
+    # The test client gives the function 3 s: no margin, and a page assumed to take 0.1 s until one is timed.
+    fanout = FanoutOptions(concurrency=2, safety_margin_ms=0, page_worst_case_ms=100, max_invocations=2)
     options = Options(page_size=10)
-    first = fan_out(transport, facts_of(table), Checkpoint.open(path, table.name, 4, False), options, fanout)
-    assert transport.invocations == 4 and first.pages == 4
+    first = fan_out(invoker, facts_of(table), Checkpoint.open(path, table.name, 4, False), options, fanout)
+    assert invoker.invocations == first.invocations == 2 and first.counts.pages >= 2
 
     checkpoint = Checkpoint.open(path, table.name, 4, False)  # resumed from the file
-    flaky = FlakyTransport(ChaliceTestTransport(stage="dev"))
-    fanout = FanoutOptions(concurrency=3, safety_margin_ms=3000)
+    flaky = FlakyInvoker(ChaliceInvoker(stage="dev"))
+    fanout = FanoutOptions(concurrency=3, safety_margin_ms=0, page_worst_case_ms=100, backoff_base_s=0.01)
     rest = fan_out(flaky, facts_of(table), checkpoint, options, fanout)
-    assert checkpoint.unfinished() == []
+    assert checkpoint.unfinished() == [] and rest.given_up == {}
     assert violations(scan(table.client, table.name), model, keys) == []
     totals = checkpoint.totals()
-    assert (totals.scanned, totals.written) == (120, needed), "a duplicate delivery was counted twice"
-    assert first.scanned + rest.scanned == 120 and calls.count == 0
-    # One invocation per page; the refused one was invoked again from the same key.
-    assert len(flaky.refused) == 1 and flaky.inner.invocations == rest.pages
+    assert (totals.scanned, totals.written) == (120, needed), "a page was counted twice"
+    assert first.counts.scanned + rest.counts.scanned == 120 and calls.count == 0
+    # The refused invocation was invoked again from the same key.
+    assert flaky.refused == 1 and flaky.inner.invocations == rest.invocations - 1
     lines = [line for line in log_sink.records() if line.get("message") == "backfill segment"]
-    assert len(lines) == transport.invocations + flaky.inner.invocations
+    assert len(lines) == invoker.invocations + flaky.inner.invocations
     assert not any(key in log_sink.getvalue() for key in keys) and "gmail" not in log_sink.getvalue()
 
 
@@ -463,45 +430,15 @@ def test_an_invocation_works_while_its_time_lasts_and_hands_back_where_it_stoppe
     keys = populate(table.client, table, 50, model)
     worker = local_worker(settings, table.client, 4)
     payload = SegmentRequest(table.name, ("Id",), 0, 1, page_size=10).payload(run_id="r", attempt=1)
-    left = iter([60_000, 60_000, 100])  # milliseconds left when asked: two more pages fit, then time is short
-    first = run_segment({**payload, "safety_margin_ms": 1000}, worker, lambda: next(left))
+    # Milliseconds left when asked (the deadline, then before each page): three pages fit, then time is short.
+    left = iter([60_000, 60_000, 60_000, 60_000, 100])
+    timing = {"safety_margin_ms": 1000, "page_worst_case_ms": 500}
+    first = run_segment({**payload, **timing}, worker, lambda: next(left))
     assert (first["counts"]["pages"], first["done"], first["run_id"], first["attempt"]) == (3, False, "r", 1)
     assert json.loads(json.dumps(first)) == first  # what Lambda hands back is JSON
-    rest = run_segment(
-        {**payload, "start_key": first["last_evaluated_key"], "safety_margin_ms": 0}, worker, lambda: 60_000
-    )
+    rest = run_segment({**payload, "start_key": first["last_evaluated_key"], **timing}, worker, lambda: 60_000)
     assert rest["done"] and rest["last_evaluated_key"] is None
     assert first["counts"]["scanned"] + rest["counts"]["scanned"] == 50
     assert violations(scan(table.client, table.name), model, keys) == []
     with pytest.raises(PayloadError, match="safety_margin_ms"):
         run_segment({**payload, "safety_margin_ms": -1}, worker, lambda: 60_000)
-
-
-def test_the_lambda_transport_invokes_asynchronously_and_reads_the_destination_queue():
-    import boto3
-    from botocore.stub import Stubber
-
-    from tools.backfill import LambdaTransport
-
-    session = boto3.session.Session(region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
-    lambda_client, sqs = session.client("lambda"), session.client("sqs")
-    payload = SegmentRequest("T", ("Id",), 1, 2).payload(run_id="r", attempt=1)
-    response = {"segment": 1, "total_segments": 2, "last_evaluated_key": None, "done": True, "counts": {}}
-    record = {"requestContext": {"condition": "Success"}, "requestPayload": payload, "responsePayload": response}
-    with Stubber(lambda_client) as lambdas, Stubber(sqs) as queue:
-        lambdas.add_response(
-            "invoke",
-            {"StatusCode": 202},
-            {"FunctionName": "fn", "InvocationType": "Event", "Payload": json.dumps(payload).encode()},
-        )
-        queue.add_response(
-            "receive_message",
-            {"Messages": [{"Body": json.dumps(record), "ReceiptHandle": "h1"}]},
-            {"QueueUrl": "https://queue", "MaxNumberOfMessages": 10, "WaitTimeSeconds": 20},
-        )
-        queue.add_response("delete_message", {}, {"QueueUrl": "https://queue", "ReceiptHandle": "h1"})
-        transport = LambdaTransport(lambda_client, sqs, "fn", "https://queue")
-        transport.submit(payload)
-        assert transport.deliveries() == [Delivery(payload, response)]
-        lambdas.assert_no_pending_responses()
-        queue.assert_no_pending_responses()

@@ -11,7 +11,12 @@ import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
 
 from localdev.events import to_wire
-from tools.backfill import ROOT, ChaliceTestTransport, Checkpoint, FanoutOptions, Options, fan_out, table_facts
+from tests.transports import ChaliceInvoker
+from tools.backfill.checkpoint import Checkpoint
+from tools.backfill.fanout import FanoutOptions, fan_out
+from tools.backfill.local import Options
+from tools.backfill.table import table_facts
+from tools.project import ROOT
 
 FLAG = "IsPersonalEmail"
 _deserialize = TypeDeserializer().deserialize
@@ -142,7 +147,18 @@ def backfill_table(make_table, keyed_by: str):
 @pytest.mark.parametrize("keyed_by", ["Email", "binary"])
 def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, tmp_path, keyed_by):
     table, keys, wanted = backfill_table(make_table, keyed_by)
-    command = [sys.executable, "-m", "tools.backfill", "run", "--table", table.name, "--segments", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "tools.backfill",
+        "run",
+        "--table",
+        table.name,
+        "--stage",
+        "dev",
+        "--segments",
+        "2",
+    ]
     command += ["--page-size", "3", "--no-progress", "--checkpoint", str(tmp_path / "backfill.json")]
 
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -162,12 +178,12 @@ def test_the_backfill_fanned_out_over_the_function_on_a_table_keyed_by_email_or_
     checkpoint = Checkpoint.open(tmp_path / "fanout.json", table.name, 2, dry_run=False)
 
     counts = fan_out(
-        ChaliceTestTransport(stage="dev"),
+        ChaliceInvoker(stage="dev"),
         facts,
         checkpoint,
         Options(page_size=3),
-        FanoutOptions(concurrency=2, safety_margin_ms=3000, max_attempts=2),
-    )
+        FanoutOptions(concurrency=2, safety_margin_ms=0, page_worst_case_ms=100, max_failures=2),
+    ).counts
 
     assert checkpoint.unfinished() == []
     assert (counts.scanned, counts.failed, counts.rejected) == (len(keys), 0, 0)

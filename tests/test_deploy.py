@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.projects import backfill_tool, chalice, stage_tool
+from tests.projects import chalice, stage_tool
 from tools import alarms, failure_handling, stage
 
 FUNCTION = "email-checker-dev-sync_is_personal_email"
@@ -173,21 +173,11 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     repaired = stage_tool(project_copy, "status", "--stage", "dev", env=aws_environment)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
 
-    # 4. The backfill's fan-out: a results queue, the function's asynchronous destinations, and the send permission.
-    setup = backfill_tool(project_copy, "setup-fanout", "--stage", "dev", env=aws_environment)
-    assert setup.returncode == 0, setup.stderr
-    results_url = sqs.get_queue_url(QueueName="email-checker-dev-backfill-results")["QueueUrl"]
-    results_arn = sqs.get_queue_attributes(QueueUrl=results_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    invoke_config = lambda_client.get_function_event_invoke_config(FunctionName=BACKFILL)
-    assert invoke_config["MaximumRetryAttempts"] == 0
-    assert invoke_config["DestinationConfig"] == {
-        "OnSuccess": {"Destination": results_arn},
-        "OnFailure": {"Destination": results_arn},
-    }
+    # 4. The backfill function: reserved concurrency, and no permission on any queue (the fan-out is synchronous).
+    assert lambda_client.get_function_concurrency(FunctionName=BACKFILL)["ReservedConcurrentExecutions"] == 8
     backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
-    assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn, results_arn)
-    assert json.loads((project_copy / ".chalice" / "policy-dev-backfill.json").read_text()) == backfill_policy
-    assert iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"] == attached
+    assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn)
+    assert "sqs:" not in json.dumps(backfill_policy)
 
     # 5. chalice delete removes the function, its mapping and its role.
     deleted = chalice(project_copy, "delete", "--stage", "dev", env=aws_environment)

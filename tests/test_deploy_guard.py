@@ -16,7 +16,6 @@ from tools.deploy_guard import budget_refusal, deploy_refusal, handler_timeout
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 OTHER_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Accounts/stream/2026-02-01T00:00:00.000"
 QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-stream-failures"
-RESULTS_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-backfill-results"
 
 
 @pytest.fixture
@@ -51,10 +50,10 @@ def test_every_stage_names_itself_in_stage():
 def test_a_bound_stage_passes_with_and_without_failure_handling(chalice_dir):
     configure(chalice_dir, STREAM_ARN=ARN)
     assert deploy_refusal(chalice_dir.parent, "prod", ARN) is None
-    # What apply-failure-handling and setup-fanout add: a send permission on each function's queue.
-    configure(chalice_dir, FAILURE_QUEUE_ARN=QUEUE_ARN, BACKFILL_QUEUE_ARN=RESULTS_ARN)
+    # What apply-failure-handling adds: a send permission on the handler's on-failure queue.
+    configure(chalice_dir, FAILURE_QUEUE_ARN=QUEUE_ARN)
     assert "sqs:SendMessage" in (chalice_dir / "policy-prod.json").read_text()
-    assert "sqs:SendMessage" in (chalice_dir / "policy-prod-backfill.json").read_text()
+    assert "sqs:SendMessage" not in (chalice_dir / "policy-prod-backfill.json").read_text()
     assert deploy_refusal(chalice_dir.parent, "prod", ARN) is None
 
 

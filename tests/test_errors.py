@@ -58,7 +58,8 @@ def python(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float = 1
 
 def test_backfill_of_a_missing_table(engine, tmp_path):
     result = python(
-        "tools.backfill", "run", "--table", "NoSuchTable", "--no-progress", "--checkpoint", str(tmp_path / "c.json"),
+        "tools.backfill", "run", "--table", "NoSuchTable", "--stage", "dev", "--no-progress",
+        "--checkpoint", str(tmp_path / "c.json"),
         env=local(engine, tmp_path),
     )  # fmt: skip
     assert_one_error_line(result, "DescribeTable", "check the name and the region")
@@ -75,7 +76,7 @@ def test_enable_stream_on_a_missing_table(engine, tmp_path, project_copy):
 
 def test_no_region(tmp_path, project_copy):
     environment = without_aws(tmp_path, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
-    backfill = python("tools.backfill", "run", "--table", "Users", "--no-progress", env=environment)
+    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", "dev", "--no-progress", env=environment)
     assert_one_error_line(backfill, "no AWS region", "AWS_DEFAULT_REGION")
     enable = stage_tool(project_copy, "enable-stream", "--stage", "dev", "--table-name", "Users", env=environment)
     assert_one_error_line(enable, "no AWS region")
@@ -87,7 +88,7 @@ def test_an_endpoint_nobody_answers_on(tmp_path):
         tmp_path, AWS_ENDPOINT_URL_DYNAMODB=nobody, AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="x",
         AWS_SECRET_ACCESS_KEY="x",
     )  # fmt: skip
-    backfill = python("tools.backfill", "run", "--table", "Users", "--no-progress", env=environment)
+    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", "dev", "--no-progress", env=environment)
     assert_one_error_line(backfill, f"cannot reach {nobody}")
     following = python("localdev.run", "--endpoint", nobody, "--checkpoints", str(tmp_path / "c.json"), env=environment)
     assert_one_error_line(following, f"cannot reach {nobody}")
@@ -234,17 +235,17 @@ def test_what_bind_accepts_the_template_accepts(arn):
 
 def test_cleanup_lists_the_queues_then_deletes_them_when_told(tmp_path, project_copy):
     from localdev.moto_server import MotoServer
-    from tools.stage import backfill_queue_name, ensure_failure_queue, failure_queue_name
+    from tools.stage import dead_letter_queue_name, ensure_failure_queue, failure_queue_name
 
     with MotoServer() as emulator:
         sqs = emulator.client("sqs")
-        for name in (failure_queue_name("email-checker", "dev"), backfill_queue_name("email-checker", "dev")):
+        for name in (failure_queue_name("email-checker", "dev"), dead_letter_queue_name("email-checker", "dev")):
             ensure_failure_queue(sqs, name)
         ensure_failure_queue(sqs, failure_queue_name("email-checker", "prod"))
         environment = without_aws(tmp_path, **emulator.environment())
         listed = stage_tool(project_copy, "cleanup", "--stage", "dev", env=environment)
         assert listed.returncode == 0, listed.stderr
-        assert "stream-failures" in listed.stdout and "backfill-results" in listed.stdout and "--yes" in listed.stdout
+        assert "stream-failures-dead" in listed.stdout and "--yes" in listed.stdout
         assert len(sqs.list_queues()["QueueUrls"]) == 3
         deleted = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=environment)
         assert deleted.returncode == 0 and "deleted 2 queue(s)" in deleted.stdout, deleted.stdout + deleted.stderr

@@ -113,9 +113,6 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "BackfillSegment",
         "BackfillSegmentRole",
         "BackfillSegmentLogGroup",
-        "BackfillResultsQueue",
-        "BackfillResultsQueuePolicy",
-        "BackfillSegmentEventInvokeConfig",
         "Dashboard",
         *(alarm.logical_id for alarm in alarms.ALARMS),
         "ReconcileDiscardedBatches",
@@ -170,7 +167,7 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
     assert resources["SyncIsPersonalEmailLogGroup"]["Properties"]["RetentionInDays"] == 30
 
 
-def test_the_backfill_function_reports_to_its_results_queue(stack_with_table):
+def test_the_backfill_function_has_reserved_concurrency_and_no_results_queue(stack_with_table):
     template, _ = stack_with_table
     resources = template["Resources"]
     function = resources["BackfillSegment"]["Properties"]
@@ -178,17 +175,12 @@ def test_the_backfill_function_reports_to_its_results_queue(stack_with_table):
     assert (function["Timeout"], function["Role"]) == (900, {"Fn::GetAtt": ["BackfillSegmentRole", "Arn"]})
     assert function["LoggingConfig"] == {"LogGroup": {"Ref": "BackfillSegmentLogGroup"}}
     assert "Events" not in function  # invoked by the fan-out only
-    invoke_config = resources["BackfillSegmentEventInvokeConfig"]
-    results = {"Destination": {"Fn::GetAtt": ["BackfillResultsQueue", "Arn"]}}
-    assert invoke_config["Type"] == "AWS::Lambda::EventInvokeConfig"
-    assert invoke_config["Properties"] == {
-        "FunctionName": {"Ref": "BackfillSegment"},
-        "Qualifier": "$LATEST",
-        "MaximumRetryAttempts": 0,
-        "DestinationConfig": {"OnSuccess": results, "OnFailure": results},
-    }
-    assert resources["BackfillResultsQueue"]["Properties"]["SqsManagedSseEnabled"] is True
-    assert template["Outputs"]["BackfillResultsQueueUrl"] == {"Value": {"Ref": "BackfillResultsQueue"}}
+    # Reserved so a backfill can't take the concurrency the stream handler needs (it has its own 10).
+    assert function["ReservedConcurrentExecutions"] == 8
+    # The fan-out invokes it synchronously: no results queue, no asynchronous-invocation config.
+    assert not [name for name in resources if "Results" in name or "EventInvokeConfig" in name]
+    statements = resources["BackfillSegmentRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert not [s for s in statements if any(action.startswith("sqs:") for action in s["Action"])]
 
 
 def test_every_alarm_reads_back_from_the_packaged_template_as_defined(stack_with_table):
@@ -321,7 +313,6 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
     }
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
         "BackfillTheTable": (["dynamodb:Scan", "dynamodb:PartiQLUpdate"], table),
-        "ReportSegmentResults": (["sqs:SendMessage"], "<BackfillResultsQueue.Arn>"),
         "ContinueTheSegment": (["lambda:InvokeFunction"], backfill_arn),
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<BackfillSegmentLogGroup.Arn>"),
     }

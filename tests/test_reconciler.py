@@ -448,7 +448,9 @@ def test_a_self_continuing_segment_invokes_itself_from_where_it_stopped(engine, 
     )
 
     with lambda_stub:
-        result = backfill_segment(backfill_settings(), payload, lambda: 0, "bf", lambda_client)  # one page, then out
+        # Time for one page (asked for the deadline, then before the page), then out: a page starts only if it fits.
+        left = iter([10_000_000, 10_000_000])
+        result = backfill_segment(backfill_settings(), payload, lambda: next(left, 0), "bf", lambda_client)
     lambda_stub.assert_no_pending_responses()
 
     assert result["done"] is False and result["counts"]["written"] == 1

@@ -26,12 +26,11 @@ def test_policy_files_are_what_the_stage_stream_arn_gives(name):
 
 
 def test_the_backfill_policy_scans_and_writes_the_table_only():
-    policy = stage.backfill_policy_document("email-checker", "prod", ARN, "arn:aws:sqs:eu-west-1:123456789012:q")
+    policy = stage.backfill_policy_document("email-checker", "prod", ARN)
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
     assert by_sid["BackfillTheTable"]["Action"] == ["dynamodb:Scan", stage.TABLE_WRITE_ACTION]
     assert by_sid["BackfillTheTable"]["Resource"] == table
-    assert by_sid["ReportSegmentResults"]["Resource"] == "arn:aws:sqs:eu-west-1:123456789012:q"
     assert all("backfill_segment" in r for r in by_sid["WriteLogs"]["Resource"])
     # A segment the reconciler started continues itself: it may invoke itself, and nothing else.
     assert by_sid["ContinueTheSegment"] == {
@@ -40,9 +39,8 @@ def test_the_backfill_policy_scans_and_writes_the_table_only():
         "Action": ["lambda:InvokeFunction"],
         "Resource": "arn:aws:lambda:eu-west-1:123456789012:function:email-checker-prod-backfill_segment",
     }
-    assert set(by_sid) == {"BackfillTheTable", "ReportSegmentResults", "ContinueTheSegment", "WriteLogs"}
-    # Without a results queue there is nothing to send to.
-    assert "ReportSegmentResults" not in {s["Sid"] for s in stage.backfill_policy_document("a", "b", ARN)["Statement"]}
+    # The fan-out invokes it synchronously: it sends to no queue.
+    assert set(by_sid) == {"BackfillTheTable", "ContinueTheSegment", "WriteLogs"}
     # The stream handler's policy never gains Scan.
     handler = stage.policy_document("email-checker", "prod", ARN)
     assert not any("dynamodb:Scan" in statement["Action"] for statement in handler["Statement"])

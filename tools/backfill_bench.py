@@ -21,17 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tools.backfill import (
-    DEFAULT_PAGE_SIZE,
-    ROOT,
-    Checkpoint,
-    Options,
-    dynamodb_client,
-    local_worker,
-    run_local,
-    stage_settings,
-    table_facts,
-)
+from chalicelib.dynamodb import dynamodb_client
+from tools.backfill.checkpoint import Checkpoint
+from tools.backfill.local import DEFAULT_PAGE_SIZE, Options, local_worker, run_local, stage_settings
+from tools.backfill.table import table_facts
+from tools.project import ROOT
 
 EMAILS = ("someone@gmail.com", "someone@example.com", "someone@outlook.com", "someone@corp.example.org")
 BATCH = 25
@@ -57,7 +51,7 @@ def measure(items: int, segments: int) -> dict[str, Any]:
     """Backfill a fresh table of `items` items with `segments` segments (a thread each); the rates."""
     from localdev.dynamodb_local import create_table, table_definition
 
-    client = dynamodb_client(pool=segments * 9)  # 8 writes in flight and a scan per segment
+    client = dynamodb_client(segments * 9)  # 8 writes in flight and a scan per segment
     name = f"Bench-{uuid.uuid4().hex[:8]}"
     create_table(client, table_definition(TableName=name, StreamSpecification={"StreamEnabled": False}))
     try:

@@ -16,16 +16,16 @@ from typing import Any
 
 from chalicelib.budget import budget_problem
 from chalicelib.config import Settings
-from tools.stage import (
-    HANDLER,
+from tools.arns import split_stream_arn
+from tools.policies import (
     backfill_policy_document,
     backfill_policy_file,
     handler_policy_file,
     policy_document,
     reconciler_policy_document,
     reconciler_policy_file,
-    split_stream_arn,
 )
+from tools.project import HANDLER
 
 SEND = ["sqs:SendMessage"]
 
@@ -36,7 +36,7 @@ def bind_command(stage: str, stream_arn: str = "<arn>") -> str:
 
 
 def queue_arn_in(document: dict[str, Any]) -> str:
-    """The queue the policy lets the function send to (added by apply-failure-handling or setup-fanout), or ""."""
+    """The queue the policy lets the function send to (added by apply-failure-handling), or ""."""
     queues = [s.get("Resource") for s in document.get("Statement", []) if s.get("Action") == SEND]
     return queues[0] if len(queues) == 1 and isinstance(queues[0], str) else ""
 
@@ -99,7 +99,7 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
         return str(problem)
     checks = [
         (handler_policy_file(config, stage), lambda queue: policy_document(app_name, stage, stream_arn, queue)),
-        (backfill_file, lambda queue: backfill_policy_document(app_name, stage, stream_arn, queue)),
+        (backfill_file, lambda _queue: backfill_policy_document(app_name, stage, stream_arn)),
         (reconciler_file, lambda _queue: reconciler_policy_document(app_name, stage, stream_arn)),
     ]
     stale = [reason for name, expected in checks if (reason := stale_policy(chalice_dir / name, expected))]

@@ -12,11 +12,10 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
   the log group that really exists whatever name CloudFormation gives the function;
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
   `chalice deploy` gets, on the ARNs this stack resolves;
-- for the backfill function `backfill_segment`: its own role policy (Scan and PartiQLUpdate on the table, send to its
-  results queue, invoke itself to continue a segment the reconciler started), its log group, a name derived from
-  the stack's (so that self-invocation permission can name it without a circular reference: stack names up to 47
-  characters), and its asynchronous invocation config: results on success and on failure go to an encrypted queue
-  the fan-out command reads (`python -m tools.backfill fanout`);
+- for the backfill function `backfill_segment`: its own role policy (Scan and PartiQLUpdate on the table, invoke
+  itself to continue a segment the reconciler started), its log group, and a name derived from the stack's (so that
+  self-invocation permission can name it without a circular reference: stack names up to 47 characters); the
+  fan-out command (`python -m tools.backfill fanout`) invokes it synchronously, so it needs no results queue;
 - for the reconciler `reconcile_discarded_batches`: its SQS event source pointed at `StreamFailureQueue` (Chalice
   names the `chalice deploy` path's queue), the queue's visibility timeout and redrive policy to the dead-letter
   queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the backfill function's name.
@@ -28,130 +27,59 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tools import alarms, failure_handling
-from tools.stage import LOG_WRITES, ROOT, backfill_statements, policy_statements, reconciler_statements, write_json
+from tools import failure_handling
+from tools.policies import LOG_WRITES, backfill_statements, policy_statements, reconciler_statements
+from tools.project import ROOT, write_json
+from tools.template_parts import (
+    BACKFILL_FUNCTION,
+    BACKFILL_FUNCTION_NAME,
+    BACKFILL_LOG_GROUP,
+    BACKFILL_ROLE,
+    CREATE,
+    CREATES_TABLE,
+    DASHBOARD,
+    DEAD_LETTER_QUEUE,
+    DEAD_LETTER_QUEUE_POLICY,
+    EVENT_SOURCE,
+    FUNCTION,
+    HAS_TOPIC,
+    LOG_GROUP,
+    LOG_RETENTION_DAYS,
+    QUEUE,
+    QUEUE_POLICY,
+    RECONCILER_EVENT_SOURCE,
+    RECONCILER_FUNCTION,
+    RECONCILER_LOG_GROUP,
+    RECONCILER_ROLE,
+    ROLE,
+    STAGE_PARAMETER,
+    STREAM_ARN_PATTERN,
+    STREAM_PARAMETER,
+    TABLE,
+    TOPIC_PARAMETER,
+    mapping_filter,
+    monitoring_resources,
+    queue_resources,
+    table_properties,
+    users_table_or_existing,
+)
+
+# Re-exported: the names the packaging step, status and tests read from here.
+__all__ = [
+    "CREATE",
+    "DEAD_LETTER_QUEUE",
+    "EVENT_SOURCE",
+    "FUNCTION",
+    "QUEUE",
+    "STAGE_PARAMETER",
+    "STREAM_ARN_PATTERN",
+    "STREAM_PARAMETER",
+    "mapping_filter",
+    "table_properties",
+]
 
 SCHEMA = ROOT / "schema" / "users-table.json"
 MERGE_TEMPLATE = ROOT / "deploy" / "merge-template.json"
-
-# Chalice's CloudFormation logical ids for the handler `sync_is_personal_email` (a test packages and checks them).
-FUNCTION = "SyncIsPersonalEmail"
-ROLE = "SyncIsPersonalEmailRole"
-EVENT_SOURCE = "SyncIsPersonalEmailDynamodbEventSource"
-TABLE = "UsersTable"
-QUEUE = "StreamFailureQueue"
-QUEUE_POLICY = "StreamFailureQueuePolicy"
-LOG_GROUP = "SyncIsPersonalEmailLogGroup"
-STREAM_PARAMETER = "UsersTableStreamArn"
-STAGE_PARAMETER = "Stage"
-TOPIC_PARAMETER = "AlarmTopicArn"
-HAS_TOPIC = "HasAlarmTopic"
-DASHBOARD = "Dashboard"
-# The reconciler's dead-letter queue (its own helper adds it): its alarm is in the template once the queue is.
-DEAD_LETTER_QUEUE = "StreamFailureDeadLetterQueue"
-CREATE = "CREATE"
-CREATES_TABLE = "CreateUsersTable"
-LOG_RETENTION_DAYS = 30
-# The backfill function `backfill_segment` and what it needs.
-BACKFILL_FUNCTION = "BackfillSegment"
-BACKFILL_ROLE = "BackfillSegmentRole"
-BACKFILL_LOG_GROUP = "BackfillSegmentLogGroup"
-BACKFILL_QUEUE = "BackfillResultsQueue"
-BACKFILL_QUEUE_POLICY = "BackfillResultsQueuePolicy"
-BACKFILL_INVOKE_CONFIG = "BackfillSegmentEventInvokeConfig"
-BACKFILL_RESULTS_RETENTION_SECONDS = 4 * 24 * 3600
-BACKFILL_FUNCTION_NAME = "${AWS::StackName}-backfill_segment"
-# The reconciler `reconcile_discarded_batches` and its dead-letter queue.
-RECONCILER_FUNCTION = "ReconcileDiscardedBatches"
-RECONCILER_ROLE = "ReconcileDiscardedBatchesRole"
-RECONCILER_EVENT_SOURCE = "ReconcileDiscardedBatchesSqsEventSource"
-RECONCILER_LOG_GROUP = "ReconcileDiscardedBatchesLogGroup"
-DEAD_LETTER_QUEUE = "StreamFailureDeadLetterQueue"
-DEAD_LETTER_QUEUE_POLICY = "StreamFailureDeadLetterQueuePolicy"
-
-STREAM_ARN_PATTERN = r"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:[0-9]{12}:table/[A-Za-z0-9_.-]{3,255}/stream/.+"
-
-
-def table_properties(schema: dict[str, Any]) -> dict[str, Any]:
-    """The AWS::DynamoDB::Table properties: the schema's keys and stream, on-demand, PITR and encryption on.
-
-    The schema's TableName is left out: CloudFormation names the table after the stack, so two stages' stacks can
-    live in one account; the `UsersTableName` output says what it chose.
-    """
-    stream = schema["StreamSpecification"]
-    if not stream.get("StreamEnabled") or stream.get("StreamViewType") != "NEW_AND_OLD_IMAGES":
-        raise ValueError("schema/users-table.json must enable a NEW_AND_OLD_IMAGES stream")
-    if schema["BillingMode"] != "PAY_PER_REQUEST":
-        raise ValueError("schema/users-table.json must use on-demand (PAY_PER_REQUEST) billing")
-    return {
-        "AttributeDefinitions": schema["AttributeDefinitions"],
-        "KeySchema": schema["KeySchema"],
-        "BillingMode": schema["BillingMode"],
-        "StreamSpecification": {"StreamViewType": stream["StreamViewType"]},
-        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
-        "SSESpecification": {"SSEEnabled": True},
-    }
-
-
-def mapping_filter(schema: dict[str, Any]) -> dict[str, Any]:
-    """The mapping's filter from the schema's hash key; ValueError if the schema's stream has no NewImage."""
-    criteria = failure_handling.stream_filter(schema)
-    if criteria is None:
-        raise ValueError("schema/users-table.json's stream view has no NewImage: the mapping's filter needs one")
-    return criteria
-
-
-def users_table_or_existing(created: Any, existing: Any) -> dict[str, Any]:
-    """`created` when this stack makes the table, `existing` otherwise."""
-    return {"Fn::If": [CREATES_TABLE, created, existing]}
-
-
-def queue_resources(queue: str, policy: str, retention_seconds: int) -> dict[str, Any]:
-    """An encrypted SQS queue and its policy refusing anything but HTTPS."""
-    return {
-        queue: {
-            "Type": "AWS::SQS::Queue",
-            "Properties": {"SqsManagedSseEnabled": True, "MessageRetentionPeriod": retention_seconds},
-        },
-        policy: {
-            "Type": "AWS::SQS::QueuePolicy",
-            "Properties": {
-                "Queues": [{"Ref": queue}],
-                "PolicyDocument": failure_handling.https_only_queue_policy({"Fn::GetAtt": [queue, "Arn"]}),
-            },
-        },
-    }
-
-
-def monitoring_resources(resources: dict[str, Any]) -> dict[str, Any]:
-    """The alarms (tools/alarms.py) and the dashboard on this stack's function and queues."""
-    targets = {
-        alarms.FUNCTION: {"Ref": FUNCTION},
-        alarms.FAILURE_QUEUE: {"Fn::GetAtt": [QUEUE, "QueueName"]},
-        alarms.DEAD_LETTER_QUEUE: {"Fn::GetAtt": [DEAD_LETTER_QUEUE, "QueueName"]}
-        if DEAD_LETTER_QUEUE in resources
-        else None,
-        "service": alarms.SERVICE,
-        alarms.STAGE: {"Ref": STAGE_PARAMETER},
-    }
-    # The dashboard body is one string: Fn::Sub fills in the same names the alarms get through Ref and GetAtt.
-    placeholders = {
-        alarms.FUNCTION: f"${{{FUNCTION}}}",
-        alarms.FAILURE_QUEUE: f"${{{QUEUE}.QueueName}}",
-        alarms.DEAD_LETTER_QUEUE: f"${{{DEAD_LETTER_QUEUE}.QueueName}}" if DEAD_LETTER_QUEUE in resources else None,
-        "service": targets["service"],
-        alarms.STAGE: f"${{{STAGE_PARAMETER}}}",
-    }
-    return {
-        **alarms.cloudformation_alarms(targets, HAS_TOPIC, TOPIC_PARAMETER),
-        DASHBOARD: {
-            "Type": "AWS::CloudWatch::Dashboard",
-            "Properties": {
-                "DashboardName": {"Fn::Sub": "${AWS::StackName}"},
-                "DashboardBody": {"Fn::Sub": json.dumps(alarms.dashboard_body(placeholders, "${AWS::Region}"))},
-            },
-        },
-    }
 
 
 def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +97,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
         {"Fn::GetAtt": [TABLE, "Arn"]}, {"Fn::Select": [0, {"Fn::Split": ["/stream/", existing_stream]}]}
     )
     queue_arn = {"Fn::GetAtt": [QUEUE, "Arn"]}
-    results_arn = {"Fn::GetAtt": [BACKFILL_QUEUE, "Arn"]}
     backfill_arn = {
         "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:" + BACKFILL_FUNCTION_NAME
     }
@@ -241,7 +168,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     ]
                 }
             },
-            **queue_resources(BACKFILL_QUEUE, BACKFILL_QUEUE_POLICY, BACKFILL_RESULTS_RETENTION_SECONDS),
             BACKFILL_LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
             BACKFILL_ROLE: {
                 "Properties": {
@@ -254,7 +180,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                                     table_arn,
                                     LOG_WRITES,
                                     {"Fn::GetAtt": [BACKFILL_LOG_GROUP, "Arn"]},
-                                    results_arn,
                                     backfill_arn,
                                 ),
                             },
@@ -269,19 +194,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     # Every function gets the stage's variables; the backfill names its table in each payload.
                     "Environment": {"Variables": {"STREAM_ARN": stream_arn}},
                 }
-            },
-            BACKFILL_INVOKE_CONFIG: {
-                "Type": "AWS::Lambda::EventInvokeConfig",
-                "Properties": {
-                    "FunctionName": {"Ref": BACKFILL_FUNCTION},
-                    "Qualifier": "$LATEST",
-                    # The fan-out re-invokes a failed segment from its checkpoint; Lambda's own retries would race it.
-                    "MaximumRetryAttempts": 0,
-                    "DestinationConfig": {
-                        "OnSuccess": {"Destination": results_arn},
-                        "OnFailure": {"Destination": results_arn},
-                    },
-                },
             },
             RECONCILER_LOG_GROUP: {
                 "Type": "AWS::Logs::LogGroup",
@@ -353,7 +265,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             "ReconcilerFunctionName": {"Value": {"Ref": RECONCILER_FUNCTION}},
             "FunctionLogGroup": {"Value": {"Ref": LOG_GROUP}},
             "BackfillFunctionName": {"Value": {"Ref": BACKFILL_FUNCTION}},
-            "BackfillResultsQueueUrl": {"Value": {"Ref": BACKFILL_QUEUE}},
             "DashboardName": {"Value": {"Ref": DASHBOARD}},
         },
     }

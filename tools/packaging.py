@@ -1,0 +1,67 @@
+"""`chalice package` with the merge template (deploy/merge-template.json), for a stage."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from chalicelib.config import UNBOUND_STREAM_ARN, Settings
+from tools.merge_template import (
+    CREATE,
+    EVENT_SOURCE,
+    FUNCTION,
+    STAGE_PARAMETER,
+    STREAM_PARAMETER,
+    expected_merge_template,
+)
+from tools.policies import write_policies
+from tools.project import CHALICE_DIR, ROOT, load_config, stage_variables, write_json
+
+PACKAGED_PATHS = ("app.py", "chalicelib", "vendor", "requirements.txt")
+
+
+def package(stage: str, out: Path, create_table: bool) -> Path:
+    """`chalice package` with deploy/merge-template.json, the stack parameter defaulting to this stage's choice.
+
+    With `create_table` the stack makes the table, so the stage needs no STREAM_ARN: Chalice packages a scratch copy
+    of the project whose stage names the unbound placeholder, which the merge template replaces everywhere.
+    """
+    config = load_config()
+    variables = stage_variables(config, stage)
+    stream_arn = variables.get("STREAM_ARN", "")
+    if not create_table and not stream_arn:
+        raise ValueError(f"stage {stage!r} has no STREAM_ARN: run enable-stream or bind first, or pass --create-table")
+    merge_template = expected_merge_template()
+    merge_template["Parameters"][STREAM_PARAMETER]["Default"] = CREATE if create_table else stream_arn
+    merge_template["Parameters"][STAGE_PARAMETER]["Default"] = stage
+    event = merge_template["Resources"][FUNCTION]["Properties"]["Events"][EVENT_SOURCE]["Properties"]
+    event["ParallelizationFactor"] = Settings.from_environ(variables).parallelization_factor
+    with tempfile.TemporaryDirectory() as scratch:
+        project = Path(scratch)
+        for name in PACKAGED_PATHS:
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+            elif (ROOT / name).exists():
+                shutil.copy(ROOT / name, project / name)
+        # Not packaged: app.py imports tools.deploy_guard when the Chalice CLI loads it.
+        shutil.copytree(ROOT / "tools", project / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(CHALICE_DIR, project / ".chalice", ignore=shutil.ignore_patterns("deployed"))
+        if create_table:
+            stage_variables(config, stage)["STREAM_ARN"] = UNBOUND_STREAM_ARN
+            write_json(project / ".chalice" / "config.json", config)
+            # The merge template replaces the roles' policies; the files only have to agree with the placeholder.
+            write_policies(config, project / ".chalice")
+        write_json(project / "merge-template.json", merge_template)
+        chalice = Path(sys.executable).parent / "chalice"
+        command = [str(chalice), "--project-dir", str(project), "package", "--stage", stage]
+        command += ["--merge-template", str(project / "merge-template.json"), str(out.resolve())]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ValueError(f"chalice package failed:\n{result.stdout}{result.stderr}")
+    template = out / "sam.json"
+    if UNBOUND_STREAM_ARN in template.read_text():
+        raise ValueError(f"{template} still names the unbound placeholder stream: the merge template missed a place")
+    return template
