@@ -256,7 +256,7 @@ class TokenBucket:
         self,
         rate: float,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         if rate <= 0:
             raise ValueError("a rate limit must be positive")
@@ -279,14 +279,17 @@ class TokenBucket:
             return 0.0 if self._tokens > 0 else (-self._tokens) / self.rate + 1e-9
 
     def take(self, amount: float) -> float:
-        """Wait until the bucket holds something, then take `amount`; the seconds waited."""
+        """Wait until the bucket holds something, then take `amount`; the seconds waited. A sleep that returns True
+        (a stop event's `wait` once the event is set) ends the wait at once: the caller then stops too."""
         waited = 0.0
         while True:
             delay = self.wait_time()
             if delay <= 0:
                 break
-            self._sleep(delay)
+            woken = self._sleep(delay)
             waited += delay
+            if woken is True:
+                break
         with self._lock:
             self._refill()
             self._tokens -= amount
@@ -304,7 +307,9 @@ class SegmentWorker:
         read_limit: TokenBucket | None = None,
         write_limit: TokenBucket | None = None,
         new_gateway: Callable[[], Any] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        self._stop = stop
         self._client = client
         self._gateway = gateway
         self._classify = classify
@@ -313,15 +318,23 @@ class SegmentWorker:
         self._new_gateway = new_gateway
         self._owns_gateway = False
 
-    def limited(self, read_units_per_second: float | None, write_units_per_second: float | None) -> SegmentWorker:
-        """The same worker (client, writes, classification) under its own rate limits (None: unlimited)."""
+    def limited(
+        self,
+        read_units_per_second: float | None,
+        write_units_per_second: float | None,
+        stop: threading.Event | None = None,
+    ) -> SegmentWorker:
+        """The same worker (client, writes, classification) under its own rate limits (None: unlimited). With `stop`,
+        the limits' waits end when it is set, and a page then stops sending (a local run's Ctrl-C)."""
+        sleep = stop.wait if stop is not None else time.sleep
         return SegmentWorker(
             self._client,
             self._gateway,
             self._classify,
-            TokenBucket(read_units_per_second) if read_units_per_second else None,
-            TokenBucket(write_units_per_second) if write_units_per_second else None,
+            TokenBucket(read_units_per_second, sleep=sleep) if read_units_per_second else None,
+            TokenBucket(write_units_per_second, sleep=sleep) if write_units_per_second else None,
             self._new_gateway,
+            stop,
         )
 
     def for_segment(self) -> SegmentWorker:
@@ -330,7 +343,13 @@ class SegmentWorker:
         if self._new_gateway is None:
             return self
         worker = SegmentWorker(
-            self._client, self._new_gateway(), self._classify, self._read_limit, self._write_limit, self._new_gateway
+            self._client,
+            self._new_gateway(),
+            self._classify,
+            self._read_limit,
+            self._write_limit,
+            self._new_gateway,
+            self._stop,
         )
         worker._owns_gateway = True
         return worker
@@ -343,7 +362,8 @@ class SegmentWorker:
     def page(
         self, request: SegmentRequest, start_key: Mapping[str, Any] | None, deadline: Deadline = NO_DEADLINE
     ) -> PageResult:
-        """Scan one page from `start_key`, write what it needs (unless a dry run), and count."""
+        """Scan one page from `start_key`, write what it needs (unless a dry run), and count. Once the worker's stop
+        event is set, the page sends nothing more (between the rate limit's steps) and is to be scanned again."""
         if self._read_limit is not None:
             self._read_limit.take(0)
         response = self._client.scan(**scan_request(request, start_key))
@@ -365,6 +385,8 @@ class SegmentWorker:
                 chunk = writes[start : start + step]
                 if self._write_limit is not None:
                     self._write_limit.take(len(chunk))
+                if self._stop is not None and self._stop.is_set():
+                    return PageResult(counts, response.get("LastEvaluatedKey"), retry=True)
                 tally(self._gateway.apply(chunk, deadline), counts)
         return PageResult(counts, response.get("LastEvaluatedKey"), retry=counts.failed > 0)
 

@@ -245,8 +245,10 @@ def test_a_self_continuing_backfill_segment_continues_through_the_local_lambda(e
     for op in ITEMS[:5]:
         perform(table.client, table.name, op, model)
     [payload] = backfill_payloads(table.name, ("Id",), "continuing", segments=1)
-    # One item a page, and a safety margin longer than the function's 900 s: one page per invocation.
-    payload |= {"page_size": 1, "safety_margin_ms": 10_000_000}
+    # One item a page at one write a second, and a safety margin of all but 1.5 s of the function's 900 s: a page
+    # starts only while the margin and the slowest page (~1 s, waiting for the rate) still fit, so an invocation does
+    # one or two pages and hands the rest to the next.
+    payload |= {"page_size": 1, "write_units_per_second": 1, "safety_margin_ms": 898_500, "page_worst_case_ms": 0}
 
     local.reconciler.local_lambda.invoke(
         FunctionName="email-checker-dev-backfill_segment", InvocationType="Event", Payload=json.dumps(payload)
@@ -255,7 +257,7 @@ def test_a_self_continuing_backfill_segment_continues_through_the_local_lambda(e
 
     segments = [line for line in local.reconciler.collector.lines if line["message"] == "backfill segment"]
     assert [line["continuation"] for line in segments] == list(range(len(segments)))
-    assert len(segments) >= 5 and segments[-1]["done"] and not any(line["done"] for line in segments[:-1])
+    assert len(segments) >= 2 and segments[-1]["done"] and not any(line["done"] for line in segments[:-1])
     assert violations(scan(table.client, table.name), model, [op.key for op in ITEMS[:5]]) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ def run_local(
 ) -> Counts:
     """Backfill the unfinished segments on this machine, `threads` at a time; what this run did."""
     stop = stop or threading.Event()
-    limited = worker.limited(options.read_units, options.write_units)  # one budget shared by every thread
+    # One budget shared by every thread; its waits end when the run is stopped.
+    limited = worker.limited(options.read_units, options.write_units, stop)
     this_run = Counts()
     lock = threading.Lock()
 
@@ -98,7 +100,8 @@ def run_local(
             while pending:
                 _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
         except KeyboardInterrupt:
-            stop.set()  # each segment finishes its page (and checkpoint) and stops
+            stop.set()  # each segment stops within one rate-limit step; an unfinished page is scanned again on resume
+            print("stopping: the writes in hand finish, the checkpoint is kept", file=sys.stderr, flush=True)
             wait(pending)
             raise
         for future in futures:
