@@ -26,10 +26,12 @@ class ChaliceInvoker:
 
     def invoke(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Run the function with `payload` as JSON crosses Lambda's boundary; InvocationFailed when it raises."""
+        # One call at a time: Chalice's test client sets the stage's variables in os.environ for each call and puts
+        # back what it found, so two calls at once from the fan-out's threads would leave one's variables behind.
         with self._lock:
             self.invocations += 1
-        try:
-            response = self._client.lambda_.invoke(FUNCTION_NAME, json.loads(json.dumps(payload))).payload
-        except Exception as error:
-            raise InvocationFailed(type(error).__name__) from None
+            try:
+                response = self._client.lambda_.invoke(FUNCTION_NAME, json.loads(json.dumps(payload))).payload
+            except Exception as error:
+                raise InvocationFailed(type(error).__name__) from None
         return json.loads(json.dumps(response))

@@ -1,6 +1,6 @@
 # The original walkthrough's Lambda function, kept for comparison only: the benchmark's baseline. Never deployed.
 #
-# A faithful copy of the lab's code (/work/shared/seed/dynamodb-triggers-lab.md at the time of writing), adapted in
+# A faithful copy of the walkthrough lab's code (the DynamoDB triggers lab this product grew from), adapted in
 # one place only, so it can run against DynamoDB Local: the table name comes from the TABLE_NAME environment
 # variable (default "CloudAcademyLabs", the lab's table) instead of being a literal. Everything else is as the
 # walkthrough has it: a boto3 resource built at import, records processed one after another, one unconditional
