@@ -31,6 +31,7 @@ def benchmark(argv: list[str] | None = None) -> int:
     from bench import suite
     from bench.plot import plot
     from bench.report import backfill_lines, engine_line, memory_table, render, rows
+    from bench.sizes import FULL, SMOKE
     from bench.subjects import ROOT
     from localdev.dynamodb_local import DynamoDBLocal
 
@@ -47,7 +48,7 @@ def benchmark(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print("benchmark: email-checker vs the walkthrough's Lambda, on DynamoDB Local", file=sys.stderr)
     with DynamoDBLocal() as engine:
-        results = suite.run(engine, suite.SMOKE if args.smoke else suite.FULL)
+        results = suite.run(engine, SMOKE if args.smoke else FULL)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.plot)

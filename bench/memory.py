@@ -32,6 +32,7 @@ from bench.measure import (
 )
 from bench.quota import CpuQuota, cpu_quota, cpu_share, modelled_seconds
 from bench.report import median, memory_table, percentile
+from bench.sizes import FULL, SHARD_TARGET_MB, SMOKE, Sizes, memory_sizes_for, stage_memory
 from bench.subjects import OURS, ROOT, environment, stage_environment
 from localdev.dynamodb_local import DynamoDBLocal, PrerequisiteMissing
 
@@ -318,36 +319,40 @@ def _measure_one(
     }
 
 
+def measure_at_sizes(
+    engine: DynamoDBLocal, sizes: Sizes, memory_sizes: Sequence[int], **options: Any
+) -> dict[str, Any]:
+    """`measure_memory` with a workload's batch, cold-start and ladder sizes."""
+    return measure_memory(
+        engine,
+        memory_sizes,
+        sizes.batch_records,
+        sizes.memory_repetitions,
+        sizes.memory_cold_runs,
+        sizes.shard_rates,
+        sizes.shard_seconds,
+        **options,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure the memory table alone (the sizes of `make bench` by default) and print it."""
-    from bench import suite
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", help="memory sizes in MB, comma-separated")
     parser.add_argument("--smoke", action="store_true", help="the smoke run's sizes: checks the harness only")
     parser.add_argument("--model", action="store_true", help="no cgroup: the CPU-time model")
     parser.add_argument("--json", type=Path, help="write the section as JSON here")
     args = parser.parse_args(argv)
-    sizes = suite.SMOKE if args.smoke else suite.FULL
-    memory_sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else sizes.memory_sizes
-    memory_sizes = sorted({*memory_sizes, suite.stage_memory(), suite.SHARD_TARGET_MB})
+    sizes = SMOKE if args.smoke else FULL
+    memory_sizes = memory_sizes_for(sizes, tuple(int(size) for size in args.sizes.split(",")) if args.sizes else None)
     try:
         with DynamoDBLocal() as engine, environment({**engine.environment(), **stage_environment()}):
-            section = measure_memory(
-                engine,
-                memory_sizes,
-                sizes.batch_records,
-                sizes.memory_repetitions,
-                sizes.memory_cold_runs,
-                sizes.shard_rates,
-                sizes.shard_seconds,
-                allow_cgroups=not args.model,
-            )
+            section = measure_at_sizes(engine, sizes, memory_sizes, allow_cgroups=not args.model)
     except PrerequisiteMissing as missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2
-    section["stage_memory_mb"] = suite.stage_memory()
-    section["shard_target_mb"] = suite.SHARD_TARGET_MB
+    section["stage_memory_mb"] = stage_memory()
+    section["shard_target_mb"] = SHARD_TARGET_MB
     print(memory_table(section))
     if args.json:
         args.json.write_text(json.dumps(section, indent=1) + "\n")

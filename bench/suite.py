@@ -6,18 +6,18 @@ import datetime
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bench import measure
-from bench.memory import measure_memory
+from bench.memory import measure_at_sizes
 from bench.report import rows, targets
-from bench.subjects import ROOT, STAGE, environment, stage_environment
+from bench.sizes import QUOTA_VARIABLE, SHARD_TARGET_MB, Sizes, memory_sizes_for, stage_memory
+from bench.subjects import ROOT, environment, stage_environment
 from bench.workload import WALKTHROUGH_DOMAINS, mixed_workload
 from localdev.dynamodb_local import DynamoDBLocal, find_jar
 from tools import backfill_bench
-from tools.stage import load_config
 
 # No added latency (DynamoDB Local, CPU-bound on this machine) and a simulated in-region round trip (real DynamoDB).
 LATENCIES = (0.0, 0.005)
@@ -26,79 +26,6 @@ CLASSIFICATION = (
     f"({', '.join(WALKTHROUGH_DOMAINS)}; email-checker through PERSONAL_DOMAINS_ONLY); the invariant and the lower "
     "bound use email-checker's rule for them (docs/design.md §2: exact, normalised domain match)"
 )
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much of each workload to run."""
-
-    seed_items: int
-    rounds: int
-    operations_per_round: int
-    batch_records: int
-    batch_repetitions: int
-    cold_runs: int
-    lag_items: int
-    lag_rate: float
-    cpu_records: int
-    cpu_repetitions: int
-    backfill_items: int
-    backfill_segments: tuple[int, ...]
-    memory_sizes: tuple[int, ...]
-    memory_repetitions: int
-    memory_cold_runs: int
-    shard_rates: tuple[float, ...]
-    shard_seconds: float
-
-
-FULL = Sizes(
-    seed_items=200,
-    rounds=30,
-    operations_per_round=90,
-    batch_records=100,
-    batch_repetitions=9,
-    cold_runs=15,
-    lag_items=400,
-    lag_rate=40,
-    cpu_records=10_000,
-    cpu_repetitions=15,
-    backfill_items=5_000,
-    backfill_segments=(1, 2, 4, 8),
-    memory_sizes=(128, 256, 512, 1024, 1769),
-    memory_repetitions=5,
-    memory_cold_runs=5,
-    shard_rates=(25, 50, 100, 200, 400),
-    shard_seconds=4.0,
-)
-SMOKE = Sizes(
-    seed_items=20,
-    rounds=3,
-    operations_per_round=15,
-    batch_records=10,
-    batch_repetitions=1,
-    cold_runs=1,
-    lag_items=10,
-    lag_rate=50,
-    cpu_records=200,
-    cpu_repetitions=2,
-    backfill_items=60,
-    backfill_segments=(1, 2),
-    memory_sizes=(256,),
-    memory_repetitions=1,
-    memory_cold_runs=1,
-    shard_rates=(20,),
-    shard_seconds=1.0,
-)
-# Where the bench must not make cgroups (or to compare): EMAIL_CHECKER_BENCH_QUOTA=model uses the CPU-time model.
-QUOTA_VARIABLE = "EMAIL_CHECKER_BENCH_QUOTA"
-# The memory sizes the targets are read at: the stage's own, and the one the shard target names.
-SHARD_TARGET_MB = 256
-
-
-def stage_memory(stage: str = STAGE) -> int:
-    """The stage's lambda_memory_size (the stage's own, else the project's), as .chalice/config.json has it."""
-    config = load_config()
-    return int(config["stages"][stage].get("lambda_memory_size", config.get("lambda_memory_size", 128)))
 
 
 def machine() -> dict[str, Any]:
@@ -153,16 +80,12 @@ def run(engine: DynamoDBLocal, sizes: Sizes) -> dict[str, Any]:
         )
         results["cold_start"] = measure.measure_cold_starts(engine, sizes.batch_records, sizes.cold_runs, LATENCIES)
         results["lag"] = measure.measure_lag(engine, sizes.lag_items, sizes.lag_rate)
-        memory_sizes = sorted({*sizes.memory_sizes, stage_memory(), SHARD_TARGET_MB})
+        memory_sizes = memory_sizes_for(sizes)
         measure.progress(f"memory sizes {', '.join(map(str, memory_sizes))} MB, each handler in a process at its share")
-        results["memory"] = measure_memory(
+        results["memory"] = measure_at_sizes(
             engine,
+            sizes,
             memory_sizes,
-            sizes.batch_records,
-            sizes.memory_repetitions,
-            sizes.memory_cold_runs,
-            sizes.shard_rates,
-            sizes.shard_seconds,
             latency=LATENCIES[-1],
             allow_cgroups=os.environ.get(QUOTA_VARIABLE, "") != "model",
         )

@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 
 from bench import lambda_model, quota, suite
+from bench import sizes as bench_sizes
 from bench.hooks import CallCounter
 from bench.plot import plot
 from bench.report import backfill_lines, memory_table, percentile, render, rows
@@ -102,7 +103,7 @@ def test_percentile_is_the_nearest_rank():
 
 @pytest.fixture(scope="module")
 def smoke(engine):
-    return json.loads(json.dumps(suite.run(engine, suite.SMOKE)))  # what the JSON file holds
+    return json.loads(json.dumps(suite.run(engine, bench_sizes.SMOKE)))  # what the JSON file holds
 
 
 def test_smoke_run_writes_and_invariant(smoke):
@@ -146,7 +147,7 @@ def test_smoke_run_table_targets_and_figure(smoke, tmp_path):
     table = render(rows(smoke))
     assert OURS in table and BASELINE in table
     records = smoke["sizes"]["batch_records"]
-    stage_mb = suite.stage_memory()
+    stage_mb = bench_sizes.stage_memory()
     measures = {target["measure"] for target in smoke["targets"]}
     mode = smoke["memory"]["mode"]
     assert measures == {
@@ -171,8 +172,8 @@ def test_smoke_run_memory_sizes_under_a_recorded_quota_mode(smoke):
     memory = smoke["memory"]
     assert memory["mode"] in (quota.CGROUP_V1, quota.CGROUP_V2, quota.MODEL)
     sizes = [row["memory_mb"] for row in memory["rows"]]
-    assert sizes == sorted({*smoke["sizes"]["memory_sizes"], suite.stage_memory(), suite.SHARD_TARGET_MB})
-    assert memory["stage_memory_mb"] == suite.stage_memory() and memory["prices"]["sources"]
+    assert sizes == sorted({*smoke["sizes"]["memory_sizes"], bench_sizes.stage_memory(), bench_sizes.SHARD_TARGET_MB})
+    assert memory["stage_memory_mb"] == bench_sizes.stage_memory() and memory["prices"]["sources"]
     for row in memory["rows"]:
         assert row["mode"] == memory["mode"] and row["cpu_share"] == row["memory_mb"] / quota.FULL_VCPU_MB
         # A real quota leaves its counters; the model has none (and says why no cgroup could be made).
