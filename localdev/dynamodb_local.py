@@ -82,7 +82,20 @@ class ServerProcess:
     """A local server process used as a context manager: started on entry, stopped on exit."""
 
     def start(self, timeout: float = 60.0) -> Self:
-        """Start the server and wait until it answers."""
+        """Start the server and wait until it answers; a start that fails or is interrupted stops what it launched
+        (`with` calls stop() only once start() has returned)."""
+        self._launch()
+        try:
+            self._wait_until_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self) -> None:
+        raise NotImplementedError
+
+    def _wait_until_ready(self, timeout: float) -> None:
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -132,8 +145,7 @@ class DynamoDBLocal(ServerProcess):
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> DynamoDBLocal:
-        """Start the engine and wait until it answers requests."""
+    def _launch(self) -> None:
         jar = find_jar()
         if not port_is_free(self.port):
             # Else the readiness probe below could be answered by what listens there, while this engine fails.
@@ -157,12 +169,6 @@ class DynamoDBLocal(ServerProcess):
         self._process = lifecycle.spawn(
             command, "DynamoDB Local", cwd=jar.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        try:
-            self._wait_until_ready(timeout)
-        except BaseException:
-            self.stop()  # `with` calls stop() only once start() has returned
-            raise
-        return self
 
     def _wait_until_ready(self, timeout: float) -> None:
         probe = self.client(Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=1, read_timeout=2))

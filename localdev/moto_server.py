@@ -34,17 +34,10 @@ class MotoServer(ServerProcess):
         self._log_dir = tempfile.TemporaryDirectory(prefix="moto-server-")
         self.log_path = Path(self._log_dir.name) / "moto.log"
 
-    def start(self, timeout: float = 60.0) -> MotoServer:
-        """Start the emulator and wait until it answers."""
+    def _launch(self) -> None:
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         with self.log_path.open("wb") as log:
             self._process = lifecycle.spawn(command, "moto", stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_until_ready(timeout)
-        except BaseException:
-            self.stop()  # `with` calls stop() only once start() has returned
-            raise
-        return self
 
     def _wait_until_ready(self, timeout: float) -> None:
         assert self._process is not None
