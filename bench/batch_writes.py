@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.hooks import CallCounter
+from bench.workload import ATTRIBUTES, EMAIL, FLAG
 from chalicelib.dynamodb import DynamoDBGateway, WriteOutcome, client_config
 from chalicelib.planner import Action, Write
-from chalicelib.records import EMAIL, FLAG, item_key
+from chalicelib.records import item_key
 from localdev.dynamodb_local import DynamoDBLocal, create_table, table_definition
 
 CONCURRENCY = 16
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(args.runs + 1)
         ]
         counter = CallCounter(client)
-        gateway = DynamoDBGateway(client, max_concurrency=CONCURRENCY)
+        gateway = DynamoDBGateway(client, ATTRIBUTES, max_concurrency=CONCURRENCY)
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             old, new = per_item(client, pool), batched(gateway)
             old(batches[0]), new(batches[0])  # warm: connections, threads, botocore's caches

@@ -29,6 +29,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from bench.hooks import DelayingProxy, added_latency
 from bench.subjects import BASELINE, BASELINE_FILE, OURS, ROOT, Subject, environment, stage_environment, subject
 from bench.workload import (
+    ATTRIBUTES,
     EMAIL,
     FLAG,
     KEY,
@@ -504,7 +505,7 @@ def cpu_per_record(records: int, repetitions: int, top: int = 8) -> dict[str, An
 
     processor = StreamProcessor(
         EmailClassifier(personal_domain_set()).is_personal_email,
-        DynamoDBGateway(client=None),  # no record needs a write, so no request is made
+        DynamoDBGateway(client=None, attributes=ATTRIBUTES),  # no record needs a write, so no request is made
         report_batch_item_failures=False,
         logger=logging.getLogger("bench.cpu"),
     )

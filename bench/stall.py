@@ -16,6 +16,7 @@ import boto3
 from aws_lambda_powertools import Logger
 from chalice.local import LambdaContext
 
+from bench.workload import ATTRIBUTES, EMAIL
 from chalicelib.budget import ANSWER_MARGIN_SECONDS, request_worst_case_seconds
 from chalicelib.config import Settings
 from chalicelib.deadline import Deadline
@@ -52,7 +53,7 @@ def run_case(
     factory = StreamEventFactory(table_name=name)
     records = []
     for i in range(writes):
-        item = {"Id": f"u{i}", "Email": f"u{i}@gmail.com"}
+        item = {"Id": f"u{i}", EMAIL: f"u{i}@gmail.com"}
         client.put_item(TableName=name, Item=to_wire(item))
         records.append(factory.insert(item))
     url = urlparse(engine.endpoint)
@@ -63,7 +64,7 @@ def run_case(
         )
         processor = StreamProcessor(
             classify=lambda email: email.endswith("@gmail.com"),
-            gateway=DynamoDBGateway(proxied, max_concurrency=settings.write_concurrency),
+            gateway=DynamoDBGateway(proxied, ATTRIBUTES, max_concurrency=settings.write_concurrency),
             report_batch_item_failures=True,
             logger=Logger(service=SERVICE, stream=open("/dev/null", "w")),  # noqa: SIM115 - process-long
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.hooks import CallCounter
-from bench.workload import WALKTHROUGH_DOMAINS
+from bench.workload import ATTRIBUTES, WALKTHROUGH_DOMAINS
 from tools.stage import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,13 +24,15 @@ _DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
 def stage_environment(stage: str = STAGE) -> dict[str, str]:
-    """The variables Chalice sets for the stage, with the walkthrough's three domains (the fair comparison)."""
+    """The variables Chalice sets for the stage, with the walkthrough's three domains (the fair comparison) and the
+    bench's attribute names (the baseline's)."""
     config = load_config()
     environment = {
         **config.get("environment_variables", {}),
         **config["stages"][stage].get("environment_variables", {}),
     }
     environment["PERSONAL_DOMAINS_ONLY"] = ",".join(WALKTHROUGH_DOMAINS)
+    environment.update(EMAIL_ATTRIBUTE=ATTRIBUTES.email, FLAG_ATTRIBUTE=ATTRIBUTES.flag)
     return environment
 
 

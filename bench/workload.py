@@ -14,8 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.records import EMAIL, FLAG
+from chalicelib.records import DEFAULT_ATTRIBUTES
 
+# The bench's attribute names, for both subjects: the baseline (bench/baseline) hard-codes the walkthrough's, and
+# `bench.subjects.stage_environment` sets the same ones for email-checker whatever the stage's settings are.
+ATTRIBUTES = DEFAULT_ATTRIBUTES
+EMAIL = ATTRIBUTES.email
+FLAG = ATTRIBUTES.flag
 KEY = "Id"
 NAME = "Name"
 # The walkthrough's three domains: the baseline's list, and email-checker's through PERSONAL_DOMAINS_ONLY.

@@ -17,7 +17,14 @@ from typing import Any
 from chalicelib.deadline import NO_DEADLINE, Deadline
 from chalicelib.dynamodb import OutcomeTally, WriteOutcome
 from chalicelib.planner import Classify, Write, decide
-from chalicelib.records import decision_projection, from_event_json, item_key, item_state
+from chalicelib.records import (
+    AttributeNames,
+    attribute_conflict,
+    decision_projection,
+    from_event_json,
+    item_key,
+    item_state,
+)
 
 # Scan reads in 4 KB units, eventually consistent at half a unit each; a write costs at least one 1 KB unit.
 READ_UNIT_BYTES = 4096
@@ -189,9 +196,11 @@ def key_from_json(key: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]
     return {name: dict(from_event_json(value)) for name, value in key.items()}
 
 
-def scan_request(request: SegmentRequest, start_key: Mapping[str, Any] | None) -> dict[str, Any]:
+def scan_request(
+    request: SegmentRequest, start_key: Mapping[str, Any] | None, attributes: AttributeNames
+) -> dict[str, Any]:
     """The Scan parameters of one page: the segment, only the attributes the decision reads, consumed capacity."""
-    projection, names = decision_projection(tuple(request.key_names))
+    projection, names = decision_projection(tuple(request.key_names), attributes)
     parameters: dict[str, Any] = {
         "TableName": request.table_name,
         "Segment": request.segment,
@@ -209,12 +218,17 @@ def scan_request(request: SegmentRequest, start_key: Mapping[str, Any] | None) -
 
 
 def plan_page(
-    table_name: str, key_names: Sequence[str], items: Sequence[Mapping[str, Any]], classify: Classify
+    table_name: str,
+    key_names: Sequence[str],
+    items: Sequence[Mapping[str, Any]],
+    classify: Classify,
+    attributes: AttributeNames,
 ) -> tuple[list[Write], int]:
     """The writes a scanned page needs (the handler's `decide` on each item) and how many items need none."""
     writes = []
     for item in items:
-        write = decide(item_key(table_name, {name: item[name] for name in key_names}), item_state(item), classify)
+        key = item_key(table_name, {name: item[name] for name in key_names})
+        write = decide(key, item_state(item, attributes), classify)
         if write is not None:
             writes.append(write)
     return writes, len(items) - len(writes)
@@ -297,7 +311,8 @@ class TokenBucket:
 
 
 class SegmentWorker:
-    """Scans pages of one segment and fixes what violates the invariant, with the handler's writes."""
+    """Scans pages of one segment and fixes what violates the invariant, with the handler's writes: it reads the
+    attributes its gateway writes (`gateway.attributes`)."""
 
     def __init__(
         self,
@@ -366,7 +381,8 @@ class SegmentWorker:
         event is set, the page sends nothing more (between the rate limit's steps) and is to be scanned again."""
         if self._read_limit is not None:
             self._read_limit.take(0)
-        response = self._client.scan(**scan_request(request, start_key))
+        attributes = self._gateway.attributes
+        response = self._client.scan(**scan_request(request, start_key, attributes))
         items = response.get("Items", [])
         counts = Counts(pages=1, scanned=len(items))
         consumed = response.get("ConsumedCapacity", {}).get("CapacityUnits")
@@ -375,7 +391,9 @@ class SegmentWorker:
         )
         if self._read_limit is not None:
             self._read_limit.take(counts.read_units)
-        writes, counts.already_correct = plan_page(request.table_name, request.key_names, items, self._classify)
+        writes, counts.already_correct = plan_page(
+            request.table_name, request.key_names, items, self._classify, attributes
+        )
         counts.to_write = len(writes)
         if writes and not request.dry_run:
             counts.write_units = float(len(writes))  # at least one unit each; the full item size is not read
@@ -401,7 +419,11 @@ class SegmentWorker:
         """Work through the segment from the request's start key while `keep_going()` says so (asked before every
         page, the first too unless `first_page`). A page with failed writes (or writes cut off by `deadline`) ends
         the run at that page's start, to be scanned again; its items are not counted (`finished_counts`).
-        `on_page` sees each page and where the segment stands after it (the checkpoint to keep)."""
+        `on_page` sees each page and where the segment stands after it (the checkpoint to keep). PayloadError, before
+        any read, when the request's key holds the flag attribute (a key can't be written)."""
+        conflict = attribute_conflict(request.key_names, self._gateway.attributes)
+        if conflict:
+            raise PayloadError(conflict)
         result = SegmentResult(request.segment, request.total_segments, request.start_key, done=False)
         first = first_page
         while first or keep_going():

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from chalicelib.attributes import DEFAULT_ATTRIBUTES, AttributeNames, name_problem
 from chalicelib.domains import normalise_domain
 
 STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST")
@@ -55,6 +56,17 @@ def _bool_setting(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, not {raw!r}")
 
 
+def _attribute_setting(environ: Mapping[str, str], name: str, default: str) -> str:
+    # Taken verbatim, not stripped: a space, a dot or a quote is legal in an attribute name.
+    raw = environ.get(name, "")
+    if not raw:
+        return default
+    problem = name_problem(raw)
+    if problem is not None:
+        raise ConfigError(f"{name} must be a DynamoDB attribute name: the value {problem}")
+    return raw
+
+
 def _domain_list(environ: Mapping[str, str], name: str) -> frozenset[str]:
     domains = (normalise_domain(d) for d in environ.get(name, "").split(","))
     return frozenset(d for d in domains if d)
@@ -79,6 +91,15 @@ class Settings:
     """Batches of one shard the event source mapping runs at once (Lambda's ParallelizationFactor, 1-10)."""
     backfill_function_name: str = ""
     """The backfill function the reconciler starts when a discarded range has left the stream."""
+    email_attribute: str = DEFAULT_ATTRIBUTES.email
+    """The attribute holding an item's e-mail address (read only; it may be a key attribute)."""
+    flag_attribute: str = DEFAULT_ATTRIBUTES.flag
+    """The attribute the handler sets to the derived flag and removes (never a key attribute)."""
+
+    @property
+    def attributes(self) -> AttributeNames:
+        """The e-mail and flag attribute names, as the records, the writes and the backfill take them."""
+        return AttributeNames(email=self.email_attribute, flag=self.flag_attribute)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -89,6 +110,12 @@ class Settings:
         stage = environ.get("STAGE", "").strip() or LOCAL_STAGE
         if not _STAGE_NAME.fullmatch(stage):
             raise ConfigError(f"STAGE must be a stage name (letters, digits, - and _), not {stage!r}")
+        email_attribute = _attribute_setting(environ, "EMAIL_ATTRIBUTE", DEFAULT_ATTRIBUTES.email)
+        flag_attribute = _attribute_setting(environ, "FLAG_ATTRIBUTE", DEFAULT_ATTRIBUTES.flag)
+        if email_attribute == flag_attribute:
+            raise ConfigError(
+                f"EMAIL_ATTRIBUTE and FLAG_ATTRIBUTE must name two different attributes, not both {flag_attribute!r}"
+            )
         return cls(
             stage=stage,
             stream_arn=environ.get("STREAM_ARN", "").strip(),
@@ -102,4 +129,6 @@ class Settings:
             report_batch_item_failures=_bool_setting(environ, "REPORT_BATCH_ITEM_FAILURES", False),
             parallelization_factor=_int_setting(environ, "PARALLELIZATION_FACTOR", 1, 1, 10),
             backfill_function_name=environ.get("BACKFILL_FUNCTION_NAME", "").strip(),
+            email_attribute=email_attribute,
+            flag_attribute=flag_attribute,
         )

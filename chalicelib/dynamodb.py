@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib.budget import CONNECT_TIMEOUT_SECONDS, MAX_ATTEMPTS, READ_TIMEOUT_SECONDS, READS_PER_REQUEST
 from chalicelib.deadline import NO_DEADLINE, Deadline, chunks, map_until
 from chalicelib.planner import Action, Write
-from chalicelib.records import EMAIL, FLAG, ItemKey, ItemState, decision_projection, item_state, key_identity
+from chalicelib.records import AttributeNames, ItemKey, ItemState, decision_projection, item_state, key_identity
 
 # A child of the Powertools logger ("email-checker"), so these lines come out in the same structured format.
 logger = logging.getLogger("email-checker.dynamodb")
@@ -51,11 +51,15 @@ class WriteOutcome(StrEnum):
     a retry can't succeed, so it is counted and logged instead, and the shard goes on."""
     OUT_OF_TIME = "out_of_time"
     """Not written before the batch's deadline (not sent, or still in flight): counted as failed and retried."""
+    ACCESS_DENIED = "access_denied"
+    """DynamoDB denied the write (its statement or its whole request): an IAM policy, an SCP or a permissions boundary
+    to fix. Counted on its own and as failed, and retried like any failure (a denial can be lifted; if it isn't, the
+    batch ends on the on-failure path), never rejected: dropping it would leave the item wrong for good."""
 
 
 @dataclass(slots=True)
 class OutcomeTally:
-    """How many writes ended each way; OUT_OF_TIME counts as failed (the write is retried like a failed one)."""
+    """How many writes ended each way; OUT_OF_TIME and ACCESS_DENIED count as failed (retried like a failed one)."""
 
     applied: int = 0
     superseded: int = 0
@@ -78,7 +82,8 @@ class OutcomeTally:
         return tally
 
 
-# Errors that say the request can never succeed as it is; everything else is worth retrying.
+# Errors that say the request can never succeed as it is; everything else is worth retrying (AccessDeniedException
+# too: it is counted as ACCESS_DENIED, and a policy can be fixed).
 PERMANENT_ERRORS = frozenset({"ValidationException", "ResourceNotFoundException"})
 
 
@@ -122,20 +127,18 @@ def quote_name(name: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def statement_text(table_name: str, key_names: tuple[str, ...], action: Action) -> str:
+def statement_text(table_name: str, key_names: tuple[str, ...], action: Action, attributes: AttributeNames) -> str:
     """The PartiQL UPDATE of one write: SET takes (flag, *key, seen e-mail), REMOVE takes (*key, "S")."""
     where = " AND ".join(f"{quote_name(name)}=?" for name in key_names)
     # Explicit, though an UPDATE does not create a missing item: the REMOVE condition alone would hold for one.
     where += f" AND attribute_exists({quote_name(key_names[0])})"
+    flag, email = quote_name(attributes.flag), quote_name(attributes.email)
     if action is Action.SET:
-        return f"UPDATE {quote_name(table_name)} SET {quote_name(FLAG)}=? WHERE {where} AND {quote_name(EMAIL)}=?"
-    return (
-        f"UPDATE {quote_name(table_name)} REMOVE {quote_name(FLAG)} "
-        f"WHERE {where} AND NOT attribute_type({quote_name(EMAIL)}, ?)"
-    )
+        return f"UPDATE {quote_name(table_name)} SET {flag}=? WHERE {where} AND {email}=?"
+    return f"UPDATE {quote_name(table_name)} REMOVE {flag} WHERE {where} AND NOT attribute_type({email}, ?)"
 
 
-def batch_statement(write: Write) -> dict[str, Any]:
+def batch_statement(write: Write, attributes: AttributeNames) -> dict[str, Any]:
     """One write as a BatchExecuteStatement entry, conditional on what the decision saw; every value a parameter."""
     names = write.key.attribute_names
     key_values = [write.key.wire[name] for name in names]
@@ -143,7 +146,8 @@ def batch_statement(write: Write) -> dict[str, Any]:
         parameters = [{"BOOL": bool(write.flag)}, *key_values, {"S": write.seen_email}]
     else:
         parameters = [*key_values, {"S": "S"}]
-    return {"Statement": statement_text(write.key.table_name, names, write.action), "Parameters": parameters}
+    statement = statement_text(write.key.table_name, names, write.action, attributes)
+    return {"Statement": statement, "Parameters": parameters}
 
 
 class _Again(Enum):
@@ -165,7 +169,8 @@ STATEMENT_ERRORS: dict[str, Verdict] = {
     "TransactionConflict": AGAIN,
     "ValidationError": WriteOutcome.REJECTED,
     "ResourceNotFound": WriteOutcome.REJECTED,
-    "AccessDenied": WriteOutcome.REJECTED,
+    # Denied by a policy, which can be fixed: retried with the batch as the request-level AccessDeniedException is.
+    "AccessDenied": WriteOutcome.ACCESS_DENIED,
     # An item collection (tables with a local index) at its size limit: not transient, but not the write's fault
     # either, so failed as UpdateItem's ItemCollectionSizeLimitExceededException was: the batch is retried.
     "ItemCollectionSizeLimitExceeded": WriteOutcome.FAILED,
@@ -175,12 +180,19 @@ STATEMENT_ERRORS: dict[str, Verdict] = {
 
 
 class DynamoDBGateway:
-    """Applies a batch's writes and reads with one DynamoDB client and a bounded pool of worker threads."""
+    """Applies a batch's writes and reads with one DynamoDB client and a bounded pool of worker threads, on the
+    stage's two attributes (the names are bound here, once, for every statement and read)."""
 
-    def __init__(self, client: Any, max_concurrency: int = 16) -> None:
+    def __init__(self, client: Any, attributes: AttributeNames, max_concurrency: int = 16) -> None:
         self._client = client
+        self._attributes = attributes
         self._max_concurrency = max_concurrency
         self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def attributes(self) -> AttributeNames:
+        """The e-mail and flag attribute names every write and read uses."""
+        return self._attributes
 
     @property
     def client(self) -> Any:
@@ -254,14 +266,15 @@ class DynamoDBGateway:
         """One BatchExecuteStatement request: each statement's verdict in order, and the error codes met."""
         codes: Counter[str] = Counter()
         try:
-            response = self._client.batch_execute_statement(Statements=[batch_statement(write) for write in writes])
+            statements = [batch_statement(write, self._attributes) for write in writes]
+            response = self._client.batch_execute_statement(Statements=statements)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             if code in PERMANENT_ERRORS and len(writes) > 1:
                 # A refused request names no culprit: halve it until the writes DynamoDB refuses stand alone.
                 return self._execute_halves(writes, deadline)
             codes[code] += len(writes)
-            return [WriteOutcome.REJECTED if code in PERMANENT_ERRORS else WriteOutcome.FAILED] * len(writes), codes
+            return [_request_outcome(code)] * len(writes), codes
         except BotoCoreError as error:
             codes[type(error).__name__] += len(writes)
             return [WriteOutcome.FAILED] * len(writes), codes
@@ -314,7 +327,7 @@ class DynamoDBGateway:
 
     def _read_chunk(self, table_name: str, keys: list[ItemKey], deadline: Deadline) -> ReadResult:
         result = ReadResult()
-        projection, names = decision_projection(keys[0].attribute_names)
+        projection, names = decision_projection(keys[0].attribute_names, self._attributes)
         by_identity = {key.identity: key for key in keys}
         to_read = keys
         for attempt in range(UNPROCESSED_PASSES):
@@ -347,7 +360,7 @@ class DynamoDBGateway:
             returned = {}
             for item in response.get("Responses", {}).get(table_name, []):
                 identity = key_identity({name: item[name] for name in keys[0].attribute_names})
-                returned[identity] = item_state(item)
+                returned[identity] = item_state(item, self._attributes)
             unprocessed = response.get("UnprocessedKeys", {}).get(table_name, {}).get("Keys", [])
             unprocessed_identities = {key_identity(wire) for wire in unprocessed}
             for key in to_read:
@@ -373,6 +386,13 @@ class DynamoDBGateway:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _request_outcome(code: str) -> WriteOutcome:
+    """What a request refused as a whole (after botocore's retries) means for each of its writes."""
+    if code in PERMANENT_ERRORS:
+        return WriteOutcome.REJECTED
+    return WriteOutcome.ACCESS_DENIED if code == "AccessDeniedException" else WriteOutcome.FAILED
 
 
 def _table_of(key: ItemKey) -> str:

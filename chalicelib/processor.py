@@ -12,7 +12,15 @@ from chalicelib.budget import ANSWER_MARGIN_SECONDS
 from chalicelib.deadline import NO_DEADLINE, Deadline
 from chalicelib.dynamodb import ReadResult, WriteOutcome
 from chalicelib.planner import Action, Write, plan_batch, plan_reads
-from chalicelib.records import ChangeRecord, ItemKey, MalformedRecord, decode_record, sequence_number_of
+from chalicelib.records import (
+    AttributeNames,
+    ChangeRecord,
+    FlagInKey,
+    ItemKey,
+    MalformedRecord,
+    decode_record,
+    sequence_number_of,
+)
 
 LOGGED_SEQUENCE_NUMBERS = 20
 """A summary line lists at most this many sequence numbers per kind (their counts are always whole): a batch of
@@ -20,7 +28,11 @@ LOGGED_SEQUENCE_NUMBERS = 20
 
 
 class Gateway(Protocol):
-    """What the processor needs of DynamoDB: conditional writes and consistent reads."""
+    """What the processor needs of DynamoDB: conditional writes and consistent reads, on its attribute names."""
+
+    @property
+    def attributes(self) -> AttributeNames:
+        """The e-mail and flag attribute names the writes and reads use (the records are decoded with them too)."""
 
     def apply(self, writes: Sequence[Write], deadline: Deadline = NO_DEADLINE) -> list[WriteOutcome]:
         """Apply the writes, sending none after the deadline; one outcome per write, in order."""
@@ -48,11 +60,17 @@ class BatchReport:
     failed: int = 0
     out_of_time: int = 0
     """Items not written (or read) before the batch's deadline: counted in `failed` too, and retried."""
+    access_denied: int = 0
+    """Items whose write DynamoDB denied (a policy to fix): counted in `failed` too, and retried."""
     rejected: int = 0
     rejected_sequence_numbers: list[str] = field(default_factory=list)
     """The records of items DynamoDB refused outright (e.g. a key that does not fit the table): not retried."""
     malformed: int = 0
     malformed_sequence_numbers: list[str] = field(default_factory=list)
+    flag_in_key: int = 0
+    flag_in_key_sequence_numbers: list[str] = field(default_factory=list)
+    """Records whose key holds the flag attribute (FLAG_ATTRIBUTE names a key attribute): never written, not retried;
+    the stage's setting is wrong for the table."""
     failed_sequence_number: str | None = None
     """The lowest sequence number among the records of the items that failed: where a retry must start."""
     duration_ms: float = 0.0
@@ -79,11 +97,14 @@ class BatchReport:
             "gone": self.gone,
             "failed": self.failed,
             "out_of_time": self.out_of_time,
+            "access_denied": self.access_denied,
             "rejected": self.rejected,
             "rejected_records": len(self.rejected_sequence_numbers),
             "rejected_sequence_numbers": self.rejected_sequence_numbers[:LOGGED_SEQUENCE_NUMBERS],
             "malformed": self.malformed,
             "malformed_sequence_numbers": self.malformed_sequence_numbers[:LOGGED_SEQUENCE_NUMBERS],
+            "flag_in_key": self.flag_in_key,
+            "flag_in_key_sequence_numbers": self.flag_in_key_sequence_numbers[:LOGGED_SEQUENCE_NUMBERS],
             "failed_sequence_number": self.failed_sequence_number,
             "error": self.error,
             "duration_ms": round(self.duration_ms, 3),
@@ -97,14 +118,17 @@ METRICS = {
     "AlreadyCorrect": lambda r: r.already_correct,
     "Failed": lambda r: r.failed,
     "OutOfTime": lambda r: r.out_of_time,
+    "AccessDenied": lambda r: r.access_denied,
     "BatchErrors": lambda r: int(r.error is not None),
     "Rejected": lambda r: r.rejected,
     "Malformed": lambda r: r.malformed,
+    "FlagInKey": lambda r: r.flag_in_key,
 }
 
 
 class StreamProcessor:
-    """Owns the batch loop: every record of an event is decoded, planned, written and counted, then answered."""
+    """Owns the batch loop: every record of an event is decoded, planned, written and counted, then answered. The
+    records are decoded with the attribute names of the gateway that writes them, bound once here."""
 
     def __init__(
         self,
@@ -116,6 +140,7 @@ class StreamProcessor:
     ) -> None:
         self._classify = classify
         self._gateway = gateway
+        self._attributes = gateway.attributes
         self._report_batch_item_failures = report_batch_item_failures
         self._logger = logger
         self._metrics = metrics
@@ -157,6 +182,7 @@ class StreamProcessor:
                 rejected_keys.append(write.key)
             else:
                 report.out_of_time += outcome is WriteOutcome.OUT_OF_TIME
+                report.access_denied += outcome is WriteOutcome.ACCESS_DENIED
                 failed_keys.append(write.key)
         report.rejected = len(rejected_keys)
         report.rejected_sequence_numbers = [
@@ -172,9 +198,16 @@ class StreamProcessor:
 
     def _decode(self, raw_records: Sequence[Any], report: BatchReport) -> list[ChangeRecord]:
         records = []
+        attributes = self._attributes
         for position, raw in enumerate(raw_records):
             try:
-                record = decode_record(raw)
+                record = decode_record(raw, attributes)
+            except FlagInKey:
+                # The setting, not the record, is wrong: counted apart, never written (a key can't be), and logged
+                # once per batch below rather than once per record (every record of the table has the same key).
+                report.flag_in_key += 1
+                report.flag_in_key_sequence_numbers.append(sequence_number_of(raw) or f"position {position}")
+                continue
             except (MalformedRecord, TypeError, AttributeError) as problem:
                 # Counted and logged by sequence number, then skipped: blocking the shard on it would stop every
                 # later change; the record stays in the stream (and the on-failure destination) to be looked at.
@@ -189,6 +222,15 @@ class StreamProcessor:
                 continue
             report.records[record.event_name.value] += 1
             records.append(record)
+        if report.flag_in_key:
+            self._logger.error(
+                "records skipped: FLAG_ATTRIBUTE names a key attribute of their table",
+                extra={
+                    "flag_attribute": attributes.flag,
+                    "records": report.flag_in_key,
+                    "sequence_numbers": report.flag_in_key_sequence_numbers[:LOGGED_SEQUENCE_NUMBERS],
+                },
+            )
         return records
 
     def respond(self, report: BatchReport) -> dict[str, Any]:

@@ -13,8 +13,10 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
-EMAIL = "Email"
-FLAG = "IsPersonalEmail"
+# Re-exported: callers take the names from here, with the records they describe.
+from chalicelib.attributes import DEFAULT_ATTRIBUTES as DEFAULT_ATTRIBUTES
+from chalicelib.attributes import AttributeNames as AttributeNames
+from chalicelib.attributes import attribute_conflict as attribute_conflict
 
 # `dict` first: Lambda's records are dicts, and the check against the Mapping ABC alone is several times slower.
 _MAPPINGS = (dict, Mapping)
@@ -87,14 +89,14 @@ class MalformedRecord(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ItemState:
-    """The two attributes the decision reads from an item image: `Email` and `IsPersonalEmail`."""
+    """The two attributes the decision reads from an item image: the e-mail and the flag (`AttributeNames`)."""
 
     email: str | None
-    """The e-mail when `Email` is a string; None when it is absent or of another type."""
+    """The e-mail when its attribute is a string; None when it is absent or of another type."""
     flag: bool | None
-    """The flag when `IsPersonalEmail` is a BOOL; None when it is absent or of another type."""
+    """The flag when its attribute is a BOOL; None when it is absent or of another type."""
     has_flag: bool
-    """Whether `IsPersonalEmail` is present at all, whatever its type."""
+    """Whether the flag's attribute is present at all, whatever its type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +113,13 @@ class ItemKey:
         return tuple(name for name, _ in self.identity)
 
 
-def decision_projection(key_names: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+def decision_projection(key_names: tuple[str, ...], attributes: AttributeNames) -> tuple[str, dict[str, str]]:
     """(ProjectionExpression, ExpressionAttributeNames) reading an item's key and the decision's two attributes.
 
-    Each attribute is named once: a table keyed by `Email` must not project `Email` twice ("Two document paths
+    Each attribute is named once: a table keyed by its e-mail must not project it twice ("Two document paths
     overlap").
     """
-    unique = dict.fromkeys((*key_names, EMAIL, FLAG))
+    unique = dict.fromkeys((*key_names, attributes.email, attributes.flag))
     names = {f"#a{i}": name for i, name in enumerate(unique)}
     return ", ".join(names), names
 
@@ -169,20 +171,21 @@ def item_key(table_name: str, wire_keys: Mapping[str, Mapping[str, Any]]) -> Ite
     return ItemKey(table_name=table_name, identity=identity, wire=wire)
 
 
-def item_state(image: Mapping[str, Mapping[str, Any]]) -> ItemState:
-    """The decision's inputs from an item image; only `Email` and `IsPersonalEmail` are deserialized."""
+def item_state(image: Mapping[str, Mapping[str, Any]], attributes: AttributeNames) -> ItemState:
+    """The decision's inputs from an item image; only the e-mail and the flag attribute are deserialized."""
     if not isinstance(image, _MAPPINGS):
         raise MalformedRecord("an image is not a map")
+    email_name, flag_name = attributes.email, attributes.flag
     try:
-        email = _deserialize(image[EMAIL]) if EMAIL in image else None
-        flag = _deserialize(image[FLAG]) if FLAG in image else None
+        email = _deserialize(image[email_name]) if email_name in image else None
+        flag = _deserialize(image[flag_name]) if flag_name in image else None
     except _DECODE_ERRORS:
-        raise MalformedRecord("Email or IsPersonalEmail is not DynamoDB JSON") from None
+        raise MalformedRecord("the e-mail or the flag attribute is not DynamoDB JSON") from None
     return ItemState(
         email=email if type(email) is str else None,
         # `type(...) is bool`: a number 1 compares equal to True, but it is not a BOOL and must be corrected.
         flag=flag if type(flag) is bool else None,
-        has_flag=FLAG in image,
+        has_flag=flag_name in image,
     )
 
 
@@ -195,8 +198,14 @@ def sequence_number_of(raw: Any) -> str | None:
     return sequence_number if isinstance(sequence_number, str) and sequence_number.isdigit() else None
 
 
-def decode_record(raw: Mapping[str, Any]) -> ChangeRecord:
-    """Decode one record of a Lambda DynamoDB stream event; raise MalformedRecord if it can't be."""
+class FlagInKey(MalformedRecord):
+    """A record whose key holds the flag attribute: FLAG_ATTRIBUTE names a key attribute of the record's table, and a
+    key can't be written. A setting to fix, not a bad record; never written."""
+
+
+def decode_record(raw: Mapping[str, Any], attributes: AttributeNames) -> ChangeRecord:
+    """Decode one record of a Lambda DynamoDB stream event; raise MalformedRecord if it can't be, FlagInKey if its
+    key holds the flag attribute."""
     sequence_number = sequence_number_of(raw)
     if sequence_number is None:
         raise MalformedRecord("dynamodb.SequenceNumber is missing or not a number")
@@ -210,6 +219,10 @@ def decode_record(raw: Mapping[str, Any]) -> ChangeRecord:
     body = raw["dynamodb"]
     wire_keys = body.get("Keys")
     key = item_key(table_name_from_stream_arn(source_arn), wire_keys)
+    if attributes.flag in wire_keys:
+        raise FlagInKey("FLAG_ATTRIBUTE names a key attribute of the record's table")
     new_image = body.get("NewImage")
-    new_state = item_state(new_image) if new_image is not None and event_name is not EventName.REMOVE else None
+    new_state = (
+        item_state(new_image, attributes) if new_image is not None and event_name is not EventName.REMOVE else None
+    )
     return ChangeRecord(sequence_number=sequence_number, event_name=event_name, key=key, new_state=new_state)

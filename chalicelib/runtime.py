@@ -36,7 +36,7 @@ def processor_for(settings: Settings) -> StreamProcessor:
     metrics.set_default_dimensions(stage=settings.stage)
     return StreamProcessor(
         classify=classifier_for(settings).is_personal_email,
-        gateway=DynamoDBGateway(client, max_concurrency=settings.write_concurrency),
+        gateway=DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
         report_batch_item_failures=settings.report_batch_item_failures,
         logger=Logger(service=SERVICE, stage=settings.stage),
         metrics=metrics,
@@ -74,7 +74,7 @@ def reconciler_for(settings: Settings) -> MessageHandler:
 
     reconciler = Reconciler(
         streams=session.client("dynamodbstreams", config=config),
-        gateway=DynamoDBGateway(client, max_concurrency=settings.write_concurrency),
+        gateway=DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
         classify=classifier_for(settings).is_personal_email,
         start_backfill=start_backfill,
     )
@@ -115,7 +115,7 @@ def backfill_worker_for(settings: Settings) -> SegmentWorker:
     client = dynamodb_client(settings)
     return SegmentWorker(
         client,
-        DynamoDBGateway(client, max_concurrency=settings.write_concurrency),
+        DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
         classifier_for(settings).is_personal_email,
     )
 

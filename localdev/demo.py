@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib.attributes import AttributeNames, attribute_conflict
 from localdev import lifecycle
 
 
@@ -24,9 +25,11 @@ class Step:
     expect: dict[str, bool]
 
 
-def put(item_id: str, email: str) -> Callable[[Any, str], None]:
+def put(item_id: str, email_attribute: str, email: str) -> Callable[[Any, str], None]:
     """A client creating an item with an e-mail, as in the console walkthrough."""
-    return lambda client, table: client.put_item(TableName=table, Item={"Id": {"S": item_id}, "Email": {"S": email}})
+    return lambda client, table: client.put_item(
+        TableName=table, Item={"Id": {"S": item_id}, email_attribute: {"S": email}}
+    )
 
 
 def set_attribute(item_id: str, name: str, value: str) -> Callable[[Any, str], None]:
@@ -40,28 +43,31 @@ def set_attribute(item_id: str, name: str, value: str) -> Callable[[Any, str], N
     )
 
 
-STEPS = [
-    Step("create ID1 <john@example.com>", put("ID1", "john@example.com"), {"ID1": False}),
-    Step("create ID2 <john@gmail.com>", put("ID2", "john@gmail.com"), {"ID1": False, "ID2": True}),
-    Step("change ID1's e-mail to john@outlook.com", set_attribute("ID1", "Email", "john@outlook.com"),
-         {"ID1": True, "ID2": True}),
-    Step("change ID1's e-mail to john@hotmail.com", set_attribute("ID1", "Email", "john@hotmail.com"),
-         {"ID1": True, "ID2": True}),
-    Step("change ID2's Name (not the e-mail)", set_attribute("ID2", "Name", "John"), {"ID1": True, "ID2": True}),
-]  # fmt: skip
+def walkthrough(attributes: AttributeNames) -> list[Step]:
+    """The walkthrough's steps, on the stage's e-mail attribute."""
+    email = attributes.email
+    return [
+        Step("create ID1 <john@example.com>", put("ID1", email, "john@example.com"), {"ID1": False}),
+        Step("create ID2 <john@gmail.com>", put("ID2", email, "john@gmail.com"), {"ID1": False, "ID2": True}),
+        Step("change ID1's e-mail to john@outlook.com", set_attribute("ID1", email, "john@outlook.com"),
+             {"ID1": True, "ID2": True}),
+        Step("change ID1's e-mail to john@hotmail.com", set_attribute("ID1", email, "john@hotmail.com"),
+             {"ID1": True, "ID2": True}),
+        Step("change ID2's Name (not the e-mail)", set_attribute("ID2", "Name", "John"), {"ID1": True, "ID2": True}),
+    ]  # fmt: skip
 
 
-def table_rows(client: Any, table: str) -> list[dict[str, str]]:
-    """Every item of the table, sorted by Id, as printable strings."""
+def table_rows(client: Any, table: str, attributes: AttributeNames) -> list[dict[str, str]]:
+    """Every item of the table, sorted by Id, as printable strings (columns named as the stage names them)."""
     items = client.scan(TableName=table, ConsistentRead=True)["Items"]
     rows = []
     for item in sorted(items, key=lambda i: i["Id"]["S"]):
-        flag = item.get("IsPersonalEmail", {}).get("BOOL")
+        flag = item.get(attributes.flag, {}).get("BOOL")
         rows.append(
             {
                 "Id": item["Id"]["S"],
-                "Email": item.get("Email", {}).get("S", "-"),
-                "IsPersonalEmail": "-" if flag is None else str(flag).lower(),
+                attributes.email: item.get(attributes.email, {}).get("S", "-"),
+                attributes.flag: "-" if flag is None else str(flag).lower(),
                 "Name": item.get("Name", {}).get("S", "-"),
             }
         )
@@ -81,6 +87,7 @@ def render_table(rows: list[dict[str, str]]) -> str:
 
 def run(verbose: bool = False) -> int:
     """Run the walkthrough; 0 when every step left the table as expected."""
+    from chalicelib.config import ConfigError
     from localdev.dynamodb_local import DynamoDBLocal, create_table, table_definition
 
     with DynamoDBLocal() as engine:
@@ -98,30 +105,36 @@ def run(verbose: bool = False) -> int:
 
         invoker = ChaliceInvoker(stage="dev", quiet=not verbose, deployed_overrides=DEPLOYED_FUNCTION)
         settings = invoker.settings
+        attributes = settings.attributes
+        conflict = attribute_conflict([key["AttributeName"] for key in definition["KeySchema"]], attributes)
+        if conflict:
+            invoker.close()
+            raise ConfigError(f"stage dev: {conflict}")
+        steps = walkthrough(attributes)
         # The deployed mapping's filter, retries, bisection and lanes; the Chalice test client runs one call at a time.
         mapping = LocalEventSourceMapping.for_stage(
             engine.streams_client(), stream_arn, serialized(invoker), settings, dynamodb=client
         )
         print(f"local event source mapping: batch size {settings.batch_size}, from {settings.starting_position}\n")
-        print(f"{'step':<45} {'records':>7} {'writes':>6}  IsPersonalEmail after")
+        print(f"{'step':<45} {'records':>7} {'writes':>6}  {attributes.flag} after")
         failures = 0
-        for number, step in enumerate(STEPS, 1):
+        for number, step in enumerate(steps, 1):
             seen = len(invoker.collector.summaries)
             step.action(client, table)
             mapping.drain()
             batches = invoker.collector.summaries[seen:]
             records = sum(b["records"] for b in batches)
             writes = sum(b["writes"] for b in batches)
-            flags = {row["Id"]: row["IsPersonalEmail"] for row in table_rows(client, table)}
+            flags = {row["Id"]: row[attributes.flag] for row in table_rows(client, table, attributes)}
             ok = all(flags.get(item_id) == str(value).lower() for item_id, value in step.expect.items())
             failures += not ok
             shown = ", ".join(f"{k}={v}" for k, v in flags.items())
             print(f"{number}. {step.title:<42} {records:>7} {writes:>6}  {shown}{'' if ok else '  <-- UNEXPECTED'}")
         summaries = invoker.collector.summaries
         print()
-        print(render_table(table_rows(client, table)))
+        print(render_table(table_rows(client, table, attributes)))
         print(
-            f"\n{len(STEPS)} client writes -> {sum(s['records'] for s in summaries)} stream records in "
+            f"\n{len(steps)} client writes -> {sum(s['records'] for s in summaries)} stream records in "
             f"{len(summaries)} batches -> {sum(s['writes'] for s in summaries)} handler writes "
             f"({sum(s['already_correct'] for s in summaries)} items already correct, "
             f"{sum(s['superseded'] for s in summaries)} superseded, {sum(s['failed'] for s in summaries)} failed)"

@@ -13,8 +13,10 @@ so a restart resumes after the last fully processed batch (at-least-once, like L
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import sys
 import threading
 import time
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.attributes import AttributeNames, attribute_conflict
 from localdev import lifecycle
 
 if TYPE_CHECKING:
@@ -44,8 +47,20 @@ def describe_batch(summary: dict[str, Any]) -> str:
         f"{summary['writes']} write(s), {summary['already_correct']} already correct, "
         f"{summary['superseded']} superseded, {summary['failed']} failed"
     )
-    extras = [f"{summary[name]} {name}" for name in ("rejected", "malformed") if summary.get(name)]
+    kinds = ("rejected", "malformed", "access_denied", "flag_in_key")
+    extras = [f"{summary[name]} {name}" for name in kinds if summary.get(name)]
     return line + (", " + ", ".join(extras) if extras else "") + f" in {summary['duration_ms']:.1f} ms"
+
+
+def example_item(table: dict[str, Any], attributes: AttributeNames) -> str:
+    """The printed put-item's `--item`, shell-quoted: the table's key (from DescribeTable) and the stage's e-mail."""
+    types = {spec["AttributeName"]: spec["AttributeType"] for spec in table["AttributeDefinitions"]}
+    samples = {"S": "ID1", "N": "1", "B": "SUQx"}  # B as the AWS CLI takes it: base64 ("ID1")
+    item = {key["AttributeName"]: {types[key["AttributeName"]]: samples[types[key["AttributeName"]]]} for key in
+            table["KeySchema"]}  # fmt: skip
+    if types.get(attributes.email, "S") == "S":  # a table keyed by its e-mail: the key is the e-mail
+        item[attributes.email] = {"S": "john@gmail.com"}
+    return shlex.quote(json.dumps(item, ensure_ascii=False))
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
         cleanup.callback(invoker.close)
         args.checkpoints.parent.mkdir(parents=True, exist_ok=True)
         settings = invoker.settings
+        described = client.describe_table(TableName=definition["TableName"])["Table"]
+        conflict = attribute_conflict([key["AttributeName"] for key in described["KeySchema"]], settings.attributes)
+        if conflict:
+            print(f"error: stage {args.stage}: {conflict}", file=sys.stderr)
+            return 2
         one_at_a_time = threading.Lock()  # the handler's and the reconciler's calls alike
         reconciler = start_reconciler(
             failures.sqs,
@@ -194,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws dynamodb put-item --region {REGION} "
             f"--endpoint-url {endpoint} --table-name {definition['TableName']} "
-            """--item '{"Id": {"S": "ID1"}, "Email": {"S": "john@gmail.com"}}'"""
+            f"--item {example_item(described, settings.attributes)}"
         )
         print("Ctrl-C to stop", flush=True)
         # Ctrl-C and SIGTERM finish the batch in hand, then the engine stops cleanly; a second one stops at once.

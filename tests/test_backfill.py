@@ -23,6 +23,7 @@ from chalicelib.backfill import (
     scan_request,
 )
 from chalicelib.dynamodb import DynamoDBGateway, WriteOutcome
+from chalicelib.records import DEFAULT_ATTRIBUTES
 from chalicelib.runtime import classifier_for
 from localdev.events import to_wire
 from localdev.mapping import LocalEventSourceMapping
@@ -148,7 +149,7 @@ def test_the_payload_round_trips_binary_keys_and_refuses_bad_fields():
 
 def test_the_scan_reads_only_the_keys_and_the_two_attributes():
     request = SegmentRequest("T", ("Pk", "Sk"), 1, 4, {"Pk": {"S": "a"}, "Sk": {"N": "1"}}, page_size=10)
-    parameters = scan_request(request, request.start_key)
+    parameters = scan_request(request, request.start_key, DEFAULT_ATTRIBUTES)
     projected = {
         parameters["ExpressionAttributeNames"][name] for name in parameters["ProjectionExpression"].split(", ")
     }
@@ -253,6 +254,8 @@ def test_failed_writes_stop_the_segment_at_the_page_that_must_be_redone(make_tab
     real = local_worker(settings, table.client, 4)
 
     class FailingGateway:
+        attributes = DEFAULT_ATTRIBUTES
+
         def apply(self, writes, deadline=None):
             return [WriteOutcome.FAILED for _ in writes]
 
@@ -281,9 +284,11 @@ def test_the_rate_limits_pace_reads_and_writes(make_table, settings):
         return sleep
 
     chunks = []
-    gateway = DynamoDBGateway(table.client, max_concurrency=4)
+    gateway = DynamoDBGateway(table.client, DEFAULT_ATTRIBUTES, max_concurrency=4)
 
     class Recording:
+        attributes = gateway.attributes
+
         def apply(self, writes, deadline=None):
             chunks.append(len(writes))
             return gateway.apply(writes)

@@ -128,14 +128,16 @@ def test_write_concurrency_is_per_segment(make_table, settings_dev):
 def test_a_retried_page_is_counted_once(make_table, settings_dev):
     from chalicelib.backfill import SegmentWorker
     from chalicelib.dynamodb import DynamoDBGateway, WriteOutcome
+    from chalicelib.records import DEFAULT_ATTRIBUTES
     from chalicelib.runtime import classifier_for
 
     table = make_table(stream=False)
     populate(table.client, table, 60, Model())
-    real = DynamoDBGateway(table.client, max_concurrency=4)
+    real = DynamoDBGateway(table.client, DEFAULT_ATTRIBUTES, max_concurrency=4)
 
     class FailsOnce:
         failed = False
+        attributes = DEFAULT_ATTRIBUTES
 
         def apply(self, writes, deadline=None):
             if not FailsOnce.failed:

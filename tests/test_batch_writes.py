@@ -23,7 +23,7 @@ from chalicelib.dynamodb import (
     statement_text,
 )
 from chalicelib.planner import Action, Write
-from chalicelib.records import item_key
+from chalicelib.records import DEFAULT_ATTRIBUTES, item_key
 from localdev.events import to_wire
 from tests.test_handler import get, put
 
@@ -54,7 +54,7 @@ def gateway_for(engine):
     made = []
 
     def make(max_concurrency: int = 4) -> DynamoDBGateway:
-        made.append(DynamoDBGateway(engine.client(), max_concurrency=max_concurrency))
+        made.append(DynamoDBGateway(engine.client(), DEFAULT_ATTRIBUTES, max_concurrency=max_concurrency))
         return made[-1]
 
     yield make
@@ -64,10 +64,10 @@ def gateway_for(engine):
 
 def test_the_statements_quote_every_name_and_take_every_value_as_a_parameter():
     assert quote_name('user"id') == '"user""id"'
-    assert statement_text("Users-1", ("Id",), Action.SET) == (
+    assert statement_text("Users-1", ("Id",), Action.SET, DEFAULT_ATTRIBUTES) == (
         'UPDATE "Users-1" SET "IsPersonalEmail"=? WHERE "Id"=? AND attribute_exists("Id") AND "Email"=?'
     )
-    assert statement_text("Users-1", ('a"b', "sort-key"), Action.REMOVE) == (
+    assert statement_text("Users-1", ('a"b', "sort-key"), Action.REMOVE, DEFAULT_ATTRIBUTES) == (
         'UPDATE "Users-1" REMOVE "IsPersonalEmail" WHERE "a""b"=? AND "sort-key"=? AND attribute_exists("a""b") '
         'AND NOT attribute_type("Email", ?)'
     )
@@ -270,7 +270,7 @@ FINAL = {
     "ConditionalCheckFailed": WriteOutcome.SUPERSEDED,
     "ValidationError": WriteOutcome.REJECTED,
     "ResourceNotFound": WriteOutcome.REJECTED,
-    "AccessDenied": WriteOutcome.REJECTED,
+    "AccessDenied": WriteOutcome.ACCESS_DENIED,
     "ItemCollectionSizeLimitExceeded": WriteOutcome.FAILED,
     "DuplicateItem": WriteOutcome.FAILED,
     "SomeCodeAddedLater": WriteOutcome.FAILED,
@@ -290,7 +290,7 @@ def stubbed_gateway():
     client = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").client(
         "dynamodb"
     )
-    return DynamoDBGateway(client, max_concurrency=2), Stubber(client)
+    return DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=2), Stubber(client)
 
 
 KEY_WRITES = [
@@ -320,10 +320,12 @@ def test_final_statement_codes_end_in_their_outcome_without_a_retry(code, outcom
 @pytest.mark.parametrize("code", TRANSIENT)
 def test_transient_statement_codes_are_sent_again_alone(code, quick_backoff):
     gateway, stub = stubbed_gateway()
-    first = {"Statements": [dynamodb.batch_statement(write) for write in KEY_WRITES]}
+    first = {"Statements": [dynamodb.batch_statement(write, DEFAULT_ATTRIBUTES) for write in KEY_WRITES]}
     stub.add_response("batch_execute_statement", entries(None, code, "ConditionalCheckFailed"), first)
     stub.add_response(
-        "batch_execute_statement", entries(None), {"Statements": [dynamodb.batch_statement(KEY_WRITES[1])]}
+        "batch_execute_statement",
+        entries(None),
+        {"Statements": [dynamodb.batch_statement(KEY_WRITES[1], DEFAULT_ATTRIBUTES)]},
     )
     with stub:
         assert gateway.apply(KEY_WRITES) == [WriteOutcome.APPLIED, WriteOutcome.APPLIED, WriteOutcome.SUPERSEDED]
@@ -361,7 +363,7 @@ def test_statement_retries_stop_at_the_deadline(monkeypatch):
     [
         ("InternalServerError", WriteOutcome.FAILED),
         ("ThrottlingException", WriteOutcome.FAILED),
-        ("AccessDeniedException", WriteOutcome.FAILED),
+        ("AccessDeniedException", WriteOutcome.ACCESS_DENIED),
         ("ResourceNotFoundException", WriteOutcome.REJECTED),
     ],
 )
@@ -372,6 +374,52 @@ def test_a_request_failing_as_a_whole_keeps_the_request_level_mapping(code, outc
     with stub:
         assert gateway.apply(KEY_WRITES[:1]) == [outcome]
     stub.assert_no_pending_responses()
+
+
+class Metrics:
+    """Powertools Metrics' two calls the processor makes, kept: the values it published, by name."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def add_metric(self, name: str, unit: str, value: float) -> None:
+        self.values[name] = value
+
+    def flush_metrics(self) -> None:
+        pass
+
+
+def test_a_statement_denied_access_fails_and_is_retried_never_rejected(log_sink):
+    """A per-statement AccessDenied (a missing PartiQLUpdate, an SCP, a permissions boundary) can be lifted: the item
+    is failed and reported for the batch's retry, counted as AccessDenied; nothing is rejected."""
+    from aws_lambda_powertools import Logger
+
+    from chalicelib.processor import StreamProcessor
+    from chalicelib.runtime import SERVICE
+    from localdev.events import StreamEventFactory
+
+    gateway, stub = stubbed_gateway()
+    factory = StreamEventFactory(table_name="Users", first_sequence_number=500)
+    records = [factory.insert({"Id": name, "Email": f"{name}@gmail.com"}) for name in ("a", "b", "c")]
+    denied_sequence_number = records[1]["dynamodb"]["SequenceNumber"]
+    stub.add_response("batch_execute_statement", entries(None, "AccessDenied", None))
+    metrics = Metrics()
+    processor = StreamProcessor(
+        classify=lambda email: email.endswith("@gmail.com"),
+        gateway=gateway,
+        report_batch_item_failures=True,
+        logger=Logger(service=SERVICE),
+        metrics=metrics,
+    )
+    with stub:
+        answer = processor.handle(factory.event(*records))
+    stub.assert_no_pending_responses()
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": denied_sequence_number}]}
+    [summary] = [line for line in log_sink.records() if line.get("message") == "batch processed"]
+    assert (summary["access_denied"], summary["failed"], summary["rejected"]) == (1, 1, 0)
+    assert summary["failed_sequence_number"] == denied_sequence_number and summary["flags_set"] == 2
+    assert (metrics.values["AccessDenied"], metrics.values["Failed"], metrics.values["Rejected"]) == (1, 1, 0)
 
 
 def test_a_refused_request_is_halved_down_to_the_write_refused():

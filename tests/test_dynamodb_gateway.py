@@ -11,7 +11,7 @@ from chalicelib import dynamodb
 from chalicelib.budget import MAX_ATTEMPTS
 from chalicelib.dynamodb import DynamoDBGateway, WriteOutcome, client_config
 from chalicelib.planner import Action, Write
-from chalicelib.records import item_key
+from chalicelib.records import DEFAULT_ATTRIBUTES, item_key
 from localdev.events import to_wire
 from tests.faults import dynamodb_error
 from tests.test_handler import get, put
@@ -24,7 +24,7 @@ def stubbed_gateway():
     client = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").client(
         "dynamodb"
     )
-    return DynamoDBGateway(client), Stubber(client)
+    return DynamoDBGateway(client, DEFAULT_ATTRIBUTES), Stubber(client)
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ def test_throttling_is_retried_by_the_standard_retry_mode(engine, make_table, th
     key = item_key(table.name, to_wire({"Id": "a"}))
     write = Write(key=key, action=Action.SET, flag=True, seen_email="a@gmail.com")
 
-    assert DynamoDBGateway(client).apply([write]) == [outcome]
+    assert DynamoDBGateway(client, DEFAULT_ATTRIBUTES).apply([write]) == [outcome]
 
     assert calls["count"] == (throttled + 1 if outcome is WriteOutcome.APPLIED else MAX_ATTEMPTS)
     assert ("IsPersonalEmail" in get(table, Id="a")) is (outcome is WriteOutcome.APPLIED)

@@ -2,14 +2,14 @@ from decimal import Decimal
 
 from chalicelib.domains import EmailClassifier, personal_domain_set
 from chalicelib.planner import Action, plan_batch, plan_reads
-from chalicelib.records import ItemState, decode_record
+from chalicelib.records import DEFAULT_ATTRIBUTES, ItemState, decode_record
 from localdev.events import StreamEventFactory
 
 classify = EmailClassifier(personal_domain_set(only={"gmail.com", "outlook.com", "hotmail.com"})).is_personal_email
 
 
 def plan(*raw_records):
-    return plan_batch([decode_record(r) for r in raw_records], classify)
+    return plan_batch([decode_record(r, DEFAULT_ATTRIBUTES) for r in raw_records], classify)
 
 
 def test_insert_needs_the_flag_set():

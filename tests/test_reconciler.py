@@ -29,6 +29,7 @@ from chalicelib.reconciler import (
     queue_url_from_arn,
     retry_delay_seconds,
 )
+from chalicelib.records import DEFAULT_ATTRIBUTES
 from chalicelib.runtime import SERVICE, classifier_for, metrics_for
 from tests.faults import fail_statements
 
@@ -272,7 +273,7 @@ def reconciler(engine, streams=None, gateway_client=None, start_backfill=None) -
     client = gateway_client or engine.client()
     return Reconciler(
         streams=streams or engine.streams_client(),
-        gateway=DynamoDBGateway(client),
+        gateway=DynamoDBGateway(client, DEFAULT_ATTRIBUTES),
         classify=classifier_for(Settings.from_environ({})).is_personal_email,
         start_backfill=start_backfill or (lambda table_name, run_id: pytest.fail("no backfill expected")),
     )

@@ -3,14 +3,21 @@ from decimal import Decimal
 import pytest
 from boto3.dynamodb.types import Binary
 
-from chalicelib.records import EventName, MalformedRecord, decode_record, item_state, table_name_from_stream_arn
+from chalicelib.records import (
+    DEFAULT_ATTRIBUTES,
+    EventName,
+    MalformedRecord,
+    decode_record,
+    item_state,
+    table_name_from_stream_arn,
+)
 from localdev.events import StreamEventFactory, to_wire
 
 
 def test_decodes_the_facts_the_planner_needs():
     factory = StreamEventFactory()
     raw = factory.modify({"Id": "ID1", "Email": "a@example.com"}, {"Id": "ID1", "Email": "a@gmail.com"})
-    record = decode_record(raw)
+    record = decode_record(raw, DEFAULT_ATTRIBUTES)
     assert record.event_name is EventName.MODIFY
     assert record.sequence_number == raw["dynamodb"]["SequenceNumber"]
     assert record.key.table_name == "Users"
@@ -21,26 +28,30 @@ def test_decodes_the_facts_the_planner_needs():
 
 def test_key_identity_for_every_key_type_and_schema():
     factory = StreamEventFactory(key_names=("Pk", "Sk"))
-    record = decode_record(factory.insert({"Pk": Binary(b"\x00\xff"), "Sk": Decimal("7"), "Email": "x@y.z"}))
+    record = decode_record(
+        factory.insert({"Pk": Binary(b"\x00\xff"), "Sk": Decimal("7"), "Email": "x@y.z"}), DEFAULT_ATTRIBUTES
+    )
     assert record.key.identity == (("Pk", Binary(b"\x00\xff")), ("Sk", Decimal("7")))
     assert record.key.attribute_names == ("Pk", "Sk")
-    again = decode_record(factory.modify({"Pk": Binary(b"\x00\xff"), "Sk": 7}, {"Pk": Binary(b"\x00\xff"), "Sk": 7}))
+    again = decode_record(
+        factory.modify({"Pk": Binary(b"\x00\xff"), "Sk": 7}, {"Pk": Binary(b"\x00\xff"), "Sk": 7}), DEFAULT_ATTRIBUTES
+    )
     assert again.key == record.key
 
 
 def test_email_of_another_type_is_not_an_email():
-    state = item_state(to_wire({"Email": Decimal(5), "IsPersonalEmail": True}))
+    state = item_state(to_wire({"Email": Decimal(5), "IsPersonalEmail": True}), DEFAULT_ATTRIBUTES)
     assert state.email is None and state.flag is True and state.has_flag
 
 
 def test_a_numeric_flag_is_not_a_bool_even_though_1_equals_true():
-    state = item_state(to_wire({"Email": "a@gmail.com", "IsPersonalEmail": Decimal(1)}))
+    state = item_state(to_wire({"Email": "a@gmail.com", "IsPersonalEmail": Decimal(1)}), DEFAULT_ATTRIBUTES)
     assert state.flag is None and state.has_flag
 
 
 def test_remove_carries_no_new_state():
     factory = StreamEventFactory()
-    record = decode_record(factory.remove({"Id": "ID1", "Email": "a@gmail.com"}))
+    record = decode_record(factory.remove({"Id": "ID1", "Email": "a@gmail.com"}), DEFAULT_ATTRIBUTES)
     assert record.event_name is EventName.REMOVE and record.new_state is None
 
 
@@ -77,7 +88,7 @@ def _broken(mutate):
 )
 def test_malformed_records_are_refused_with_a_reason_and_no_value(raw):
     with pytest.raises(MalformedRecord) as refused:
-        decode_record(raw)
+        decode_record(raw, DEFAULT_ATTRIBUTES)
     assert "gmail" not in str(refused.value)
 
 

@@ -14,6 +14,7 @@ from chalice.local import LambdaContext
 from chalicelib.budget import ANSWER_MARGIN_SECONDS, budget_problem, request_worst_case_seconds
 from chalicelib.dynamodb import DynamoDBGateway, client_config
 from chalicelib.processor import BatchFailed, StreamProcessor
+from chalicelib.records import DEFAULT_ATTRIBUTES
 from chalicelib.runtime import SERVICE
 from localdev.dynamodb_local import CREDENTIALS, REGION
 from localdev.events import StreamEventFactory, to_wire
@@ -28,7 +29,7 @@ def processor_through(proxy: SlowProxy, report_batch_item_failures: bool, concur
     )
     return StreamProcessor(
         classify=lambda email: email.endswith("@gmail.com"),
-        gateway=DynamoDBGateway(client, max_concurrency=concurrency),
+        gateway=DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=concurrency),
         report_batch_item_failures=report_batch_item_failures,
         logger=Logger(service=SERVICE),
     )

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from chalicelib.dynamodb import dynamodb_client
+from chalicelib.records import attribute_conflict
 from tools.backfill import fanout as fanout_module
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch, default_checkpoint_path
 from tools.backfill.local import DEFAULT_PAGE_SIZE, FUNCTION_NAME, Options, local_worker, run_local, stage_settings
@@ -37,7 +38,9 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (("run", "backfill from this machine"), ("fanout", "backfill with the Lambda function")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--table", required=True, help="the users table's name")
-        command.add_argument("--stage", required=True, help="the Chalice stage whose domain settings apply")
+        command.add_argument(
+            "--stage", required=True, help="the Chalice stage whose domain and attribute settings apply"
+        )
         command.add_argument("--segments", type=int, default=8, help="TotalSegments of the parallel scan")
         command.add_argument("--checkpoint", type=Path, help="default: .state/backfill-<table>[-dry-run].json")
         command.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
@@ -104,6 +107,9 @@ def backfill(args: argparse.Namespace) -> int:
     threads = min(args.threads or args.segments, 32) if local else 1
     client = dynamodb_client(threads * (args.write_concurrency if local else 1) + threads)
     facts = table_facts(client.describe_table(TableName=args.table)["Table"])
+    conflict = attribute_conflict(facts.key_names, settings.attributes)
+    if conflict:
+        raise ValueError(f"stage {args.stage}: {conflict}")
     read_units, write_units = rate_limits(facts, args.read_units, args.write_units, args.capacity_fraction)
     options = Options(args.dry_run, args.page_size, read_units, write_units, getattr(args, "max_pages", None))
     path = args.checkpoint or default_checkpoint_path(args.table, args.dry_run)

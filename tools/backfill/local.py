@@ -115,12 +115,12 @@ def stage_settings(stage: str) -> Settings:
 
 
 def local_worker(settings: Settings, client: Any, write_concurrency: int) -> SegmentWorker:
-    """A segment worker on this machine with the stage's classification; each segment it works
+    """A segment worker on this machine with the stage's classification and attribute names; each segment it works
     (`SegmentWorker.for_segment`) gets its own pool of `write_concurrency` writes."""
     from chalicelib.dynamodb import DynamoDBGateway
     from chalicelib.runtime import classifier_for
 
     def new_gateway() -> DynamoDBGateway:
-        return DynamoDBGateway(client, max_concurrency=write_concurrency)
+        return DynamoDBGateway(client, settings.attributes, max_concurrency=write_concurrency)
 
     return SegmentWorker(client, new_gateway(), classifier_for(settings).is_personal_email, new_gateway=new_gateway)
