@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import ConfigError, Settings
+from chalicelib.records import DEFAULT_ATTRIBUTES, AttributeNames
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +59,44 @@ def test_every_stage_config_is_valid_and_sets_the_contract(stage):
 
 def test_the_parallelization_factor_is_read():
     assert Settings.from_environ({"PARALLELIZATION_FACTOR": " 4 "}).parallelization_factor == 4
+
+
+def test_the_attribute_names_default_to_the_walkthroughs():
+    settings = Settings.from_environ({})
+    assert (settings.email_attribute, settings.flag_attribute) == ("Email", "IsPersonalEmail")
+    assert settings.attributes == DEFAULT_ATTRIBUTES
+
+
+@pytest.mark.parametrize("name", ["email", 'e"mail', "flag.is personal", " padded ", "correo electrónico", "x" * 255])
+def test_any_legal_attribute_name_is_taken_verbatim(name):
+    settings = Settings.from_environ({"EMAIL_ATTRIBUTE": "address", "FLAG_ATTRIBUTE": name})
+    assert settings.attributes == AttributeNames(email="address", flag=name)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "rule"),
+    [
+        ("EMAIL_ATTRIBUTE", "x" * 256, "256 bytes of UTF-8; an attribute name here may have at most 255"),
+        ("FLAG_ATTRIBUTE", "é" * 128, "256 bytes of UTF-8; an attribute name here may have at most 255"),
+        ("FLAG_ATTRIBUTE", "\ud800", "not valid Unicode text"),
+    ],
+)
+def test_an_illegal_attribute_name_is_refused_with_the_rule(variable, value, rule):
+    with pytest.raises(ConfigError, match=f"{variable} must be a DynamoDB attribute name") as refused:
+        Settings.from_environ({variable: value})
+    assert rule in str(refused.value)
+
+
+def test_the_email_and_the_flag_must_be_two_attributes():
+    with pytest.raises(ConfigError, match="EMAIL_ATTRIBUTE and FLAG_ATTRIBUTE must name two different attributes"):
+        Settings.from_environ({"EMAIL_ATTRIBUTE": "IsPersonalEmail"})
+    with pytest.raises(ConfigError, match="two different"):
+        Settings.from_environ({"EMAIL_ATTRIBUTE": "mail", "FLAG_ATTRIBUTE": "mail"})
+
+
+def test_every_stage_names_both_attributes():
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    for stage in config["stages"].values():
+        variables = stage["environment_variables"]
+        assert {"EMAIL_ATTRIBUTE", "FLAG_ATTRIBUTE"} <= set(variables)
+        Settings.from_environ(variables)  # valid wherever a user set them

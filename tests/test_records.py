@@ -5,8 +5,12 @@ from boto3.dynamodb.types import Binary
 
 from chalicelib.records import (
     DEFAULT_ATTRIBUTES,
+    AttributeNames,
     EventName,
+    FlagInKey,
+    ItemState,
     MalformedRecord,
+    decision_projection,
     decode_record,
     item_state,
     table_name_from_stream_arn,
@@ -95,3 +99,29 @@ def test_malformed_records_are_refused_with_a_reason_and_no_value(raw):
 def test_table_name_from_stream_arn():
     arn = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
     assert table_name_from_stream_arn(arn) == "Users"
+
+
+ADOPTER = AttributeNames(email="email", flag="is_personal")
+
+
+def test_only_the_stages_two_attributes_are_read():
+    image = to_wire({"email": "a@example.com", "is_personal": True, "Email": "a@gmail.com", "IsPersonalEmail": False})
+    assert item_state(image, ADOPTER) == ItemState(email="a@example.com", flag=True, has_flag=True)
+    assert item_state(to_wire({"Email": "a@gmail.com", "IsPersonalEmail": True}), ADOPTER) == ItemState(
+        email=None, flag=None, has_flag=False
+    )
+
+
+def test_a_record_whose_key_holds_the_flag_is_refused_on_its_own():
+    factory = StreamEventFactory(key_names=("tenant", "is_personal"))
+    raw = factory.insert({"tenant": "t", "is_personal": "x", "email": "a@gmail.com"})
+    with pytest.raises(FlagInKey, match="FLAG_ATTRIBUTE names a key attribute"):
+        decode_record(raw, ADOPTER)
+    # The same record under names whose flag is not in the key decodes, the e-mail in the key included.
+    keyed_by_email = StreamEventFactory(key_names=("email",)).insert({"email": "a@gmail.com"})
+    assert decode_record(keyed_by_email, ADOPTER).new_state == ItemState("a@gmail.com", None, False)
+
+
+def test_the_projection_names_each_attribute_once():
+    projection, names = decision_projection(("email", "member_no"), ADOPTER)
+    assert projection == "#a0, #a1, #a2" and list(names.values()) == ["email", "member_no", "is_personal"]
