@@ -257,3 +257,28 @@ def test_the_backfill_command_refuses_a_flag_that_is_a_key_attribute(make_table,
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "FLAG_ATTRIBUTE 'member_no' is a key attribute" in done.stderr
     assert get(table, tenant="a", member_no=1) == {"tenant": "a", "member_no": 1, "email": "x"}
+
+
+def test_make_runs_example_put_item_uses_the_tables_key_and_the_stages_email():
+    from localdev.run import example_item
+
+    adopter_table = {
+        "AttributeDefinitions": [
+            {"AttributeName": "tenant", "AttributeType": "S"},
+            {"AttributeName": "member_no", "AttributeType": "N"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "tenant", "KeyType": "HASH"},
+            {"AttributeName": "member_no", "KeyType": "RANGE"},
+        ],
+    }
+    assert example_item(adopter_table, ADOPTER) == (
+        """'{"tenant": {"S": "ID1"}, "member_no": {"N": "1"}, "email": {"S": "john@gmail.com"}}'"""
+    )
+    keyed_by_email = {
+        "AttributeDefinitions": [{"AttributeName": "email", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "email", "KeyType": "HASH"}],
+    }
+    assert example_item(keyed_by_email, ADOPTER) == """'{"email": {"S": "john@gmail.com"}}'"""
+    quoted = AttributeNames(email="it's", flag="f")
+    assert example_item(keyed_by_email, quoted) == """'{"email": {"S": "ID1"}, "it'"'"'s": {"S": "john@gmail.com"}}'"""
