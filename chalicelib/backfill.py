@@ -16,7 +16,7 @@ from typing import Any
 
 from chalicelib.deadline import NO_DEADLINE, Deadline
 from chalicelib.dynamodb import OutcomeTally, WriteOutcome
-from chalicelib.planner import Classify, Write, decide
+from chalicelib.planner import Classify, Drift, Write, decide, drift_of
 from chalicelib.records import decision_projection, from_event_json, item_key, item_state
 
 # Scan reads in 4 KB units, eventually consistent at half a unit each; a write costs at least one 1 KB unit.
@@ -48,6 +48,15 @@ class Counts:
     rejected: int = 0
     read_units: float = 0.0
     write_units: float = 0.0
+    # `to_write` by kind (chalicelib.planner.Drift): what the audit reports.
+    flag_wrong: int = 0
+    flag_missing: int = 0
+    flag_not_bool: int = 0
+    flag_without_email: int = 0
+
+    def drift(self) -> dict[Drift, int]:
+        """The items that violated the invariant when scanned, by kind."""
+        return {kind: getattr(self, kind.value) for kind in Drift}
 
     def add(self, other: Counts) -> None:
         """Add another count to this one, field by field."""
@@ -209,14 +218,23 @@ def scan_request(request: SegmentRequest, start_key: Mapping[str, Any] | None) -
 
 
 def plan_page(
-    table_name: str, key_names: Sequence[str], items: Sequence[Mapping[str, Any]], classify: Classify
+    table_name: str,
+    key_names: Sequence[str],
+    items: Sequence[Mapping[str, Any]],
+    classify: Classify,
+    counts: Counts | None = None,
 ) -> tuple[list[Write], int]:
-    """The writes a scanned page needs (the handler's `decide` on each item) and how many items need none."""
+    """The writes a scanned page needs (the handler's `decide` on each item) and how many items need none; each
+    write's kind of drift is counted in `counts`."""
     writes = []
     for item in items:
-        write = decide(item_key(table_name, {name: item[name] for name in key_names}), item_state(item), classify)
+        state = item_state(item)
+        write = decide(item_key(table_name, {name: item[name] for name in key_names}), state, classify)
         if write is not None:
             writes.append(write)
+            if counts is not None:
+                kind = drift_of(state, write)
+                setattr(counts, kind.value, getattr(counts, kind.value) + 1)
     return writes, len(items) - len(writes)
 
 
@@ -375,7 +393,7 @@ class SegmentWorker:
         )
         if self._read_limit is not None:
             self._read_limit.take(counts.read_units)
-        writes, counts.already_correct = plan_page(request.table_name, request.key_names, items, self._classify)
+        writes, counts.already_correct = plan_page(request.table_name, request.key_names, items, self._classify, counts)
         counts.to_write = len(writes)
         if writes and not request.dry_run:
             counts.write_units = float(len(writes))  # at least one unit each; the full item size is not read

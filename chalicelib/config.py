@@ -79,6 +79,10 @@ class Settings:
     """Batches of one shard the event source mapping runs at once (Lambda's ParallelizationFactor, 1-10)."""
     backfill_function_name: str = ""
     """The backfill function the reconciler starts when a discarded range has left the stream."""
+    audit_rate_minutes: int = 15
+    """Minutes between two runs of the scheduled audit (`audit_invariant`)."""
+    audit_sample_items: int = 1000
+    """Items each audit run reads at most (Scan's Limit; a page also stops at 1 MB)."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -102,4 +106,6 @@ class Settings:
             report_batch_item_failures=_bool_setting(environ, "REPORT_BATCH_ITEM_FAILURES", False),
             parallelization_factor=_int_setting(environ, "PARALLELIZATION_FACTOR", 1, 1, 10),
             backfill_function_name=environ.get("BACKFILL_FUNCTION_NAME", "").strip(),
+            audit_rate_minutes=_int_setting(environ, "AUDIT_RATE_MINUTES", 15, 1, 1440),
+            audit_sample_items=_int_setting(environ, "AUDIT_SAMPLE_ITEMS", 1000, 1, 10_000),
         )

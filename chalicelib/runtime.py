@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from chalicelib.config import Settings
 
 if TYPE_CHECKING:
+    from chalicelib.audit import Auditor, AuditReport
     from chalicelib.backfill import SegmentWorker
     from chalicelib.domains import EmailClassifier
     from chalicelib.processor import StreamProcessor
@@ -117,6 +118,28 @@ def backfill_worker_for(settings: Settings) -> SegmentWorker:
         client,
         DynamoDBGateway(client, max_concurrency=settings.write_concurrency),
         classifier_for(settings).is_personal_email,
+    )
+
+
+@lru_cache(maxsize=4)
+def audit_for(settings: Settings) -> Auditor:
+    """The stage's audit, built on first use: the backfill worker's page (the planner, the gateway's writes) on a
+    random sample of the stage's table; the table's key schema is read once, on its first run."""
+    from chalicelib.audit import Auditor
+
+    return Auditor(
+        dynamodb_client(settings), backfill_worker_for(settings), settings.stream_arn, settings.audit_sample_items
+    )
+
+
+def audit(settings: Settings, remaining_ms: int) -> AuditReport:
+    """One run of the scheduled audit, with its summary line and metrics."""
+    from aws_lambda_powertools import Logger
+
+    from chalicelib.audit import run_audit
+
+    return run_audit(
+        audit_for(settings), remaining_ms, Logger(service=SERVICE, stage=settings.stage), metrics_for(settings)
     )
 
 
