@@ -2,9 +2,10 @@
 STREAM_ARN gives.
 
 A STREAM_ARN edited by hand (without `tools.stage bind`) leaves `.chalice/policy-<stage>.json`,
-`policy-<stage>-backfill.json`, `policy-<stage>-reconciler.json` and `policy-<stage>-audit.json` granting on another table while the mapping
-reads the new stream: AWS would refuse the deploy or deny every write, and moto (which doesn't enforce IAM) would
-not notice. app.py imports this module only in Chalice's CLI mode; it is never part of the deployment package.
+`policy-<stage>-backfill.json`, `policy-<stage>-reconciler.json` and `policy-<stage>-audit.json` granting on another
+table while the mapping reads the new stream: AWS would refuse the deploy or deny every write, and moto (which
+doesn't enforce IAM) would not notice. app.py imports this module only in Chalice's CLI mode; it is never part of
+the deployment package.
 """
 
 from __future__ import annotations
