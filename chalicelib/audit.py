@@ -148,21 +148,19 @@ class Auditor:
         return AuditReport(request.table_name, request.segment, request.total_segments, page.counts)
 
 
-def run_audit(auditor: Auditor, remaining_ms: int, logger: Any, metrics: Any) -> AuditReport:
+def run_audit(auditor: Auditor, remaining_ms: int, stage: str, logger: Any, metrics: Any) -> AuditReport:
     """One scheduled run: the audit, its one summary line and its metrics (EMF). A run that fails logs the error's
     type and code (never its message: it may quote a key), counts AuditFailed and raises."""
     try:
         report = auditor.run(Deadline.from_remaining_ms(remaining_ms, ANSWER_MARGIN_SECONDS))
     except Exception as error:
         code = getattr(error, "response", {}).get("Error", {}).get("Code")
-        logger.error("audit failed", extra={"error": type(error).__name__, "code": code})
+        logger.error("audit failed", extra={"stage": stage, "error": type(error).__name__, "code": code})
         metrics.add_metric(name=FAILED_METRIC, unit="Count", value=1)
         metrics.flush_metrics()
         raise
-    if report.drift:
-        logger.warning("audit", extra=report.summary())
-    else:
-        logger.info("audit", extra=report.summary())
+    log = logger.warning if report.drift else logger.info
+    log("audit", extra={"stage": stage, **report.summary()})
     for name, value in {**report.metrics(), FAILED_METRIC: 0}.items():
         metrics.add_metric(name=name, unit="Count", value=value)
     metrics.flush_metrics()

@@ -134,13 +134,9 @@ def audit_for(settings: Settings) -> Auditor:
 
 def audit(settings: Settings, remaining_ms: int) -> AuditReport:
     """One run of the scheduled audit, with its summary line and metrics."""
-    from aws_lambda_powertools import Logger
-
     from chalicelib.audit import run_audit
 
-    return run_audit(
-        audit_for(settings), remaining_ms, Logger(service=SERVICE, stage=settings.stage), metrics_for(settings)
-    )
+    return run_audit(audit_for(settings), remaining_ms, settings.stage, _service_logger(), metrics_for(settings))
 
 
 def backfill_segment(
@@ -156,7 +152,7 @@ def backfill_segment(
 
     result = run_segment(payload, backfill_worker_for(settings), remaining_ms)
     following = next_payload(payload, result)
-    _backfill_logger().info(
+    _service_logger().info(
         "backfill segment",
         extra={
             "stage": settings.stage,
@@ -184,7 +180,7 @@ def _lambda_client() -> Any:
 
 
 @lru_cache(maxsize=1)
-def _backfill_logger() -> Any:
+def _service_logger() -> Any:
     from aws_lambda_powertools import Logger
 
     return Logger(service=SERVICE)
