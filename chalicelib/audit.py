@@ -2,22 +2,25 @@
 random segment of a parallel scan, decides every item as the handler does, fixes what is wrong with the handler's
 conditional writes, and reports what it checked, found and fixed (counts only).
 
-The page is the backfill's (`chalicelib.backfill.SegmentWorker.page`): an eventually consistent Scan of one segment
-with a Limit, projecting the key and the decision's two attributes; the planner's `decide` on each item; the
-gateway's conditional writes. This module adds the sample (which segment, how many segments) and the report.
+The page is the backfill's (`chalicelib.backfill.scan_request` and `plan_page`): an eventually consistent Scan of
+one segment with a Limit, projecting the key and the decision's two attributes, and the planner's `decide` on each
+item. An item the page shows wrong may only be waiting for the stream handler (a change a second old), so the
+suspects are read again after a grace period, consistently (the handler's own read), and only those still wrong
+count as drift and are written (the handler's conditional writes, decided from that read).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.backfill import Counts, SegmentRequest, SegmentWorker
+from chalicelib.backfill import Counts, SegmentRequest, estimated_read_units, plan_page, scan_request, tally
 from chalicelib.deadline import Deadline
-from chalicelib.records import table_name_from_stream_arn
+from chalicelib.planner import Classify, Write, decide, drift_of
+from chalicelib.records import ItemKey, ItemState, table_name_from_stream_arn
 
 MAX_TOTAL_SEGMENTS = 1_000_000
 """Scan's limit on TotalSegments."""
@@ -64,6 +67,37 @@ def sample_request(shape: TableShape, sample_items: int, pick: Callable[[int], i
     return SegmentRequest(shape.name, shape.key_names, segment, total, page_size=sample_items)
 
 
+@dataclass(slots=True)
+class Confirmation:
+    """The suspects read again: the writes those still wrong need (their kinds counted), and the others."""
+
+    writes: list[Write] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+    settled: int = 0
+    """Right (or gone) by the second read: the stream handler had them in hand."""
+    unread: int = 0
+    """Not read again (refused or out of time): neither counted as drift nor written."""
+
+
+def confirm(suspects: Sequence[Write], current: Mapping[ItemKey, ItemState | None], classify: Classify) -> Confirmation:
+    """Decide the suspects again from their current state (None: the item is gone; missing: not read)."""
+    confirmation = Confirmation()
+    for suspect in suspects:
+        if suspect.key not in current:
+            confirmation.unread += 1
+            continue
+        state = current[suspect.key]
+        write = decide(suspect.key, state, classify) if state is not None else None
+        if state is None or write is None:
+            confirmation.settled += 1
+            continue
+        confirmation.writes.append(write)
+        kind = drift_of(state, write)
+        setattr(confirmation.counts, kind.value, getattr(confirmation.counts, kind.value) + 1)
+    confirmation.counts.to_write = len(confirmation.writes)
+    return confirmation
+
+
 @dataclass(frozen=True, slots=True)
 class AuditReport:
     """One run of the audit: the segment it read and what it found; counts and segment numbers only."""
@@ -72,6 +106,9 @@ class AuditReport:
     segment: int
     total_segments: int
     counts: Counts
+    settled: int = 0
+    """Items the page showed wrong that were right by the second read (the stream handler's, in flight)."""
+    unread: int = 0
 
     @property
     def checked(self) -> int:
@@ -102,6 +139,8 @@ class AuditReport:
             "checked": self.checked,
             "drift": self.drift,
             **{kind.value: number for kind, number in counts.drift().items()},
+            "settled": self.settled,
+            "unread": self.unread,
             "fixed": self.fixed,
             "superseded": counts.superseded,
             "failed": counts.failed,
@@ -117,20 +156,26 @@ class Auditor:
     def __init__(
         self,
         client: Any,
-        worker: SegmentWorker,
+        gateway: Any,
+        classify: Classify,
         stream_arn: str,
         sample_items: int,
+        confirm_after_seconds: float,
         pick: Callable[[int], int] = random.randrange,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         if not stream_arn:
             raise ValueError("STREAM_ARN is not set: the audit reads the table the stage's stream belongs to")
         self._client = client
-        self._worker = worker
+        self._gateway = gateway
+        self._classify = classify
         self._table_name = table_name_from_stream_arn(stream_arn)
         self._sample_items = sample_items
+        self._confirm_after = confirm_after_seconds
         self._pick = pick
         self._clock = clock
+        self._sleep = sleep
         self._shape: TableShape | None = None
         self._described_at = 0.0
 
@@ -142,10 +187,32 @@ class Auditor:
         return self._shape
 
     def run(self, deadline: Deadline) -> AuditReport:
-        """Read one sample page, fix what violates the invariant before `deadline`, and report."""
-        request = sample_request(self.shape(), self._sample_items, self._pick)
-        page = self._worker.page(request, None, deadline)
-        return AuditReport(request.table_name, request.segment, request.total_segments, page.counts)
+        """Read one sample page, confirm what looks wrong, fix it before `deadline`, and report."""
+        shape = self.shape()
+        request = sample_request(shape, self._sample_items, self._pick)
+        response = self._client.scan(**scan_request(request, None))
+        items = response.get("Items", [])
+        consumed = response.get("ConsumedCapacity", {}).get("CapacityUnits")
+        suspects, _ = plan_page(shape.name, shape.key_names, items, self._classify)
+        confirmation = self._confirm(suspects, deadline)
+        counts = confirmation.counts
+        counts.pages, counts.scanned = 1, len(items)
+        counts.read_units = float(consumed) if consumed is not None else estimated_read_units(items, False)
+        counts.already_correct = len(items) - len(suspects) + confirmation.settled
+        if confirmation.writes:
+            counts.write_units = float(len(confirmation.writes))  # at least one unit each
+            tally(self._gateway.apply(confirmation.writes, deadline), counts)
+        return AuditReport(
+            shape.name, request.segment, request.total_segments, counts, confirmation.settled, confirmation.unread
+        )
+
+    def _confirm(self, suspects: Sequence[Write], deadline: Deadline) -> Confirmation:
+        """The suspects read again, consistently, after the grace period (shortened to half the time left)."""
+        if not suspects:
+            return Confirmation()
+        self._sleep(max(0.0, min(self._confirm_after, deadline.remaining() / 2)))
+        result = self._gateway.read_states([suspect.key for suspect in suspects], deadline)
+        return confirm(suspects, result.states, self._classify)
 
 
 def run_audit(auditor: Auditor, remaining_ms: int, stage: str, logger: Any, metrics: Any) -> AuditReport:

@@ -83,6 +83,8 @@ class Settings:
     """Minutes between two runs of the scheduled audit (`audit_invariant`)."""
     audit_sample_items: int = 1000
     """Items each audit run reads at most (Scan's Limit; a page also stops at 1 MB)."""
+    audit_confirm_seconds: int = 20
+    """How long the audit waits before it reads an item that looked wrong again (the stream handler may have it)."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -108,4 +110,5 @@ class Settings:
             backfill_function_name=environ.get("BACKFILL_FUNCTION_NAME", "").strip(),
             audit_rate_minutes=_int_setting(environ, "AUDIT_RATE_MINUTES", 15, 1, 1440),
             audit_sample_items=_int_setting(environ, "AUDIT_SAMPLE_ITEMS", 1000, 1, 10_000),
+            audit_confirm_seconds=_int_setting(environ, "AUDIT_CONFIRM_SECONDS", 20, 0, 300),
         )

@@ -123,12 +123,19 @@ def backfill_worker_for(settings: Settings) -> SegmentWorker:
 
 @lru_cache(maxsize=4)
 def audit_for(settings: Settings) -> Auditor:
-    """The stage's audit, built on first use: the backfill worker's page (the planner, the gateway's writes) on a
-    random sample of the stage's table; the table's key schema is read once, on its first run."""
+    """The stage's audit, built on first use: the backfill's page, the handler's reads, planner and writes, on a
+    random sample of the stage's table; the table's key schema is read on its first run and kept."""
     from chalicelib.audit import Auditor
+    from chalicelib.dynamodb import DynamoDBGateway
 
+    client = dynamodb_client(settings)
     return Auditor(
-        dynamodb_client(settings), backfill_worker_for(settings), settings.stream_arn, settings.audit_sample_items
+        client,
+        DynamoDBGateway(client, max_concurrency=settings.write_concurrency),
+        classifier_for(settings).is_personal_email,
+        settings.stream_arn,
+        settings.audit_sample_items,
+        settings.audit_confirm_seconds,
     )
 
 

@@ -16,12 +16,12 @@ from chalicelib.audit import (
     MAX_TOTAL_SEGMENTS,
     Auditor,
     TableShape,
+    confirm,
     run_audit,
     sample_request,
     table_shape,
     total_segments,
 )
-from chalicelib.backfill import SegmentWorker
 from chalicelib.deadline import NO_DEADLINE
 from chalicelib.dynamodb import DynamoDBGateway
 from chalicelib.planner import Drift, decide, drift_of
@@ -132,7 +132,31 @@ def test_the_key_schema_comes_from_describe_table_hash_key_first():
 
 def test_an_audit_without_a_stream_arn_says_which_setting_is_missing():
     with pytest.raises(ValueError, match="STREAM_ARN"):
-        Auditor(None, None, "", 10)  # type: ignore[arg-type]
+        Auditor(None, None, None, "", 10, 0)  # type: ignore[arg-type]
+
+
+def test_a_suspect_counts_as_drift_only_if_a_second_read_still_finds_it_wrong():
+    def gmail(email: str) -> bool:
+        return email.endswith("@gmail.com")
+
+    keys = [item_key("Users", {"Id": {"S": name}}) for name in ("still", "fixed", "gone", "unread", "changed")]
+    suspects = [decide(key, ItemState("a@gmail.com", None, False), gmail) for key in keys]
+    current = {
+        keys[0]: ItemState("a@gmail.com", None, False),  # still missing its flag
+        keys[1]: ItemState("a@gmail.com", True, True),  # the handler set it meanwhile
+        keys[2]: None,  # deleted meanwhile
+        keys[4]: ItemState(None, False, True),  # its Email removed meanwhile: now a flag without an e-mail
+    }
+    confirmation = confirm(suspects, current, gmail)  # type: ignore[arg-type]
+    assert (confirmation.settled, confirmation.unread) == (2, 1)
+    assert [(w.key, w.action.value) for w in confirmation.writes] == [(keys[0], "SET"), (keys[4], "REMOVE")]
+    assert confirmation.counts.to_write == 2
+    assert confirmation.counts.drift() == {
+        Drift.FLAG_WRONG: 0,
+        Drift.FLAG_MISSING: 1,
+        Drift.FLAG_NOT_BOOL: 0,
+        Drift.FLAG_WITHOUT_EMAIL: 1,
+    }
 
 
 # ---------------------------------------------------------------------------------------- the scheduled function
@@ -147,7 +171,8 @@ def audit_client(engine, tmp_path):
         project = tmp_path / f"project-{table.name}"
         shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployed"))
         config = json.loads((project / ".chalice" / "config.json").read_text())
-        config["stages"]["dev"]["environment_variables"].update(STREAM_ARN=table.stream_arn, **variables)
+        stage_variables = config["stages"]["dev"]["environment_variables"]
+        stage_variables.update(STREAM_ARN=table.stream_arn, AUDIT_CONFIRM_SECONDS="0", **variables)
         (project / ".chalice" / "config.json").write_text(json.dumps(config))
         from app import app
 
@@ -238,14 +263,14 @@ def test_each_run_reads_one_page_of_at_most_the_sample_from_a_random_segment(eng
     client = engine.client()
     scans = Scans(client)
     settings = stage_settings("dev")
-    worker = SegmentWorker(client, DynamoDBGateway(client, 4), classifier_for(settings).is_personal_email)
+    classify = classifier_for(settings).is_personal_email
     picks = []
 
     def pick(total: int) -> int:
         picks.append(total)
         return len(picks) % total
 
-    auditor = Auditor(client, worker, table.stream_arn, sample_items=10, pick=pick)
+    auditor = Auditor(client, DynamoDBGateway(client, 4), classify, table.stream_arn, 10, 0, pick=pick)
     reports = [auditor.run(NO_DEADLINE) for _ in range(6)]
 
     assert len(scans.requests) == 6 and all(n <= 10 for n in scans.scanned)
@@ -260,6 +285,35 @@ def test_each_run_reads_one_page_of_at_most_the_sample_from_a_random_segment(eng
     assert sum(r.fixed for r in reports) == sum(r.drift for r in reports) == sum(r.checked for r in reports) > 0
 
 
+def test_an_item_the_stream_handler_fixes_during_the_grace_period_is_not_drift(engine, make_table):
+    table = make_table()
+    users_table = users(engine, table)
+    users_table.put_item(Item={"Id": "in-flight", "Email": "ann@gmail.com"})  # its record not handled yet
+    users_table.put_item(Item={"Id": "stuck", "Email": "bob@gmail.com"})  # a record the handler never saw
+    client = engine.client()
+    statements = []
+    client.meta.events.register(
+        "provide-client-params.dynamodb.BatchExecuteStatement",
+        lambda params, **_: statements.extend(params["Statements"]),
+    )
+    waits = []
+
+    def grace(seconds: float) -> None:
+        waits.append(seconds)
+        users_table.update_item(  # the stream handler's write, during the audit's grace period
+            Key={"Id": "in-flight"}, UpdateExpression="SET IsPersonalEmail = :t", ExpressionAttributeValues={":t": True}
+        )
+
+    classify = classifier_for(stage_settings("dev")).is_personal_email
+    auditor = Auditor(client, DynamoDBGateway(client, 4), classify, table.stream_arn, 10, 20, sleep=grace)
+    report = auditor.run(NO_DEADLINE)
+    assert waits == [20]
+    assert (report.checked, report.settled, report.drift, report.fixed) == (2, 1, 1, 1)
+    assert report.counts.drift()[Drift.FLAG_MISSING] == 1 and report.counts.already_correct == 1
+    assert len(statements) == 1  # the stuck item's write only
+    assert flags(engine, table) == {"in-flight": True, "stuck": True}
+
+
 def test_run_audit_logs_one_line_of_counts(engine, make_table, log_sink, capsys):
     from aws_lambda_powertools import Logger
 
@@ -267,8 +321,8 @@ def test_run_audit_logs_one_line_of_counts(engine, make_table, log_sink, capsys)
     plant(engine, table)
     client = engine.client()
     settings = stage_settings("dev")
-    worker = SegmentWorker(client, DynamoDBGateway(client, 4), classifier_for(settings).is_personal_email)
-    auditor = Auditor(client, worker, table.stream_arn, sample_items=3, pick=lambda total: 0)
+    classify = classifier_for(settings).is_personal_email
+    auditor = Auditor(client, DynamoDBGateway(client, 4), classify, table.stream_arn, 3, 0, pick=lambda total: 0)
     report = run_audit(auditor, 60_000, "dev", Logger(service="email-checker"), metrics_for(settings))
     assert report.checked <= 3
     [line] = [r for r in log_sink.records() if r["message"] == "audit"]
@@ -321,7 +375,12 @@ def test_the_audit_policy_describes_scans_and_fixes_the_table_only():
     policy = policies.audit_policy_document("email-checker", "prod", ARN)
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     assert set(by_sid) == {"AuditTheTable", "WriteLogs"}
-    assert by_sid["AuditTheTable"]["Action"] == ["dynamodb:DescribeTable", "dynamodb:Scan", stage.TABLE_WRITE_ACTION]
+    assert by_sid["AuditTheTable"]["Action"] == [
+        "dynamodb:DescribeTable",
+        "dynamodb:Scan",
+        "dynamodb:BatchGetItem",
+        stage.TABLE_WRITE_ACTION,
+    ]
     assert by_sid["AuditTheTable"]["Resource"] == "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
     assert all("email-checker-prod-audit_invariant" in r for r in by_sid["WriteLogs"]["Resource"])
 
@@ -379,6 +438,7 @@ def test_the_packaged_stack_runs_the_audit_on_its_schedule_with_its_own_role(pac
     assert statements["AuditTheTable"]["Action"] == [
         "dynamodb:DescribeTable",
         "dynamodb:Scan",
+        "dynamodb:BatchGetItem",
         "dynamodb:PartiQLUpdate",
     ]
     assert statements["AuditTheTable"]["Resource"]["Fn::If"][1] == {"Fn::GetAtt": ["UsersTable", "Arn"]}
@@ -387,3 +447,14 @@ def test_the_packaged_stack_runs_the_audit_on_its_schedule_with_its_own_role(pac
     assert (alarm["Namespace"], alarm["MetricName"], alarm["Threshold"]) == ("EmailChecker", "AuditDrift", 1)
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert [d["Name"] for d in alarm["Dimensions"]] == ["service", "stage"]
+
+
+def test_the_audit_settings_have_defaults_and_are_validated():
+    from chalicelib.config import ConfigError, Settings
+
+    defaults = Settings.from_environ({})
+    assert (defaults.audit_rate_minutes, defaults.audit_sample_items) == (15, 1000)
+    with pytest.raises(ConfigError, match="AUDIT_RATE_MINUTES must be from 1 to 1440"):
+        Settings.from_environ({"AUDIT_RATE_MINUTES": "0"})
+    with pytest.raises(ConfigError, match="AUDIT_SAMPLE_ITEMS must be a whole number"):
+        Settings.from_environ({"AUDIT_SAMPLE_ITEMS": "many"})

@@ -234,12 +234,13 @@ def write_policies(config: dict[str, Any], chalice_dir: Path = CHALICE_DIR) -> l
 
 
 def audit_statements(table_arn: Any, log_actions: list[str], log_resources: Any) -> list[dict[str, Any]]:
-    """The scheduled audit's least-privilege statements: its key schema and a sample of the table, and the fixes."""
+    """The scheduled audit's least-privilege statements: the key schema, a sample of the table, a second read of
+    what looked wrong, and the fixes."""
     return [
         {
             "Sid": "AuditTheTable",
             "Effect": "Allow",
-            "Action": ["dynamodb:DescribeTable", "dynamodb:Scan", TABLE_WRITE_ACTION],
+            "Action": ["dynamodb:DescribeTable", "dynamodb:Scan", "dynamodb:BatchGetItem", TABLE_WRITE_ACTION],
             "Resource": table_arn,
         },
         {"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources},
