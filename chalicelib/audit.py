@@ -92,8 +92,7 @@ def confirm(suspects: Sequence[Write], current: Mapping[ItemKey, ItemState | Non
             confirmation.settled += 1
             continue
         confirmation.writes.append(write)
-        kind = drift_of(state, write)
-        setattr(confirmation.counts, kind.value, getattr(confirmation.counts, kind.value) + 1)
+        confirmation.counts.count_drift(drift_of(state, write))
     confirmation.counts.to_write = len(confirmation.writes)
     return confirmation
 

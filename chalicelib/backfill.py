@@ -58,6 +58,10 @@ class Counts:
         """The items that violated the invariant when scanned, by kind."""
         return {kind: getattr(self, kind.value) for kind in Drift}
 
+    def count_drift(self, kind: Drift) -> None:
+        """Count one item that violated the invariant in this way."""
+        setattr(self, kind.value, getattr(self, kind.value) + 1)
+
     def add(self, other: Counts) -> None:
         """Add another count to this one, field by field."""
         for spec in fields(self):
@@ -233,8 +237,7 @@ def plan_page(
         if write is not None:
             writes.append(write)
             if counts is not None:
-                kind = drift_of(state, write)
-                setattr(counts, kind.value, getattr(counts, kind.value) + 1)
+                counts.count_drift(drift_of(state, write))
     return writes, len(items) - len(writes)
 
 
