@@ -6,10 +6,10 @@ import os
 from typing import Any
 
 from chalice import Chalice
-from chalice.app import DynamoDBEvent, SQSEvent
+from chalice.app import CloudWatchEvent, DynamoDBEvent, Rate, SQSEvent
 
 from chalicelib.config import UNBOUND_STREAM_ARN, ConfigError, Settings, failure_queue_name
-from chalicelib.runtime import backfill_segment, backfill_worker_for, processor_for, reconciler_for
+from chalicelib.runtime import audit, audit_for, backfill_segment, backfill_worker_for, processor_for, reconciler_for
 
 # Powertools owns the "email-checker" logger (structured JSON); Chalice would add a second, plain-text handler to it.
 app = Chalice(app_name="email-checker", configure_logs=False)
@@ -42,6 +42,8 @@ if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not CLI_MODE:
     _name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
     if _name.endswith("-backfill_segment"):
         backfill_worker_for(SETTINGS)
+    elif _name.endswith("-audit_invariant") or "-AuditInvariant-" in _name:  # deploy, package
+        audit_for(SETTINGS)
     elif _name.endswith("-reconcile_discarded_batches") or "-ReconcileDiscardedBatches-" in _name:  # deploy, package
         reconciler_for(SETTINGS)
     else:
@@ -78,3 +80,10 @@ def reconcile_discarded_batches(event: SQSEvent) -> None:
     handler = reconciler_for(Settings.from_environ(os.environ))
     for record in event:
         handler.handle(record.to_dict(), event.context.get_remaining_time_in_millis)
+
+
+@app.schedule(Rate(SETTINGS.audit_rate_minutes, unit=Rate.MINUTES), name="audit_invariant")
+def audit_invariant(event: CloudWatchEvent) -> dict[str, Any]:
+    """Check a bounded sample of the table against the invariant and fix what is wrong; counts for the metrics."""
+    report = audit(Settings.from_environ(os.environ), event.context.get_remaining_time_in_millis())
+    return report.summary()

@@ -16,7 +16,7 @@ from typing import Any
 
 from chalicelib.deadline import NO_DEADLINE, Deadline
 from chalicelib.dynamodb import OutcomeTally, WriteOutcome
-from chalicelib.planner import Classify, Write, decide
+from chalicelib.planner import Classify, Drift, Write, decide, drift_of
 from chalicelib.records import (
     AttributeNames,
     attribute_conflict,
@@ -55,6 +55,19 @@ class Counts:
     rejected: int = 0
     read_units: float = 0.0
     write_units: float = 0.0
+    # `to_write` by kind (chalicelib.planner.Drift): what the audit reports.
+    flag_wrong: int = 0
+    flag_missing: int = 0
+    flag_not_bool: int = 0
+    flag_without_email: int = 0
+
+    def drift(self) -> dict[Drift, int]:
+        """The items that violated the invariant when scanned, by kind."""
+        return {kind: getattr(self, kind.value) for kind in Drift}
+
+    def count_drift(self, kind: Drift) -> None:
+        """Count one item that violated the invariant in this way."""
+        setattr(self, kind.value, getattr(self, kind.value) + 1)
 
     def add(self, other: Counts) -> None:
         """Add another count to this one, field by field."""
@@ -223,14 +236,18 @@ def plan_page(
     items: Sequence[Mapping[str, Any]],
     classify: Classify,
     attributes: AttributeNames,
+    counts: Counts | None = None,
 ) -> tuple[list[Write], int]:
-    """The writes a scanned page needs (the handler's `decide` on each item) and how many items need none."""
+    """The writes a scanned page needs (the handler's `decide` on each item) and how many items need none; each
+    write's kind of drift is counted in `counts`."""
     writes = []
     for item in items:
-        key = item_key(table_name, {name: item[name] for name in key_names})
-        write = decide(key, item_state(item, attributes), classify)
+        state = item_state(item, attributes)
+        write = decide(item_key(table_name, {name: item[name] for name in key_names}), state, classify)
         if write is not None:
             writes.append(write)
+            if counts is not None:
+                counts.count_drift(drift_of(state, write))
     return writes, len(items) - len(writes)
 
 
@@ -392,7 +409,7 @@ class SegmentWorker:
         if self._read_limit is not None:
             self._read_limit.take(counts.read_units)
         writes, counts.already_correct = plan_page(
-            request.table_name, request.key_names, items, self._classify, attributes
+            request.table_name, request.key_names, items, self._classify, attributes, counts
         )
         counts.to_write = len(writes)
         if writes and not request.dry_run:

@@ -96,6 +96,13 @@ class Settings:
     flag_attribute: str = DEFAULT_ATTRIBUTES.flag
     """The attribute the handler sets to the derived flag and removes (never a key attribute)."""
 
+    audit_rate_minutes: int = 15
+    """Minutes between two runs of the scheduled audit (`audit_invariant`)."""
+    audit_sample_items: int = 1000
+    """Items each audit run reads at most (Scan's Limit; a page also stops at 1 MB)."""
+    audit_confirm_seconds: int = 20
+    """How long the audit waits before it reads an item that looked wrong again (the stream handler may have it)."""
+
     @property
     def attributes(self) -> AttributeNames:
         """The e-mail and flag attribute names, as the records, the writes and the backfill take them."""
@@ -131,4 +138,7 @@ class Settings:
             backfill_function_name=environ.get("BACKFILL_FUNCTION_NAME", "").strip(),
             email_attribute=email_attribute,
             flag_attribute=flag_attribute,
+            audit_rate_minutes=_int_setting(environ, "AUDIT_RATE_MINUTES", 15, 1, 1440),
+            audit_sample_items=_int_setting(environ, "AUDIT_SAMPLE_ITEMS", 1000, 1, 10_000),
+            audit_confirm_seconds=_int_setting(environ, "AUDIT_CONFIRM_SECONDS", 20, 0, 300),
         )

@@ -110,3 +110,25 @@ def _add_decision(plan: BatchPlan, write: Write | None) -> None:
         plan.already_correct += 1
     else:
         plan.writes.append(write)
+
+
+class Drift(StrEnum):
+    """How an item breaks the invariant (docs/design.md §1), by what `decide` found: the audit counts each kind."""
+
+    FLAG_WRONG = "flag_wrong"
+    """A string `Email` and a BOOL flag of the other value."""
+    FLAG_MISSING = "flag_missing"
+    """A string `Email` and no flag."""
+    FLAG_NOT_BOOL = "flag_not_bool"
+    """A string `Email` and a flag of another type (a number 1, a string "true")."""
+    FLAG_WITHOUT_EMAIL = "flag_without_email"
+    """A flag on an item whose `Email` is absent or not a string."""
+
+
+def drift_of(state: ItemState, write: Write) -> Drift:
+    """The kind of drift `decide` found in an item in `state` when it decided `write`."""
+    if write.action is Action.REMOVE:
+        return Drift.FLAG_WITHOUT_EMAIL
+    if not state.has_flag:
+        return Drift.FLAG_MISSING
+    return Drift.FLAG_WRONG if state.flag is not None else Drift.FLAG_NOT_BOOL

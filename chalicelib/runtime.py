@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from chalicelib.config import Settings
 
 if TYPE_CHECKING:
+    from chalicelib.audit import Auditor, AuditReport
     from chalicelib.backfill import SegmentWorker
     from chalicelib.domains import EmailClassifier
     from chalicelib.processor import StreamProcessor
@@ -120,6 +121,31 @@ def backfill_worker_for(settings: Settings) -> SegmentWorker:
     )
 
 
+@lru_cache(maxsize=4)
+def audit_for(settings: Settings) -> Auditor:
+    """The stage's audit, built on first use: the backfill's page, the handler's reads, planner and writes, on a
+    random sample of the stage's table; the table's key schema is read on its first run and kept."""
+    from chalicelib.audit import Auditor
+    from chalicelib.dynamodb import DynamoDBGateway
+
+    client = dynamodb_client(settings)
+    return Auditor(
+        client,
+        DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
+        classifier_for(settings).is_personal_email,
+        settings.stream_arn,
+        settings.audit_sample_items,
+        settings.audit_confirm_seconds,
+    )
+
+
+def audit(settings: Settings, remaining_ms: int) -> AuditReport:
+    """One run of the scheduled audit, with its summary line and metrics."""
+    from chalicelib.audit import run_audit
+
+    return run_audit(audit_for(settings), remaining_ms, settings.stage, _service_logger(), metrics_for(settings))
+
+
 def backfill_segment(
     settings: Settings,
     payload: Mapping[str, Any],
@@ -133,7 +159,7 @@ def backfill_segment(
 
     result = run_segment(payload, backfill_worker_for(settings), remaining_ms)
     following = next_payload(payload, result)
-    _backfill_logger().info(
+    _service_logger().info(
         "backfill segment",
         extra={
             "stage": settings.stage,
@@ -161,7 +187,7 @@ def _lambda_client() -> Any:
 
 
 @lru_cache(maxsize=1)
-def _backfill_logger() -> Any:
+def _service_logger() -> Any:
     from aws_lambda_powertools import Logger
 
     return Logger(service=SERVICE)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json, sys
@@ -17,6 +19,7 @@ print(json.dumps({
     "domain_list_loaded": domains.default_personal_domains.cache_info().currsize,
     "processors": runtime.processor_for.cache_info().currsize,
     "backfill_workers": runtime.backfill_worker_for.cache_info().currsize,
+    "audits": runtime.audit_for.cache_info().currsize,
     "heavy_modules": sorted(m for m in ("boto3", "aws_lambda_powertools") if m in sys.modules),
 }))
 """
@@ -39,9 +42,22 @@ def test_in_lambda_the_stream_handlers_processor_is_built_at_import():
 
 def test_in_lambda_the_backfill_function_builds_only_its_worker():
     state = import_app(AWS_LAMBDA_FUNCTION_NAME="email-checker-dev-backfill_segment")
-    assert state["processors"] == 0 and state["backfill_workers"] == 1
+    assert state["processors"] == 0 and state["backfill_workers"] == 1 and state["audits"] == 0
+
+
+@pytest.mark.parametrize("name", ["email-checker-dev-audit_invariant", "stack-AuditInvariant-AbC123"])
+def test_in_lambda_the_audit_builds_its_auditor_and_no_processor(name):
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+    state = import_app(AWS_LAMBDA_FUNCTION_NAME=name, STREAM_ARN=arn)
+    assert state["audits"] == 1 and state["processors"] == 0 and state["domain_list_loaded"] == 1
 
 
 def test_outside_lambda_importing_the_app_builds_nothing_and_imports_no_sdk():
     state = import_app()
-    assert state == {"domain_list_loaded": 0, "processors": 0, "backfill_workers": 0, "heavy_modules": []}
+    assert state == {
+        "domain_list_loaded": 0,
+        "processors": 0,
+        "backfill_workers": 0,
+        "audits": 0,
+        "heavy_modules": [],
+    }

@@ -39,7 +39,7 @@ def sam_to_cloudformation():
     def run(template):
         template = json.loads(json.dumps(template))
         # `aws cloudformation package` uploads deployment.zip and puts its S3 location here; SAM insists on one.
-        for function in ("SyncIsPersonalEmail", "BackfillSegment", "ReconcileDiscardedBatches"):
+        for function in ("SyncIsPersonalEmail", "BackfillSegment", "ReconcileDiscardedBatches", "AuditInvariant"):
             template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
         return transform(template, {}, NoManagedPolicies())
 
@@ -120,6 +120,9 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "ReconcileDiscardedBatchesLogGroup",
         "StreamFailureDeadLetterQueue",
         "StreamFailureDeadLetterQueuePolicy",
+        "AuditInvariant",
+        "AuditInvariantRole",
+        "AuditInvariantLogGroup",
     }
     assert template["Parameters"]["UsersTableStreamArn"]["Default"] == "CREATE"
     assert template["Parameters"]["Stage"]["Default"] == "prod"
@@ -230,6 +233,7 @@ def test_every_alarm_reads_back_from_the_packaged_template_as_defined(stack_with
         "OutOfTime",
         "ReconcilerBackfillFallbacks",
         "ReconcilerFailed",
+        "AuditDrift",
     }
     for alarm in custom:
         names = [d["Name"] for d in resources[alarm.logical_id]["Properties"]["Dimensions"]]
@@ -302,7 +306,7 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<SyncIsPersonalEmailLogGroup.Arn>"),
     }
     assert all(statement["Effect"] == "Allow" for statement in document["Statement"])
-    # Only the backfill function may Scan: its own role, on the table alone.
+    # The backfill function scans with its own role, on the table alone (the audit too: tests/test_audit.py).
     [backfill] = template["Resources"]["BackfillSegmentRole"]["Properties"]["Policies"]
     document = resolve(
         backfill["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}

@@ -162,6 +162,12 @@ ALARMS: tuple[Alarm, ...] = (
         3,
         "Reconciler messages have failed for 15 minutes; retried, then dead-lettered.",
     ),
+    _custom(
+        "AuditDrift",
+        1,
+        "The scheduled audit found items whose IsPersonalEmail is not what their Email gives, and fixed what it "
+        "could: something lets items drift. Read its 'audit' lines (the kinds), then docs/operations.md.",
+    ),
 )
 
 

@@ -2,9 +2,10 @@
 STREAM_ARN gives.
 
 A STREAM_ARN edited by hand (without `tools.stage bind`) leaves `.chalice/policy-<stage>.json`,
-`policy-<stage>-backfill.json` and `policy-<stage>-reconciler.json` granting on another table while the mapping
-reads the new stream: AWS would refuse the deploy or deny every write, and moto (which doesn't enforce IAM) would
-not notice. app.py imports this module only in Chalice's CLI mode; it is never part of the deployment package.
+`policy-<stage>-backfill.json`, `policy-<stage>-reconciler.json` and `policy-<stage>-audit.json` granting on another
+table while the mapping reads the new stream: AWS would refuse the deploy or deny every write, and moto (which
+doesn't enforce IAM) would not notice. app.py imports this module only in Chalice's CLI mode; it is never part of
+the deployment package.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from chalicelib.budget import budget_problem
 from chalicelib.config import Settings
 from tools.arns import split_stream_arn
 from tools.policies import (
+    audit_policy_document,
+    audit_policy_file,
     backfill_policy_document,
     backfill_policy_file,
     handler_policy_file,
@@ -95,12 +98,14 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
     try:
         backfill_file = backfill_policy_file(config, stage)
         reconciler_file = reconciler_policy_file(config, stage)
+        audit_file = audit_policy_file(config, stage)
     except ValueError as problem:
         return str(problem)
     checks = [
         (handler_policy_file(config, stage), lambda queue: policy_document(app_name, stage, stream_arn, queue)),
         (backfill_file, lambda _queue: backfill_policy_document(app_name, stage, stream_arn)),
         (reconciler_file, lambda _queue: reconciler_policy_document(app_name, stage, stream_arn)),
+        (audit_file, lambda _queue: audit_policy_document(app_name, stage, stream_arn)),
     ]
     stale = [reason for name, expected in checks if (reason := stale_policy(chalice_dir / name, expected))]
     if not stale:

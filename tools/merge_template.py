@@ -18,7 +18,8 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
   fan-out command (`python -m tools.backfill fanout`) invokes it synchronously, so it needs no results queue;
 - for the reconciler `reconcile_discarded_batches`: its SQS event source pointed at `StreamFailureQueue` (Chalice
   names the `chalice deploy` path's queue), the queue's visibility timeout and redrive policy to the dead-letter
-  queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the backfill function's name.
+  queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the backfill function's name;
+- for the scheduled audit `audit_invariant`: its role policy, log group, table and stage (tools/audit_template.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import failure_handling
+from tools.audit_template import audit_resources
 from tools.policies import LOG_WRITES, backfill_statements, policy_statements, reconciler_statements
 from tools.project import ROOT, write_json
 from tools.template_parts import (
@@ -235,6 +237,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     "Events": {RECONCILER_EVENT_SOURCE: {"Properties": {"Queue": {"Fn::Sub": f"${{{QUEUE}.Arn}}"}}}},
                 }
             },
+            **audit_resources(table_arn, stream_arn),
             FUNCTION: {
                 "Properties": {
                     "LoggingConfig": {"LogGroup": {"Ref": LOG_GROUP}},

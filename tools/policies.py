@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.arns import deployed_function_arn, failure_queue_arn, function_arns, stage_stream_arn
-from tools.project import BACKFILL, CHALICE_DIR, HANDLER, RECONCILER, write_json
+from tools.project import AUDIT, BACKFILL, CHALICE_DIR, HANDLER, RECONCILER, write_json
 
 TABLE_WRITE_ACTION = "dynamodb:PartiQLUpdate"
 LOG_WRITES = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -229,5 +229,39 @@ def write_policies(config: dict[str, Any], chalice_dir: Path = CHALICE_DIR) -> l
         write_json(backfill_path, expected_backfill_policy(config, stage))
         reconciler_path = chalice_dir / reconciler_policy_file(config, stage)
         write_json(reconciler_path, expected_reconciler_policy(config, stage))
-        written += [path, backfill_path, reconciler_path]
+        written += [path, backfill_path, reconciler_path, write_audit_policy(config, stage, chalice_dir)]
     return written
+
+
+def audit_statements(table_arn: Any, log_actions: list[str], log_resources: Any) -> list[dict[str, Any]]:
+    """The scheduled audit's least-privilege statements: the key schema, a sample of the table, a second read of
+    what looked wrong, and the fixes."""
+    return [
+        {
+            "Sid": "AuditTheTable",
+            "Effect": "Allow",
+            "Action": ["dynamodb:DescribeTable", "dynamodb:Scan", "dynamodb:BatchGetItem", TABLE_WRITE_ACTION],
+            "Resource": table_arn,
+        },
+        {"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources},
+    ]
+
+
+def audit_policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
+    """The `chalice deploy` audit function's policy, on the table named by the stage's stream ARN."""
+    table_arn, log_group = function_arns(app_name, stage, stream_arn, AUDIT)
+    log_actions = ["logs:CreateLogGroup", *LOG_WRITES]
+    statements = audit_statements(table_arn, log_actions, [log_group, f"{log_group}:log-stream:*"])
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def audit_policy_file(config: dict[str, Any], stage: str) -> str:
+    """The audit function's policy file name in the stage's config; ValueError naming the key if it is missing."""
+    return _function_policy_file(config, stage, AUDIT, "audit")
+
+
+def write_audit_policy(config: dict[str, Any], stage: str, chalice_dir: Path = CHALICE_DIR) -> Path:
+    """Regenerate the stage's audit policy file from its STREAM_ARN."""
+    path = chalice_dir / audit_policy_file(config, stage)
+    write_json(path, audit_policy_document(config["app_name"], stage, stage_stream_arn(config, stage)))
+    return path

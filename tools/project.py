@@ -16,6 +16,7 @@ DEPLOYED_DIR = CHALICE_DIR / "deployed"
 HANDLER = "sync_is_personal_email"
 BACKFILL = "backfill_segment"
 RECONCILER = "reconcile_discarded_batches"
+AUDIT = "audit_invariant"
 
 
 class UnknownStage(ValueError):
