@@ -270,7 +270,15 @@ def test_each_run_reads_one_page_of_at_most_the_sample_from_a_random_segment(eng
         picks.append(total)
         return len(picks) % total
 
-    auditor = Auditor(client, DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=4), classify, table.stream_arn, 10, 0, pick=pick)
+    auditor = Auditor(
+        client,
+        DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=4),
+        classify,
+        table.stream_arn,
+        10,
+        0,
+        pick=pick,
+    )
     reports = [auditor.run(NO_DEADLINE) for _ in range(6)]
 
     assert len(scans.requests) == 6 and all(n <= 10 for n in scans.scanned)
@@ -307,7 +315,15 @@ def test_an_item_the_stream_handler_fixes_during_the_grace_period_is_not_drift(e
         )
 
     classify = classifier_for(stage_settings("dev")).is_personal_email
-    auditor = Auditor(client, DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=4), classify, table.stream_arn, 10, 20, sleep=grace)
+    auditor = Auditor(
+        client,
+        DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=4),
+        classify,
+        table.stream_arn,
+        10,
+        20,
+        sleep=grace,
+    )
     report = auditor.run(NO_DEADLINE)
     assert waits == [20]
     assert (report.checked, report.settled, report.drift, report.fixed) == (2, 1, 1, 1)
@@ -324,7 +340,15 @@ def test_run_audit_logs_one_line_of_counts(engine, make_table, log_sink, capsys)
     client = engine.client()
     settings = stage_settings("dev")
     classify = classifier_for(settings).is_personal_email
-    auditor = Auditor(client, DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=4), classify, table.stream_arn, 3, 0, pick=lambda total: 0)
+    auditor = Auditor(
+        client,
+        DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=4),
+        classify,
+        table.stream_arn,
+        3,
+        0,
+        pick=lambda total: 0,
+    )
     report = run_audit(auditor, 60_000, "dev", Logger(service="email-checker"), metrics_for(settings))
     assert report.checked <= 3
     [line] = [r for r in log_sink.records() if r["message"] == "audit"]
