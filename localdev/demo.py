@@ -99,9 +99,7 @@ def run(verbose: bool = False) -> int:
         invoker = ChaliceInvoker(stage="dev", quiet=not verbose, deployed_overrides=DEPLOYED_FUNCTION)
         settings = invoker.settings
         # The deployed mapping's filter, retries, bisection and lanes; the Chalice test client runs one call at a time.
-        mapping = LocalEventSourceMapping.for_stage(
-            engine.streams_client(), stream_arn, serialized(invoker), settings, dynamodb=client
-        )
+        mapping = LocalEventSourceMapping.for_stage(engine.streams_client(), stream_arn, serialized(invoker), settings)
         print(f"local event source mapping: batch size {settings.batch_size}, from {settings.starting_position}\n")
         print(f"{'step':<45} {'records':>7} {'writes':>6}  IsPersonalEmail after")
         failures = 0
