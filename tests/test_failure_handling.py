@@ -114,3 +114,20 @@ def test_waiting_for_the_mapping_ends_with_one_clear_line():
         failure_handling.wait_for_partial_failures(client, UUID, sleep=lambda _: None, clock=lambda: next(ticks))
     message = str(raised.value)
     assert "\n" not in message and UUID in message and "Updating" in message and "300 s" in message
+
+
+def test_the_deploy_guard_refuses_a_merge_template_with_another_filter(project_copy):
+    from tools.deploy_guard import deploy_refusal
+
+    assert failure_handling.filter_refusal(project_copy) is None
+    path = project_copy / "deploy" / "merge-template.json"
+    template = json.loads(path.read_text())
+    [event] = template["Resources"]["SyncIsPersonalEmail"]["Properties"]["Events"].values()
+    old = {"dynamodb": {"NewImage": {"Id": {"S": [{"exists": True}]}}}}
+    event["Properties"]["FilterCriteria"] = {"Filters": [{"Pattern": json.dumps(old)}]}
+    path.write_text(json.dumps(template))
+    refusal = deploy_refusal(
+        project_copy, "dev", "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+    )
+    assert refusal.startswith("deploy/merge-template.json's stream filter is not")
+    assert "python -m tools.stage merge-template" in refusal
