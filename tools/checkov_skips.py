@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tools.template_parts import (
+    BACKFILL_FAILURE_QUEUE,
     BACKFILL_FUNCTION,
     BACKFILL_LOG_GROUP,
     DEAD_LETTER_QUEUE,
@@ -52,6 +53,11 @@ SQS_INVOKED = (
     "Invoked synchronously by its SQS event source, where a dead-letter queue never applies: a message it can't "
     "finish goes to the queue's redrive dead-letter queue (StreamFailureDeadLetterQueue).",
 )
+ASYNC_DESTINATION = (
+    "CKV_AWS_116",
+    "Its asynchronous failures go to an on-failure destination (BackfillFailureQueue, through its EventInvokeConfig), "
+    "which keeps the whole request, as a dead-letter queue would; this check reads only DeadLetterQueue.",
+)
 SHARD_BOUNDED = (
     "CKV_AWS_115",
     "Unreserved on purpose: a stream runs at most open shards x ParallelizationFactor at once, so its concurrency is "
@@ -77,9 +83,22 @@ SKIPS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# Skips that hold only once the template has what their reason names.
+SKIPS_WITH: dict[str, tuple[str, tuple[str, str]]] = {BACKFILL_FUNCTION: (BACKFILL_FAILURE_QUEUE, ASYNC_DESTINATION)}
+
+
+def skips_for(resources: dict[str, Any]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Each resource's skips in this template: SKIPS, plus those whose reason the template now holds."""
+    skips = dict(SKIPS)
+    for logical_id, (needed, skip) in SKIPS_WITH.items():
+        if needed in resources:
+            skips[logical_id] = (*skips.get(logical_id, ()), skip)
+    return skips
+
+
 def with_checkov_skips(resources: dict[str, Any]) -> dict[str, Any]:
     """The merge template's resources with each accepted finding in its Metadata (merged into Chalice's resource)."""
-    for logical_id, skips in SKIPS.items():
+    for logical_id, skips in skips_for(resources).items():
         if logical_id in resources:
             metadata = resources[logical_id].setdefault("Metadata", {})
             metadata["checkov"] = {"skip": [{"id": check, "comment": comment} for check, comment in skips]}

@@ -196,10 +196,15 @@ def check_reconciler(status: Status, session: Any, stage: str, deployment: Deplo
         if point:
             parts.append(f"{metric} {point['Sum']:g} at {point['Timestamp']:%Y-%m-%d %H:%M}Z")
     status.add("reconciler", "; ".join(parts) if parts else "no datapoints in the last 24 h")
+    group = deployment.log_groups.get(RECONCILER)
     try:
-        events = session.client("logs").filter_log_events(
-            logGroupName=deployment.log_groups.get(RECONCILER, ""), filterPattern=f'"{RECONCILER_LINE}"', limit=50
-        )["events"]
+        events = (
+            session.client("logs").filter_log_events(
+                logGroupName=group, filterPattern=f'"{RECONCILER_LINE}"', limit=50
+            )["events"]
+            if group
+            else []
+        )
     except ClientError:
         events = []
     if events:
