@@ -33,8 +33,6 @@ class Deployment:
     failure_queue: str
     dead_letter_queue: str
     alarm_names: list[str]
-    function_names: dict[str, str] = field(default_factory=dict)
-    """Each of the app's functions (Chalice name) by its deployed name."""
     log_groups: dict[str, str] = field(default_factory=dict)
     """Each of the app's functions (Chalice name) by the log group it really writes to."""
 
@@ -68,7 +66,6 @@ def from_chalice_deploy(app_name: str, stage: str) -> Deployment:
         failure_queue=targets[alarms.FAILURE_QUEUE],
         dead_letter_queue=targets[alarms.DEAD_LETTER_QUEUE],
         alarm_names=[alarms.alarm_name(prefix, alarm) for alarm in alarms.alarms_for(targets)],
-        function_names=names,
         # Chalice's functions log to Lambda's default group.
         log_groups={function: f"/aws/lambda/{name}" for function, name in names.items()},
     )
@@ -95,13 +92,8 @@ def real_log_group(lambda_client: Any, function_name: str, declared: str | None)
 
 def from_stack(session: Any, stack_name: str) -> Deployment:
     """The stage's parts as a CloudFormation stack made them (physical ids by logical id and type)."""
-    resources = [
-        resource
-        for resource in session.client("cloudformation").describe_stack_resources(StackName=stack_name)[
-            "StackResources"
-        ]
-        if "LogicalResourceId" in resource and "PhysicalResourceId" in resource
-    ]
+    listed = session.client("cloudformation").describe_stack_resources(StackName=stack_name)["StackResources"]
+    resources = [r for r in listed if "LogicalResourceId" in r and "PhysicalResourceId" in r]
     physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources}
     if FUNCTION not in physical:
         raise NotDeployed(f"stack {stack_name} has no {FUNCTION}: is it this app's stack?")
@@ -116,7 +108,6 @@ def from_stack(session: Any, stack_name: str) -> Deployment:
         failure_queue=physical.get(QUEUE, "").rsplit("/", 1)[-1],
         dead_letter_queue=physical.get(DEAD_LETTER_QUEUE, "").rsplit("/", 1)[-1],
         alarm_names=[r["PhysicalResourceId"] for r in resources if r["ResourceType"] == "AWS::CloudWatch::Alarm"],
-        function_names=names,
         # The merge template gives each function its own log group `<LogicalId>LogGroup`, named on the function.
         log_groups={
             function: real_log_group(lambda_client, name, physical.get(f"{LOGICAL_IDS[function]}LogGroup"))
