@@ -22,9 +22,10 @@ SQS = "AWS/SQS"
 FIVE_MINUTES = 300
 # Lambda and SQS publish these metrics every minute: a one-minute period with one datapoint fires within about two.
 ONE_MINUTE = 60
-# A pushed-back reconciler message is invisible (its depth stays 0) but counts in the age of the oldest message.
-# SQS stops counting a message in that age once it has been received three times, and the reconciler's delays
-# (30 s, then 60 s) bring the third receive about 90 s after the first: the threshold sits below that.
+# A pushed-back reconciler message is invisible (its depth stays 0) but counts in the age of the oldest message. One
+# the reconciler finishes is deleted within seconds; one over a minute old was pushed back (30 s, then 60 s) or waits
+# for a reconciler that doesn't run. A minute is also before the third receive (about 90 s after the first), after
+# which SQS's metric description says a message may stop counting in that age (not recorded here).
 OLDEST_MESSAGE_AGE_SECONDS = 60
 # An hour behind: a stuck shard is found with 5 hours left before the mapping discards at 6 hours of age and 23 hours
 # before the stream's 24-hour retention trims the records; a healthy mapping runs seconds behind.
