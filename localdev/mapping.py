@@ -319,20 +319,14 @@ class LocalEventSourceMapping:
         invoke: Invoke,
         settings: Any,
         *,
-        dynamodb: Any,
         on_failure: OnFailure | None = None,
         **options: Any,
     ) -> Self:
         """A mapping as the stage deploys it: its batch size, starting position and batching window, and the failure
-        handling, filter and parallelization factor both deploy paths apply (tools/failure_handling.py); the filter
-        names the key of the stream's table, which `dynamodb` describes."""
-        from chalicelib.records import table_name_from_stream_arn
-        from tools.failure_handling import mapping_failure_handling, stream_filter
+        handling, filter and parallelization factor both deploy paths apply (tools/failure_handling.py)."""
+        from tools.failure_handling import mapping_failure_handling
 
-        table = dynamodb.describe_table(TableName=table_name_from_stream_arn(stream_arn))["Table"]
-        deployed = mapping_options(
-            mapping_failure_handling(None, stream_filter(table), settings.parallelization_factor)
-        )
+        deployed = mapping_options(mapping_failure_handling(None, settings.parallelization_factor))
         return cls(
             streams_client,
             stream_arn,

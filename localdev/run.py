@@ -183,7 +183,6 @@ def run(args: argparse.Namespace) -> int:
             # Lanes run in threads; the Chalice test client must be called one at a time.
             serialized(invoker, one_at_a_time),
             settings,
-            dynamodb=client,
             on_failure=failures.destination(),
             checkpoints=CheckpointStore(args.checkpoints),
         )

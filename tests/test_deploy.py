@@ -111,7 +111,7 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert json.loads(queue["Policy"]) == failure_handling.https_only_queue_policy(queue["QueueArn"])
     assert queue["QueueArn"] == failures["QueueArn"] and queue["RedrivePolicy"] == failures["RedrivePolicy"]
     mapping = lambda_client.get_event_source_mapping(UUID=mapping["UUID"])
-    expected = failure_handling.mapping_failure_handling(queue["QueueArn"], failure_handling.filter_criteria("Id", "S"))
+    expected = failure_handling.mapping_failure_handling(queue["QueueArn"])
     assert {key: mapping[key] for key in expected} == expected
     assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, 100)
     variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
@@ -227,7 +227,7 @@ def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_
     role = iam.create_role(RoleName="stack-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
     schema = json.loads((project_copy / "schema" / "users-table.json").read_text())
     queue_arn = {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}
-    settings = failure_handling.mapping_failure_handling(queue_arn, merge_template.mapping_filter(schema))
+    settings = failure_handling.mapping_failure_handling(queue_arn)
     template = {
         "Resources": {
             "UsersTable": {"Type": "AWS::DynamoDB::Table", "Properties": merge_template.table_properties(schema)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -10,45 +11,44 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from localdev.mapping import RecordFilter
-from tools import failure_handling, merge_template
+from tools import failure_handling
 
 UUID = "6b7c7f7e-0000-4000-8000-000000000000"
 QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-dev-stream-failures"
 PROPAGATING = "The provided execution role does not have permissions to call SendMessage on SQS"
 
 
-@pytest.mark.parametrize("view_type", ["NEW_IMAGE", "NEW_AND_OLD_IMAGES"])
-@pytest.mark.parametrize("keys", [(("Id", "S"),), (("Id", "N"), ("At", "B"))], ids=["hash-S", "hash-N-range-B"])
+RECORDED_FILTER = Path(__file__).parent / "data" / "filters" / "c02_ddb_filter_content_or_filter.json"
+
+
+def test_the_filter_is_the_one_real_aws_accepted_and_matched():
+    recorded = json.loads(RECORDED_FILTER.read_text())
+    [sent] = recorded["setup"]["FilterCriteria_sent"]["Filters"]
+    assert failure_handling.filter_criteria() == {"Filters": [{"Pattern": sent["Pattern"]}]}
+    accepted = recorded["recorded"]["create_event_source_mapping_response"]["FilterCriteria"]["Filters"]
+    assert [rule["Pattern"] for rule in accepted] == [failure_handling.FILTER_PATTERN]
+    # The records Lambda delivered through that filter: the local mapping's matcher passes each one.
+    delivered = [r for event in recorded["recorded"]["lambda-multiple-log-events"] for r in event["Records"]]
+    assert [r["eventName"] for r in delivered] == ["INSERT", "MODIFY"]
+    matcher = RecordFilter(failure_handling.filter_criteria())
+    assert all(matcher.matches(record) for record in delivered)
+
+
+@pytest.mark.parametrize("view_type", ["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"])
+@pytest.mark.parametrize("keys", [(("Id", "S"),), (("tenant", "S"), ("member_no", "N"))], ids=["hash-S", "S-N"])
 def test_the_filter_passes_inserts_and_modifies_and_drops_removes(make_table, stream_records, keys, view_type):
     table = make_table(keys=keys, view_type=view_type)
-    key = {"Id": {"S": "a@example.com"}} if len(keys) == 1 else {"Id": {"N": "7"}, "At": {"B": b"\x01"}}
+    key = {"Id": {"S": "a@example.com"}} if len(keys) == 1 else {"tenant": {"S": "t"}, "member_no": {"N": "7"}}
     table.client.put_item(TableName=table.name, Item={**key, "Email": {"S": "a@gmail.com"}})
     table.client.update_item(
         TableName=table.name, Key=key, UpdateExpression="SET Email = :e", ExpressionAttributeValues={":e": {"S": "b"}}
     )
     table.client.delete_item(TableName=table.name, Key=key)
-    description = table.client.describe_table(TableName=table.name)["Table"]
-    criteria = failure_handling.stream_filter(description)
-    [rule] = criteria["Filters"]
-    assert set(json.loads(rule["Pattern"])) == {"dynamodb"}  # the one key Lambda's DynamoDB filtering page allows
     records = stream_records(table)
     assert [r["eventName"] for r in records] == ["INSERT", "MODIFY", "REMOVE"]
     # Evaluated by the local mapping's maintained EventBridge matcher, on the records as Lambda's JSON has them.
-    assert [RecordFilter(criteria).matches(record) for record in records] == [True, True, False]
-
-
-@pytest.mark.parametrize("view_type", ["KEYS_ONLY", "OLD_IMAGE"])
-def test_no_filter_on_a_stream_without_new_images(view_type):
-    table = {
-        "KeySchema": [{"AttributeName": "Id", "KeyType": "HASH"}],
-        "AttributeDefinitions": [{"AttributeName": "Id", "AttributeType": "S"}],
-        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": view_type},
-    }
-    # Every INSERT and MODIFY would fail the pattern: Lambda would checkpoint them unseen.
-    assert failure_handling.stream_filter(table) is None
-    assert failure_handling.mapping_failure_handling(QUEUE_ARN, None)["FilterCriteria"] == {}
-    with pytest.raises(ValueError, match="NewImage"):
-        merge_template.mapping_filter(table)
+    matcher = RecordFilter(failure_handling.mapping_failure_handling(QUEUE_ARN)["FilterCriteria"])
+    assert [matcher.matches(record) for record in records] == [True, True, False]
 
 
 def test_the_numbers_leave_the_reconciler_hours_of_stream():
@@ -67,7 +67,7 @@ def lambda_stub():
 
 def test_update_mapping_waits_for_the_role_to_propagate():
     client, stubber = lambda_stub()
-    settings = failure_handling.mapping_failure_handling(QUEUE_ARN, None)
+    settings = failure_handling.mapping_failure_handling(QUEUE_ARN)
     for _ in range(2):
         stubber.add_client_error("update_event_source_mapping", "InvalidParameterValueException", PROPAGATING)
     stubber.add_response("update_event_source_mapping", {"UUID": UUID}, {"UUID": UUID, **settings})
@@ -80,7 +80,7 @@ def test_update_mapping_waits_for_the_role_to_propagate():
 
 def test_update_mapping_gives_up_after_its_bounded_delays_and_never_retries_other_errors():
     client, stubber = lambda_stub()
-    settings = failure_handling.mapping_failure_handling(QUEUE_ARN, None)
+    settings = failure_handling.mapping_failure_handling(QUEUE_ARN)
     for _ in range(3):
         stubber.add_client_error("update_event_source_mapping", "InvalidParameterValueException", PROPAGATING)
     stubber.add_client_error("update_event_source_mapping", "InvalidParameterValueException", "BatchSize too big")
@@ -114,3 +114,20 @@ def test_waiting_for_the_mapping_ends_with_one_clear_line():
         failure_handling.wait_for_partial_failures(client, UUID, sleep=lambda _: None, clock=lambda: next(ticks))
     message = str(raised.value)
     assert "\n" not in message and UUID in message and "Updating" in message and "300 s" in message
+
+
+def test_the_deploy_guard_refuses_a_merge_template_with_another_filter(project_copy):
+    from tools.deploy_guard import deploy_refusal
+
+    assert failure_handling.filter_refusal(project_copy) is None
+    path = project_copy / "deploy" / "merge-template.json"
+    template = json.loads(path.read_text())
+    [event] = template["Resources"]["SyncIsPersonalEmail"]["Properties"]["Events"].values()
+    old = {"dynamodb": {"NewImage": {"Id": {"S": [{"exists": True}]}}}}
+    event["Properties"]["FilterCriteria"] = {"Filters": [{"Pattern": json.dumps(old)}]}
+    path.write_text(json.dumps(template))
+    refusal = deploy_refusal(
+        project_copy, "dev", "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+    )
+    assert refusal.startswith("deploy/merge-template.json's stream filter is not")
+    assert "python -m tools.stage merge-template" in refusal

@@ -116,7 +116,6 @@ def test_a_record_that_always_fails_is_bisected_retried_and_discarded_to_the_que
         table.stream_arn,
         poisoned,
         invoker.settings,
-        dynamodb=table.client,
         on_failure=SqsFailureDestination(sqs, failure_queue),
         maximum_retry_attempts=2,
         **NO_SLEEP,
@@ -155,9 +154,7 @@ def test_the_production_filter_drops_remove_without_invoking(engine, make_table)
     put(table, Id="b", Email="b@example.com")
     events = []
     settings = Settings.from_environ({})
-    mapping = LocalEventSourceMapping.for_stage(
-        engine.streams_client(), table.stream_arn, events.append, settings, dynamodb=table.client
-    )
+    mapping = LocalEventSourceMapping.for_stage(engine.streams_client(), table.stream_arn, events.append, settings)
     stats = mapping.drain()
     names = [record["eventName"] for event in events for record in event["Records"]]
     assert names == ["INSERT", "INSERT"]
@@ -275,9 +272,7 @@ def test_an_empty_or_unknown_item_identifier_fails_the_whole_batch(engine, make_
 def test_for_stage_applies_the_deployed_settings_and_the_stage_factor(engine, make_table):
     table = make_table()
     settings = Settings.from_environ({"PARALLELIZATION_FACTOR": "3", "BATCH_SIZE": "7"})
-    mapping = LocalEventSourceMapping.for_stage(
-        engine.streams_client(), table.stream_arn, print, settings, dynamodb=table.client
-    )
+    mapping = LocalEventSourceMapping.for_stage(engine.streams_client(), table.stream_arn, print, settings)
     assert mapping.parallelization_factor == 3 and mapping.batch_size == 7
     assert mapping.bisect is failure_handling.BISECT_BATCH_ON_FUNCTION_ERROR
     assert mapping.maximum_retry_attempts == failure_handling.MAXIMUM_RETRY_ATTEMPTS

@@ -126,7 +126,6 @@ def discard_the_failing_items(
             table.stream_arn,
             serialized(invoker, local.lock),
             invoker.settings,
-            dynamodb=table.client,
             on_failure=local.failures.destination(),
             maximum_retry_attempts=2,
             sleep=lambda seconds: None,

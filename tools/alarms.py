@@ -12,163 +12,34 @@ less watches a metric nobody writes and never fires.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.runtime import METRICS_NAMESPACE, SERVICE
-from tools.failure_handling import MAXIMUM_RECORD_AGE_IN_SECONDS, STREAM_RETENTION_SECONDS
-
-# Dimension roles: what each path fills in.
-FUNCTION = "function"
-FAILURE_QUEUE = "failure_queue"
-DEAD_LETTER_QUEUE = "dead_letter_queue"
-STAGE = "stage"
-LAMBDA = "AWS/Lambda"
-SQS = "AWS/SQS"
-FIVE_MINUTES = 300
-# An hour behind: a stuck shard is found with 5 hours left before the mapping discards at 6 hours of age and 23 hours
-# before the stream's 24-hour retention trims the records; a healthy mapping runs seconds behind.
-ITERATOR_AGE_THRESHOLD_MS = 3_600_000
-assert ITERATOR_AGE_THRESHOLD_MS < MAXIMUM_RECORD_AGE_IN_SECONDS * 1000 < STREAM_RETENTION_SECONDS * 1000
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """One alarm: a metric with its dimensions (by role), how it is aggregated, and when it fires."""
-
-    key: str
-    namespace: str
-    metric: str
-    dimensions: tuple[tuple[str, str], ...]
-    statistic: str
-    threshold: float
-    evaluation_periods: int
-    meaning: str
-    period: int = FIVE_MINUTES
-
-    @property
-    def logical_id(self) -> str:
-        """The alarm's CloudFormation logical id."""
-        return f"{self.key}Alarm"
-
-    def resolved_dimensions(self, targets: dict[str, Any]) -> list[dict[str, Any]]:
-        """The alarm's dimensions with each role replaced by the path's value (a name or an intrinsic)."""
-        return [{"Name": name, "Value": targets[role]} for name, role in self.dimensions]
-
-    def settings(self) -> dict[str, Any]:
-        """The put_metric_alarm / AWS::CloudWatch::Alarm settings that don't depend on the path."""
-        return {
-            "AlarmDescription": self.meaning,
-            "Namespace": self.namespace,
-            "MetricName": self.metric,
-            "Statistic": self.statistic,
-            "Period": self.period,
-            "EvaluationPeriods": self.evaluation_periods,
-            "DatapointsToAlarm": self.evaluation_periods,
-            "Threshold": self.threshold,
-            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-            "TreatMissingData": "notBreaching",
-        }
-
-
-FUNCTION_DIMENSIONS = (("FunctionName", FUNCTION),)
-CUSTOM_DIMENSIONS = (("service", "service"), ("stage", STAGE))
-
-
-def _custom(key: str, evaluation_periods: int, meaning: str) -> Alarm:
-    return Alarm(key, METRICS_NAMESPACE, key, CUSTOM_DIMENSIONS, "Sum", 1, evaluation_periods, meaning)
-
-
-ALARMS: tuple[Alarm, ...] = (
-    Alarm(
-        "IteratorAge",
-        LAMBDA,
-        "IteratorAge",
-        FUNCTION_DIMENSIONS,
-        "Maximum",
-        ITERATOR_AGE_THRESHOLD_MS,
-        1,
-        "The mapping is an hour behind the stream: a shard is stuck on retries or the function is throttled. "
-        "Records are discarded to the on-failure queue at 6 hours. Look at Errors, Throttles and the summary lines.",
-    ),
-    Alarm(
-        "FailureQueueMessages",
-        SQS,
-        "ApproximateNumberOfMessagesVisible",
-        (("QueueName", FAILURE_QUEUE),),
-        "Maximum",
-        1,
-        3,
-        "Discarded batches have waited 15 minutes in the on-failure queue: the reconciler is not draining it. "
-        "Check the reconciler's errors and ReconcilerFailed; the stream keeps the records for 24 hours.",
-    ),
-    Alarm(
-        "DeadLetterQueueMessages",
-        SQS,
-        "ApproximateNumberOfMessagesVisible",
-        (("QueueName", DEAD_LETTER_QUEUE),),
-        "Maximum",
-        1,
-        1,
-        "The reconciler gave up on a discarded batch. Read the message, fix the cause, redrive it, or run a backfill.",
-    ),
-    Alarm(
-        "DestinationDeliveryFailures",
-        LAMBDA,
-        "DestinationDeliveryFailures",
-        FUNCTION_DIMENSIONS,
-        "Sum",
-        1,
-        1,
-        "Lambda discarded a batch and could not send its pointer to the on-failure queue: those changes are lost to "
-        "the reconciler. Check the role's sqs:SendMessage and the queue, then run a backfill.",
-    ),
-    Alarm(
-        "Errors",
-        LAMBDA,
-        "Errors",
-        FUNCTION_DIMENSIONS,
-        "Sum",
-        1,
-        3,
-        "The handler has raised for 15 minutes (timeouts, crashes): its batches are being bisected and retried. "
-        "Read the function's error summary lines (field error).",
-    ),
-    Alarm(
-        "Throttles",
-        LAMBDA,
-        "Throttles",
-        FUNCTION_DIMENSIONS,
-        "Sum",
-        1,
-        3,
-        "The handler has been throttled for 15 minutes: the account's concurrency is used up elsewhere. "
-        "Throttled batches wait until the 6-hour record age, then go to the on-failure queue.",
-    ),
-    _custom("Failed", 3, "Item writes have failed for 15 minutes (DynamoDB errors, throttling); they are retried."),
-    _custom("Rejected", 1, "DynamoDB refused an item outright; not retried. The summary line names the records."),
-    _custom("Malformed", 1, "A stream record could not be decoded; not retried. The summary line names the records."),
-    _custom(
-        "BatchErrors", 1, "The handler hit an unexpected exception (a bug); the summary line names its type and place."
-    ),
-    _custom("OutOfTime", 3, "Batches have run out of time for 15 minutes: lower BATCH_SIZE or raise the timeout."),
-    _custom(
-        "ReconcilerBackfillFallbacks",
-        1,
-        "A discarded batch's stream range was gone, so the reconciler started a backfill: watch it finish.",
-    ),
-    _custom(
-        "ReconcilerFailed",
-        3,
-        "Reconciler messages have failed for 15 minutes; retried, then dead-lettered.",
-    ),
-    _custom(
-        "AuditDrift",
-        1,
-        "The scheduled audit found items whose IsPersonalEmail is not what their Email gives, and fixed what it "
-        "could: something lets items drift. Read its 'audit' lines (the kinds), then docs/operations.md.",
-    ),
+from chalicelib.runtime import SERVICE
+from tools.alarm_catalog import (
+    ALARMS,
+    BACKFILL_FAILURE_QUEUE,
+    BACKFILL_FUNCTION,
+    CUSTOM_DIMENSIONS,
+    DEAD_LETTER_QUEUE,
+    FAILURE_QUEUE,
+    FUNCTION,
+    RECONCILER_FUNCTION,
+    STAGE,
+    Alarm,
 )
+
+# Re-exported: the roles and definitions both paths and status read from here.
+__all__ = [
+    "ALARMS",
+    "BACKFILL_FAILURE_QUEUE",
+    "BACKFILL_FUNCTION",
+    "DEAD_LETTER_QUEUE",
+    "FAILURE_QUEUE",
+    "FUNCTION",
+    "RECONCILER_FUNCTION",
+    "STAGE",
+    "Alarm",
+]
 
 
 def alarms_for(targets: dict[str, Any]) -> list[Alarm]:

@@ -18,6 +18,7 @@ from typing import Any
 from chalicelib.budget import budget_problem
 from chalicelib.config import Settings
 from tools.arns import split_stream_arn
+from tools.failure_handling import filter_refusal
 from tools.policies import (
     audit_policy_document,
     audit_policy_file,
@@ -94,6 +95,8 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
             f"STAGE is {stage!r}, which is no stage of .chalice/config.json: run {bind_command('<stage>', stream_arn)} "
             "for the stage you deploy (it sets STAGE to the stage's name)"
         )
+    if refusal := filter_refusal(project_dir):
+        return refusal
     app_name = config["app_name"]
     try:
         backfill_file = backfill_policy_file(config, stage)

@@ -11,11 +11,22 @@ from typing import Any
 
 import boto3
 
-from chalicelib.config import Settings, dead_letter_queue_name, failure_queue_name
+from chalicelib.config import Settings, backfill_failure_queue_name, dead_letter_queue_name, failure_queue_name
 from tools import alarms, failure_handling
 from tools.arns import split_stream_arn
 from tools.policies import expected_policy, write_policies
-from tools.project import CONFIG, DEPLOYED_DIR, HANDLER, ROOT, load_config, require_stage, stage_variables, write_json
+from tools.project import (
+    BACKFILL,
+    CONFIG,
+    DEPLOYED_DIR,
+    HANDLER,
+    RECONCILER,
+    ROOT,
+    load_config,
+    require_stage,
+    stage_variables,
+    write_json,
+)
 
 STREAM_VIEW_TYPE = "NEW_AND_OLD_IMAGES"
 
@@ -80,6 +91,9 @@ def monitoring_targets(app_name: str, stage: str, function_name: str) -> dict[st
         alarms.FUNCTION: function_name,
         alarms.FAILURE_QUEUE: failure_queue_name(app_name, stage),
         alarms.DEAD_LETTER_QUEUE: dead_letter_queue_name(app_name, stage),
+        alarms.RECONCILER_FUNCTION: f"{app_name}-{stage}-{RECONCILER}",
+        alarms.BACKFILL_FUNCTION: f"{app_name}-{stage}-{BACKFILL}",
+        alarms.BACKFILL_FAILURE_QUEUE: backfill_failure_queue_name(app_name, stage),
         **alarms.service_targets(stage),
     }
 
@@ -155,14 +169,8 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
     )
     lambda_client = session.client("lambda")
     uuid = deployed["dynamodb_event"]["event_uuid"]
-    # The filter names the key of the table whose stream the deployed mapping reads.
-    stream_arn = lambda_client.get_event_source_mapping(UUID=uuid)["EventSourceArn"]
-    table = session.client("dynamodb").describe_table(TableName=split_stream_arn(stream_arn)[3])["Table"]
-    criteria = failure_handling.stream_filter(table)
-    if criteria is None:
-        print("note: the stream has no NewImage: no filter, the handler skips REMOVE records itself", file=sys.stderr)
     factor = Settings.from_environ(variables).parallelization_factor
-    settings = failure_handling.mapping_failure_handling(queue_arn, criteria, factor)
+    settings = failure_handling.mapping_failure_handling(queue_arn, factor)
     failure_handling.update_mapping(lambda_client, uuid, settings)
     failure_handling.wait_for_partial_failures(lambda_client, uuid)
     function_arn = deployed["lambda_function"]["lambda_arn"]

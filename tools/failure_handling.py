@@ -1,4 +1,4 @@
-"""The event source mapping's failure handling and filter: one definition for both deploy paths.
+"""The event source mapping's failure handling and filter: one definition for both deploy paths and the local mapping.
 
 The keys are the Lambda API's parameter names, which are also the CloudFormation/SAM property names, so the same
 dictionary is merged into the packaged template's DynamoDB event and passed to `update_event_source_mapping`.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -34,8 +35,11 @@ REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 # a mapping recreated without FunctionResponseTypes falls back to raising); the local mapping's function gets it too.
 DEPLOYED_FUNCTION = {"REPORT_BATCH_ITEM_FAILURES": "true"}
 METRICS_CONFIG = {"Metrics": ["EventCount"]}
-# Views whose records carry NewImage on every INSERT and MODIFY: the filter below is only safe on these.
-IMAGE_VIEWS = ("NEW_IMAGE", "NEW_AND_OLD_IMAGES")
+# Every INSERT and MODIFY reaches the handler, never a REMOVE, whatever the table's key and stream view (the handler
+# reads the items themselves, so a KEYS_ONLY or OLD_IMAGE stream needs the same records). Recorded on real AWS:
+# CreateEventSourceMapping accepted this top-level `eventName` pattern and delivered both an INSERT and a MODIFY
+# (tests/data/filters/c02_ddb_filter_content_or_filter.json, with its source).
+FILTER_PATTERN = {"eventName": ["INSERT", "MODIFY"]}
 # The on-failure queue keeps a discarded batch's pointer (shard, sequence numbers) for the longest SQS allows.
 FAILURE_QUEUE_RETENTION_SECONDS = 1_209_600
 # apply-failure-handling: IAM takes seconds to minutes to let the role send to the new queue.
@@ -54,45 +58,42 @@ DEAD_LETTER_RETENTION_SECONDS = 1_209_600
 FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * RECONCILER_TIMEOUT_SECONDS
 
 
-def filter_pattern(hash_key: str, key_type: str) -> dict[str, Any]:
-    """Records whose NewImage holds the table's hash key: every INSERT and MODIFY, never a REMOVE.
+def filter_criteria() -> dict[str, Any]:
+    """The mapping's FilterCriteria, the pattern as the JSON string Lambda expects (a fresh copy each call)."""
+    return {"Filters": [{"Pattern": json.dumps(FILTER_PATTERN)}]}
 
-    Lambda's DynamoDB filtering page says only the `dynamodb` key can be filtered on, while DynamoDB's own TTL
-    tutorials filter on `eventName`; a pattern that matched nothing would checkpoint every record unseen, so this one
-    stays inside `dynamodb`. `exists` only works on a leaf, hence the key's type (S, N or B) in the path.
+
+def stream_filters(template: dict[str, Any]) -> list[list[Any]]:
+    """The filter patterns (parsed) of every DynamoDB stream event in a merge or packaged template."""
+    found = []
+    for resource in template.get("Resources", {}).values():
+        for event in (resource.get("Properties") or {}).get("Events", {}).values():
+            properties = event.get("Properties") or {}
+            if "Stream" in properties:
+                rules = (properties.get("FilterCriteria") or {}).get("Filters", [])
+                found.append([json.loads(rule["Pattern"]) for rule in rules])
+    return found
+
+
+def filter_refusal(project_dir: Path | str) -> str | None:
+    """Why a merge template `chalice package` may use holds another stream filter than FILTER_PATTERN, or None.
+
+    The deploy guard asks this: the committed deploy/merge-template.json (the plain `chalice package
+    --merge-template` route) and the one `tools.stage package` writes into its scratch copy.
     """
-    return {"dynamodb": {"NewImage": {hash_key: {key_type: [{"exists": True}]}}}}
+    for relative in ("deploy/merge-template.json", "merge-template.json"):
+        path = Path(project_dir) / relative
+        if path.exists() and any(found != [FILTER_PATTERN] for found in stream_filters(json.loads(path.read_text()))):
+            return (
+                f"{relative}'s stream filter is not {json.dumps(FILTER_PATTERN)}: Lambda would drop records the "
+                "handler needs. Run `python -m tools.stage merge-template` to regenerate it"
+            )
+    return None
 
 
-def filter_criteria(hash_key: str, key_type: str) -> dict[str, Any]:
-    """The mapping's FilterCriteria: the pattern as the JSON string Lambda expects."""
-    return {"Filters": [{"Pattern": json.dumps(filter_pattern(hash_key, key_type))}]}
-
-
-def table_hash_key(table: dict[str, Any]) -> tuple[str, str]:
-    """(name, S|N|B) of a table's hash key, from a describe_table `Table` or the schema file."""
-    [name] = [key["AttributeName"] for key in table["KeySchema"] if key["KeyType"] == "HASH"]
-    [key_type] = [a["AttributeType"] for a in table["AttributeDefinitions"] if a["AttributeName"] == name]
-    return name, key_type
-
-
-def stream_filter(table: dict[str, Any]) -> dict[str, Any] | None:
-    """The FilterCriteria for a table's stream, or None when its view has no NewImage (then nothing is filtered)."""
-    view = table.get("StreamSpecification", {}).get("StreamViewType")
-    if view not in IMAGE_VIEWS:
-        return None
-    return filter_criteria(*table_hash_key(table))
-
-
-def mapping_failure_handling(
-    failure_destination_arn: Any, filter_criteria_: dict[str, Any] | None, parallelization_factor: int = 1
-) -> dict[str, Any]:
+def mapping_failure_handling(failure_destination_arn: Any, parallelization_factor: int = 1) -> dict[str, Any]:
     """Failure handling, metrics, filter and the stage's ParallelizationFactor for the mapping; the destination is an
-    ARN or a CloudFormation intrinsic.
-
-    Without a filter (a KEYS_ONLY or OLD_IMAGE stream) FilterCriteria is empty, which clears one an
-    earlier run may have set: the handler then sees REMOVE records and ignores them itself.
-    """
+    ARN or a CloudFormation intrinsic."""
     return {
         "BisectBatchOnFunctionError": BISECT_BATCH_ON_FUNCTION_ERROR,
         "MaximumRetryAttempts": MAXIMUM_RETRY_ATTEMPTS,
@@ -100,7 +101,7 @@ def mapping_failure_handling(
         "DestinationConfig": {"OnFailure": {"Destination": failure_destination_arn}},
         "FunctionResponseTypes": [REPORT_BATCH_ITEM_FAILURES],
         "MetricsConfig": METRICS_CONFIG,
-        "FilterCriteria": filter_criteria_ or {},
+        "FilterCriteria": filter_criteria(),
         "ParallelizationFactor": parallelization_factor,
     }
 

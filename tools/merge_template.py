@@ -8,6 +8,7 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
 - the mapping's failure handling, metrics and filter (tools/failure_handling.py), with an encrypted on-failure queue,
   and the handler's partial-failure mode switched on to match `FunctionResponseTypes: [ReportBatchItemFailures]`;
 - the alarms and dashboard of tools/alarms.py (parameters `Stage`, the metrics' dimension, and `AlarmTopicArn`);
+- the security scan's accepted findings, each in its resource's Metadata with its reason (tools/checkov_skips.py);
 - a log group the template owns, named on the function through `LoggingConfig`, so the role's log permissions name
   the log group that really exists whatever name CloudFormation gives the function;
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
@@ -30,6 +31,7 @@ from typing import Any
 
 from tools import failure_handling
 from tools.audit_template import audit_resources
+from tools.checkov_skips import with_checkov_skips
 from tools.policies import LOG_WRITES, backfill_statements, policy_statements, reconciler_statements
 from tools.project import ROOT, write_json
 from tools.template_parts import (
@@ -59,7 +61,6 @@ from tools.template_parts import (
     STREAM_PARAMETER,
     TABLE,
     TOPIC_PARAMETER,
-    mapping_filter,
     monitoring_resources,
     queue_resources,
     table_properties,
@@ -76,7 +77,6 @@ __all__ = [
     "STAGE_PARAMETER",
     "STREAM_ARN_PATTERN",
     "STREAM_PARAMETER",
-    "mapping_filter",
     "table_properties",
 ]
 
@@ -88,6 +88,7 @@ def build_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
     """The merge template for `chalice package`, from the table's schema."""
     template = base_merge_template(schema)
     template["Resources"].update(monitoring_resources(template["Resources"]))
+    with_checkov_skips(template["Resources"])
     return template
 
 
@@ -114,9 +115,8 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             STREAM_PARAMETER: {
                 "Type": "String",
                 "Description": (
-                    f"The stream ARN of an existing users table (NEW_AND_OLD_IMAGES, the hash key of "
-                    f"schema/users-table.json: the mapping's filter names it), or {CREATE} to have this stack create "
-                    "the table from schema/users-table.json."
+                    f"The stream ARN of an existing users table (any key schema: the filter names no key), or "
+                    f"{CREATE} to have this stack create the table from schema/users-table.json."
                 ),
                 "AllowedPattern": f"^({CREATE}|{STREAM_ARN_PATTERN})$",
                 "ConstraintDescription": f"{CREATE} or arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL",
@@ -253,7 +253,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                         EVENT_SOURCE: {
                             "Properties": {
                                 "Stream": stream_arn,
-                                **failure_handling.mapping_failure_handling(queue_arn, mapping_filter(schema)),
+                                **failure_handling.mapping_failure_handling(queue_arn),
                             }
                         }
                     },

@@ -1,9 +1,11 @@
 """`python -m tools.stage status`: what a stage has deployed, at a glance, against what it should have.
 
 Reads either path: `chalice deploy`'s .chalice/deployed/<stage>.json, or a CloudFormation stack (--stack-name).
-Prints the mapping's state and each failure-handling setting against tools/failure_handling.py (drift: e.g. a mapping
-a later `chalice deploy` recreated without FunctionResponseTypes or destination), the iterator age, both queues'
-depths, the alarms in ALARM and the reconciler's last outcome. Exit status 1 on drift, an alarm or messages waiting.
+Prints the mapping's state and each failure-handling setting against tools/failure_handling.py, filter included
+(drift: e.g. a mapping a later `chalice deploy` recreated without FunctionResponseTypes or destination), the stream's
+open shards x ParallelizationFactor against the handler's concurrency (tools/sizing.py), the iterator age, both
+queues' depths, the alarms in ALARM, the reconciler's last outcome and each function's log group. Exit status 1 on
+drift, a stream the handler can't cover, an alarm or messages waiting; 2, in one line, when nothing is deployed.
 """
 
 from __future__ import annotations
@@ -18,28 +20,14 @@ from botocore.exceptions import ClientError
 
 from chalicelib.config import Settings
 from chalicelib.runtime import METRICS_NAMESPACE
-from tools import alarms, failure_handling
-from tools.arns import split_stream_arn
-from tools.deploy_steps import deployed_resources, monitoring_targets
-from tools.merge_template import DEAD_LETTER_QUEUE, FUNCTION, QUEUE
-from tools.project import RECONCILER, load_config, stage_variables
+from tools import alarms, failure_handling, sizing
+from tools.deployment import Deployment, from_chalice_deploy, from_stack
+from tools.project import HANDLER, RECONCILER, load_config, stage_variables
 
 RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerBackfillFallbacks")
 RECONCILER_LINE = "reconciler message"
+FIXES = {"FilterCriteria": " (Lambda may drop records the handler needs: run apply-failure-handling)"}
 LABEL_WIDTH = 18
-
-
-@dataclass
-class Deployment:
-    """Where a stage's parts are: names and ids read from either deploy path."""
-
-    source: str
-    function_name: str
-    mapping_uuid: str | None
-    failure_queue: str
-    dead_letter_queue: str
-    alarm_names: list[str]
-    reconciler_log_group: str
 
 
 @dataclass
@@ -79,45 +67,6 @@ def mapping_drift(actual: dict[str, Any], expected: dict[str, Any]) -> list[tupl
     return rows
 
 
-def from_chalice_deploy(app_name: str, stage: str) -> Deployment:
-    """The stage's parts as `chalice deploy` recorded them and tools.stage names them."""
-    deployed = deployed_resources(stage)
-    function_name = deployed["lambda_function"]["lambda_arn"].rsplit(":", 1)[1]
-    targets = monitoring_targets(app_name, stage, function_name)
-    prefix = f"{app_name}-{stage}"
-    return Deployment(
-        source=f"chalice deploy (.chalice/deployed/{stage}.json)",
-        function_name=function_name,
-        mapping_uuid=deployed.get("dynamodb_event", {}).get("event_uuid"),
-        failure_queue=targets[alarms.FAILURE_QUEUE],
-        dead_letter_queue=targets[alarms.DEAD_LETTER_QUEUE],
-        alarm_names=[alarms.alarm_name(prefix, alarm) for alarm in alarms.alarms_for(targets)],
-        reconciler_log_group=f"/aws/lambda/{app_name}-{stage}-{RECONCILER}",
-    )
-
-
-def from_stack(cloudformation: Any, stack_name: str) -> Deployment:
-    """The stage's parts as a CloudFormation stack made them (physical ids by logical id and type)."""
-    resources = [
-        resource
-        for resource in cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
-        if "LogicalResourceId" in resource and "PhysicalResourceId" in resource
-    ]
-    physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources}
-    mappings = [r["PhysicalResourceId"] for r in resources if r["ResourceType"] == "AWS::Lambda::EventSourceMapping"]
-    function_name = physical[FUNCTION]
-    return Deployment(
-        source=f"CloudFormation stack {stack_name}",
-        function_name=function_name,
-        mapping_uuid=mappings[0] if mappings else None,
-        # A queue's physical id is its URL; the name is its last part.
-        failure_queue=physical.get(QUEUE, "").rsplit("/", 1)[-1],
-        dead_letter_queue=physical.get(DEAD_LETTER_QUEUE, "").rsplit("/", 1)[-1],
-        alarm_names=[r["PhysicalResourceId"] for r in resources if r["ResourceType"] == "AWS::CloudWatch::Alarm"],
-        reconciler_log_group=f"/aws/lambda/{physical.get('ReconcileDiscardedBatches', '')}",
-    )
-
-
 def queue_depth(sqs: Any, name: str) -> tuple[str | None, int, int]:
     """(ARN, visible, in flight) of a queue by name; (None, 0, 0) when it doesn't exist."""
     if not name:
@@ -154,12 +103,13 @@ def latest_datapoint(
 
 def check_mapping(
     status: Status, session: Any, deployment: Deployment, failure_queue_arn: str | None, factor: int
-) -> None:
-    """The mapping's state and settings, and the function's partial-failure mode, against what they should be."""
+) -> dict[str, Any] | None:
+    """The mapping's state and settings, and the function's partial-failure mode, against what they should be; the
+    mapping, or None when there is none."""
     lambda_client = session.client("lambda")
     if not deployment.mapping_uuid:
         status.add("mapping", "none found", "drift: no event source mapping")
-        return
+        return None
     mapping = lambda_client.get_event_source_mapping(UUID=deployment.mapping_uuid)
     state = mapping.get("State")
     status.add(
@@ -167,15 +117,11 @@ def check_mapping(
         f"{deployment.mapping_uuid}  {state}",
         None if state == "Enabled" else f"drift: mapping {state}",
     )
-    table_name = split_stream_arn(mapping["EventSourceArn"])[3]
-    table = session.client("dynamodb").describe_table(TableName=table_name)["Table"]
-    expected = failure_handling.mapping_failure_handling(
-        failure_queue_arn, failure_handling.stream_filter(table), factor
-    )
+    expected = failure_handling.mapping_failure_handling(failure_queue_arn, factor)
     for key, want, got, same in mapping_drift(mapping, expected):
         shown = json.dumps(normalized(key, got)) if key == "FilterCriteria" else json.dumps(got)
         text = f"  {key:<28}{shown}" + ("" if same else f"  DRIFT (want {json.dumps(normalized(key, want))})")
-        status.add("", text, None if same else f"drift: {key}")
+        status.add("", text, None if same else f"drift: {key}" + FIXES.get(key, ""))
     variables = lambda_client.get_function_configuration(FunctionName=deployment.function_name)
     partial = (variables.get("Environment") or {}).get("Variables", {}).get("REPORT_BATCH_ITEM_FAILURES", "")
     reports = failure_handling.REPORT_BATCH_ITEM_FAILURES in (mapping.get("FunctionResponseTypes") or [])
@@ -185,6 +131,22 @@ def check_mapping(
         f"{deployment.function_name}  REPORT_BATCH_ITEM_FAILURES={partial or '(unset)'}" + ("" if same else "  DRIFT"),
         None if same else "drift: function REPORT_BATCH_ITEM_FAILURES",
     )
+    return mapping
+
+
+def check_sizing(status: Status, session: Any, deployment: Deployment, mapping: dict[str, Any], stage: str) -> None:
+    """The stream's open shards x the mapping's factor against the handler's concurrency."""
+    shards = sizing.open_shards(session.client("dynamodbstreams"), mapping["EventSourceArn"])
+    factor = int(mapping.get("ParallelizationFactor") or 1)
+    status.add("stream", f"{shards} open shards x ParallelizationFactor {factor} = {shards * factor} at once")
+    concurrency = sizing.handler_concurrency(session.client("lambda"), deployment.function_name)
+    if concurrency.reserved:
+        text = f"{HANDLER} reserves {concurrency.limit}"
+    elif concurrency.limit is None:
+        text = f"unreserved; the account's unreserved pool unknown ({concurrency.note})"
+    else:
+        text = f"unreserved: the account's {concurrency.limit} unreserved executions, shared with other functions"
+    status.add("concurrency", text, sizing.concurrency_problem(shards, factor, concurrency, stage))
 
 
 def check_queues(status: Status, sqs: Any, deployment: Deployment) -> str | None:
@@ -234,10 +196,15 @@ def check_reconciler(status: Status, session: Any, stage: str, deployment: Deplo
         if point:
             parts.append(f"{metric} {point['Sum']:g} at {point['Timestamp']:%Y-%m-%d %H:%M}Z")
     status.add("reconciler", "; ".join(parts) if parts else "no datapoints in the last 24 h")
+    group = deployment.log_groups.get(RECONCILER)
     try:
-        events = session.client("logs").filter_log_events(
-            logGroupName=deployment.reconciler_log_group, filterPattern=f'"{RECONCILER_LINE}"', limit=50
-        )["events"]
+        events = (
+            session.client("logs").filter_log_events(
+                logGroupName=group, filterPattern=f'"{RECONCILER_LINE}"', limit=50
+            )["events"]
+            if group
+            else []
+        )
     except ClientError:
         events = []
     if events:
@@ -249,14 +216,13 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     config = load_config()
     app_name = config["app_name"]
     factor = Settings.from_environ(stage_variables(config, stage)).parallelization_factor
-    if stack_name:
-        deployment = from_stack(session.client("cloudformation"), stack_name)
-    else:
-        deployment = from_chalice_deploy(app_name, stage)
+    deployment = from_stack(session, stack_name) if stack_name else from_chalice_deploy(app_name, stage)
     status = Status()
     status.add("stage", f"{stage} from {deployment.source}")
     failure_arn = check_queues(status, session.client("sqs"), deployment)
-    check_mapping(status, session, deployment, failure_arn, factor)
+    mapping = check_mapping(status, session, deployment, failure_arn, factor)
+    if mapping:
+        check_sizing(status, session, deployment, mapping, stage)
     cloudwatch = session.client("cloudwatch")
     point = latest_datapoint(
         cloudwatch,
@@ -272,6 +238,8 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     )
     check_alarms(status, cloudwatch, deployment)
     check_reconciler(status, session, stage, deployment)
+    for function, group in deployment.log_groups.items():
+        status.add("logs" if function == next(iter(deployment.log_groups)) else "", f"{function}: {group}")
     return status
 
 

@@ -1,5 +1,5 @@
 """The merge template's parts: the logical ids Chalice gives the functions and the ids of what the template adds,
-the table's properties and the mapping's filter from the schema, queues, and the alarms and dashboard."""
+the table's properties from the schema, queues, and the alarms and dashboard."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ RECONCILER_EVENT_SOURCE = "ReconcileDiscardedBatchesSqsEventSource"
 RECONCILER_LOG_GROUP = "ReconcileDiscardedBatchesLogGroup"
 DEAD_LETTER_QUEUE = "StreamFailureDeadLetterQueue"
 DEAD_LETTER_QUEUE_POLICY = "StreamFailureDeadLetterQueuePolicy"
+# The asynchronous backfill's on-failure destination (its own helper adds it): its alarm comes with the queue.
+BACKFILL_FAILURE_QUEUE = "BackfillFailureQueue"
 
 STREAM_ARN_PATTERN = r"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:[0-9]{12}:table/[A-Za-z0-9_.-]{3,255}/stream/.+"
 
@@ -61,14 +63,6 @@ def table_properties(schema: dict[str, Any]) -> dict[str, Any]:
         "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
         "SSESpecification": {"SSEEnabled": True},
     }
-
-
-def mapping_filter(schema: dict[str, Any]) -> dict[str, Any]:
-    """The mapping's filter from the schema's hash key; ValueError if the schema's stream has no NewImage."""
-    criteria = failure_handling.stream_filter(schema)
-    if criteria is None:
-        raise ValueError("schema/users-table.json's stream view has no NewImage: the mapping's filter needs one")
-    return criteria
 
 
 def users_table_or_existing(created: Any, existing: Any) -> dict[str, Any]:
@@ -95,20 +89,21 @@ def queue_resources(queue: str, policy: str, retention_seconds: int) -> dict[str
 
 def monitoring_resources(resources: dict[str, Any]) -> dict[str, Any]:
     """The alarms (tools/alarms.py) and the dashboard on this stack's function and queues."""
+    functions = {alarms.FUNCTION: FUNCTION, alarms.RECONCILER_FUNCTION: RECONCILER_FUNCTION}
+    functions[alarms.BACKFILL_FUNCTION] = BACKFILL_FUNCTION
+    queues = {alarms.FAILURE_QUEUE: QUEUE, alarms.DEAD_LETTER_QUEUE: DEAD_LETTER_QUEUE}
+    queues[alarms.BACKFILL_FAILURE_QUEUE] = BACKFILL_FAILURE_QUEUE
+    # A queue another part of the template adds gets its alarm once it is there.
     targets = {
-        alarms.FUNCTION: {"Ref": FUNCTION},
-        alarms.FAILURE_QUEUE: {"Fn::GetAtt": [QUEUE, "QueueName"]},
-        alarms.DEAD_LETTER_QUEUE: {"Fn::GetAtt": [DEAD_LETTER_QUEUE, "QueueName"]}
-        if DEAD_LETTER_QUEUE in resources
-        else None,
+        **{role: {"Ref": logical_id} for role, logical_id in functions.items()},
+        **{role: {"Fn::GetAtt": [q, "QueueName"]} if q in resources else None for role, q in queues.items()},
         "service": alarms.SERVICE,
         alarms.STAGE: {"Ref": STAGE_PARAMETER},
     }
     # The dashboard body is one string: Fn::Sub fills in the same names the alarms get through Ref and GetAtt.
     placeholders = {
-        alarms.FUNCTION: f"${{{FUNCTION}}}",
-        alarms.FAILURE_QUEUE: f"${{{QUEUE}.QueueName}}",
-        alarms.DEAD_LETTER_QUEUE: f"${{{DEAD_LETTER_QUEUE}.QueueName}}" if DEAD_LETTER_QUEUE in resources else None,
+        **{role: f"${{{logical_id}}}" for role, logical_id in functions.items()},
+        **{role: f"${{{q}.QueueName}}" if q in resources else None for role, q in queues.items()},
         "service": targets["service"],
         alarms.STAGE: f"${{{STAGE_PARAMETER}}}",
     }
