@@ -16,6 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 LOCK_PREFIX = "backfill-lock/"
+RUN_FINISHED = "backfill run finished"
+CHAIN_ENDED_EARLY = "backfill chain ended before the table was done; the lock is left to expire"
 
 
 def lock_key(table_name: str) -> str:
@@ -153,11 +155,11 @@ def finish_chain(
     fields = {"run_id": payload.get("run_id"), "lock_key": lock.get("key"), "lock_expires_at": lock.get("expires_at")}
     if result is not None and result.get("done"):
         released = release(s3(), lock)
-        logger.info("backfill run finished", extra={**fields, "lock_released": released})
+        logger.info(RUN_FINISHED, extra={**fields, "lock_released": released})
         return
     why = "error" if result is None else "continuations used up"
     logger.warning(
-        "backfill chain ended before the table was done; the lock is left to expire",
+        CHAIN_ENDED_EARLY,
         extra={**fields, "reason": why, "continuation": payload.get("continuation")},
     )
 

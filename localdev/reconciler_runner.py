@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from chalicelib.backfill_lock import CHAIN_ENDED_EARLY, RUN_FINISHED
 from chalicelib.runtime import SERVICE
 from localdev.events import json_round_trip
 
@@ -204,10 +205,10 @@ class _InvokeHandler(BaseHTTPRequestHandler):
 
 
 class ReportCollector(logging.Handler):
-    """The structured fields of the reconciler's "reconciler message" lines and the backfill's "backfill segment"
-    lines, as an operator reads them (counts and sequence numbers only)."""
+    """The structured fields of the reconciler's "reconciler message" lines and the backfill's "backfill segment" and
+    lock lines, as an operator reads them (counts and sequence numbers only)."""
 
-    MESSAGES = ("reconciler message", "backfill segment")
+    MESSAGES = ("reconciler message", "backfill segment", RUN_FINISHED, CHAIN_ENDED_EARLY)
     IGNORED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
     def __init__(self) -> None:

@@ -78,7 +78,13 @@ def failure_bucket_name(app_name: str, stage: str) -> str:
 def start_failure_bucket(s3: Any, bucket: str, queue_arn: str) -> None:
     """Create the bucket and send its ObjectCreated notifications under `aws/lambda/` to the queue (moto delivers
     them to its SQS as S3 would, after one `s3:TestEvent`)."""
-    s3.create_bucket(Bucket=bucket)
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except ClientError as error:  # moto's state outlives its server in this process: a second start finds it
+        if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+            raise
     s3.put_bucket_notification_configuration(
         Bucket=bucket,
         NotificationConfiguration={
