@@ -157,7 +157,12 @@ def finish_chain(
         released = release(s3(), lock)
         logger.info(RUN_FINISHED, extra={**fields, "lock_released": released})
         return
-    why = "error" if result is None else "continuations used up"
+    if result is None:
+        why = "error"  # Lambda may retry this invocation; if its retries fail too, the chain has ended here
+    elif payload.get("continuation", 0) >= payload.get("max_continuations", 0):
+        why = "continuations used up"
+    else:
+        why = "no function to continue with"
     logger.warning(
         CHAIN_ENDED_EARLY,
         extra={**fields, "reason": why, "continuation": payload.get("continuation")},

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -43,6 +43,7 @@ from chalicelib.records import ItemKey, MalformedRecord, decode_record, table_na
 RETRY_BASE_DELAY_SECONDS = 30
 MAX_RETRY_DELAY_SECONDS = 12 * 3600
 """SQS's longest visibility timeout."""
+LOGGED_RANGES = 20
 WAIT_BASE_DELAY_SECONDS = 15 * 60
 """A message waiting for an older backfill run comes back after 15 min, doubling to 12 h: over the queue's 10
 receives that is about 64 h, longer than a default run's lock (1 TB: ~63 h), so it is not dead-lettered first."""
@@ -102,6 +103,8 @@ class Report:
     reason: str | None = None
     """Why the outcome is what it is when it isn't plain (an error code, "no_payload", "deadline")."""
     backfill_segments: int = 0
+    ranges: list[str] = field(default_factory=list)
+    """Each discarded batch's `shard:start..end` (sequence numbers only), for the operator."""
     retry_in_seconds: int | None = None
     """The delay a waiting message asks for (otherwise the growing retry delay)."""
 
@@ -119,6 +122,7 @@ class Report:
             "rejected": self.rejected,
             "reason": self.reason,
             "backfill_segments": self.backfill_segments,
+            "ranges": self.ranges[:LOGGED_RANGES],
         }
 
 
@@ -305,6 +309,7 @@ class Reconciler:
         self._record(record, ref.bucket, context, report)
 
     def _record(self, record: FailureRecord, bucket: str | None, context: Context, report: Report) -> None:
+        report.ranges.append(f"{record.shard_id}:{record.start_sequence_number}..{record.end_sequence_number}")
         if record.payload_records is None:
             why = "payload_unusable" if record.payload_problem else "no_payload"
             self._fall_back(record.table_name, record.failed_at, bucket, why, context, report)

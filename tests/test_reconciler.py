@@ -376,6 +376,8 @@ def test_a_discarded_batch_whose_range_is_gone_is_fixed_from_its_s3_object_alone
     assert (line["outcome"], line["kind"], line["objects"]) == ("reconciled", "s3_objects", 1)
     assert (line["records"], line["malformed"], line["items"], line["fixed"]) == (7, 1, 6, 4)
     assert (line["already_correct"], line["gone"], line["failed"], line["rejected"]) == (1, 1, 0, 0)
+    first, last = batch[0]["dynamodb"]["SequenceNumber"], batch[-1]["dynamodb"]["SequenceNumber"]
+    assert line["ranges"] == [f"shardId-00000001700000000000-0000dead:{first}..{last}"]
     assert "gmail" not in json.dumps(line) and '"p"' not in json.dumps(line)  # no attribute values, no keys
     [emf] = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
     assert (emf["ReconcilerMessages"], emf["ReconcilerItemsFixed"], emf["ReconcilerFailed"]) == ([1.0], [4.0], [0.0])
@@ -536,36 +538,29 @@ def test_an_object_gone_from_the_bucket_starts_the_stage_tables_backfill(engine,
 
 
 def test_an_object_that_is_denied_is_retried_then_given_up_for_the_backfill(engine, make_table, aws):
-    """AccessDenied: an error moto's S3 can't be made to answer on demand (it enforces no IAM), so Stubber."""
+    """AccessDenied: an error moto's S3 can't be made to answer on demand (it enforces no IAM), so Stubber answers
+    the object's GetObject; the lock is moto's."""
     table = make_table()
-    s3 = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").client("s3")
-    key = "aws/lambda/9e1c/shardId-1/2026/12/04/2026-12-04T09.00.00-3f2a"
+    denying = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3 = denying.client("s3")
     backfills = Backfills(engine)
-    denied = Reconciler(
+    reconciling = Reconciler(
         DynamoDBGateway(engine.client()),
         classifier_for(Settings.from_environ({})).is_personal_email,
-        s3,
+        _DeniedGet(s3, aws.s3),
         backfills,
         stage_table=table.name,
         lock_bucket=aws.bucket,
     )
-    message = parse_message(s3_notification(aws.bucket, key))
+    message = parse_message(s3_notification(aws.bucket, "aws/lambda/9e1c/shardId-1/2026/12/04/2026-12-04T09.00.00-3f"))
+    outcomes = []
     with Stubber(s3) as stub:
-        stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
-        report = denied.handle(message, Context(Deadline.after(60), receives=1))
-    assert (report.outcome, report.reason, backfills.started) == (Outcome.RETRY, "AccessDenied", [])
-    denied._s3 = aws.s3  # the lock lives in the real bucket; the object is still denied below
-    with Stubber(s3) as stub:
-        stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
-        report = Reconciler(
-            DynamoDBGateway(engine.client()),
-            classifier_for(Settings.from_environ({})).is_personal_email,
-            _DeniedGet(s3, aws.s3),
-            backfills,
-            stage_table=table.name,
-            lock_bucket=aws.bucket,
-        ).handle(message, Context(Deadline.after(60), receives=3))
-    assert (report.outcome, report.reason) == (Outcome.BACKFILL_STARTED, "object_AccessDenied")
+        for receives in (1, 2, 3):
+            stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
+            report = reconciling.handle(message, Context(Deadline.after(60), receives=receives))
+            outcomes.append((report.outcome, report.reason))
+    assert outcomes == [(Outcome.RETRY, "AccessDenied")] * 2 + [(Outcome.BACKFILL_STARTED, "object_AccessDenied")]
+    assert [payload["table_name"] for payload in backfills.started] == [table.name]
 
 
 class _DeniedGet:
