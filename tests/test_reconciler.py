@@ -675,6 +675,28 @@ def test_the_chains_last_invocation_releases_the_lock_and_an_early_end_leaves_it
     assert log_sink.records()[-1]["lock_released"] is True
 
 
+def test_an_invocation_that_raises_leaves_the_lock_and_says_so(engine, make_table, aws, log_sink, monkeypatch):
+    from chalicelib.runtime import backfill_segment
+
+    table = make_table()
+    backfills = Backfills(engine)
+    reconciler(engine, aws, backfills).handle(
+        parse_message(pointer(table, iso_ms(datetime.now(UTC)))), Context(Deadline.after(60))
+    )
+    [payload] = backfills.started
+    failing = {**payload, "table_name": f"{table.name}-gone"}  # the Scan fails
+    monkeypatch.setattr(runtime, "_s3_client", lambda: pytest.fail("a failed invocation must not touch the lock"))
+    with pytest.raises(Exception, match="ResourceNotFoundException"):
+        backfill_segment(backfill_settings(), failing, lambda: 10_000_000, "bf", stubbed("lambda")[0])
+    line = log_sink.records()[-1]
+    assert (line["message"], line["reason"], line["run_id"]) == (
+        "backfill chain ended before the table was done; the lock is left to expire",
+        "error",
+        payload["run_id"],
+    )
+    assert aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))
+
+
 def test_a_chain_never_releases_a_newer_runs_lock(engine, make_table, aws):
     from chalicelib.backfill_lock import release
 
