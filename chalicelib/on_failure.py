@@ -47,6 +47,8 @@ class ObjectRef:
 
     bucket: str
     key: str
+    created_at: datetime | None = None
+    """The notification's `eventTime`: when Lambda wrote the object, just after it gave up on the batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,8 @@ def _s3_objects(records: Sequence[Any]) -> tuple[ObjectRef, ...]:
         key = _text(s3.get("object") if isinstance(s3, Mapping) else None, "key")
         if bucket is None or key is None:
             raise Unusable("an S3 event notification has no bucket name or object key")
-        objects.append(ObjectRef(bucket, unquote_plus(key)))  # S3 URL-encodes the key in notifications
+        # S3 URL-encodes the key in notifications.
+        objects.append(ObjectRef(bucket, unquote_plus(key), parse_timestamp(record.get("eventTime"))))
     if not objects:
         raise Unusable("the S3 event notification names no created object")
     return tuple(objects)

@@ -299,7 +299,7 @@ class Reconciler:
             if self._stage_table is None:
                 report.escalate(Outcome.RETRY, f"{code}: no STREAM_ARN, so no table to backfill")
                 return
-            self._fall_back(self._stage_table, None, ref.bucket, f"object_{code}", context, report)
+            self._fall_back(self._stage_table, ref.created_at, ref.bucket, f"object_{code}", context, report)
             return
         try:
             record = parse_object(body)

@@ -138,6 +138,7 @@ def test_an_s3_notification_names_its_objects_with_the_key_decoded():
     message = parse_message(s3_notification("the-bucket", key))
     assert message.kind is MessageKind.S3_OBJECTS
     assert [(ref.bucket, ref.key) for ref in message.objects] == [("the-bucket", key)]
+    assert message.objects[0].created_at == datetime(2026, 12, 4, 9, 0, 0, 123_000, tzinfo=UTC)
     assert parse_message(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"})).kind is MessageKind.TEST_EVENT
     with pytest.raises(Unusable, match="no created object"):
         parse_message(s3_notification("the-bucket", key, "ObjectRemoved:Delete"))
