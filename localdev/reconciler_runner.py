@@ -426,7 +426,7 @@ class LocalReconciler:
 def start_reconciler(
     sqs: Any,
     queue_url: str,
-    sqs_endpoint: str,
+    moto_endpoint: str,
     bucket: str = "",
     stage: str = "dev",
     quiet: bool = True,
@@ -445,4 +445,4 @@ def start_reconciler(
 
     local_lambda = LocalLambda(functions, on_result).start()
     runner = ReconcilerRunner(sqs, queue_url, functions, collector, on_line)
-    return LocalReconciler(runner, local_lambda, collector, environment(sqs_endpoint, local_lambda.endpoint, bucket))
+    return LocalReconciler(runner, local_lambda, collector, environment(moto_endpoint, local_lambda.endpoint, bucket))
