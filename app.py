@@ -76,7 +76,8 @@ def backfill_one_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
 # the event source at its own `StreamFailureQueue` instead.
 @app.on_sqs_message(queue=failure_queue_name(app.app_name, SETTINGS.stage), batch_size=1)
 def reconcile_discarded_batches(event: SQSEvent) -> None:
-    """Bring every item of a discarded stream batch under the invariant, or start the backfill if the range is gone."""
+    """Bring every item of a discarded batch under the invariant from its S3 on-failure object (the last resort, when
+    the batch's records can't be had: the table's locked backfill)."""
     handler = reconciler_for(Settings.from_environ(os.environ))
     for record in event:
         handler.handle(record.to_dict(), event.context.get_remaining_time_in_millis)

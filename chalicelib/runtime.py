@@ -53,31 +53,33 @@ def metrics_for(settings: Settings) -> Any:
     return metrics
 
 
+FAILURE_BUCKET_VARIABLE = "FAILURE_BUCKET"
+"""The stage's on-failure bucket: where a pointer that came with no bucket (an SQS or SNS destination's record)
+takes the backfill lock. Objects' own notifications name their bucket, so the S3 destination needs no setting."""
+
+
 @lru_cache(maxsize=4)
 def reconciler_for(settings: Settings) -> MessageHandler:
-    """The stage's on-failure queue consumer, built on first use: the handler's reads, planner and writes, the
-    stream read back, and the backfill started through the backfill function when the range is gone."""
+    """The stage's failure-queue consumer, built on first use: the on-failure object read from S3, the handler's
+    reads, planner and writes, and the locked backfill as the last resort. It never reads the stream."""
+    import os
+
     import boto3
     from aws_lambda_powertools import Logger
 
     from chalicelib.dynamodb import DynamoDBGateway, client_config
-    from chalicelib.reconciler import MessageHandler, Reconciler, invoke_backfill
+    from chalicelib.reconciler import LambdaBackfill, MessageHandler, Reconciler, stage_table_name
 
     session = boto3.session.Session()
     client = dynamodb_client(settings)
     config = client_config(max_pool_connections=settings.write_concurrency)
-    lambda_client = session.client("lambda", config=config)
-
-    def start_backfill(table_name: str, run_id: str) -> int:
-        if not settings.backfill_function_name:
-            raise ValueError("BACKFILL_FUNCTION_NAME is not set: the reconciler can't start the backfill")
-        return invoke_backfill(lambda_client, client, settings.backfill_function_name, table_name, run_id)
-
     reconciler = Reconciler(
-        streams=session.client("dynamodbstreams", config=config),
         gateway=DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
         classify=classifier_for(settings).is_personal_email,
-        start_backfill=start_backfill,
+        s3=session.client("s3", config=config),
+        backfill=LambdaBackfill(session.client("lambda", config=config), client, settings.backfill_function_name),
+        stage_table=stage_table_name(settings.stream_arn),
+        lock_bucket=os.environ.get(FAILURE_BUCKET_VARIABLE) or None,
     )
     return MessageHandler(
         reconciler,
@@ -156,9 +158,14 @@ def backfill_segment(
     """Run one invocation of the backfill function and log its counts (segment numbers and counts only); a
     self-continuing segment that isn't done re-invokes `function_name` asynchronously from where it stopped."""
     from chalicelib.backfill import next_payload, run_segment
+    from chalicelib.backfill_lock import finish_chain
 
-    result = run_segment(payload, backfill_worker_for(settings), remaining_ms)
-    following = next_payload(payload, result)
+    try:
+        result = run_segment(payload, backfill_worker_for(settings), remaining_ms)
+        following = next_payload(payload, result)
+    except Exception:
+        finish_chain(payload, None, False, _s3_client, _service_logger())  # a locked run's lock is left to expire
+        raise
     _service_logger().info(
         "backfill segment",
         extra={
@@ -176,6 +183,7 @@ def backfill_segment(
     if following is not None and function_name:
         client = lambda_client if lambda_client is not None else _lambda_client()
         client.invoke(FunctionName=function_name, InvocationType="Event", Payload=json.dumps(following).encode())
+    finish_chain(payload, result, following is not None and bool(function_name), _s3_client, _service_logger())
     return result
 
 
@@ -184,6 +192,13 @@ def _lambda_client() -> Any:
     import boto3
 
     return boto3.session.Session().client("lambda")
+
+
+@lru_cache(maxsize=1)
+def _s3_client() -> Any:
+    import boto3
+
+    return boto3.session.Session().client("s3")
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,9 @@ settings, read from tools/failure_handling.py (the one definition both deploy pa
   (https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html; -1 is infinite): a batch still failing
   after the retries, or records older than the age, are discarded and described to the on-failure destination in
   the invocation record of https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html
-  (`DDBStreamBatchInfo`: a pointer to the records, never the records themselves).
+  (`DDBStreamBatchInfo`). The stage's destination is an S3 bucket: the object (`S3FailureDestination`) is that
+  record plus `payload`, the event the function was given, under Lambda's key layout (recorded from real AWS:
+  tests/on_failure/a03).
 - ParallelizationFactor (with-ddb.html, "Polling and batching streams": up to 10 batches per shard at once, and
   "Lambda still ensures in-order processing at the partition-key level"): up to N lanes per shard; records with the
   same key (all its key attributes: a stream record doesn't say which is the partition key, so an item's records,
@@ -52,7 +54,9 @@ from localdev.events import json_round_trip, lambda_event, lambda_record
 logger = logging.getLogger(__name__)
 
 Invoke = Callable[[dict[str, Any]], Any]
-OnFailure = Callable[[dict[str, Any]], None]
+OnFailure = Callable[[dict[str, Any], dict[str, Any]], None]
+"""An on-failure destination: given the invocation record and the event (`{"Records": [...]}`) of the discarded
+records."""
 
 RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
 # The developer guide's example shows only RetryAttemptsExhausted; RecordAgeExceeded is the value observed in the
@@ -135,16 +139,30 @@ class RecordFilter:
         return not self._patterns or any(pattern.matches_event(record) for pattern in self._patterns)
 
 
-class SqsFailureDestination:
-    """An on-failure destination: sends each invocation record, as JSON, to an SQS queue."""
+def on_failure_object_key(mapping_uuid: str, shard_id: str, at: datetime, suffix: str) -> str:
+    """Where Lambda puts a discarded batch's object: `aws/lambda/<ESM-UUID>/<shardId>/YYYY/MM/DD/<%Y-%m-%dT%H.%M.%S>`
+    then a random UUID (the layout real AWS was seen to use: tests/on_failure/SOURCES.md, a03)."""
+    return f"aws/lambda/{mapping_uuid}/{shard_id}/{at:%Y/%m/%d}/{at:%Y-%m-%dT%H.%M.%S}-{suffix}"
 
-    def __init__(self, sqs_client: Any, queue_url: str) -> None:
-        self._sqs = sqs_client
-        self.queue_url = queue_url
 
-    def __call__(self, failure_record: dict[str, Any]) -> None:
-        """Send one invocation record."""
-        self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(failure_record))
+class S3FailureDestination:
+    """An S3 on-failure destination: one object per discarded batch, the invocation record plus `payload` (the
+    event), as Lambda writes it; the bucket's notification takes it on to the reconciler."""
+
+    def __init__(self, s3_client: Any, bucket: str, mapping_uuid: str | None = None) -> None:
+        self._s3 = s3_client
+        self.bucket = bucket
+        self.mapping_uuid = mapping_uuid or str(uuid.uuid4())
+        self.keys: list[str] = []
+
+    def __call__(self, failure_record: dict[str, Any], event: dict[str, Any]) -> None:
+        """Write one object."""
+        at = datetime.fromisoformat(failure_record["timestamp"].replace("Z", "+00:00"))
+        shard_id = failure_record["DDBStreamBatchInfo"]["shardId"]
+        key = on_failure_object_key(self.mapping_uuid, shard_id, at, str(uuid.uuid4()))
+        body = json.dumps({**failure_record, "payload": event}).encode()
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+        self.keys.append(key)
 
 
 def serialized(invoke: Invoke, lock: threading.Lock | None = None) -> Invoke:
@@ -534,7 +552,7 @@ class LocalEventSourceMapping:
             now=self._clock(),
         )
         if self._on_failure is not None:
-            self._on_failure(failure)
+            self._on_failure(failure, json_round_trip(lambda_event(records)))
         with self._stats_lock:
             self.stats.discarded_batches.append((first, last))
             self.stats.failure_records.append(failure)

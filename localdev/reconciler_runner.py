@@ -1,5 +1,6 @@
-"""The reconciler run locally: the on-failure queue (moto's SQS) consumed as Lambda's SQS event source consumes it,
-and a local Lambda Invoke endpoint for the backfill it may start.
+"""The reconciler run locally: the failure queue (moto's SQS), fed by the on-failure bucket's ObjectCreated
+notifications (moto's S3 sends them as S3 does), consumed as Lambda's SQS event source consumes it, and a local Lambda
+Invoke endpoint for the backfill it may start.
 
 - `ReconcilerRunner` receives one message at a time (batch size 1, short polls), hands it to the app's
   `reconcile_discarded_batches` through `chalice.test.Client` in the SQS event Lambda builds (messageId,
@@ -15,7 +16,7 @@ and a local Lambda Invoke endpoint for the backfill it may start.
   on locally.
 
 Every client the functions build finds its local engine through the endpoint variables botocore honours
-(`environment`): DynamoDB and its streams on DynamoDB Local, SQS on moto, Lambda here. Where this differs from
+(`environment`): DynamoDB on DynamoDB Local, SQS and S3 on moto, Lambda here. Where this differs from
 Lambda: one message and one function call at a time (Lambda runs several pollers and concurrent invocations); the
 calls share one lock with the stream handler's, since the test client swaps os.environ for each call; asynchronous
 invocations still queued when the runner stops are dropped (Lambda's queue keeps them).
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from chalicelib.backfill_lock import CHAIN_ENDED_EARLY, RUN_FINISHED
 from chalicelib.runtime import SERVICE
 from localdev.events import json_round_trip
 
@@ -203,10 +205,10 @@ class _InvokeHandler(BaseHTTPRequestHandler):
 
 
 class ReportCollector(logging.Handler):
-    """The structured fields of the reconciler's "reconciler message" lines and the backfill's "backfill segment"
-    lines, as an operator reads them (counts and sequence numbers only)."""
+    """The structured fields of the reconciler's "reconciler message" lines and the backfill's "backfill segment" and
+    lock lines, as an operator reads them (counts and sequence numbers only)."""
 
-    MESSAGES = ("reconciler message", "backfill segment")
+    MESSAGES = ("reconciler message", "backfill segment", RUN_FINISHED, CHAIN_ENDED_EARLY)
     IGNORED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
     def __init__(self) -> None:
@@ -353,11 +355,22 @@ def describe_message(record: dict[str, Any], report: dict[str, Any], kept: str) 
     """One line per reconciler message: outcome and counts only, never a key or an attribute value."""
     counts = ", ".join(
         f"{report[name]} {name.replace('_', ' ')}"
-        for name in ("records", "items", "fixed", "already_correct", "gone", "superseded", "failed", "rejected")
+        for name in (
+            "objects",
+            "records",
+            "malformed",
+            "items",
+            "fixed",
+            "already_correct",
+            "gone",
+            "superseded",
+            "failed",
+            "rejected",
+        )
         if name in report
     )
     reason = f" ({report['reason']})" if report.get("reason") else ""
-    extra = f", {report['backfill_segments']} backfill segment(s) started" if report.get("backfill_segments") else ""
+    extra = ", backfill started" if report.get("backfill_segments") else ""
     back = f", back in {report['retry_in_seconds']} s" if report.get("retry_in_seconds") else ""
     return (
         f"[{time.strftime('%H:%M:%S')}] reconciler message {record['messageId']} "
@@ -380,10 +393,18 @@ def describe_backfill(name: str, event: dict[str, Any], result: Any) -> str:
     )
 
 
-def environment(sqs_endpoint: str, lambda_endpoint: str) -> dict[str, str]:
-    """The variables that point the reconciler's SQS client at moto and its Lambda client (and a backfill segment's
-    continuation) at `LocalLambda`; DynamoDB's come from `localdev.dynamodb_local.endpoint_environment`."""
-    return {"AWS_ENDPOINT_URL_SQS": sqs_endpoint, "AWS_ENDPOINT_URL_LAMBDA": lambda_endpoint}
+def environment(moto_endpoint: str, lambda_endpoint: str, bucket: str = "") -> dict[str, str]:
+    """The variables that point the reconciler's SQS and S3 clients at moto, its Lambda client (and a backfill
+    segment's continuation) at `LocalLambda`, and name the on-failure bucket (the lock's, for a pointer that came
+    with none); DynamoDB's come from `localdev.dynamodb_local.endpoint_environment`."""
+    from chalicelib.runtime import FAILURE_BUCKET_VARIABLE
+
+    variables = {
+        "AWS_ENDPOINT_URL_SQS": moto_endpoint,
+        "AWS_ENDPOINT_URL_S3": moto_endpoint,
+        "AWS_ENDPOINT_URL_LAMBDA": lambda_endpoint,
+    }
+    return variables | ({FAILURE_BUCKET_VARIABLE: bucket} if bucket else {})
 
 
 @dataclass
@@ -405,7 +426,8 @@ class LocalReconciler:
 def start_reconciler(
     sqs: Any,
     queue_url: str,
-    sqs_endpoint: str,
+    moto_endpoint: str,
+    bucket: str = "",
     stage: str = "dev",
     quiet: bool = True,
     lock: threading.Lock | None = None,
@@ -423,4 +445,4 @@ def start_reconciler(
 
     local_lambda = LocalLambda(functions, on_result).start()
     runner = ReconcilerRunner(sqs, queue_url, functions, collector, on_line)
-    return LocalReconciler(runner, local_lambda, collector, environment(sqs_endpoint, local_lambda.endpoint))
+    return LocalReconciler(runner, local_lambda, collector, environment(moto_endpoint, local_lambda.endpoint, bucket))

@@ -1,7 +1,7 @@
 """Long-running local mode: DynamoDB Local (data kept on disk), the local event source mapping with the stage's
-production settings (filter, retries, bisection, record age, parallelization), its on-failure queue on moto's SQS
-consumed by the reconciler as Lambda's SQS event source would (localdev/reconciler_runner.py), until Ctrl-C or
-SIGTERM (both stop every process this starts).
+production settings (filter, retries, bisection, record age, parallelization), its on-failure bucket on moto's S3
+whose ObjectCreated notifications reach the failure queue on moto's SQS, consumed by the reconciler as Lambda's SQS
+event source would (localdev/reconciler_runner.py), until Ctrl-C or SIGTERM (both stop every process this starts).
 
     python -m localdev.run                 # or: make run
     python -m localdev.run --endpoint http://127.0.0.1:8000   # follow a DynamoDB Local that is already running
@@ -29,7 +29,7 @@ from chalicelib.attributes import AttributeNames, attribute_conflict
 from localdev import lifecycle
 
 if TYPE_CHECKING:
-    from localdev.mapping import SqsFailureDestination
+    from localdev.mapping import S3FailureDestination
 
 STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
 PREFERRED_PORT = 8000
@@ -65,24 +65,58 @@ def example_item(table: dict[str, Any], attributes: AttributeNames) -> str:
 
 @dataclass(frozen=True)
 class FailureQueue:
-    """The local on-failure destination: an SQS queue on moto's server, named as on the `chalice deploy` path, with
-    its dead-letter queue."""
+    """The local on-failure destination: a bucket on moto's S3 whose ObjectCreated notifications (under `aws/lambda/`)
+    go to the failure queue on moto's SQS, named as on the `chalice deploy` path, with its dead-letter queue."""
 
     endpoint: str
     queue_url: str
     sqs: Any
     dead_letter_url: str = ""
+    bucket: str = ""
+    s3: Any = None
 
-    def destination(self) -> SqsFailureDestination:
-        """The mapping's `on_failure` sender for this queue."""
-        from localdev.mapping import SqsFailureDestination
+    def destination(self) -> S3FailureDestination:
+        """The mapping's `on_failure` writer for this bucket."""
+        from localdev.mapping import S3FailureDestination
 
-        return SqsFailureDestination(self.sqs, self.queue_url)
+        return S3FailureDestination(self.s3, self.bucket)
+
+
+ON_FAILURE_PREFIX = "aws/lambda/"
+
+
+def failure_bucket_name(app_name: str, stage: str) -> str:
+    """The local on-failure bucket's name."""
+    return f"{app_name}-{stage}-on-failure"
+
+
+def start_failure_bucket(s3: Any, bucket: str, queue_arn: str) -> None:
+    """Create the bucket and send its ObjectCreated notifications under `aws/lambda/` to the queue (moto delivers
+    them to its SQS as S3 would, after one `s3:TestEvent`)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except ClientError as error:  # moto's state outlives its server in this process: a second start finds it
+        if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+            raise
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": queue_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": ON_FAILURE_PREFIX}]}},
+                }
+            ]
+        },
+    )
 
 
 def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
-    """Start moto's server (stopped when `cleanup` closes) and create the stage's on-failure queue in it, with the
-    deployed queue's visibility timeout and redrive to its dead-letter queue."""
+    """Start moto's server (stopped when `cleanup` closes) and create the stage's failure queue in it, with the
+    deployed queue's visibility timeout and redrive to its dead-letter queue, and the on-failure bucket notifying it."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -104,7 +138,11 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     ensure_reconciler_queues(sqs, app_name, stage)
     queue_url = sqs.get_queue_url(QueueName=failure_queue_name(app_name, stage))["QueueUrl"]
     dead_letter_url = sqs.get_queue_url(QueueName=dead_letter_queue_name(app_name, stage))["QueueUrl"]
-    return FailureQueue(endpoint, queue_url, sqs, dead_letter_url)
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3 = session.client("s3", endpoint_url=endpoint)
+    bucket = failure_bucket_name(app_name, stage)
+    start_failure_bucket(s3, bucket, queue_arn)
+    return FailureQueue(endpoint, queue_url, sqs, dead_letter_url, bucket, s3)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
             failures.sqs,
             failures.queue_url,
             failures.endpoint,
+            bucket=failures.bucket,
             stage=args.stage,
             quiet=not args.verbose,
             lock=one_at_a_time,
@@ -201,13 +240,13 @@ def run(args: argparse.Namespace) -> int:
             f"filter {' or '.join(mapping.filter.patterns) or 'none'}"
         )
         print(
-            f"discarded batches go to the SQS queue {failures.queue_url} (moto on {failures.endpoint}), where the "
-            f"reconciler takes them (one line each; after {RECONCILER_MAX_RECEIVES} tries: {failures.dead_letter_url});"
-            " read them:"
+            f"discarded batches go to the S3 bucket {failures.bucket} (moto on {failures.endpoint}), whose "
+            f"notifications reach {failures.queue_url}, where the reconciler takes them (one line each; after "
+            f"{RECONCILER_MAX_RECEIVES} tries: {failures.dead_letter_url}); list them:"
         )
         print(
-            f"  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws sqs receive-message --region {REGION} "
-            f"--endpoint-url {failures.endpoint} --queue-url {failures.queue_url}"
+            f"  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws s3 ls --recursive --region {REGION} "
+            f"--endpoint-url {failures.endpoint} s3://{failures.bucket}/"
         )
         print("try, from another terminal:")
         print(

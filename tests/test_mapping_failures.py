@@ -1,9 +1,11 @@
-"""The local mapping's failure handling as deployed: filter, bisection, retries, record age, the on-failure invocation
-record in a real SQS queue (moto's server), and parallel lanes; against DynamoDB Local."""
+"""The local mapping's failure handling as deployed: filter, bisection, retries, record age, the on-failure object
+(invocation record plus `payload`) in a real S3 bucket (moto's server) under Lambda's key layout, and parallel lanes;
+against DynamoDB Local."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import datetime
@@ -13,7 +15,7 @@ from chalice.local import LambdaContext
 
 from chalicelib.config import Settings
 from chalicelib.runtime import processor_for
-from localdev.mapping import LocalEventSourceMapping, SqsFailureDestination
+from localdev.mapping import LocalEventSourceMapping, S3FailureDestination
 from tests.reliability import scan
 from tests.test_handler import put, set_attribute
 from tools import failure_handling
@@ -22,30 +24,50 @@ NO_SLEEP = {"sleep": lambda seconds: None}
 
 
 @pytest.fixture(scope="module")
-def sqs():
+def s3():
     from localdev.moto_server import MotoServer
 
     with MotoServer() as server:
-        yield server.client("sqs")
+        yield server.client("s3")
 
 
 @pytest.fixture
-def failure_queue(sqs, request):
-    url = sqs.create_queue(QueueName=f"failures-{request.node.name[:60]}")["QueueUrl"]
-    yield url
-    sqs.delete_queue(QueueUrl=url)
+def failure_bucket(s3, request):
+    bucket = f"failures-{abs(hash(request.node.name)) % 10**10}"
+    s3.create_bucket(Bucket=bucket)
+    yield bucket
+    for listed in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=listed["Key"])
+    s3.delete_bucket(Bucket=bucket)
 
 
-def received(sqs, url):
-    """Every message in the queue, parsed."""
-    messages = []
-    while True:
-        batch = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
-        if not batch:
-            return messages
-        for message in batch:
-            messages.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+# Lambda's key for an on-failure object (recorded from real AWS: tests/on_failure/SOURCES.md, a03).
+OBJECT_KEY = re.compile(
+    r"aws/lambda/(?P<uuid>[0-9a-f-]{36})/(?P<shard>shardId-[^/]+)/(?P<day>\d{4}/\d{2}/\d{2})/"
+    r"(?P<at>\d{4}-\d{2}-\d{2}T\d{2}\.\d{2}\.\d{2})-[0-9a-f-]{36}"
+)
+
+
+def received(s3, bucket):
+    """Every on-failure object in the bucket, parsed, its key checked against Lambda's layout."""
+    objects = []
+    for listed in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        match = OBJECT_KEY.fullmatch(listed["Key"])
+        assert match, listed["Key"]
+        body = json.loads(s3.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read())
+        at = iso_z(body["timestamp"])
+        assert (match["shard"], match["day"], match["at"]) == (
+            body["DDBStreamBatchInfo"]["shardId"],
+            at.strftime("%Y/%m/%d"),
+            at.strftime("%Y-%m-%dT%H.%M.%S"),
+        )
+        objects.append(body)
+    return objects
+
+
+def record_of(message):
+    """The invocation record without its payload."""
+    return {name: value for name, value in message.items() if name != "payload"}
 
 
 def keys_of(event):
@@ -85,7 +107,14 @@ DOCUMENTED_SHAPE = {
 
 
 def assert_documented_shape(message, now=None):
-    assert set(message) == set(DOCUMENTED_SHAPE)
+    assert set(message) == set(DOCUMENTED_SHAPE) | {"payload"}
+    sequences = [record["dynamodb"]["SequenceNumber"] for record in message["payload"]["Records"]]
+    info = message["DDBStreamBatchInfo"]
+    assert (sequences[0], sequences[-1], len(sequences)) == (
+        info["startSequenceNumber"],
+        info["endSequenceNumber"],
+        info["batchSize"],
+    )
     for part, fields in DOCUMENTED_SHAPE.items():
         if fields is not None:
             assert set(message[part]) == fields, part
@@ -97,8 +126,8 @@ def assert_documented_shape(message, now=None):
     assert isinstance(message["DDBStreamBatchInfo"]["batchSize"], int)
 
 
-def test_a_record_that_always_fails_is_bisected_retried_and_discarded_to_the_queue(
-    engine, make_table, invoker, sqs, failure_queue
+def test_a_record_that_always_fails_is_bisected_retried_and_discarded_to_the_bucket(
+    engine, make_table, invoker, s3, failure_bucket
 ):
     table = make_table()
     for number in range(8):
@@ -116,7 +145,7 @@ def test_a_record_that_always_fails_is_bisected_retried_and_discarded_to_the_que
         table.stream_arn,
         poisoned,
         invoker.settings,
-        on_failure=SqsFailureDestination(sqs, failure_queue),
+        on_failure=S3FailureDestination(s3, failure_bucket),
         maximum_retry_attempts=2,
         **NO_SLEEP,
     )
@@ -126,7 +155,7 @@ def test_a_record_that_always_fails_is_bisected_retried_and_discarded_to_the_que
     # 8 -> 4 -> 2 -> 1 by bisection (no retry used), then the record alone: the first attempt and 2 retries.
     assert [len(keys) for keys, _ in with_k5] == [8, 4, 2, 1, 1, 1]
     k5_sequence = with_k5[-1][1][0]
-    [message] = received(sqs, failure_queue)
+    [message] = received(s3, failure_bucket)
     assert_documented_shape(message)
     info = message["DDBStreamBatchInfo"]
     assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (k5_sequence,) * 2 + (1,)
@@ -139,7 +168,8 @@ def test_a_record_that_always_fails_is_bisected_retried_and_discarded_to_the_que
     assert message["requestContext"]["approximateInvokeCount"] == len(with_k5)
     assert message["responseContext"]["functionError"] == "Unhandled"
     assert stats.discarded_batches == [(k5_sequence, k5_sequence)]
-    assert stats.failure_records == [message]
+    assert stats.failure_records == [record_of(message)]
+    assert keys_of(message["payload"]) == ["k5"]  # the event the function was last given
     # The rest of the batch was processed and checkpointed: every other item is right, k5 never got its flag.
     items = scan(table.client, table.name)
     assert all(items[f"k{n}"]["IsPersonalEmail"] is True for n in range(8) if n != 5)
@@ -162,7 +192,7 @@ def test_the_production_filter_drops_remove_without_invoking(engine, make_table)
     assert mapping.poll() == 0, "the REMOVE record is checkpointed: nothing is read again"
 
 
-def test_records_older_than_the_maximum_age_are_discarded_without_invoking(engine, make_table, sqs, failure_queue):
+def test_records_older_than_the_maximum_age_are_discarded_without_invoking(engine, make_table, s3, failure_bucket):
     table = make_table()
     put(table, Id="old-1")
     put(table, Id="old-2")
@@ -173,12 +203,12 @@ def test_records_older_than_the_maximum_age_are_discarded_without_invoking(engin
         table.stream_arn,
         events.append,
         maximum_record_age_in_seconds=60,
-        on_failure=SqsFailureDestination(sqs, failure_queue),
+        on_failure=S3FailureDestination(s3, failure_bucket),
         **an_hour_later,
     )
     stats = mapping.drain()
     assert events == []
-    [message] = received(sqs, failure_queue)
+    [message] = received(s3, failure_bucket)
     assert_documented_shape(message, now=an_hour_later["clock"]())
     assert message["requestContext"]["condition"] == "RecordAgeExceeded"
     assert message["requestContext"]["approximateInvokeCount"] == 0
@@ -212,7 +242,7 @@ class Reporter:
         return {"batchItemFailures": []}
 
 
-def test_retries_after_partial_failures_count_against_the_maximum(engine, make_table, sqs, failure_queue):
+def test_retries_after_partial_failures_count_against_the_maximum(engine, make_table, s3, failure_bucket):
     table = make_table()
     for key in ("p0", "p1", "p2", "p3"):
         put(table, Id=key)
@@ -224,13 +254,13 @@ def test_retries_after_partial_failures_count_against_the_maximum(engine, make_t
         report_batch_item_failures=True,
         bisect_batch_on_function_error=True,
         maximum_retry_attempts=2,
-        on_failure=SqsFailureDestination(sqs, failure_queue),
+        on_failure=S3FailureDestination(s3, failure_bucket),
         **NO_SLEEP,
     )
     stats = mapping.drain()
     # Checkpoint before the reported record, retry from it: the first attempt and two retries, then discarded.
     assert [keys_of(event) for event in handler.events] == [["p0", "p1", "p2", "p3"]] + [["p2", "p3"]] * 2
-    [message] = received(sqs, failure_queue)
+    [message] = received(s3, failure_bucket)
     assert_documented_shape(message)
     retried = sequences_of(handler.events[-1])
     info = message["DDBStreamBatchInfo"]

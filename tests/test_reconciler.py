@@ -1,5 +1,6 @@
-"""The reconciler: a discarded batch's on-failure record, its range read back from DynamoDB Local's stream, and its
-items brought under the invariant from their current state; the backfill when the range is gone; retries."""
+"""The reconciler: a discarded batch's S3 on-failure object (moto's S3, its notification on moto's SQS), its records
+decoded and its items brought under the invariant from their current state on DynamoDB Local; every recorded
+on-failure variant parsed; the locked backfill as the last resort."""
 
 from __future__ import annotations
 
@@ -7,165 +8,243 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import boto3
+import botocore.session
 import pytest
 from aws_lambda_powertools import Logger
 from botocore.stub import ANY, Stubber
 
+from chalicelib import runtime
+from chalicelib.backfill_lock import HeldLock, LockDecision, decide, lock_body, lock_key
 from chalicelib.config import Settings
 from chalicelib.deadline import Deadline
 from chalicelib.dynamodb import DynamoDBGateway
+from chalicelib.on_failure import MessageKind, Unusable, parse_message, parse_object
 from chalicelib.reconciler import (
-    BACKFILL_SEGMENTS,
-    InvalidMessage,
+    BACKFILL_READ_UNITS_PER_SECOND,
+    BACKFILL_WRITE_UNITS_PER_SECOND,
+    Context,
     MessageHandler,
     Outcome,
     ReconcileIncomplete,
     Reconciler,
-    invoke_backfill,
-    parse_message,
+    continuations_for,
     queue_url_from_arn,
     retry_delay_seconds,
+    wait_delay_seconds,
 )
-from chalicelib.records import DEFAULT_ATTRIBUTES
+from chalicelib.records import DEFAULT_ATTRIBUTES, decode_record
 from chalicelib.runtime import SERVICE, classifier_for, metrics_for
+from localdev.mapping import S3FailureDestination
+from localdev.run import start_failure_bucket
 from tests.faults import fail_statements
 
 FUNCTION = "reconcile_discarded_batches"
-QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-dev-stream-failures"
-# What DynamoDB Streams' API accepts (botocore validates a stubbed call's parameters too).
-SHARD, START, END = "shardId-00000001764046800000-0a1b2c3d", "4" + "0" * 20, "4" + "0" * 19 + "9"
-STREAM_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+VECTORS = Path(__file__).parent / "on_failure"
+BUCKET = "email-checker-dev-on-failure"
+QUEUE = "email-checker-dev-stream-failures"
 
 
-def on_failure_record(stream_arn: str, shard_id: str, start: str, end: str, **overrides: Any) -> dict[str, Any]:
-    """Lambda's on-failure invocation record for a DynamoDB stream batch, as the developer guide shows it."""
-    record = {
-        "requestContext": {
-            "requestId": "316aa6d0-8154-xmpl-9af7-85d5f4a6bc81",
-            "functionArn": "arn:aws:lambda:eu-west-1:123456789012:function:email-checker-dev-sync_is_personal_email",
-            "condition": "RetryAttemptsExhausted",
-            "approximateInvokeCount": 1,
-        },
-        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-        "version": "1.0",
-        "timestamp": "2026-11-25T05:00:00.000Z",
-        "DDBStreamBatchInfo": {
-            "shardId": shard_id,
-            "startSequenceNumber": start,
-            "endSequenceNumber": end,
-            "approximateArrivalOfFirstRecord": "2026-11-25T04:59:00Z",
-            "approximateArrivalOfLastRecord": "2026-11-25T04:59:01Z",
-            "batchSize": 3,
-            "streamArn": stream_arn,
-        },
-    }
-    for path, value in overrides.items():
-        section, name = path.split(".")
-        record[section][name] = value
-    return record
+def vector(name: str) -> dict[str, Any]:
+    [path] = VECTORS.glob(f"{name}_*.json")
+    return json.loads(path.read_text())
 
 
-def sqs_record(body: str, receive_count: int = 1) -> dict[str, Any]:
+def sqs_record(body: str, queue_arn: str, receive_count: int = 1, receipt: str = "the-receipt-handle") -> dict:
     """One SQS record as Lambda hands it to a function."""
     return {
         "messageId": "0f8b3c2e",
-        "receiptHandle": "the-receipt-handle",
+        "receiptHandle": receipt,
         "body": body,
         "attributes": {"ApproximateReceiveCount": str(receive_count), "SentTimestamp": "1764046800000"},
         "messageAttributes": {},
         "eventSource": "aws:sqs",
-        "eventSourceARN": QUEUE_ARN,
-        "awsRegion": "eu-west-1",
+        "eventSourceARN": queue_arn,
+        "awsRegion": queue_arn.split(":")[3],
     }
 
 
-# --- the message, pure ---
+# --- every recorded variant, pure ---
 
 
-def test_the_developer_guide_record_parses_with_an_alias_arn_and_a_null_function_error():
-    body = on_failure_record(
-        STREAM_ARN,
-        "shardId-00000001-abc",
-        "100",
-        "300",
-        **{
-            "requestContext.functionArn": "arn:aws:lambda:eu-west-1:123456789012:function:handler:live",
-            "requestContext.condition": "RecordAgeExceeded",
-            "responseContext.functionError": None,
-        },
-    )
-    batch = parse_message(json.dumps(body))
-    assert (batch.shard_id, batch.start_sequence_number, batch.end_sequence_number) == (
-        "shardId-00000001-abc",
-        "100",
-        "300",
-    )
-    assert (batch.stream_arn, batch.table_name, batch.batch_size) == (STREAM_ARN, "Users", 3)
-    assert batch.function_arn.endswith(":handler:live") and batch.condition == "RecordAgeExceeded"
-    assert batch.function_error is None
+@pytest.mark.parametrize("path", sorted(VECTORS.glob("a*.json")), ids=lambda path: path.name[:3])
+def test_every_recorded_on_failure_variant_parses_or_is_named_unusable(path):
+    copied = json.loads(path.read_text())
+    body = copied["body"]
+    if copied["kind"] == "s3_object":
+        record = parse_object(json.dumps(body).encode())
+        assert (
+            record.payload_records is not None
+            and len(record.payload_records) == body["DDBStreamBatchInfo"]["batchSize"]
+        )
+        # the handler's own decoder takes them
+        decoded = [decode_record(raw, DEFAULT_ATTRIBUTES) for raw in record.payload_records]
+        assert decoded[0].key.identity == (("my_partition_key", "hello world"),)
+        assert isinstance(record.payload_records[0]["dynamodb"]["ApproximateCreationDateTime"], float)
+        return
+    if "KinesisBatchInfo" in body:
+        with pytest.raises(Unusable, match="Kinesis"):
+            parse_message(json.dumps(body))
+        return
+    message = parse_message(json.dumps(body))
+    inner = json.loads(body["Message"]) if copied["kind"] == "sqs_body_sns" else body
+    assert message.kind is (MessageKind.SNS_RECORD if copied["kind"] == "sqs_body_sns" else MessageKind.RECORD)
+    record = message.record
+    assert record.payload_records is None  # a pointer: the backfill's last resort
+    assert record.stream_arn == inner["DDBStreamBatchInfo"]["streamArn"] and record.table_name
+    assert record.function_error == inner["responseContext"]["functionError"]  # null after a partial-failure report
+    assert record.condition == inner["requestContext"]["condition"]
+    text = inner["timestamp"]
+    assert record.failed_at == datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def test_the_documented_example_record_parses():
-    """The invocation record in the Lambda developer guide (services-dynamodb-errors), as printed there."""
-    documented = """{
-        "requestContext": {"requestId": "316aa6d0-8154-xmpl-9af7-85d5f4a6bc81",
-            "functionArn": "arn:aws:lambda:us-east-2:123456789012:function:myfunction",
-            "condition": "RetryAttemptsExhausted", "approximateInvokeCount": 1},
-        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-        "version": "1.0", "timestamp": "2019-11-14T00:13:49.717Z",
-        "DDBStreamBatchInfo": {"shardId": "shardId-00000001573689847184-864758bb",
-            "startSequenceNumber": "800000000003126276362", "endSequenceNumber": "800000000003126276362",
-            "approximateArrivalOfFirstRecord": "2019-11-14T00:13:19Z",
-            "approximateArrivalOfLastRecord": "2019-11-14T00:13:19Z", "batchSize": 1,
-            "streamArn": "arn:aws:dynamodb:us-east-2:123456789012:table/mytable/stream/2019-11-14T00:04:06.388"}
-    }"""
-    batch = parse_message(documented)
-    assert (batch.table_name, batch.shard_id) == ("mytable", "shardId-00000001573689847184-864758bb")
-    assert batch.start_sequence_number == batch.end_sequence_number == "800000000003126276362"
-    assert (batch.condition, batch.function_error, batch.batch_size) == ("RetryAttemptsExhausted", "Unhandled", 1)
+def test_the_timestamps_precisions_and_a_record_without_response_context():
+    with_ms = parse_message(json.dumps(vector("a01")["body"])).record
+    whole = parse_message(json.dumps(vector("a15")["body"])).record
+    assert with_ms.failed_at.microsecond == 512_000 and whole.failed_at.microsecond == 0
+    assert whole.failed_at.tzinfo is not None
+    # The record-age shape (a12, Kinesis: the same poller): no responseContext at all. On a DynamoDB stream's record:
+    body = vector("a12")["body"]
+    info = body.pop("KinesisBatchInfo")
+    info["streamArn"] = "arn:aws:dynamodb:eu-west-1:123456789012:table/users-a12/stream/2025-11-25T15:54:30.123"
+    body["DDBStreamBatchInfo"] = info
+    assert "responseContext" not in body
+    record = parse_message(json.dumps(body)).record
+    assert (record.condition, record.function_error, record.table_name) == ("RecordAgeExceeded", None, "users-a12")
+    assert record.start_sequence_number is not None
+
+
+def s3_notification(bucket: str, key: str, event: str = "ObjectCreated:Put") -> str:
+    """An S3 event notification as S3 sends it to SQS (the key URL-encoded)."""
+    from urllib.parse import quote_plus
+
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "eu-west-1",
+        "eventTime": "2026-12-04T09:00:00.123Z",
+        "eventName": event,
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket}, "object": {"key": quote_plus(key), "size": 9}},
+    }
+    return json.dumps({"Records": [record]})
+
+
+def test_an_s3_notification_names_its_objects_with_the_key_decoded():
+    key = "aws/lambda/9e1c/shardId-00000001-ab/2026/12/04/2026-12-04T09.00.00-a b:c"
+    message = parse_message(s3_notification("the-bucket", key))
+    assert message.kind is MessageKind.S3_OBJECTS
+    assert [(ref.bucket, ref.key) for ref in message.objects] == [("the-bucket", key)]
+    assert message.objects[0].created_at == datetime(2026, 12, 4, 9, 0, 0, 123_000, tzinfo=UTC)
+    assert parse_message(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"})).kind is MessageKind.TEST_EVENT
+    with pytest.raises(Unusable, match="no created object"):
+        parse_message(s3_notification("the-bucket", key, "ObjectRemoved:Delete"))
 
 
 @pytest.mark.parametrize(
     ("body", "names"),
     [
         ("not json", "not JSON"),
-        ("[1, 2]", "not a JSON object"),
-        (json.dumps({"requestContext": {}}), "DDBStreamBatchInfo"),
-        (json.dumps(on_failure_record(STREAM_ARN, "", "1", "2")), "shardId"),
-        (json.dumps(on_failure_record(STREAM_ARN, "s", "12a", "20")), "startSequenceNumber"),
-        (json.dumps(on_failure_record(STREAM_ARN, "s", "30", "20")), "before startSequenceNumber"),
-        (json.dumps(on_failure_record(STREAM_ARN, "s", "1", "2²")), "endSequenceNumber"),
-        (json.dumps(on_failure_record("arn:aws:sqs:eu-west-1:1:q", "s", "1", "2")), "streamArn"),
+        ("[1]", "not a JSON object"),
+        ('{"hello": "world"}', "DDBStreamBatchInfo"),
+        ('{"DDBStreamBatchInfo": {"streamArn": "arn:aws:sqs:x"}}', "streamArn"),
+        ('{"Records": [{"eventSource": "aws:dynamodb"}]}', "not an S3 event notification"),
+        ('{"Type": "Notification", "Message": "{}"}', "DDBStreamBatchInfo"),
     ],
 )
-def test_a_body_that_is_not_an_on_failure_record_is_invalid_and_named(body, names):
-    with pytest.raises(InvalidMessage, match=names):
+def test_a_body_of_no_known_shape_is_unusable_and_named(body, names):
+    with pytest.raises(Unusable, match=names):
         parse_message(body)
 
 
-def test_the_retry_delay_doubles_from_thirty_seconds_up_to_twelve_hours():
-    assert [retry_delay_seconds(n) for n in range(1, 7)] == [30, 60, 120, 240, 480, 960]
-    assert retry_delay_seconds(11) == 30_720 and retry_delay_seconds(12) == retry_delay_seconds(500) == 43_200
-    assert retry_delay_seconds(0) == 30  # a missing or odd count is the first receive
-
-
-def test_the_queue_url_comes_from_the_queue_arn():
-    assert queue_url_from_arn(QUEUE_ARN) == (
-        "https://sqs.eu-west-1.amazonaws.com/123456789012/email-checker-dev-stream-failures"
+def test_the_delays_and_the_queue_url():
+    assert [retry_delay_seconds(n) for n in (1, 2, 3, 12, 100)] == [30, 60, 120, 43200, 43200]
+    far = timedelta(days=9)
+    assert [wait_delay_seconds(n, far) for n in (1, 2, 7, 8)] == [900, 1800, 43200, 43200]
+    assert sum(wait_delay_seconds(n, far) for n in range(1, 11)) > 63 * 3600  # the queue's 10 receives
+    assert wait_delay_seconds(5, timedelta(seconds=40)) == 41  # never past the lock's expiry
+    assert (
+        queue_url_from_arn("arn:aws:sqs:eu-west-1:123456789012:q")
+        == "https://sqs.eu-west-1.amazonaws.com/123456789012/q"
     )
-    with pytest.raises(ValueError):
-        queue_url_from_arn(STREAM_ARN)
 
 
-# --- against DynamoDB Local ---
+def test_the_lock_decision():
+    now = datetime(2026, 12, 4, 10, tzinfo=UTC)
+    held = HeldLock("r", started_at=now - timedelta(hours=1), expires_at=now + timedelta(hours=5), etag='"e"')
+    assert decide(None, now, now) is LockDecision.START
+    assert decide(held, now - timedelta(hours=2), now) is LockDecision.COVERED  # discarded before the run started
+    assert decide(held, now - timedelta(minutes=30), now) is LockDecision.WAIT  # after: the run may have passed it
+    assert decide(held, None, now) is LockDecision.WAIT  # no timestamp: never assumed covered
+    lapsed = HeldLock("r", now - timedelta(days=3), now - timedelta(seconds=1), '"e"')
+    assert decide(lapsed, now, now) is LockDecision.START
 
 
-def shard_of(engine, table) -> str:
-    [shard] = engine.streams_client().describe_stream(StreamArn=table.stream_arn)["StreamDescription"]["Shards"]
-    return shard["ShardId"]
+def test_one_chain_is_sized_to_scan_the_table_at_its_rate():
+    assert continuations_for(0) == 200
+    # 1 TB at 1,000 read units/s of 8 KB each, 810 s an invocation: 150.7 invocations, half again as headroom.
+    assert continuations_for(10**12) == 227
+    assert continuations_for(10**15) == 10_000
+
+
+# --- against DynamoDB Local and moto's S3 and SQS ---
+
+
+@pytest.fixture(scope="module")
+def moto():
+    from localdev.moto_server import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def aws(moto, monkeypatch, request):
+    """The stage's on-failure bucket notifying its queue, on moto; the functions' S3 and SQS clients pointed there."""
+    s3, sqs = moto.client("s3"), moto.client("sqs")
+    queue_url = sqs.create_queue(QueueName=f"{QUEUE}-{request.node.name[:40]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bucket = f"{BUCKET}-{abs(hash(request.node.name)) % 10**8}"
+    start_failure_bucket(s3, bucket, queue_arn)
+    for name, value in {
+        "AWS_ENDPOINT_URL_S3": moto.endpoint,
+        "AWS_ENDPOINT_URL_SQS": moto.endpoint,
+        runtime.FAILURE_BUCKET_VARIABLE: bucket,
+    }.items():
+        monkeypatch.setenv(name, value)
+    runtime.reconciler_for.cache_clear()
+    yield Aws(s3, sqs, bucket, queue_url, queue_arn)
+    runtime.reconciler_for.cache_clear()
+    sqs.delete_queue(QueueUrl=queue_url)
+    for listed in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=listed["Key"])
+    s3.delete_bucket(Bucket=bucket)
+
+
+class Aws:
+    def __init__(self, s3, sqs, bucket, queue_url, queue_arn) -> None:
+        self.s3, self.sqs, self.bucket, self.queue_url, self.queue_arn = s3, sqs, bucket, queue_url, queue_arn
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every message the queue holds now (received: each invisible for 30 s)."""
+        found = []
+        while batch := self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30, MessageSystemAttributeNames=["All"]
+        ).get("Messages", []):
+            found += batch
+        return found
+
+    def lambda_records(self) -> list[dict[str, Any]]:
+        """The queue's messages as Lambda's SQS event source hands them over, S3's test event dropped."""
+        return [
+            sqs_record(m["Body"], self.queue_arn, int(m["Attributes"]["ApproximateReceiveCount"]), m["ReceiptHandle"])
+            for m in self.messages()
+            if "s3:TestEvent" not in m["Body"]
+        ]
 
 
 def put(table, **attributes):
@@ -191,8 +270,50 @@ def set_flag(table, value, **key):
     )
 
 
+def invocation_record(table, records: list[dict[str, Any]], at: str = "2026-12-04T09:00:00.123Z") -> dict[str, Any]:
+    """Lambda's invocation record for a discarded batch of `records`, its shard one the stream no longer has."""
+    return {
+        "requestContext": {
+            "requestId": "0b7c6a1e-4f2d-4e8a-9c3b-5d6e7f800003",
+            "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:email-checker-dev-sync_is_personal_email",
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": 3,
+        },
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": None},
+        "version": "1.0",
+        "timestamp": at,
+        "DDBStreamBatchInfo": {
+            "shardId": "shardId-00000001700000000000-0000dead",
+            "startSequenceNumber": records[0]["dynamodb"]["SequenceNumber"],
+            "endSequenceNumber": records[-1]["dynamodb"]["SequenceNumber"],
+            "approximateArrivalOfFirstRecord": "2026-12-04T08:59:58Z",
+            "approximateArrivalOfLastRecord": "2026-12-04T08:59:59Z",
+            "batchSize": len(records),
+            "streamArn": table.stream_arn,
+        },
+    }
+
+
+class AllCalls:
+    """Every AWS operation any client created from now on sends (a `before-call` hook on each new client)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[str] = []
+        original = botocore.session.Session.create_client
+
+        def create_client(session, *args, **kwargs):
+            client = original(session, *args, **kwargs)
+            client.meta.events.register("before-call", self._record)
+            return client
+
+        monkeypatch.setattr(botocore.session.Session, "create_client", create_client)
+
+    def _record(self, model, **_: Any) -> None:
+        self.calls.append(f"{model.service_model.endpoint_prefix}.{model.name}")
+
+
 @pytest.fixture
-def reconciler_client(engine):
+def reconciler_client(engine, aws):
     """`chalice.test.Client` for the dev stage, whose Lambda context has the reconciler's configured timeout."""
     from app import app
     from localdev.invoker import ROOT, _StageTimeoutClient
@@ -201,9 +322,10 @@ def reconciler_client(engine):
         yield client
 
 
-def test_every_item_of_the_discarded_range_is_fixed_from_its_current_state(
-    engine, make_table, stream_records, reconciler_client, log_sink, capsys
+def test_a_discarded_batch_whose_range_is_gone_is_fixed_from_its_s3_object_alone(
+    engine, make_table, stream_records, aws, reconciler_client, log_sink, capsys, monkeypatch
 ):
+    """Done when (issue 16): no Scan, no Invoke, no GetRecords; the object and its notification are moto's."""
     table = make_table()
     for name, email in [
         ("before", "a@gmail.com"),
@@ -217,77 +339,304 @@ def test_every_item_of_the_discarded_range_is_fixed_from_its_current_state(
     ]:
         put(table, Id=name, **({"Email": email} if email else {}))
     records = stream_records(table)
-    by_id = {r["dynamodb"]["Keys"]["Id"]["S"]: r["dynamodb"]["SequenceNumber"] for r in records}
-    # The discarded batch held the inserts from "p" to "no-email"; what it would have set is wrong or missing now.
+    batch = records[1:7]  # the inserts from "p" to "no-email"
+    batch.insert(2, {**batch[0], "eventName": "GARBLED"})  # a malformed record: counted, not fatal
+    # What the discarded batch would have set is wrong or missing now; one item changed since, one was deleted.
     set_flag(table, False, Id="p")
     set_flag(table, True, Id="w")
     set_flag(table, False, Id="ok")
     table.client.delete_item(TableName=table.name, Key={"Id": {"S": "deleted"}})
-    put(table, Id="changed", Email="c@gmail.com")  # changed since: decided from what it holds now
+    put(table, Id="changed", Email="c@gmail.com")
     set_flag(table, True, Id="no-email")
     set_flag(table, True, Id="before")
     set_flag(table, False, Id="after")
-    body = json.dumps(on_failure_record(table.stream_arn, shard_of(engine, table), by_id["p"], by_id["no-email"]))
+    # The stream no longer has the range: its shard is one the stream never had, and the stream is switched off.
+    table.client.update_table(TableName=table.name, StreamSpecification={"StreamEnabled": False})
+    S3FailureDestination(aws.s3, aws.bucket)(invocation_record(table, batch), {"Records": batch})
+    [message] = aws.lambda_records()  # moto's own ObjectCreated notification
+    # moto encodes the key's slashes too (S3 leaves them): decoded, it is Lambda's layout either way.
+    assert unquote_plus(json.loads(message["body"])["Records"][0]["s3"]["object"]["key"]).startswith("aws/lambda/")
     capsys.readouterr()
+    calls = AllCalls(monkeypatch)
+    runtime.reconciler_for.cache_clear()
 
-    event = reconciler_client.events.generate_sqs_event([body], queue_name="email-checker-dev-stream-failures")
-    reconciler_client.lambda_.invoke(FUNCTION, event)
+    reconciler_client.lambda_.invoke(FUNCTION, {"Records": [message]})
 
     assert get(table, Id="p")["IsPersonalEmail"] is True
     assert get(table, Id="w")["IsPersonalEmail"] is False
     assert get(table, Id="ok")["IsPersonalEmail"] is False  # already correct: left alone
-    assert get(table, Id="changed")["IsPersonalEmail"] is True
+    assert get(table, Id="changed")["IsPersonalEmail"] is True  # decided from what it holds now
     assert "IsPersonalEmail" not in get(table, Id="no-email")
     assert get(table, Id="deleted") is None, "the reconciler resurrected a deleted item"
-    # Outside the range: untouched, wrong as they are (their own records are the handler's).
-    assert get(table, Id="before")["IsPersonalEmail"] is True
+    assert get(table, Id="before")["IsPersonalEmail"] is True  # outside the batch: untouched
     assert get(table, Id="after")["IsPersonalEmail"] is False
+    sent = set(calls.calls)
+    assert sent == {"s3.GetObject", "dynamodb.BatchGetItem", "dynamodb.BatchExecuteStatement"}, sent
+    assert calls.calls.count("s3.GetObject") == 1
 
     [line] = [r for r in log_sink.records() if r.get("message") == "reconciler message"]
-    assert line["outcome"] == "reconciled" and line["range_complete"] is True
-    assert (line["records"], line["items"], line["fixed"], line["already_correct"], line["gone"]) == (6, 6, 4, 1, 1)
-    assert (line["failed"], line["rejected"], line["superseded"]) == (0, 0, 0)
-    assert (line["start_sequence_number"], line["end_sequence_number"]) == (by_id["p"], by_id["no-email"])
+    assert (line["outcome"], line["kind"], line["objects"]) == ("reconciled", "s3_objects", 1)
+    assert (line["records"], line["malformed"], line["items"], line["fixed"]) == (7, 1, 6, 4)
+    assert (line["already_correct"], line["gone"], line["failed"], line["rejected"]) == (1, 1, 0, 0)
+    first, last = batch[0]["dynamodb"]["SequenceNumber"], batch[-1]["dynamodb"]["SequenceNumber"]
+    assert line["ranges"] == [f"shardId-00000001700000000000-0000dead:{first}..{last}"]
     assert "gmail" not in json.dumps(line) and '"p"' not in json.dumps(line)  # no attribute values, no keys
     [emf] = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
     assert (emf["ReconcilerMessages"], emf["ReconcilerItemsFixed"], emf["ReconcilerFailed"]) == ([1.0], [4.0], [0.0])
-    assert emf["ReconcilerBackfillFallbacks"] == [0.0] and emf["stage"] == "dev" and emf["service"] == SERVICE
+    assert emf["ReconcilerMalformedRecords"] == [1.0] and emf["ReconcilerBackfillFallbacks"] == [0.0]
+    assert emf["stage"] == "dev" and emf["service"] == SERVICE
 
 
-def test_binary_and_composite_keys_are_read_back_and_fixed(engine, make_table, stream_records):
+def test_binary_and_composite_keys_are_fixed_from_the_payload(engine, make_table, stream_records, aws):
     table = make_table(keys=(("Pk", "B"), ("Sk", "N")))
     put(table, Pk=b"\x00\xff", Sk=1, Email="x@gmail.com")
     put(table, Pk=b"\x00\xff", Sk=2, Email="y@work.example")
     records = stream_records(table)
     set_flag(table, False, Pk=b"\x00\xff", Sk=1)
     set_flag(table, True, Pk=b"\x00\xff", Sk=2)
-    start, end = records[0]["dynamodb"]["SequenceNumber"], records[-1]["dynamodb"]["SequenceNumber"]
-    batch = parse_message(json.dumps(on_failure_record(table.stream_arn, shard_of(engine, table), start, end)))
-    report = reconciler(engine).reconcile(batch, Deadline.after(60))
+    S3FailureDestination(aws.s3, aws.bucket)(invocation_record(table, records), {"Records": records})
+    [message] = aws.lambda_records()
+    report = reconciler(engine, aws).handle(parse_message(message["body"]), Context(Deadline.after(60)))
     assert (report.outcome, report.fixed, report.items) == (Outcome.RECONCILED, 2, 2)
     assert get(table, Pk=b"\x00\xff", Sk=1)["IsPersonalEmail"] is True
     assert get(table, Pk=b"\x00\xff", Sk=2)["IsPersonalEmail"] is False
 
 
-def reconciler(engine, streams=None, gateway_client=None, start_backfill=None) -> Reconciler:
-    client = gateway_client or engine.client()
+class Backfills:
+    """The backfill function as the reconciler sees it: DescribeTable for the plan, each started payload kept."""
+
+    def __init__(self, engine) -> None:
+        from chalicelib.reconciler import LambdaBackfill
+
+        self._planner = LambdaBackfill(None, engine.client(), "unused")
+        self.started: list[dict[str, Any]] = []
+
+    def plan(self, table_name):
+        return self._planner.plan(table_name)
+
+    def start(self, payload):
+        self.started.append(json.loads(json.dumps(payload)))
+
+
+def reconciler(engine, aws, backfills=None, gateway_client=None, stage_table=None) -> Reconciler:
     return Reconciler(
-        streams=streams or engine.streams_client(),
-        gateway=DynamoDBGateway(client, DEFAULT_ATTRIBUTES),
+        gateway=DynamoDBGateway(gateway_client or engine.client(), DEFAULT_ATTRIBUTES),
         classify=classifier_for(Settings.from_environ({})).is_personal_email,
-        start_backfill=start_backfill or (lambda table_name, run_id: pytest.fail("no backfill expected")),
+        s3=aws.s3,
+        backfill=backfills or Backfills(engine),
+        stage_table=stage_table,
+        lock_bucket=aws.bucket,
     )
 
 
-class Captured:
-    """The parameters of every call a client makes to one operation (the Stubber answers it)."""
+def handler(engine, aws, backfills, **options) -> MessageHandler:
+    return MessageHandler(
+        reconciler(engine, aws, backfills, **options),
+        sqs=aws.sqs,
+        logger=Logger(service=SERVICE),
+        metrics=metrics_for(Settings.from_environ({"STAGE": "dev"})),
+    )
 
-    def __init__(self, client: Any, operation: str) -> None:
-        self.calls: list[dict[str, Any]] = []
-        client.meta.events.register(
-            f"before-parameter-build.{client.meta.service_model.endpoint_prefix}.{operation}",
-            lambda params, **_: self.calls.append(dict(params)),
-        )
+
+def pointer(table, at: str) -> str:
+    """An SQS destination's record for the table (no payload): the backfill's case."""
+    body = vector("a15")["body"]
+    body["DDBStreamBatchInfo"]["streamArn"] = table.stream_arn
+    body["timestamp"] = at
+    return json.dumps(body)
+
+
+def iso_ms(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_two_gone_range_messages_start_one_rate_limited_backfill(engine, make_table, aws, log_sink, capsys):
+    table = make_table(keys=(("Org", "S"), ("Id", "N")))
+    backfills = Backfills(engine)
+    handle = handler(engine, aws, backfills).handle
+    before = iso_ms(datetime.now(UTC) - timedelta(seconds=5))
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=pointer(table, before))
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=pointer(table, before))
+    first, second = aws.lambda_records()
+
+    assert handle(first, lambda: 60_000).outcome is Outcome.BACKFILL_STARTED
+    assert handle(second, lambda: 60_000).outcome is Outcome.BACKFILL_COVERED  # its failure predates the run
+
+    [payload] = backfills.started
+    assert (payload["table_name"], payload["key_names"], payload["total_segments"]) == (table.name, ["Org", "Id"], 1)
+    assert payload["read_units_per_second"] == BACKFILL_READ_UNITS_PER_SECOND
+    assert payload["write_units_per_second"] == BACKFILL_WRITE_UNITS_PER_SECOND
+    assert payload["continue_until_done"] is True and payload["max_continuations"] == 200
+    lock = aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))
+    held = json.loads(lock["Body"].read())
+    assert payload["lock"] == {
+        "bucket": aws.bucket,
+        "key": lock_key(table.name),
+        "etag": lock["ETag"],
+        "expires_at": held["expires_at"],
+    }
+    assert held["run_id"] == payload["run_id"] == "reconciler-0f8b3c2e"
+    lines = [r for r in log_sink.records() if r.get("message") == "reconciler message"]
+    assert [line["outcome"] for line in lines] == ["backfill_started", "backfill_covered"]
+    assert lines[0]["reason"] == "no_payload" and lines[0]["kind"] == "record"
+    emf = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
+    assert [m["ReconcilerBackfillFallbacks"] for m in emf] == [[1.0], [0.0]]
+    assert [m["ReconcilerBackfillCovered"] for m in emf] == [[0.0], [1.0]]
+
+
+def test_a_failure_after_a_held_run_started_waits_for_it_then_starts_a_new_run(engine, make_table, aws, log_sink):
+    table = make_table()
+    now = datetime.now(UTC)
+    older = lock_body("older-run", now - timedelta(hours=1), now + timedelta(hours=2))
+    aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=older, IfNoneMatch="*")
+    backfills = Backfills(engine)
+    handle = handler(engine, aws, backfills).handle
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=pointer(table, iso_ms(now - timedelta(minutes=5))))
+    [message] = aws.lambda_records()
+
+    with pytest.raises(ReconcileIncomplete):
+        handle(message, lambda: 60_000)
+
+    assert backfills.started == []
+    line = log_sink.records()[-1]
+    assert (line["outcome"], line["retry_in_seconds"]) == ("backfill_waiting", 900)
+    assert aws.messages() == [], "pushed back: invisible for its delay"
+    # The older run ends (its last invocation deletes the lock): the message, back, starts a new run.
+    aws.s3.delete_object(Bucket=aws.bucket, Key=lock_key(table.name))
+    assert handle({**message, "attributes": {"ApproximateReceiveCount": "2"}}, lambda: 60_000).outcome is (
+        Outcome.BACKFILL_STARTED
+    )
+    assert len(backfills.started) == 1
+
+
+def test_a_lapsed_lock_is_taken_over_and_an_unusable_one_too(engine, make_table, aws):
+    table = make_table()
+    now = datetime.now(UTC)
+    lapsed = lock_body("dead-chain", now - timedelta(days=3), now - timedelta(seconds=1))
+    aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=lapsed)
+    backfills = Backfills(engine)
+    report = reconciler(engine, aws, backfills).handle(
+        parse_message(pointer(table, iso_ms(now))), Context(Deadline.after(60), run_id="new-run")
+    )
+    assert report.outcome is Outcome.BACKFILL_STARTED
+    assert json.loads(aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))["Body"].read())["run_id"] == (
+        "new-run"
+    )
+    aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=b"not a lock")
+    report = reconciler(engine, aws, backfills).handle(
+        parse_message(pointer(table, iso_ms(now))), Context(Deadline.after(60))
+    )
+    assert report.outcome is Outcome.BACKFILL_STARTED and len(backfills.started) == 2
+
+
+def test_an_object_gone_from_the_bucket_starts_the_stage_tables_backfill(engine, make_table, aws):
+    table = make_table()
+    backfills = Backfills(engine)
+    key = "aws/lambda/9e1c/shardId-1/2026/12/04/2026-12-04T09.00.00-3f2a"
+    message = parse_message(s3_notification(aws.bucket, key))
+    report = reconciler(engine, aws, backfills, stage_table=table.name).handle(message, Context(Deadline.after(60)))
+    assert (report.outcome, report.reason) == (Outcome.BACKFILL_STARTED, "object_NoSuchKey")
+    assert [payload["table_name"] for payload in backfills.started] == [table.name]
+
+
+def test_an_object_that_is_denied_is_retried_then_given_up_for_the_backfill(engine, make_table, aws):
+    """AccessDenied: an error moto's S3 can't be made to answer on demand (it enforces no IAM), so Stubber answers
+    the object's GetObject; the lock is moto's."""
+    table = make_table()
+    denying = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3 = denying.client("s3")
+    backfills = Backfills(engine)
+    reconciling = Reconciler(
+        DynamoDBGateway(engine.client()),
+        classifier_for(Settings.from_environ({})).is_personal_email,
+        _DeniedGet(s3, aws.s3),
+        backfills,
+        stage_table=table.name,
+        lock_bucket=aws.bucket,
+    )
+    message = parse_message(s3_notification(aws.bucket, "aws/lambda/9e1c/shardId-1/2026/12/04/2026-12-04T09.00.00-3f"))
+    outcomes = []
+    with Stubber(s3) as stub:
+        for receives in (1, 2, 3):
+            stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
+            report = reconciling.handle(message, Context(Deadline.after(60), receives=receives))
+            outcomes.append((report.outcome, report.reason))
+    assert outcomes == [(Outcome.RETRY, "AccessDenied")] * 2 + [(Outcome.BACKFILL_STARTED, "object_AccessDenied")]
+    assert [payload["table_name"] for payload in backfills.started] == [table.name]
+
+
+class _DeniedGet:
+    """An S3 client whose GetObject of on-failure objects goes to a stubbed client; the rest to moto."""
+
+    def __init__(self, denied, real) -> None:
+        self._denied, self._real = denied, real
+
+    def get_object(self, **params):
+        client = self._denied if params["Key"].startswith("aws/lambda/") else self._real
+        return client.get_object(**params)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_s3s_test_event_and_unusable_bodies_are_counted_and_deleted(engine, aws, reconciler_client, log_sink, capsys):
+    [test_event] = [m for m in aws.messages() if "s3:TestEvent" in m["Body"]]  # moto sent it, as S3 does
+    record = sqs_record(test_event["Body"], aws.queue_arn, receipt=test_event["ReceiptHandle"])
+    capsys.readouterr()
+    reconciler_client.lambda_.invoke(FUNCTION, {"Records": [record]})  # returns: Lambda deletes it
+    reconciler_client.lambda_.invoke(FUNCTION, {"Records": [sqs_record('{"hello": "world"}', aws.queue_arn)]})
+    lines = [r for r in log_sink.records() if r.get("message") == "reconciler message"]
+    assert [(line["outcome"], line["level"]) for line in lines] == [("test_event", "INFO"), ("unusable", "WARNING")]
+    assert "DDBStreamBatchInfo" in lines[1]["reason"] and "world" not in json.dumps(lines[1])
+    emf = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
+    assert [(m["ReconcilerTestEvents"], m["ReconcilerUnusable"], m["ReconcilerFailed"]) for m in emf] == [
+        ([1.0], [0.0], [0.0]),
+        ([0.0], [1.0], [0.0]),
+    ]
+
+
+def test_failing_writes_put_the_message_back_with_a_growing_delay_and_raise(
+    engine, make_table, stream_records, aws, log_sink
+):
+    table = make_table()
+    put(table, Id="a", Email="a@gmail.com")
+    records = stream_records(table)
+    S3FailureDestination(aws.s3, aws.bucket)(invocation_record(table, records), {"Records": records})
+    [message] = aws.lambda_records()
+    client = engine.client()
+    remove = fail_statements(client, lambda statement: "InternalServerError")
+    try:
+        with pytest.raises(ReconcileIncomplete):
+            handler(engine, aws, Backfills(engine), gateway_client=client).handle(
+                {**message, "attributes": {"ApproximateReceiveCount": "3"}}, lambda: 60_000
+            )
+    finally:
+        remove()
+    line = log_sink.records()[-1]
+    assert (line["outcome"], line["failed"], line["retry_in_seconds"], line["reason"]) == ("retry", 1, 120, "failed")
+    assert "IsPersonalEmail" not in get(table, Id="a")
+    assert aws.messages() == [], "pushed back on moto's SQS"
+
+
+def test_a_deadline_that_passes_before_the_items_are_read_is_a_retry(engine, make_table, stream_records, aws):
+    table = make_table()
+    put(table, Id="a", Email="a@gmail.com")
+    records = stream_records(table)
+    body = {**invocation_record(table, records), "payload": {"Records": records}}
+    aws.s3.put_object(
+        Bucket=aws.bucket, Key="aws/lambda/x/shardId-1/2026/12/04/2026-12-04T09.00.00-1", Body=json.dumps(body)
+    )
+    [message] = aws.lambda_records()
+    report = reconciler(engine, aws).handle(parse_message(message["body"]), Context(Deadline.after(0)))
+    assert report.outcome is Outcome.RETRY and report.fixed == 0
+    assert "IsPersonalEmail" not in get(table, Id="a")
+
+
+# --- the backfill chain releases the lock ---
+
+
+def backfill_settings() -> Settings:
+    return Settings.from_environ({"STAGE": "dev"})
 
 
 def stubbed(service: str) -> tuple[Any, Stubber]:
@@ -297,139 +646,67 @@ def stubbed(service: str) -> tuple[Any, Stubber]:
     return client, Stubber(client)
 
 
-def handler_with(engine, streams, lambda_client, sqs=None) -> MessageHandler:
-    dynamodb = engine.client()
-    return MessageHandler(
-        reconciler(
-            engine,
-            streams=streams,
-            start_backfill=lambda table_name, run_id: invoke_backfill(
-                lambda_client, dynamodb, "email-checker-dev-backfill_segment", table_name, run_id
-            ),
-        ),
-        sqs=sqs or stubbed("sqs")[0],
-        logger=Logger(service=SERVICE),
-        metrics=metrics_for(Settings.from_environ({"STAGE": "dev"})),
-    )
-
-
-@pytest.mark.parametrize(
-    ("operation", "error"),
-    [
-        ("get_shard_iterator", "TrimmedDataAccessException"),
-        ("get_shard_iterator", "ResourceNotFoundException"),
-        ("get_records", "ExpiredIteratorException"),
-        ("get_records", "trimmed"),
-    ],
-)
-def test_a_range_that_left_the_stream_starts_the_tables_backfill(
-    engine, make_table, operation, error, log_sink, capsys
+def test_the_chains_last_invocation_releases_the_lock_and_an_early_end_leaves_it(
+    engine, make_table, aws, log_sink, monkeypatch
 ):
-    table = make_table(keys=(("Org", "S"), ("Id", "N")))
-    streams, streams_stub = stubbed("dynamodbstreams")
-    iterator = {"ShardIterator": "iterator-1"}
-    if operation == "get_shard_iterator":
-        streams_stub.add_client_error("get_shard_iterator", service_error_code=error)
-    else:
-        streams_stub.add_response("get_shard_iterator", iterator)
-        if error == "trimmed":  # the first record the shard still has is past the range's start
-            record = {
-                "eventName": "INSERT",
-                "dynamodb": {"SequenceNumber": str(int(START) + 7), "Keys": {"Org": {"S": "o"}, "Id": {"N": "1"}}},
-            }
-            streams_stub.add_response("get_records", {"Records": [record], "NextShardIterator": "iterator-2"})
-        else:
-            streams_stub.add_client_error("get_records", service_error_code=error)
-    lambda_client, lambda_stub = stubbed("lambda")
-    for _ in range(BACKFILL_SEGMENTS):
-        lambda_stub.add_response(
-            "invoke", {"StatusCode": 202}, {"FunctionName": ANY, "InvocationType": "Event", "Payload": ANY}
-        )
-    invoked = Captured(lambda_client, "Invoke")
-    body = json.dumps(on_failure_record(table.stream_arn, SHARD, START, END))
-    capsys.readouterr()
+    from chalicelib.runtime import backfill_segment
 
-    with streams_stub, lambda_stub:
-        report = handler_with(engine, streams, lambda_client).handle(sqs_record(body), lambda: 60_000)
-        lambda_stub.assert_no_pending_responses()
-
-    assert report.outcome is Outcome.BACKFILL_STARTED and report.backfill_segments == BACKFILL_SEGMENTS
-    payloads = [json.loads(call["Payload"]) for call in invoked.calls]
-    assert {call["FunctionName"] for call in invoked.calls} == {"email-checker-dev-backfill_segment"}
-    assert sorted(p["segment"] for p in payloads) == list(range(BACKFILL_SEGMENTS))
-    for payload in payloads:
-        assert (payload["table_name"], payload["key_names"]) == (table.name, ["Org", "Id"])  # from DescribeTable
-        assert (payload["total_segments"], payload["start_key"]) == (BACKFILL_SEGMENTS, None)
-        assert payload["continue_until_done"] is True and payload["continuation"] == 0
-        assert payload["max_continuations"] > 0 and payload["run_id"] == "reconciler-0f8b3c2e"
-    [line] = [r for r in log_sink.records() if r.get("message") == "reconciler message"]
-    assert (line["outcome"], line["reason"], line["backfill_segments"]) == ("backfill_started", error, 4)
-    [emf] = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
-    assert emf["ReconcilerBackfillFallbacks"] == [1.0] and emf["ReconcilerFailed"] == [0.0]
-
-
-def test_failing_writes_put_the_message_back_with_a_growing_delay_and_raise(
-    engine, make_table, stream_records, log_sink, capsys
-):
     table = make_table()
     put(table, Id="a", Email="a@gmail.com")
-    put(table, Id="b", Email="b@gmail.com")
-    [first, last] = [r["dynamodb"]["SequenceNumber"] for r in stream_records(table)]
-    client = engine.client()
-
-    # Every write fails with a 500 the statement retries can't get past.
-    fail_statements(client, lambda statement: "InternalServerError")
-    sqs, sqs_stub = stubbed("sqs")
-    sqs_stub.add_response(
-        "change_message_visibility",
-        {},
-        {
-            "QueueUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/email-checker-dev-stream-failures",
-            "ReceiptHandle": "the-receipt-handle",
-            "VisibilityTimeout": 120,  # the third receive: 30 s doubled twice
-        },
+    backfills = Backfills(engine)
+    reconciler(engine, aws, backfills).handle(
+        parse_message(pointer(table, iso_ms(datetime.now(UTC)))), Context(Deadline.after(60))
     )
-    handler = MessageHandler(
-        reconciler(engine, gateway_client=client),
-        sqs=sqs,
-        logger=Logger(service=SERVICE),
-        metrics=metrics_for(Settings.from_environ({"STAGE": "dev"})),
-    )
-    body = json.dumps(on_failure_record(table.stream_arn, shard_of(engine, table), first, last))
-    capsys.readouterr()
+    [payload] = backfills.started
+    monkeypatch.setattr(runtime, "_s3_client", lambda: aws.s3)
 
-    with sqs_stub, pytest.raises(ReconcileIncomplete):
-        handler.handle(sqs_record(body, receive_count=3), lambda: 60_000)
-    sqs_stub.assert_no_pending_responses()
+    # Continuations used up before the table is done: the lock stays (to expire), and a line says so.
+    cut_short = {**payload, "page_size": 1, "continuation": 5, "max_continuations": 5}
+    left = iter([10_000_000, 10_000_000])
+    result = backfill_segment(backfill_settings(), cut_short, lambda: next(left, 0), "bf", stubbed("lambda")[0])
+    assert result["done"] is False
+    assert aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))
+    line = log_sink.records()[-1]
+    assert line["message"].startswith("backfill chain ended before the table was done")
+    assert (line["reason"], line["lock_expires_at"]) == ("continuations used up", payload["lock"]["expires_at"])
 
-    [line] = [r for r in log_sink.records() if r.get("message") == "reconciler message"]
-    assert (line["outcome"], line["failed"], line["fixed"], line["retry_in_seconds"]) == ("retry", 2, 0, 120)
-    assert (line["message_id"], line["shard_id"]) == ("0f8b3c2e", shard_of(engine, table))
-    [emf] = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
-    assert emf["ReconcilerFailed"] == [1.0] and emf["ReconcilerItemsFixed"] == [0.0]
-    assert "IsPersonalEmail" not in get(table, Id="a")
-
-
-def test_an_invalid_body_is_logged_and_not_retried(reconciler_client, log_sink):
-    event = reconciler_client.events.generate_sqs_event(['{"hello": "world"}'])
-    reconciler_client.lambda_.invoke(FUNCTION, event)  # no exception: Lambda deletes the message
-    [line] = [r for r in log_sink.records() if r.get("message") == "reconciler message"]
-    assert line["outcome"] == "invalid" and "DDBStreamBatchInfo" in line["reason"]
-    assert "world" not in json.dumps(line)
+    # The run's last invocation (the segment done) deletes its own lock.
+    result = backfill_segment(backfill_settings(), payload, lambda: 10_000_000, "bf", stubbed("lambda")[0])
+    assert result["done"] is True and get(table, Id="a")["IsPersonalEmail"] is True
+    assert aws.s3.list_objects_v2(Bucket=aws.bucket, Prefix="backfill-lock/").get("KeyCount") == 0
+    assert log_sink.records()[-1]["lock_released"] is True
 
 
-def test_a_deadline_that_passes_before_the_range_is_read_is_a_retry(engine, make_table, stream_records):
+def test_an_invocation_that_raises_leaves_the_lock_and_says_so(engine, make_table, aws, log_sink, monkeypatch):
+    from chalicelib.runtime import backfill_segment
+
     table = make_table()
-    put(table, Id="a", Email="a@gmail.com")
-    [only] = [r["dynamodb"]["SequenceNumber"] for r in stream_records(table)]
-    batch = parse_message(json.dumps(on_failure_record(table.stream_arn, shard_of(engine, table), only, only)))
-    report = reconciler(engine).reconcile(batch, Deadline.after(0))
-    assert report.outcome is Outcome.RETRY and report.fixed == 0
-    assert "IsPersonalEmail" not in get(table, Id="a")
+    backfills = Backfills(engine)
+    reconciler(engine, aws, backfills).handle(
+        parse_message(pointer(table, iso_ms(datetime.now(UTC)))), Context(Deadline.after(60))
+    )
+    [payload] = backfills.started
+    failing = {**payload, "table_name": f"{table.name}-gone"}  # the Scan fails
+    monkeypatch.setattr(runtime, "_s3_client", lambda: pytest.fail("a failed invocation must not touch the lock"))
+    with pytest.raises(Exception, match="ResourceNotFoundException"):
+        backfill_segment(backfill_settings(), failing, lambda: 10_000_000, "bf", stubbed("lambda")[0])
+    line = log_sink.records()[-1]
+    assert (line["message"], line["reason"], line["run_id"]) == (
+        "backfill chain ended before the table was done; the lock is left to expire",
+        "error",
+        payload["run_id"],
+    )
+    assert aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))
 
 
-def backfill_settings() -> Settings:
-    return Settings.from_environ({"STAGE": "dev"})
+def test_a_chain_never_releases_a_newer_runs_lock(engine, make_table, aws):
+    from chalicelib.backfill_lock import release
+
+    table = make_table()
+    first = aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=b"{}", IfNoneMatch="*")["ETag"]
+    aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=b'{"newer": 1}', IfMatch=first)
+    assert release(aws.s3, {"bucket": aws.bucket, "key": lock_key(table.name), "etag": first}) is False
+    assert aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))["Body"].read() == b'{"newer": 1}'
 
 
 def test_a_self_continuing_segment_invokes_itself_from_where_it_stopped(engine, make_table):
@@ -443,7 +720,10 @@ def test_a_self_continuing_segment_invokes_itself_from_where_it_stopped(engine, 
     lambda_stub.add_response(
         "invoke", {"StatusCode": 202}, {"FunctionName": "bf", "InvocationType": "Event", "Payload": ANY}
     )
-    invoked = Captured(lambda_client, "Invoke")
+    invoked: list[dict[str, Any]] = []
+    lambda_client.meta.events.register(
+        "before-parameter-build.lambda.Invoke", lambda params, **_: invoked.append(params)
+    )
     payload = SegmentRequest(table.name, ("Id",), 0, 1, page_size=1).payload(
         run_id="r", continue_until_done=True, continuation=0, max_continuations=5
     )
@@ -455,13 +735,12 @@ def test_a_self_continuing_segment_invokes_itself_from_where_it_stopped(engine, 
     lambda_stub.assert_no_pending_responses()
 
     assert result["done"] is False and result["counts"]["written"] == 1
-    [call] = invoked.calls
+    [call] = invoked
     following = json.loads(call["Payload"])
     assert following["continuation"] == 1 and following["start_key"] == result["last_evaluated_key"]
     assert {k: v for k, v in following.items() if k not in ("continuation", "start_key")} == {
         k: v for k, v in payload.items() if k not in ("continuation", "start_key")
     }
-    # The continuation resumes after the first page; run to the end, it stops invoking once done.
     with Stubber(lambda_client) as silent:  # no responses queued: any invoke would fail the test
         final = backfill_segment(backfill_settings(), following, lambda: 10_000_000, "bf", lambda_client)
         silent.assert_no_pending_responses()
@@ -508,24 +787,3 @@ def test_the_reconciler_is_built_in_the_init_phase_of_its_own_function(engine, f
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == (["1", "0"] if built == "reconciler" else ["0", "1"])
-
-
-def test_an_empty_page_short_of_the_range_is_read_past_and_a_closed_shard_ends_it(engine, make_table):
-    table = make_table()
-    put(table, Id="a", Email="a@gmail.com")
-    put(table, Id="b", Email="b@gmail.com")
-    streams, stub = stubbed("dynamodbstreams")
-
-    def record(sequence_number: str, key: str) -> dict[str, Any]:
-        return {"eventName": "INSERT", "dynamodb": {"SequenceNumber": sequence_number, "Keys": {"Id": {"S": key}}}}
-
-    stub.add_response("get_shard_iterator", {"ShardIterator": "i1"})
-    stub.add_response("get_records", {"Records": [record(START, "a")], "NextShardIterator": "i2"})
-    stub.add_response("get_records", {"Records": [], "NextShardIterator": "i3"})  # short of what follows
-    stub.add_response("get_records", {"Records": [record(str(int(START) + 1), "b")]})  # the shard closes here
-    batch = parse_message(json.dumps(on_failure_record(table.stream_arn, SHARD, START, END)))
-    with stub:
-        report = reconciler(engine, streams=streams).reconcile(batch, Deadline.after(60))
-        stub.assert_no_pending_responses()
-    assert (report.outcome, report.records, report.fixed, report.range_complete) == (Outcome.RECONCILED, 2, 2, True)
-    assert get(table, Id="b")["IsPersonalEmail"] is True

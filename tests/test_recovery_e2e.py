@@ -1,7 +1,8 @@
 """Recovery end to end, as `make run` runs it: writes whose handling keeps failing are bisected, retried and
-discarded by the local mapping (the deployed settings, fewer retries) to the on-failure queue on moto's SQS; the
-reconciler, fed by the local SQS event source, brings every item under the invariant from its current state, or
-falls back to the table's backfill, run by the local Lambda, when the range has left the stream."""
+discarded by the local mapping (the deployed settings, fewer retries) to the on-failure bucket on moto's S3, whose
+ObjectCreated notifications reach the failure queue on moto's SQS; the reconciler, fed by the local SQS event source,
+brings every item of each object's payload under the invariant from its current state, with the stream gone; a
+pointer with no payload falls back to the table's locked backfill, run by the local Lambda."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 import pytest
 
 from chalicelib import dynamodb, runtime
-from chalicelib.reconciler import backfill_payloads
+from chalicelib.backfill import SegmentRequest
 from localdev.invoker import ChaliceInvoker
 from localdev.mapping import LocalEventSourceMapping, MappingStats, serialized
 from localdev.reconciler_runner import LocalReconciler, start_reconciler
 from localdev.run import FailureQueue, start_failure_queue
 from tests.faults import fail_statements
 from tests.reliability import FLAG, Model, Op, perform, scan, violations
+from tests.test_reconciler import AllCalls, s3_notification
 from tools.failure_handling import DEPLOYED_FUNCTION
 
 # What the clients write: every kind of value the handler must get right. The failing keys each need a write.
@@ -70,12 +72,15 @@ def local(engine, monkeypatch):
     lock = threading.Lock()
     with ExitStack() as cleanup:
         failures = start_failure_queue(cleanup, "dev")
-        # moto's state outlives its server in this process: each test starts with empty queues and leaves none.
+        # moto's state outlives its server in this process: each test starts with empty queues and an empty bucket
+        # (S3's test event, sent when the notification was set, included), and leaves none.
         for url in (failures.queue_url, failures.dead_letter_url):
             failures.sqs.purge_queue(QueueUrl=url)
             cleanup.callback(failures.sqs.delete_queue, QueueUrl=url)
+        empty_bucket(failures)
+        cleanup.callback(empty_bucket, failures)
         reconciler = start_reconciler(
-            failures.sqs, failures.queue_url, failures.endpoint, stage="dev", quiet=False, lock=lock
+            failures.sqs, failures.queue_url, failures.endpoint, bucket=failures.bucket, quiet=False, lock=lock
         )
         cleanup.callback(reconciler.close)
         for name, value in reconciler.environment.items():
@@ -83,9 +88,21 @@ def local(engine, monkeypatch):
         # A fresh execution environment: the functions' clients are built from these endpoints, not an earlier test's.
         runtime.reconciler_for.cache_clear()
         runtime._lambda_client.cache_clear()
+        runtime._s3_client.cache_clear()
+        cleanup.callback(runtime._s3_client.cache_clear)
         cleanup.callback(runtime._lambda_client.cache_clear)
         cleanup.callback(runtime.reconciler_for.cache_clear)
         yield Local(failures, reconciler, lock)
+
+
+def empty_bucket(failures: FailureQueue) -> None:
+    for listed in failures.s3.list_objects_v2(Bucket=failures.bucket).get("Contents", []):
+        failures.s3.delete_object(Bucket=failures.bucket, Key=listed["Key"])
+
+
+def objects(failures: FailureQueue, prefix: str = "aws/lambda/") -> list[dict]:
+    listed = failures.s3.list_objects_v2(Bucket=failures.bucket, Prefix=prefix).get("Contents", [])
+    return [json.loads(failures.s3.get_object(Bucket=failures.bucket, Key=o["Key"])["Body"].read()) for o in listed]
 
 
 @pytest.fixture
@@ -171,14 +188,12 @@ def test_a_discarded_batch_is_reconciled_through_the_queue(
         # Reported: retried from the lowest failed record to the batch's end, twice, then that range discarded.
         assert ranges == [(int(sequence["user-3"]), int(sequence["user-11"]))] and stats.bisections == 0
     assert stats.failed_attempts >= 3
-    # The queue holds exactly the invocation records the mapping sent (looked at, and made visible again at once).
-    sqs, url, bodies = local.failures.sqs, local.failures.queue_url, {}
-    for _ in range(3):  # each receive counts towards the redrive's 10
-        if len(bodies) == len(stats.failure_records):
-            break
-        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
-        bodies |= {message["MessageId"]: json.loads(message["Body"]) for message in messages}
-    assert sorted(bodies.values(), key=json.dumps) == sorted(stats.failure_records, key=json.dumps)
+    # The bucket holds one object per record the mapping sent, each with its records; the queue one notification each.
+    written = objects(local.failures)
+    records = sorted(({k: v for k, v in o.items() if k != "payload"} for o in written), key=json.dumps)
+    assert records == sorted(stats.failure_records, key=json.dumps)
+    assert all(len(o["payload"]["Records"]) == o["DDBStreamBatchInfo"]["batchSize"] for o in written)
+    assert local.queued() == len(written)
     assert {r["requestContext"]["condition"] for r in stats.failure_records} == {"RetryAttemptsExhausted"}
     wrong = violations(scan(table.client, table.name), model, KEYS)
     assert sorted(problem.split(":")[0] for problem in wrong) == sorted(FAILING), wrong
@@ -186,7 +201,11 @@ def test_a_discarded_batch_is_reconciled_through_the_queue(
     # The fault is over. Meanwhile a client deleted one of the wrong items: the reconciler must not bring it back.
     perform(table.client, table.name, Op("delete", "user-9"), model)
     mapping.drain()  # its REMOVE is filtered out
+    # The stream's records are gone for the reconciler (in AWS: trimmed after 24 hours); it never reads them anyway.
+    table.client.update_table(TableName=table.name, StreamSpecification={"StreamEnabled": False})
     capsys.readouterr()
+    calls = AllCalls(monkeypatch)
+    runtime.reconciler_for.cache_clear()
 
     runner_stats = local.reconciler.runner.drain(local.reconciler.local_lambda, timeout=30)
 
@@ -198,42 +217,47 @@ def test_a_discarded_batch_is_reconciled_through_the_queue(
     assert local.queued() == 0 and local.queued(local.failures.dead_letter_url) == 0
     lines = [line for line in local.reconciler.collector.lines if line["message"] == "reconciler message"]
     assert sum(line["fixed"] for line in lines) == 2 and sum(line["gone"] for line in lines) == 1
-    assert all(line["range_complete"] for line in lines)
+    assert all(line["kind"] == "s3_objects" for line in lines)
+    # From the objects alone: no Scan, no Invoke, no stream read.
+    assert not {"dynamodb.Scan", "lambda.Invoke", "streams.dynamodb.GetRecords"} & set(calls.calls), calls.calls
+    assert not [call for call in calls.calls if call.startswith("streams.")]
+    assert calls.calls.count("s3.GetObject") == len(lines)
     emf = emf_lines(capsys.readouterr().out)
     assert len(emf) == len(lines) and sum(m["ReconcilerItemsFixed"][0] for m in emf) == 2
     assert local.reconciler.local_lambda.invocations == 0
 
 
-def test_a_range_gone_from_the_stream_ends_in_the_local_backfill(
+def test_a_pointer_with_no_payload_ends_in_a_locked_local_backfill_that_releases_its_lock(
     engine, make_table, local, deployed_invoker, monkeypatch, capsys
 ):
     monkeypatch.setattr(dynamodb, "STATEMENT_BACKOFF_SECONDS", 0.001)
     table = make_table()
     model, _, stats = discard_the_failing_items(engine, table, local, deployed_invoker, "reported")
     assert len(stats.failure_records) == 1
-    # The discarded range's shard has left the stream (in AWS: trimmed after 24 hours). DynamoDB Local keeps a
-    # stream's shards readable even once the stream is disabled or its table deleted, as AWS does for 24 hours; what
-    # it answers for a shard it no longer has is ResourceNotFoundException ("Shard does not exist").
+    # The object is lost (in AWS: deleted, or an SQS destination's pointer): the pointer alone, no payload.
     sqs, url = local.failures.sqs, local.failures.queue_url
-    [message] = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1)["Messages"]
-    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-    record = json.loads(message["Body"])
-    record["DDBStreamBatchInfo"]["shardId"] = "shardId-00000001700000000000-0000dead"
-    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(record))
+    while notified := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in notified:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    empty_bucket(local.failures)
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(stats.failure_records[0]))
     capsys.readouterr()
 
     runner_stats = local.reconciler.runner.drain(local.reconciler.local_lambda, timeout=45)
 
     assert runner_stats.outcomes == ["backfill_started"] and runner_stats.deleted == 1
-    line = local.reconciler.collector.last("reconciler message")
-    assert (line["reason"], line["backfill_segments"]) == ("ResourceNotFoundException", 4)
+    line = next(line for line in local.reconciler.collector.lines if line["message"] == "reconciler message")
+    assert (line["reason"], line["backfill_segments"]) == ("no_payload", 1)
     segments = [line for line in local.reconciler.collector.lines if line["message"] == "backfill segment"]
-    assert sorted(line["segment"] for line in segments) == [0, 1, 2, 3] and all(line["done"] for line in segments)
+    assert [(line["segment"], line["total_segments"], line["done"]) for line in segments] == [(0, 1, True)]
+    [finished] = [line for line in local.reconciler.collector.lines if line["message"] == "backfill run finished"]
+    assert finished["lock_released"] is True and objects(local.failures, "backfill-lock/") == []
     assert local.reconciler.local_lambda.errors == 0
     items = scan(table.client, table.name)
     assert violations(items, model, KEYS) == []
     assert set(items) == {key for key, item in model.items.items() if item is not None}
-    [emf] = emf_lines(capsys.readouterr().out)
+    emf = emf_lines(capsys.readouterr().out)
+    [emf] = emf
     assert emf["ReconcilerBackfillFallbacks"] == [1.0] and emf["ReconcilerFailed"] == [0.0]
     assert local.queued() == 0
 
@@ -243,7 +267,9 @@ def test_a_self_continuing_backfill_segment_continues_through_the_local_lambda(e
     model = Model()
     for op in ITEMS[:5]:
         perform(table.client, table.name, op, model)
-    [payload] = backfill_payloads(table.name, ("Id",), "continuing", segments=1)
+    payload = SegmentRequest(table.name, ("Id",), 0, 1).payload(
+        run_id="continuing", continue_until_done=True, continuation=0, max_continuations=200
+    )
     # One item a page at one write a second, and a safety margin of all but 1.5 s of the function's 900 s: a page
     # starts only while the margin and the slowest page (~1 s, waiting for the rate) still fit, so an invocation does
     # one or two pages and hands the rest to the next.
@@ -280,18 +306,8 @@ def test_a_message_whose_handling_fails_comes_back_after_the_delay_and_ends_in_t
     )
     table = make_table()
     perform(table.client, table.name, Op("put", "user-0", "ann@gmail.com"), Model())
-    [shard] = engine.streams_client().describe_stream(StreamArn=table.stream_arn)["StreamDescription"]["Shards"]
-    # A sequence number DynamoDB Local refuses for the shard (ValidationException "Invalid SequenceNumber for the
-    # shard"): the reconciler can't read the range, and retries.
-    body = {
-        "requestContext": {"condition": "RetryAttemptsExhausted"},
-        "DDBStreamBatchInfo": {
-            "shardId": shard["ShardId"],
-            "startSequenceNumber": "0" * 21,
-            "endSequenceNumber": "0" * 21,
-            "streamArn": table.stream_arn,
-        },
-    }
+    # An object in a bucket that doesn't exist (NoSuchBucket): the reconciler can't read it, and retries.
+    body = json.loads(s3_notification("no-such-bucket", "aws/lambda/x/shardId-1/2026/12/04/2026-12-04T09.00.00-1"))
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
     runner = local.reconciler.runner
 
@@ -304,7 +320,7 @@ def test_a_message_whose_handling_fails_comes_back_after_the_delay_and_ends_in_t
     assert json.loads(moved["Body"]) == body
     assert FLAG not in scan(table.client, table.name)["user-0"]
     line = local.reconciler.collector.last("reconciler message")
-    assert (line["outcome"], line["reason"], line["retry_in_seconds"]) == ("retry", "ValidationException", 1)
+    assert (line["outcome"], line["reason"], line["retry_in_seconds"]) == ("retry", "NoSuchBucket", 1)
     assert line["message_id"] == moved["MessageId"]
 
 
