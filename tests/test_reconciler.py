@@ -547,7 +547,7 @@ def test_an_object_that_is_denied_is_retried_then_given_up_for_the_backfill(engi
     s3 = denying.client("s3")
     backfills = Backfills(engine)
     reconciling = Reconciler(
-        DynamoDBGateway(engine.client()),
+        DynamoDBGateway(engine.client(), DEFAULT_ATTRIBUTES),
         classifier_for(Settings.from_environ({})).is_personal_email,
         _DeniedGet(s3, aws.s3),
         backfills,
