@@ -151,8 +151,8 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> StageResour
     """
     config = load_config()
     variables = stage_variables(config, stage)
-    stream_arn = bound_stream_arn(config, stage)
     deployed = deployed_resources(stage)
+    stream_arn = bound_stream_arn(config, stage)
     backfill = deployed_resources(stage, BACKFILL).get("lambda_function")
     session = boto3.session.Session()
     made = ensure_stage_resources(session, config["app_name"], stage, stream_arn, variables)

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from chalicelib.config import dead_letter_queue_name, failure_queue_name
 from tools import alarms, failure_bucket, failure_handling
 from tools.arns import backfill_failure_queue_name, split_stream_arn, stage_failure_bucket
+from tools.template_parts import FAILURE_BUCKET
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,10 @@ def ensure_reconciler_queues(
     return queue_arn, dead_letter_arn
 
 
-def ensure_failure_bucket(s3: Any, name: str, region: str, queue_arn: str, days: int) -> None:
+def ensure_failure_bucket(s3: Any, name: str, region: str, queue_arn: str, days: int, tls_only: bool = True) -> None:
     """Create the on-failure bucket (or find it) and set all of tools/failure_bucket.py on it; ValueError in one line
-    if another account owns the name."""
+    if another account owns the name. `tls_only=False` leaves the bucket policy out, for moto only: it applies a
+    policy's Deny to object requests without evaluating its aws:SecureTransport condition, and it speaks HTTP."""
     try:
         if region == "us-east-1":  # the one region S3 refuses as a LocationConstraint
             s3.create_bucket(Bucket=name)
@@ -93,12 +95,16 @@ def ensure_failure_bucket(s3: Any, name: str, region: str, queue_arn: str, days:
     s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration=failure_bucket.api_encryption())
     s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=failure_bucket.api_lifecycle(days))
-    bucket_arn = f"arn:{partition_of(queue_arn)}:s3:::{name}"
-    s3.put_bucket_policy(Bucket=name, Policy=json.dumps(failure_bucket.tls_only_policy(bucket_arn)))
-    # Last: S3 checks (with a test message) that the queue's policy already lets the notifications in.
-    s3.put_bucket_notification_configuration(
-        Bucket=name, NotificationConfiguration=failure_bucket.api_notification(queue_arn)
-    )
+    if tls_only:
+        bucket_arn = f"arn:{partition_of(queue_arn)}:s3:::{name}"
+        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(failure_bucket.tls_only_policy(bucket_arn)))
+    # Last: S3 checks that the queue's policy already lets the notifications in, with a test message (s3:TestEvent)
+    # each time it is set: set only when it differs, so a rerun sends the reconciler nothing.
+    wanted = failure_bucket.api_notification(queue_arn)
+    current = s3.get_bucket_notification_configuration(Bucket=name)
+    current.pop("ResponseMetadata", None)
+    if current != wanted:
+        s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration=wanted)
 
 
 def partition_of(arn: str) -> str:
@@ -120,6 +126,19 @@ def ensure_stage_resources(
     days = failure_bucket.retention_days(variables)
     ensure_failure_bucket(session.client("s3", region_name=region), bucket_name, region, queue_arn, days)
     return StageResources(queue_arn, dead_letter_arn, backfill_arn, bucket_name, bucket_arn)
+
+
+def failure_destination_arn(session: Any, app_name: str, stage: str, stream_arn: str, stack_name: str | None) -> str:
+    """The bucket a stage's mapping should send discarded batches to: the stack's, or the deploy steps' own."""
+    if not stack_name:
+        return stage_failure_bucket(app_name, stage, stream_arn)[1]
+    cloudformation = session.client("cloudformation")
+    try:
+        resource = cloudformation.describe_stack_resource(StackName=stack_name, LogicalResourceId=FAILURE_BUCKET)
+    except ClientError:
+        return ""
+    partition = session.get_partition_for_region(cloudformation.meta.region_name)
+    return f"arn:{partition}:s3:::{resource['StackResourceDetail']['PhysicalResourceId']}"
 
 
 # cleanup: after `chalice delete`.
@@ -185,7 +204,9 @@ def empty_bucket(s3: Any, name: str) -> int:
         versions = page.get("Versions", []) + page.get("DeleteMarkers", [])
         if versions:
             objects = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions]
-            s3.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
+            errors = s3.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True}).get("Errors", [])
+            if errors:
+                raise ValueError(f"bucket {name}: {len(errors)} object version(s) not deleted: {errors[0].get('Code')}")
             deleted += len(objects)
     return deleted
 
@@ -197,6 +218,9 @@ def delete_leftovers(session: Any, leftovers: Leftovers, region: str) -> None:
         sqs.delete_queue(QueueUrl=url)
     if leftovers.bucket:
         s3 = session.client("s3", region_name=region)
+        # Its policy first: the bucket goes anyway, and a policy may deny the deletes (moto applies the TLS-only
+        # Deny to them without evaluating its condition).
+        s3.delete_bucket_policy(Bucket=leftovers.bucket)
         empty_bucket(s3, leftovers.bucket)
         s3.delete_bucket(Bucket=leftovers.bucket)
     cloudwatch = session.client("cloudwatch", region_name=region)

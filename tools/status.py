@@ -19,10 +19,11 @@ from botocore.exceptions import ClientError
 from chalicelib.config import Settings
 from chalicelib.runtime import METRICS_NAMESPACE
 from tools import alarms, failure_handling
-from tools.arns import split_stream_arn
+from tools.arns import split_stream_arn, stage_stream_arn
 from tools.deploy_steps import deployed_resources, monitoring_targets
 from tools.merge_template import DEAD_LETTER_QUEUE, FUNCTION, QUEUE
 from tools.project import RECONCILER, load_config, stage_variables
+from tools.stage_resources import failure_destination_arn
 
 RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerBackfillFallbacks")
 RECONCILER_LINE = "reconciler message"
@@ -255,8 +256,9 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
         deployment = from_chalice_deploy(app_name, stage)
     status = Status()
     status.add("stage", f"{stage} from {deployment.source}")
-    failure_arn = check_queues(status, session.client("sqs"), deployment)
-    check_mapping(status, session, deployment, failure_arn, factor)
+    check_queues(status, session.client("sqs"), deployment)
+    destination = failure_destination_arn(session, app_name, stage, stage_stream_arn(config, stage), stack_name)
+    check_mapping(status, session, deployment, destination, factor)
     cloudwatch = session.client("cloudwatch")
     point = latest_datapoint(
         cloudwatch,
