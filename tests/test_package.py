@@ -193,6 +193,8 @@ def test_the_backfill_function_has_reserved_concurrency_and_an_asynchronous_fail
         "MaximumEventAgeInSeconds": failure_handling.BACKFILL_EVENT_AGE_SECONDS,
         "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["BackfillFailureQueue", "Arn"]}}},
     }
+    [skip] = resources["BackfillSegment"]["Metadata"]["checkov"]["skip"]
+    assert skip["id"] == "CKV_AWS_116" and "BackfillFailureQueue" in skip["comment"]
     assert resources["BackfillFailureQueue"]["Properties"] == {
         "SqsManagedSseEnabled": True,
         "MessageRetentionPeriod": 1_209_600,

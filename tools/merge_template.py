@@ -37,6 +37,7 @@ from tools.template_parts import (
     BACKFILL_FUNCTION,
     BACKFILL_FUNCTION_NAME,
     BACKFILL_LOG_GROUP,
+    BACKFILL_METADATA,
     BACKFILL_ROLE,
     CREATE,
     CREATES_TABLE,
@@ -190,7 +191,8 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     "LoggingConfig": {"LogGroup": {"Ref": BACKFILL_LOG_GROUP}},
                     # Every function gets the stage's variables; the backfill names its table in each payload.
                     "Environment": {"Variables": {"STREAM_ARN": stream_arn}},
-                }
+                },
+                "Metadata": BACKFILL_METADATA,
             },
             RECONCILER_LOG_GROUP: {
                 "Type": "AWS::Logs::LogGroup",
