@@ -252,11 +252,11 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     cleaned = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=aws_environment)
     assert cleaned.returncode == 0, cleaned.stderr
     assert f"deleted {4 + len(alarms.ALARMS) + 1} resource(s) of stage dev" in cleaned.stdout
-    assert sqs.list_queues().get("QueueUrls", []) == []
+    assert not [url for url in sqs.list_queues().get("QueueUrls", []) if "/email-checker-dev-" in url]
     assert BUCKET not in [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
-    remaining = cloudwatch.describe_alarms()["MetricAlarms"]
+    remaining = cloudwatch.describe_alarms(AlarmNamePrefix="email-checker-dev-")["MetricAlarms"]
     assert [alarm["AlarmName"] for alarm in remaining] == [other_stage_alarm]
-    assert cloudwatch.list_dashboards()["DashboardEntries"] == []
+    assert cloudwatch.list_dashboards(DashboardNamePrefix="email-checker-dev")["DashboardEntries"] == []
     again = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=aws_environment)
     assert again.returncode == 0 and "nothing deleted" in again.stdout
 
@@ -284,6 +284,20 @@ def test_enable_stream_reuses_a_stream_that_is_already_on(emulator, aws_environm
     assert dynamodb.describe_table(TableName="Accounts")["Table"]["LatestStreamArn"] == stream_arn
     config = json.loads((project_copy / ".chalice" / "config.json").read_text())
     assert config["stages"]["prod"]["environment_variables"]["STREAM_ARN"] == stream_arn
+    # `queues` again is idempotent: the same bucket and queues, and S3's notification (whose every setting sends the
+    # queue a test event) left as it was.
+    again = stage_tool(project_copy, "queues", "--stage", "prod", env=aws_environment)
+    assert again.returncode == 0, again.stderr
+    assert "on-failure bucket email-checker-prod-failures-123456789012-us-east-1 and queue" in again.stdout
+    sqs = emulator.client("sqs")
+    url = sqs.get_queue_url(QueueName="email-checker-prod-stream-failures")["QueueUrl"]
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    assert [json.loads(m["Body"])["Event"] for m in messages] == ["s3:TestEvent"]
+
+
+def test_queues_needs_a_bound_stage(aws_environment, project_copy):
+    result = stage_tool(project_copy, "queues", "--stage", "dev", env=aws_environment)
+    assert result.returncode == 2 and "has no STREAM_ARN: run enable-stream or bind first" in result.stderr
 
 
 def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_copy):
