@@ -4,8 +4,8 @@ give the deployed event source mapping the failure handling Chalice can't set.
 python -m tools.stage enable-stream --stage prod --table-name Users   # UpdateTable (NEW_AND_OLD_IMAGES), then bind
 python -m tools.stage bind --stage dev --stream-arn arn:aws:dynamodb:...:table/Users/stream/2026-...
 python -m tools.stage policies         # regenerate every .chalice/policy-<stage>.json
-python -m tools.stage apply-failure-handling --stage prod [--alarm-topic-arn ARN]   # after `chalice deploy`: queue,
-                                       # mapping settings, env, alarms and dashboard
+python -m tools.stage apply-failure-handling --stage prod [--alarm-topic-arn ARN]   # after `chalice deploy`: queues,
+                                       # bucket, mapping settings, the backfill's async config, env, alarms, dashboard
 python -m tools.stage status --stage prod [--stack-name STACK]   # what is deployed vs what it should be; exit 1 if not
 python -m tools.stage merge-template   # regenerate deploy/merge-template.json from schema/users-table.json
 python -m tools.stage package --stage prod [--create-table] out/   # `chalice package` with the merge template
