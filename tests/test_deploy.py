@@ -1,5 +1,5 @@
 """The `chalice deploy` path, run against moto's AWS emulator: enable the stream, deploy, read back, apply the
-failure handling, read back again, delete."""
+failure handling, read back again, delete, clean up."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import os
 import pytest
 
 from tests.projects import chalice, stage_tool
-from tools import alarms, failure_handling, stage
+from tools import alarms, failure_bucket, failure_handling, stage
 
+BUCKET = "email-checker-dev-failures-123456789012-us-east-1"  # moto's account, in the stream's region
 FUNCTION = "email-checker-dev-sync_is_personal_email"
 BACKFILL = "email-checker-dev-backfill_segment"
 RECONCILER = "email-checker-dev-reconcile_discarded_batches"
@@ -61,6 +62,34 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert int(failures["VisibilityTimeout"]) == failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS
     assert (dead["SqsManagedSseEnabled"], dead["MessageRetentionPeriod"]) == ("true", "1209600")
     assert json.loads(dead["Policy"]) == failure_handling.https_only_queue_policy(dead["QueueArn"])
+    backfill_failures_url = sqs.get_queue_url(QueueName="email-checker-dev-backfill-failures")["QueueUrl"]
+    backfill_failures = sqs.get_queue_attributes(QueueUrl=backfill_failures_url, AttributeNames=["All"])["Attributes"]
+    assert backfill_failures["SqsManagedSseEnabled"] == "true"
+    # ... and the on-failure bucket, whose notifications the failure queue lets in (from this bucket only).
+    bucket_arn = f"arn:aws:s3:::{BUCKET}"
+    assert json.loads(failures["Policy"]) == failure_bucket.failure_queue_policy(
+        failures["QueueArn"], bucket_arn, "123456789012"
+    )
+    s3 = emulator.client("s3")
+    assert s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"] == {
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": False}]
+    }
+    public_access = s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"]
+    assert public_access == failure_bucket.PUBLIC_ACCESS_BLOCK
+    assert s3.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
+    assert s3.get_bucket_ownership_controls(Bucket=BUCKET)["OwnershipControls"] == failure_bucket.OWNERSHIP
+    assert s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"] == failure_bucket.api_lifecycle(14)["Rules"]
+    assert json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"]) == failure_bucket.tls_only_policy(bucket_arn)
+    notification = s3.get_bucket_notification_configuration(Bucket=BUCKET)
+    assert (
+        notification["QueueConfigurations"]
+        == failure_bucket.api_notification(failures["QueueArn"])["QueueConfigurations"]
+    )
+    # S3 tested the destination: its test event is the queue's first message (the reconciler ignores it on AWS;
+    # moto runs no function, so it is taken off here).
+    [test_event] = sqs.receive_message(QueueUrl=failures_url, WaitTimeSeconds=1)["Messages"]
+    assert json.loads(test_event["Body"])["Event"] == "s3:TestEvent"
+    sqs.delete_message(QueueUrl=failures_url, ReceiptHandle=test_event["ReceiptHandle"])
 
     # 2. chalice deploy, then read back what it made.
     deployed = chalice(project_copy, "deploy", "--stage", "dev", env=aws_environment)
@@ -74,6 +103,7 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     role_name = function["Role"].rsplit("/", 1)[1]
     attached = iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"]
     assert attached == policy_file
+    assert f"{bucket_arn}/aws/lambda/*" in json.dumps(attached)  # granted from the first deploy on: bound, not applied
     # moto lists mappings by function ARN only (not by name, as Lambda also allows).
     [mapping] = lambda_client.list_event_source_mappings(FunctionName=function["FunctionArn"])["EventSourceMappings"]
     assert (mapping["EventSourceArn"], mapping["BatchSize"], mapping["StartingPosition"]) == (
@@ -108,22 +138,27 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     queue_url = sqs.get_queue_url(QueueName="email-checker-dev-stream-failures")["QueueUrl"]
     queue = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     assert queue["SqsManagedSseEnabled"] == "true"
-    assert json.loads(queue["Policy"]) == failure_handling.https_only_queue_policy(queue["QueueArn"])
+    assert queue["Policy"] == failures["Policy"]
     assert queue["QueueArn"] == failures["QueueArn"] and queue["RedrivePolicy"] == failures["RedrivePolicy"]
     mapping = lambda_client.get_event_source_mapping(UUID=mapping["UUID"])
-    expected = failure_handling.mapping_failure_handling(queue["QueueArn"])
+    expected = failure_handling.mapping_failure_handling(bucket_arn)
     assert {key: mapping[key] for key in expected} == expected
+    assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": bucket_arn}}
+    # The backfill's asynchronous invocations: retried, aged out within the hour, failed ones kept in its queue.
+    invoke_config = lambda_client.get_function_event_invoke_config(FunctionName=BACKFILL, Qualifier="$LATEST")
+    expected_invoke = failure_handling.backfill_invoke_config(backfill_failures["QueueArn"])
+    assert {key: invoke_config[key] for key in expected_invoke} == expected_invoke
     assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, 100)
     variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
     assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
     assert variables["STREAM_ARN"] == stream_arn  # the rest of the environment is kept
     attached = iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"]
-    assert attached == stage.policy_document("email-checker", "dev", stream_arn, queue["QueueArn"])
+    assert attached == stage.policy_document("email-checker", "dev", stream_arn)
     config = json.loads((project_copy / ".chalice" / "config.json").read_text())
     dev = config["stages"]["dev"]["environment_variables"]
-    # The stage remembers the queue (so the next deploy keeps the send permission) but not the partial-failure
-    # mode: a later chalice deploy falls back to raising until this command runs again.
-    assert dev["FAILURE_QUEUE_ARN"] == queue["QueueArn"] and dev["REPORT_BATCH_ITEM_FAILURES"] == "false"
+    # The stage keeps the partial-failure mode off: a later chalice deploy falls back to raising until this command
+    # runs again.
+    assert dev["REPORT_BATCH_ITEM_FAILURES"] == "false" and "FAILURE_QUEUE_ARN" not in dev
     assert json.loads((project_copy / ".chalice" / "policy-dev.json").read_text()) == attached
     # The alarms and the dashboard: the same definitions as the template's, on this path's names.
     cloudwatch = emulator.client("cloudwatch")
@@ -173,11 +208,16 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     repaired = stage_tool(project_copy, "status", "--stage", "dev", env=aws_environment)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
 
-    # 4. The backfill function: reserved concurrency, and no permission on any queue (the fan-out is synchronous).
+    # 4. The backfill function: reserved concurrency, and a send permission on its own failure queue only.
     assert lambda_client.get_function_concurrency(FunctionName=BACKFILL)["ReservedConcurrentExecutions"] == 8
     backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
     assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn)
-    assert "sqs:" not in json.dumps(backfill_policy)
+    [send] = [s for s in backfill_policy["Statement"] if "sqs:SendMessage" in s["Action"]]
+    assert send["Resource"] == backfill_failures["QueueArn"]
+
+    # cleanup refuses while the stage is deployed: the mapping would lose its destination.
+    early = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=aws_environment)
+    assert early.returncode == 2 and "chalice delete --stage dev" in early.stderr
 
     # 5. chalice delete removes the function, its mapping and its role.
     deleted = chalice(project_copy, "delete", "--stage", "dev", env=aws_environment)
@@ -185,6 +225,40 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert lambda_client.list_functions()["Functions"] == []
     assert lambda_client.list_event_source_mappings()["EventSourceMappings"] == []
     assert [role["RoleName"] for role in iam.list_roles()["Roles"]] == []
+
+    # 6. cleanup deletes everything else the steps made: queues, the bucket with every version, alarms, dashboard.
+    # A failure record, overwritten once and deleted (two versions and a delete marker). moto applies the bucket
+    # policy's Deny to object writes without its TLS condition (and speaks HTTP): the objects go in without it.
+    s3.delete_bucket_policy(Bucket=BUCKET)
+    for body in (b"{}", b'{"again": 1}'):
+        s3.put_object(Bucket=BUCKET, Key="aws/lambda/uuid/shard/2026/12/04/record", Body=body)
+    s3.delete_object(Bucket=BUCKET, Key="aws/lambda/uuid/shard/2026/12/04/record")
+    s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(failure_bucket.tls_only_policy(bucket_arn)))
+    other_stage_alarm = "email-checker-dev-eu-Errors"  # another stage whose name starts the same: left alone
+    cloudwatch.put_metric_alarm(AlarmName=other_stage_alarm, **alarms.ALARMS[0].settings())
+    listed = stage_tool(project_copy, "cleanup", "--stage", "dev", env=aws_environment)
+    assert listed.returncode == 0, listed.stderr
+    assert "not deleted: run again with --yes" in listed.stdout
+    for name in (
+        "email-checker-dev-stream-failures",
+        "email-checker-dev-stream-failures-dead",
+        "email-checker-dev-backfill-failures",
+        f"bucket     {BUCKET}",
+        "alarm      email-checker-dev-Errors",
+        "dashboard  email-checker-dev",
+    ):
+        assert name in listed.stdout, name
+    assert other_stage_alarm not in listed.stdout
+    cleaned = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=aws_environment)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"deleted {4 + len(alarms.ALARMS) + 1} resource(s) of stage dev" in cleaned.stdout
+    assert not [url for url in sqs.list_queues().get("QueueUrls", []) if "/email-checker-dev-" in url]
+    assert BUCKET not in [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
+    remaining = cloudwatch.describe_alarms(AlarmNamePrefix="email-checker-dev-")["MetricAlarms"]
+    assert [alarm["AlarmName"] for alarm in remaining] == [other_stage_alarm]
+    assert cloudwatch.list_dashboards(DashboardNamePrefix="email-checker-dev")["DashboardEntries"] == []
+    again = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=aws_environment)
+    assert again.returncode == 0 and "nothing deleted" in again.stdout
 
 
 def test_apply_failure_handling_needs_a_deployed_stage(aws_environment, project_copy):
@@ -210,6 +284,20 @@ def test_enable_stream_reuses_a_stream_that_is_already_on(emulator, aws_environm
     assert dynamodb.describe_table(TableName="Accounts")["Table"]["LatestStreamArn"] == stream_arn
     config = json.loads((project_copy / ".chalice" / "config.json").read_text())
     assert config["stages"]["prod"]["environment_variables"]["STREAM_ARN"] == stream_arn
+    # `queues` again is idempotent: the same bucket and queues, and S3's notification (whose every setting sends the
+    # queue a test event) left as it was.
+    again = stage_tool(project_copy, "queues", "--stage", "prod", env=aws_environment)
+    assert again.returncode == 0, again.stderr
+    assert "on-failure bucket email-checker-prod-failures-123456789012-us-east-1 and queue" in again.stdout
+    sqs = emulator.client("sqs")
+    url = sqs.get_queue_url(QueueName="email-checker-prod-stream-failures")["QueueUrl"]
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    assert [json.loads(m["Body"])["Event"] for m in messages] == ["s3:TestEvent"]
+
+
+def test_queues_needs_a_bound_stage(aws_environment, project_copy):
+    result = stage_tool(project_copy, "queues", "--stage", "dev", env=aws_environment)
+    assert result.returncode == 2 and "has no STREAM_ARN: run enable-stream or bind first" in result.stderr
 
 
 def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_copy):
@@ -226,12 +314,13 @@ def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_
     }
     role = iam.create_role(RoleName="stack-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
     schema = json.loads((project_copy / "schema" / "users-table.json").read_text())
-    queue_arn = {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}
-    settings = failure_handling.mapping_failure_handling(queue_arn)
+    bucket_arn = {"Fn::GetAtt": ["StreamFailureBucket", "Arn"]}
+    settings = failure_handling.mapping_failure_handling(bucket_arn)
     template = {
         "Resources": {
             "UsersTable": {"Type": "AWS::DynamoDB::Table", "Properties": merge_template.table_properties(schema)},
             "StreamFailureQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+            "StreamFailureBucket": {"Type": "AWS::S3::Bucket", "Properties": {}},
             "SyncIsPersonalEmail": {
                 "Type": "AWS::Lambda::Function",
                 "Properties": {

@@ -227,30 +227,3 @@ def test_bind_refuses_an_arn_the_template_would_refuse(arn, problem, tmp_path, p
 def test_what_bind_accepts_the_template_accepts(arn):
     assert split_stream_arn(arn)[2] == "123456789012"
     assert re.fullmatch(STREAM_ARN_PATTERN, arn)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# After `chalice delete`: the stage's queues
-
-
-def test_cleanup_lists_the_queues_then_deletes_them_when_told(tmp_path, project_copy):
-    from localdev.moto_server import MotoServer
-    from tools.stage import dead_letter_queue_name, ensure_failure_queue, failure_queue_name
-
-    with MotoServer() as emulator:
-        sqs = emulator.client("sqs")
-        for name in (failure_queue_name("email-checker", "dev"), dead_letter_queue_name("email-checker", "dev")):
-            ensure_failure_queue(sqs, name)
-        ensure_failure_queue(sqs, failure_queue_name("email-checker", "prod"))
-        environment = without_aws(tmp_path, **emulator.environment())
-        listed = stage_tool(project_copy, "cleanup", "--stage", "dev", env=environment)
-        assert listed.returncode == 0, listed.stderr
-        assert "stream-failures-dead" in listed.stdout and "--yes" in listed.stdout
-        assert len(sqs.list_queues()["QueueUrls"]) == 3
-        deleted = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=environment)
-        assert deleted.returncode == 0 and "deleted 2 queue(s)" in deleted.stdout, deleted.stdout + deleted.stderr
-        assert [url.rsplit("/", 1)[1] for url in sqs.list_queues()["QueueUrls"]] == [
-            "email-checker-prod-stream-failures"
-        ]
-        again = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=environment)
-        assert again.returncode == 0 and "no queue deleted" in again.stdout

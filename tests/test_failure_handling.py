@@ -131,3 +131,33 @@ def test_the_deploy_guard_refuses_a_merge_template_with_another_filter(project_c
     )
     assert refusal.startswith("deploy/merge-template.json's stream filter is not")
     assert "python -m tools.stage merge-template" in refusal
+
+
+def test_update_mapping_waits_for_the_role_to_reach_the_bucket_too():
+    client, stubber = lambda_stub()
+    settings = failure_handling.mapping_failure_handling("arn:aws:s3:::b")
+    stubber.add_client_error(
+        "update_event_source_mapping",
+        "InvalidParameterValueException",
+        "The provided execution role does not have permissions to call PutObject on S3",
+    )
+    stubber.add_response("update_event_source_mapping", {"UUID": UUID}, {"UUID": UUID, **settings})
+    slept = []
+    with stubber:
+        assert failure_handling.update_mapping(client, UUID, settings, sleep=slept.append)["UUID"] == UUID
+    assert slept == [2]
+
+
+def test_the_backfill_async_invocations_end_in_its_failure_queue_within_an_hour():
+    config = failure_handling.backfill_invoke_config("arn:aws:sqs:eu-west-1:123456789012:q")
+    assert config["DestinationConfig"] == {"OnFailure": {"Destination": "arn:aws:sqs:eu-west-1:123456789012:q"}}
+    # Lambda's bounds: 0-2 retries, 60 s to 6 h of age; the queue keeps a failed event longer than Lambda keeps trying.
+    assert 0 <= config["MaximumRetryAttempts"] <= 2
+    assert 60 <= config["MaximumEventAgeInSeconds"] <= 6 * 3600
+    assert config["MaximumEventAgeInSeconds"] < failure_handling.BACKFILL_FAILURE_RETENTION_SECONDS
+    # The same keys put_function_event_invoke_config takes (botocore's model says so).
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("lambda")
+    members = model.operation_model("PutFunctionEventInvokeConfig").input_shape.members
+    assert set(config) <= set(members)

@@ -127,6 +127,11 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "AuditInvariant",
         "AuditInvariantRole",
         "AuditInvariantLogGroup",
+        "StreamFailureBucket",
+        "StreamFailureBucketPolicy",
+        "BackfillFailureQueue",
+        "BackfillFailureQueuePolicy",
+        "BackfillSegmentEventInvokeConfig",
     }
     assert template["Parameters"]["UsersTableStreamArn"]["Default"] == "CREATE"
     assert template["Parameters"]["Stage"]["Default"] == "prod"
@@ -154,7 +159,7 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "BisectBatchOnFunctionError": True,
         "MaximumRetryAttempts": 100,
         "MaximumRecordAgeInSeconds": 21600,
-        "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}}},
+        "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["StreamFailureBucket", "Arn"]}}},
         "FunctionResponseTypes": ["ReportBatchItemFailures"],
         "MetricsConfig": {"Metrics": ["EventCount"]},
         "FilterCriteria": {"Filters": [{"Pattern": '{"eventName": ["INSERT", "MODIFY"]}'}]},
@@ -172,12 +177,12 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
 
     queue = resources["StreamFailureQueue"]["Properties"]
     assert queue["SqsManagedSseEnabled"] is True
-    [https_only] = resources["StreamFailureQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    https_only, _ = resources["StreamFailureQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert https_only["Effect"] == "Deny" and https_only["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert resources["SyncIsPersonalEmailLogGroup"]["Properties"]["RetentionInDays"] == 30
 
 
-def test_the_backfill_function_has_reserved_concurrency_and_no_results_queue(stack_with_table):
+def test_the_backfill_function_has_reserved_concurrency_and_an_asynchronous_failure_queue(stack_with_table):
     template, _ = stack_with_table
     resources = template["Resources"]
     function = resources["BackfillSegment"]["Properties"]
@@ -187,10 +192,110 @@ def test_the_backfill_function_has_reserved_concurrency_and_no_results_queue(sta
     assert "Events" not in function  # invoked by the fan-out only
     # Reserved so a backfill can't take the concurrency the stream handler needs (it has its own 10).
     assert function["ReservedConcurrentExecutions"] == 8
-    # The fan-out invokes it synchronously: no results queue, no asynchronous-invocation config.
-    assert not [name for name in resources if "Results" in name or "EventInvokeConfig" in name]
+    # The reconciler starts it asynchronously: a failed or expired invocation goes to its own queue, never lost.
+    assert not [name for name in resources if "Results" in name]
+    invoke_config = resources["BackfillSegmentEventInvokeConfig"]
+    assert invoke_config["Type"] == "AWS::Lambda::EventInvokeConfig"
+    assert invoke_config["Properties"] == {
+        "FunctionName": {"Ref": "BackfillSegment"},
+        "Qualifier": "$LATEST",
+        "MaximumRetryAttempts": failure_handling.BACKFILL_RETRY_ATTEMPTS,
+        "MaximumEventAgeInSeconds": failure_handling.BACKFILL_EVENT_AGE_SECONDS,
+        "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["BackfillFailureQueue", "Arn"]}}},
+    }
+    [skip] = resources["BackfillSegment"]["Metadata"]["checkov"]["skip"]
+    assert skip["id"] == "CKV_AWS_116" and "BackfillFailureQueue" in skip["comment"]
+    assert resources["BackfillFailureQueue"]["Properties"] == {
+        "SqsManagedSseEnabled": True,
+        "MessageRetentionPeriod": 1_209_600,
+    }
     statements = resources["BackfillSegmentRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-    assert not [s for s in statements if any(action.startswith("sqs:") for action in s["Action"])]
+    sends = [s for s in statements if any(action.startswith("sqs:") for action in s["Action"])]
+    assert sends == [
+        {
+            "Sid": "ReportFailedSegments",
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage"],
+            "Resource": {"Fn::GetAtt": ["BackfillFailureQueue", "Arn"]},
+        }
+    ]
+
+
+def test_the_on_failure_bucket_is_private_encrypted_versioned_expiring_and_notifies_the_failure_queue(
+    stack_with_table,
+):
+    template, _ = stack_with_table
+    resources = template["Resources"]
+    bucket = resources["StreamFailureBucket"]
+    assert bucket["Type"] == "AWS::S3::Bucket"
+    # S3 tests the notification's destination when it is configured: the queue's policy must exist first.
+    assert bucket["DependsOn"] == ["StreamFailureQueuePolicy"]
+    properties = bucket["Properties"]
+    assert properties["BucketEncryption"] == {
+        "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+    }
+    assert properties["PublicAccessBlockConfiguration"] == dict.fromkeys(
+        ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"), True
+    )
+    assert properties["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    expire, markers = properties["LifecycleConfiguration"]["Rules"]
+    assert expire["ExpirationInDays"] == expire["NoncurrentVersionExpiration"]["NoncurrentDays"]
+    assert expire["ExpirationInDays"] == {"Ref": "FailureObjectRetentionDays"}
+    assert template["Parameters"]["FailureObjectRetentionDays"]["Default"] == 14  # the stage's default
+    assert markers["ExpiredObjectDeleteMarker"] is True
+    assert properties["NotificationConfiguration"] == {
+        "QueueConfigurations": [
+            {
+                "Event": "s3:ObjectCreated:*",
+                "Queue": {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]},
+                "Filter": {"S3Key": {"Rules": [{"Name": "prefix", "Value": "aws/lambda/"}]}},
+            }
+        ]
+    }
+    skipped = {skip["id"] for skip in bucket["Metadata"]["checkov"]["skip"]}
+    assert skipped == {"CKV_AWS_18"}  # access logging; each skip has its reason
+    for queue in ("StreamFailureQueue", "StreamFailureDeadLetterQueue", "BackfillFailureQueue"):
+        [queue_skip] = resources[queue]["Metadata"]["checkov"]["skip"]
+        assert queue_skip["id"] == "CKV_AWS_27" and "SSE-SQS" in queue_skip["comment"]
+    assert all(len(skip["comment"]) > 20 for skip in bucket["Metadata"]["checkov"]["skip"])
+    [tls_only] = resources["StreamFailureBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert tls_only["Effect"] == "Deny" and tls_only["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    arn = {"Fn::GetAtt": ["StreamFailureBucket", "Arn"]}
+    assert tls_only["Resource"] == [arn, {"Fn::Join": ["", [arn, "/*"]]}]
+    # The queue lets in this bucket's notifications only: the bucket's name, stated without naming the bucket
+    # resource (which waits for this policy), is the one the bucket gets.
+    _, allow = resources["StreamFailureQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert (allow["Effect"], allow["Principal"], allow["Action"]) == (
+        "Allow",
+        {"Service": "s3.amazonaws.com"},
+        "sqs:SendMessage",
+    )
+    assert allow["Resource"] == {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}
+    assert allow["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    source = allow["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
+    name = properties["BucketName"]["Fn::Sub"]
+    assert source[0] == "arn:${AWS::Partition}:s3:::" + name[0] and source[1] == name[1]
+    stack_id = (
+        "arn:aws:cloudformation:eu-west-1:123456789012:stack/email-checker-prod/51af3dc0-da77-11e4-872e-1234567db123"
+    )
+    resolved = name[0].replace("${StackUuid}", stack_id.split("/")[int(name[1]["StackUuid"]["Fn::Select"][0])])
+    assert resolved == "stream-failures-51af3dc0-da77-11e4-872e-1234567db123" and len(resolved) <= 63
+
+
+def test_package_takes_the_retention_from_the_stage(project_copy, tmp_path):
+    config_path = project_copy / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["stages"]["prod"]["environment_variables"]["FAILURE_OBJECT_RETENTION_DAYS"] = "30"
+    config_path.write_text(json.dumps(config))
+    result = stage_tool(project_copy, "package", "--stage", "prod", "--create-table", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    template = json.loads((tmp_path / "out" / "sam.json").read_text())
+    assert template["Parameters"]["FailureObjectRetentionDays"]["Default"] == 30
+    config["stages"]["prod"]["environment_variables"]["FAILURE_OBJECT_RETENTION_DAYS"] = "0"
+    config_path.write_text(json.dumps(config))
+    refused = stage_tool(project_copy, "package", "--stage", "prod", "--create-table", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "FAILURE_OBJECT_RETENTION_DAYS must be" in refused.stderr
 
 
 def test_every_alarm_reads_back_from_the_packaged_template_as_defined(stack_with_table):
@@ -313,7 +418,8 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
         "KeepTheFlagInSync": (["dynamodb:PartiQLUpdate", "dynamodb:BatchGetItem"], table),
         "ReadTheStream": (["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"], stream),
         "FindTheStream": (["dynamodb:ListStreams"], f"{table}/stream/*"),
-        "ReportDiscardedBatches": (["sqs:SendMessage"], "<StreamFailureQueue.Arn>"),
+        "RecordDiscardedBatches": (["s3:PutObject"], "<StreamFailureBucket.Arn>/aws/lambda/*"),
+        "FindTheFailureBucket": (["s3:ListBucket"], "<StreamFailureBucket.Arn>"),
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<SyncIsPersonalEmailLogGroup.Arn>"),
     }
     assert all(statement["Effect"] == "Allow" for statement in document["Statement"])
@@ -329,19 +435,20 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
         "BackfillTheTable": (["dynamodb:Scan", "dynamodb:PartiQLUpdate"], table),
         "ContinueTheSegment": (["lambda:InvokeFunction"], backfill_arn),
+        "ReleaseTheBackfillLock": (["s3:DeleteObject"], "<StreamFailureBucket.Arn>/backfill-lock/*"),
+        "ReportFailedSegments": (["sqs:SendMessage"], "<BackfillFailureQueue.Arn>"),
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<BackfillSegmentLogGroup.Arn>"),
     }
-    # The reconciler: read the range back, fix its items, consume its queue, start the backfill; nothing else.
+    # The reconciler: read the failure object, fix its items, consume its queue, hold the backfill lock and start
+    # the backfill; nothing on the stream.
     [reconciler] = template["Resources"]["ReconcileDiscardedBatchesRole"]["Properties"]["Policies"]
     document = resolve(
         reconciler["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
     )
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
         "ReconcileTheItems": (["dynamodb:BatchGetItem", TABLE_WRITE_ACTION, "dynamodb:DescribeTable"], table),
-        "ReadTheDiscardedRange": (
-            ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
-            f"{table}/stream/*",
-        ),
+        "ReadDiscardedBatches": (["s3:GetObject"], "<StreamFailureBucket.Arn>/aws/lambda/*"),
+        "HoldTheBackfillLock": (["s3:GetObject", "s3:PutObject"], "<StreamFailureBucket.Arn>/backfill-lock/*"),
         "ConsumeTheFailureQueue": (
             ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"],
             "<StreamFailureQueue.Arn>",
@@ -365,8 +472,9 @@ def test_cfn_lint_passes_on_the_packaged_and_the_transformed_template(stack_with
     [mapping] = [m for m in mappings if m["Properties"]["FunctionName"] == {"Ref": "SyncIsPersonalEmail"}]
     [consumer] = [m for m in mappings if m["Properties"]["FunctionName"] == {"Ref": "ReconcileDiscardedBatches"}]
     assert consumer["Properties"]["EventSourceArn"] == {"Fn::Sub": "${StreamFailureQueue.Arn}"}
-    expected = failure_handling.mapping_failure_handling({"Fn::GetAtt": ["StreamFailureQueue", "Arn"]})
+    expected = failure_handling.mapping_failure_handling({"Fn::GetAtt": ["StreamFailureBucket", "Arn"]})
     assert {key: mapping["Properties"][key] for key in expected} == expected
+    assert "dynamodb:GetRecords" not in json.dumps(cloudformation["Resources"]["ReconcileDiscardedBatchesRole"])
 
 
 def test_cfn_lint_reports_a_mapping_setting_out_of_range(stack_with_table, sam_to_cloudformation, tmp_path):

@@ -39,8 +39,24 @@ def test_the_backfill_policy_scans_and_writes_the_table_only():
         "Action": ["lambda:InvokeFunction"],
         "Resource": "arn:aws:lambda:eu-west-1:123456789012:function:email-checker-prod-backfill_segment",
     }
-    # The fan-out invokes it synchronously: it sends to no queue.
-    assert set(by_sid) == {"BackfillTheTable", "ContinueTheSegment", "WriteLogs"}
+    # It releases the reconciler's lock, and nothing else in the bucket.
+    bucket = "arn:aws:s3:::email-checker-prod-failures-123456789012-eu-west-1"
+    assert (by_sid["ReleaseTheBackfillLock"]["Action"], by_sid["ReleaseTheBackfillLock"]["Resource"]) == (
+        ["s3:DeleteObject"],
+        f"{bucket}/backfill-lock/*",
+    )
+    # Lambda sends its failed asynchronous invocations to its own queue with its role.
+    assert (by_sid["ReportFailedSegments"]["Action"], by_sid["ReportFailedSegments"]["Resource"]) == (
+        ["sqs:SendMessage"],
+        "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-backfill-failures",
+    )
+    assert set(by_sid) == {
+        "BackfillTheTable",
+        "ContinueTheSegment",
+        "ReleaseTheBackfillLock",
+        "ReportFailedSegments",
+        "WriteLogs",
+    }
     # The stream handler's policy never gains Scan.
     handler = stage.policy_document("email-checker", "prod", ARN)
     assert not any("dynamodb:Scan" in statement["Action"] for statement in handler["Statement"])
@@ -56,6 +72,8 @@ def test_policy_is_least_privilege_on_known_arns():
         "dynamodb:GetRecords",
         "dynamodb:GetShardIterator",
         "dynamodb:ListStreams",
+        "s3:PutObject",
+        "s3:ListBucket",
         "logs:CreateLogGroup",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
@@ -63,12 +81,17 @@ def test_policy_is_least_privilege_on_known_arns():
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     assert by_sid["KeepTheFlagInSync"]["Resource"] == "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
     assert by_sid["ReadTheStream"]["Resource"] == ARN
+    # The mapping's on-failure destination: Lambda writes under aws/lambda/ of the stage's own bucket, nothing else.
+    bucket = "arn:aws:s3:::email-checker-prod-failures-123456789012-eu-west-1"
+    assert by_sid["RecordDiscardedBatches"]["Resource"] == f"{bucket}/aws/lambda/*"
+    assert by_sid["FindTheFailureBucket"]["Resource"] == bucket
+    assert "sqs:" not in json.dumps(policy)
     for statement in policy["Statement"]:
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-        assert all(r.startswith("arn:aws:") and ":123456789012:" in r for r in resources)
+        assert all(r.startswith("arn:aws:") and "123456789012" in r and "*" not in r.split("/")[0] for r in resources)
 
 
-def test_the_reconciler_policy_reads_the_range_fixes_items_consumes_its_queue_and_starts_the_backfill():
+def test_the_reconciler_policy_reads_the_failure_object_fixes_items_consumes_its_queue_and_starts_the_backfill():
     policy = stage.reconciler_policy_document("email-checker", "prod", ARN)
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
@@ -78,12 +101,11 @@ def test_the_reconciler_policy_reads_the_range_fixes_items_consumes_its_queue_an
         "dynamodb:DescribeTable",
     ]
     assert by_sid["ReconcileTheItems"]["Resource"] == table
-    assert by_sid["ReadTheDiscardedRange"]["Resource"] == f"{table}/stream/*"
-    assert set(by_sid["ReadTheDiscardedRange"]["Action"]) == {
-        "dynamodb:DescribeStream",
-        "dynamodb:GetRecords",
-        "dynamodb:GetShardIterator",
-    }
+    bucket = "arn:aws:s3:::email-checker-prod-failures-123456789012-eu-west-1"
+    assert by_sid["ReadDiscardedBatches"]["Action"] == ["s3:GetObject"]
+    assert by_sid["ReadDiscardedBatches"]["Resource"] == f"{bucket}/aws/lambda/*"
+    assert by_sid["HoldTheBackfillLock"]["Action"] == ["s3:GetObject", "s3:PutObject"]
+    assert by_sid["HoldTheBackfillLock"]["Resource"] == f"{bucket}/backfill-lock/*"
     assert by_sid["ConsumeTheFailureQueue"]["Resource"] == (
         "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-stream-failures"
     )
@@ -100,14 +122,16 @@ def test_the_reconciler_policy_reads_the_range_fixes_items_consumes_its_queue_an
     assert all("reconcile_discarded_batches" in r for r in by_sid["WriteLogs"]["Resource"])
     assert set(by_sid) == {
         "ReconcileTheItems",
-        "ReadTheDiscardedRange",
+        "ReadDiscardedBatches",
+        "HoldTheBackfillLock",
         "ConsumeTheFailureQueue",
         "StartTheBackfill",
         "WriteLogs",
     }
-    # Neither Scan nor sending: the reconciler fixes the keys it read, and the backfill does the scanning.
+    # Neither Scan nor sending nor the stream: the reconciler fixes the keys the object holds, the backfill scans.
     actions = json.dumps(policy)
     assert "dynamodb:Scan" not in actions and "sqs:SendMessage" not in actions
+    assert "dynamodb:GetRecords" not in actions and "/stream/" not in actions
 
 
 def test_every_policy_writes_with_the_one_write_action():
@@ -191,3 +215,24 @@ def test_bind_writes_stage_into_a_stage_that_lacks_it(project_copy):
     assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
     variables = json.loads(config_path.read_text())["stages"]["prod"]["environment_variables"]
     assert (variables["STAGE"], variables["STREAM_ARN"]) == ("prod", ARN)
+
+
+@pytest.mark.parametrize(
+    ("app", "stage_name", "expected"),
+    [
+        ("email-checker", "prod", "email-checker-prod-failures-123456789012-eu-west-1"),
+        ("email-checker", "Prod_EU", None),
+        ("email-checker", "s" * 64, None),
+        ("a" * 60, "dev", None),
+    ],
+    ids=["plain", "capitals-and-underscore", "long-stage", "long-app"],
+)
+def test_the_failure_bucket_name_is_a_legal_global_name_per_stage(app, stage_name, expected):
+    from tools.arns import BUCKET_NAME, failure_bucket_name
+
+    name = failure_bucket_name(app, stage_name, "123456789012", "eu-west-1")
+    assert BUCKET_NAME.fullmatch(name) and len(name) <= 63 and "--" not in name, name
+    assert name.endswith("-123456789012-eu-west-1")  # global: the account and region make it the stage's own
+    assert expected is None or name == expected
+    # One name per stage: two stages that would read alike once lower-cased get different names.
+    assert failure_bucket_name(app, stage_name.swapcase() + "x", "123456789012", "eu-west-1") != name

@@ -14,6 +14,7 @@ from tools.template_parts import (
     BACKFILL_FUNCTION,
     BACKFILL_LOG_GROUP,
     DEAD_LETTER_QUEUE,
+    FAILURE_BUCKET,
     FUNCTION,
     LOG_GROUP,
     QUEUE,
@@ -64,6 +65,11 @@ SHARD_BOUNDED = (
     "bounded by the stream; a reservation below that throttles shards until records are discarded. "
     "`tools.stage status` checks it against the stream (docs/performance.md, sizing).",
 )
+BUCKET_ACCESS_LOGS = (
+    "CKV_AWS_18",
+    "No access logging: only Lambda's role writes and the reconciler's reads; CloudTrail data events are the audit "
+    "trail if one is required, and a log bucket would need a log bucket of its own.",
+)
 TABLE_KEY = (
     "CKV_AWS_119",
     "Encrypted at rest with the DynamoDB-owned key (SSESpecification.SSEEnabled); a customer-managed key is an "
@@ -79,6 +85,8 @@ SKIPS: dict[str, tuple[tuple[str, str], ...]] = {
     BACKFILL_LOG_GROUP: (LOG_KEY,),
     QUEUE: (SQS_MANAGED_ENCRYPTION,),
     DEAD_LETTER_QUEUE: (SQS_MANAGED_ENCRYPTION,),
+    BACKFILL_FAILURE_QUEUE: (SQS_MANAGED_ENCRYPTION,),
+    FAILURE_BUCKET: (BUCKET_ACCESS_LOGS,),
     TABLE: (TABLE_KEY,),
 }
 

@@ -1,5 +1,6 @@
 """The check `chalice deploy`/`package` run through app.py: a stage's IAM policy files must be the ones its
-STREAM_ARN gives.
+STREAM_ARN gives, may send (sqs:SendMessage) or write objects (s3:PutObject) only to the stage's own queues and
+bucket, and the stage must not switch REPORT_BATCH_ITEM_FAILURES on itself.
 
 A STREAM_ARN edited by hand (without `tools.stage bind`) leaves `.chalice/policy-<stage>.json`,
 `policy-<stage>-backfill.json`, `policy-<stage>-reconciler.json` and `policy-<stage>-audit.json` granting on another
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from chalicelib.budget import budget_problem
-from chalicelib.config import Settings
-from tools.arns import split_stream_arn
+from chalicelib.config import ConfigError, Settings, dead_letter_queue_name, failure_queue_name
+from tools.arns import backfill_failure_queue_arn, split_stream_arn, stage_failure_bucket
 from tools.failure_handling import filter_refusal
 from tools.policies import (
     audit_policy_document,
@@ -31,7 +33,9 @@ from tools.policies import (
 )
 from tools.project import HANDLER
 
-SEND = ["sqs:SendMessage"]
+SEND = "sqs:SendMessage"
+PUT_OBJECT = "s3:PutObject"
+REPORT_SETTING = "REPORT_BATCH_ITEM_FAILURES"
 
 
 def bind_command(stage: str, stream_arn: str = "<arn>") -> str:
@@ -39,10 +43,77 @@ def bind_command(stage: str, stream_arn: str = "<arn>") -> str:
     return f"`python -m tools.stage bind --stage {stage} --stream-arn {stream_arn}`"
 
 
-def queue_arn_in(document: dict[str, Any]) -> str:
-    """The queue the policy lets the function send to (added by apply-failure-handling), or ""."""
-    queues = [s.get("Resource") for s in document.get("Statement", []) if s.get("Action") == SEND]
-    return queues[0] if len(queues) == 1 and isinstance(queues[0], str) else ""
+def listed(value: Any) -> list[Any]:
+    """A policy field that may be one value or a list, as a list."""
+    return value if isinstance(value, list) else [value]
+
+
+def foreign_grant(document: dict[str, Any], action: str, own: Callable[[Any], bool]) -> str | None:
+    """The first resource the policy lets `action` (or a wildcard that covers it) reach that `own` refuses, or None.
+    A NotResource statement reaches nearly everything: it counts as `*`."""
+    for statement in document.get("Statement", []):
+        actions = listed(statement.get("Action", []))
+        allows = statement.get("Effect") == "Allow" and any(
+            isinstance(a, str) and fnmatchcase(action.lower(), a.lower()) for a in actions
+        )
+        if not allows:
+            continue
+        if "NotResource" in statement:
+            return "*"
+        for resource in listed(statement.get("Resource", [])):
+            if not own(resource):
+                return resource if isinstance(resource, str) else json.dumps(resource)
+    return None
+
+
+def destination_refusal(chalice_dir: Path, names: list[str], app_name: str, stage: str, stream_arn: str) -> str | None:
+    """Why a policy file lets a function send messages or write objects outside the stage's own queues and bucket."""
+    partition, region, account, _ = split_stream_arn(stream_arn)
+    queues = {
+        f"arn:{partition}:sqs:{region}:{account}:{name}"
+        for name in (failure_queue_name(app_name, stage), dead_letter_queue_name(app_name, stage))
+    } | {backfill_failure_queue_arn(app_name, stage, stream_arn)}
+    bucket_name, bucket_arn = stage_failure_bucket(app_name, stage, stream_arn)
+    checks = (
+        (SEND, lambda r: r in queues, "queues"),
+        (PUT_OBJECT, lambda r: isinstance(r, str) and r.startswith(f"{bucket_arn}/"), f"bucket {bucket_name}"),
+    )
+    for name in names:
+        try:
+            document = json.loads((chalice_dir / name).read_text())
+        except (OSError, ValueError):
+            continue  # the staleness check names it
+        for action, own, what in checks:
+            if (resource := foreign_grant(document, action, own)) is not None:
+                return (
+                    f"stage {stage}'s .chalice/{name} grants {action} on {resource}, which is not one of the stage's "
+                    f"own {what}: run `python -m tools.stage policies` to regenerate it from STREAM_ARN"
+                )
+    return None
+
+
+def report_mode_refusal(config: dict[str, Any], stage: str) -> str | None:
+    """Why the stage's config switches REPORT_BATCH_ITEM_FAILURES on for the handler itself, or None."""
+    stage_config = config["stages"][stage]
+    scopes = (
+        ("environment_variables", config),
+        (f"lambda_functions.{HANDLER}", config.get("lambda_functions", {}).get(HANDLER, {})),
+        (f"stages.{stage}", stage_config),
+        (f"stages.{stage}.lambda_functions.{HANDLER}", stage_config.get("lambda_functions", {}).get(HANDLER, {})),
+    )
+    for where, scope in scopes:
+        value = scope.get("environment_variables", {}).get(REPORT_SETTING)
+        try:
+            on = value is not None and Settings.from_environ({REPORT_SETTING: value}).report_batch_item_failures
+        except ConfigError:
+            on = True  # not even a boolean: refused all the same
+        if on:
+            return (
+                f"stage {stage} sets {REPORT_SETTING}={value} itself ({where} in .chalice/config.json): set it to "
+                "false; the deploy steps switch it on in the function once its mapping reports partial failures "
+                "(on the `chalice deploy` path Lambda would otherwise ignore the reports and drop the failed items)"
+            )
+    return None
 
 
 def tables_named(document: dict[str, Any]) -> list[str]:
@@ -56,15 +127,21 @@ def tables_named(document: dict[str, Any]) -> list[str]:
     return sorted(named)
 
 
-def stale_policy(path: Path, expected: Callable[[str], dict[str, Any]]) -> str | None:
-    """Why the policy file isn't what `expected(queue ARN)` gives for the stage's stream, or None if it is."""
+def granted_tables(path: Path) -> list[str] | None:
+    """The tables a policy file grants on, or None if it can't be read."""
+    try:
+        return tables_named(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def stale_policy(path: Path, expected: dict[str, Any]) -> str | None:
+    """Why the policy file isn't `expected` (what the stage's stream ARN gives), or None if it is."""
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError):
         return f".chalice/{path.name} (missing or not JSON)"
-    # The send permission on a failure or results queue is the only part the stream ARN doesn't decide: regenerate
-    # with the queue the file names, so a bound, failure-handled stage passes and everything else must match.
-    if document == expected(queue_arn_in(document)):
+    if document == expected:
         return None
     tables = tables_named(document)
     return f".chalice/{path.name}" + (f" (grants on {', '.join(tables)})" if tables else "")
@@ -104,15 +181,25 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
         audit_file = audit_policy_file(config, stage)
     except ValueError as problem:
         return str(problem)
+    if refusal := report_mode_refusal(config, stage):
+        return refusal
     checks = [
-        (handler_policy_file(config, stage), lambda queue: policy_document(app_name, stage, stream_arn, queue)),
-        (backfill_file, lambda _queue: backfill_policy_document(app_name, stage, stream_arn)),
-        (reconciler_file, lambda _queue: reconciler_policy_document(app_name, stage, stream_arn)),
-        (audit_file, lambda _queue: audit_policy_document(app_name, stage, stream_arn)),
+        (handler_policy_file(config, stage), policy_document(app_name, stage, stream_arn)),
+        (backfill_file, backfill_policy_document(app_name, stage, stream_arn)),
+        (reconciler_file, reconciler_policy_document(app_name, stage, stream_arn)),
+        (audit_file, audit_policy_document(app_name, stage, stream_arn)),
     ]
-    stale = [reason for name, expected in checks if (reason := stale_policy(chalice_dir / name, expected))]
+    stale = {name: reason for name, expected in checks if (reason := stale_policy(chalice_dir / name, expected))}
     if not stale:
         return None
+    # Files generated for this stream but edited since: say which grant reaches outside the stage, if one does.
+    # (Files generated for another stream grant on another table, and need bind.)
+    table = tables_named(checks[0][1])
+    if all(granted_tables(chalice_dir / name) == table for name in stale) and (
+        refusal := destination_refusal(chalice_dir, list(stale), app_name, stage, stream_arn)
+    ):
+        return refusal
+    stale = list(stale.values())
     return (
         f"stage {stage}'s IAM policy {'files' if len(stale) > 1 else 'file'} {' and '.join(stale)} "
         f"{'were' if len(stale) > 1 else 'was'} not generated for its STREAM_ARN {stream_arn} (was it set without "

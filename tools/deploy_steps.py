@@ -1,9 +1,9 @@
 """The AWS calls around `chalice deploy` and `chalice delete`: bind a stage to a stream (turning it on), make the
-stage's queues, give the deployed mapping its failure handling, alarms and dashboard, and delete the queues."""
+stage's queues and on-failure bucket, give the deployed mapping its failure handling (and the backfill its
+asynchronous failure handling), alarms and dashboard, and delete everything the steps made."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -13,8 +13,8 @@ import boto3
 
 from chalicelib.config import Settings, backfill_failure_queue_name, dead_letter_queue_name, failure_queue_name
 from tools import alarms, failure_handling
-from tools.arns import split_stream_arn
-from tools.policies import expected_policy, write_policies
+from tools.arns import split_stream_arn, stage_stream_arn
+from tools.policies import write_policies
 from tools.project import (
     BACKFILL,
     CONFIG,
@@ -27,6 +27,31 @@ from tools.project import (
     stage_variables,
     write_json,
 )
+from tools.stage_resources import (
+    StageResources,
+    ask,
+    delete_leftovers,
+    ensure_failure_queue,
+    ensure_reconciler_queues,
+    ensure_stage_resources,
+    find_leftovers,
+)
+
+# Re-exported: tools.stage and localdev import them from here.
+__all__ = [
+    "STREAM_VIEW_TYPE",
+    "apply_failure_handling",
+    "ask",
+    "bind",
+    "cleanup",
+    "deployed_resources",
+    "enable_stream",
+    "ensure_failure_queue",
+    "ensure_reconciler_queues",
+    "ensure_stage_queues",
+    "monitoring_targets",
+    "stage_queues",
+]
 
 STREAM_VIEW_TYPE = "NEW_AND_OLD_IMAGES"
 
@@ -98,79 +123,45 @@ def monitoring_targets(app_name: str, stage: str, function_name: str) -> dict[st
     }
 
 
-def ensure_failure_queue(
-    sqs: Any,
-    name: str,
-    retention_seconds: int = failure_handling.FAILURE_QUEUE_RETENTION_SECONDS,
-    extra_attributes: dict[str, str] | None = None,
-) -> str:
-    """Create the encrypted, TLS-only queue (on-failure or its dead-letter queue), or find it and
-    bring its attributes up to date; its ARN."""
-    # Created bare, then set: CreateQueue refuses an existing queue whose attributes differ from the ones it is given.
-    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    attributes = {
-        "SqsManagedSseEnabled": "true",
-        "MessageRetentionPeriod": str(retention_seconds),
-        "Policy": json.dumps(failure_handling.https_only_queue_policy(queue_arn)),
-        **(extra_attributes or {}),
-    }
-    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes=attributes)
-    return queue_arn
-
-
-def ensure_reconciler_queues(sqs: Any, app_name: str, stage: str) -> tuple[str, str]:
-    """The on-failure queue, made the reconciler's event source (visibility timeout, redrive to its dead-letter
-    queue), and the dead-letter queue; (queue ARN, dead-letter queue ARN)."""
-    dead_letter_arn = ensure_failure_queue(
-        sqs, dead_letter_queue_name(app_name, stage), failure_handling.DEAD_LETTER_RETENTION_SECONDS
-    )
-    queue_arn = ensure_failure_queue(
-        sqs,
-        failure_queue_name(app_name, stage),
-        extra_attributes={
-            "VisibilityTimeout": str(failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS),
-            "RedrivePolicy": json.dumps(failure_handling.redrive_policy(dead_letter_arn)),
-        },
-    )
-    return queue_arn, dead_letter_arn
-
-
-def ensure_stage_queues(stage: str) -> tuple[str, str]:
-    """Make the stage's on-failure queue and dead-letter queue (idempotent); their ARNs."""
-    config = load_config()
+def bound_stream_arn(config: dict[str, Any], stage: str) -> str:
+    """The stage's STREAM_ARN; ValueError pointing at bind when it has none (its resources are named from it)."""
     stage_variables(config, stage)
-    return ensure_reconciler_queues(boto3.session.Session().client("sqs"), config["app_name"], stage)
+    stream_arn = config["stages"][stage]["environment_variables"].get("STREAM_ARN", "")
+    if not stream_arn:
+        raise ValueError(f"stage {stage!r} has no STREAM_ARN: run enable-stream or bind first")
+    return stream_arn
 
 
-def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
-    """Give a `chalice deploy`ed stage the packaged path's failure handling, alarms and dashboard; the queue's ARN.
+def ensure_stage_queues(stage: str) -> StageResources:
+    """Make the stage's queues and on-failure bucket (idempotent), in its stream's account and region."""
+    config = load_config()
+    stream_arn = bound_stream_arn(config, stage)
+    variables = config["stages"][stage]["environment_variables"]
+    return ensure_stage_resources(boto3.session.Session(), config["app_name"], stage, stream_arn, variables)
 
-    The on-failure queue and its dead-letter queue are made sure of again (`enable-stream` or `queues` made them
-    before the first deploy, since the reconciler's SQS event source names the queue).
 
-    The queue's ARN goes into the stage (FAILURE_QUEUE_ARN) so the policy file, which every `chalice deploy`
-    re-attaches, keeps the send permission. REPORT_BATCH_ITEM_FAILURES is switched on in the deployed function only,
-    once the mapping reports partial failures: the stage keeps it off, so a later `chalice deploy` (which may
-    create a new mapping without FunctionResponseTypes) falls back to raising, never to answers nobody reads.
+def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> StageResources:
+    """Give a `chalice deploy`ed stage the packaged path's failure handling, alarms and dashboard; what it made sure of.
+
+    The queues and the bucket are made sure of again (`enable-stream` or `queues` made them before the first deploy,
+    since the reconciler's SQS event source names the queue). The policy files, which every `chalice deploy`
+    attaches, already grant on them: they are derived from the stage's STREAM_ARN.
+
+    REPORT_BATCH_ITEM_FAILURES is switched on in the deployed function only, once the mapping reports partial
+    failures: the stage keeps it off, so a later `chalice deploy` (which may create a new mapping without
+    FunctionResponseTypes) falls back to raising, never to answers nobody reads.
     """
     config = load_config()
     variables = stage_variables(config, stage)
     deployed = deployed_resources(stage)
+    stream_arn = bound_stream_arn(config, stage)
+    backfill = deployed_resources(stage, BACKFILL).get("lambda_function")
     session = boto3.session.Session()
-    queue_arn, _ = ensure_reconciler_queues(session.client("sqs"), config["app_name"], stage)
-    variables["FAILURE_QUEUE_ARN"] = queue_arn
-    write_json(CONFIG, config)
-    write_policies(config)
-    role_name = deployed["iam_role"]["role_name"]
-    # Chalice names the role's inline policy after the role.
-    session.client("iam").put_role_policy(
-        RoleName=role_name, PolicyName=role_name, PolicyDocument=json.dumps(expected_policy(config, stage))
-    )
+    made = ensure_stage_resources(session, config["app_name"], stage, stream_arn, variables)
     lambda_client = session.client("lambda")
     uuid = deployed["dynamodb_event"]["event_uuid"]
     factor = Settings.from_environ(variables).parallelization_factor
-    settings = failure_handling.mapping_failure_handling(queue_arn, factor)
+    settings = failure_handling.mapping_failure_handling(made.bucket_arn, factor)
     failure_handling.update_mapping(lambda_client, uuid, settings)
     failure_handling.wait_for_partial_failures(lambda_client, uuid)
     function_arn = deployed["lambda_function"]["lambda_arn"]
@@ -178,49 +169,42 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> str:
     lambda_client.update_function_configuration(
         FunctionName=function_arn, Environment={"Variables": {**environment, **failure_handling.DEPLOYED_FUNCTION}}
     )
+    if backfill:
+        invoke_config = failure_handling.backfill_invoke_config(made.backfill_failure_queue_arn)
+        failure_handling.with_role_propagation(
+            lambda: lambda_client.put_function_event_invoke_config(
+                FunctionName=backfill["lambda_arn"], Qualifier="$LATEST", **invoke_config
+            )
+        )
     prefix = f"{config['app_name']}-{stage}"
     targets = monitoring_targets(config["app_name"], stage, function_arn.rsplit(":", 1)[1])
     cloudwatch = session.client("cloudwatch")
     alarms.put_alarms(cloudwatch, prefix, targets, alarm_topic_arn)
     alarms.put_dashboard(cloudwatch, prefix, targets, session.region_name)
-    return queue_arn
+    return made
 
 
-def stage_queues(sqs: Any, app_name: str, stage: str) -> list[str]:
-    """URLs of the stage's queues that exist: the on-failure queue and its dead-letter queue (`chalice delete`
-    leaves them, as it did not create them)."""
-    urls = []
-    names = (failure_queue_name(app_name, stage), dead_letter_queue_name(app_name, stage))
-    for name in names:
-        with contextlib.suppress(sqs.exceptions.QueueDoesNotExist):
-            urls.append(sqs.get_queue_url(QueueName=name)["QueueUrl"])
-    return urls
+def stage_queues(stage: str) -> list[str]:
+    """What of the stage's resources exists, one line each (queues, bucket, alarms, dashboard)."""
+    config = load_config()
+    session = boto3.session.Session()
+    return find_leftovers(session, config["app_name"], stage, stage_stream_arn(config, stage)).lines()
 
 
 def cleanup(stage: str, confirm: Callable[[list[str]], bool]) -> list[str]:
-    """After `chalice delete`: delete the stage's queues if `confirm(urls)` says so; the URLs deleted."""
+    """After `chalice delete`: delete what the stage's deploy steps made (queues, the bucket with every object
+    version, alarms, dashboard) if `confirm(lines)` says so; the lines deleted. ValueError while the stage is
+    still deployed (its mapping would lose its destination)."""
     require_stage(stage)
-    sqs = boto3.session.Session().client("sqs")
-    urls = stage_queues(sqs, load_config()["app_name"], stage)
-    if not urls or not confirm(urls):
+    record = DEPLOYED_DIR / f"{stage}.json"
+    if record.exists() and json.loads(record.read_text()).get("resources"):
+        raise ValueError(f"stage {stage!r} is still deployed: run `chalice delete --stage {stage}` first")
+    config = load_config()
+    stream_arn = stage_stream_arn(config, stage)
+    session = boto3.session.Session()
+    leftovers = find_leftovers(session, config["app_name"], stage, stream_arn)
+    lines = leftovers.lines()
+    if not lines or not confirm(lines):
         return []
-    for url in urls:
-        sqs.delete_queue(QueueUrl=url)
-    return urls
-
-
-def ask(urls: list[str], assume_yes: bool) -> bool:
-    """List the queues and ask before deleting them (without a terminal, only --yes deletes)."""
-    print("the stage's queues (`chalice delete` leaves them; messages in them are lost with them):")
-    for url in urls:
-        print(f"  {url}")
-    if assume_yes:
-        return True
-    if not sys.stdin.isatty():
-        print("not deleted: run again with --yes to delete them")
-        return False
-    try:
-        return input("delete them? [y/N] ").strip().lower() in ("y", "yes")
-    except (EOFError, KeyboardInterrupt):
-        print()
-        return False
+    delete_leftovers(session, leftovers, split_stream_arn(stream_arn)[1])
+    return lines

@@ -1,7 +1,9 @@
-"""The event source mapping's failure handling and filter: one definition for both deploy paths and the local mapping.
+"""The event source mapping's failure handling and filter, and the backfill's asynchronous failure handling: one
+definition for both deploy paths and the local mapping.
 
 The keys are the Lambda API's parameter names, which are also the CloudFormation/SAM property names, so the same
-dictionary is merged into the packaged template's DynamoDB event and passed to `update_event_source_mapping`.
+dictionary is merged into the packaged template's DynamoDB event and passed to `update_event_source_mapping` (and
+for the backfill, to `put_function_event_invoke_config` and an AWS::Lambda::EventInvokeConfig).
 
 Why these numbers (Lambda developer guide, "Retain discarded records for a DynamoDB event source in Lambda",
 https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html, and "Configuring partial batch response
@@ -9,8 +11,9 @@ with DynamoDB and Lambda", https://docs.aws.amazon.com/lambda/latest/dg/services
 - a function error is retried until MaximumRetryAttempts or MaximumRecordAgeInSeconds; a partial batch response is
   a failure retried "up to the retry limit", so every retry after one counts; splitting a batch (bisect) "doesn't
   consume the retry quota"; throttles and other errors before invocation are bounded by the record age alone.
-- a discarded batch reaches the on-failure queue as a pointer (shard, sequence numbers) that the reconciler reads
-  back from the stream, whose records live 24 hours. Discarding at 6 hours of age leaves at least 18 hours.
+- a discarded batch reaches the on-failure bucket (tools/failure_bucket.py) as an object holding the batch's records
+  (its `payload`), so the reconciler needs nothing from the stream; the role needs s3:PutObject and s3:ListBucket on
+  it (the same guide). Discarding at 6 hours of age still leaves the stream's 24 hours for a look by hand.
 - one poison record in a batch of 100 costs ceil(log2 100) = 7 failing halves plus their 7 succeeding siblings
   (free), then 1 + 100 attempts alone: about 115 invocations, at most 115 minutes if every one runs into the 60 s
   timeout, so the retry quota, not the age, ends it, and the shard moves on within 2 hours, not 6.
@@ -40,9 +43,9 @@ METRICS_CONFIG = {"Metrics": ["EventCount"]}
 # CreateEventSourceMapping accepted this top-level `eventName` pattern and delivered both an INSERT and a MODIFY
 # (tests/data/filters/c02_ddb_filter_content_or_filter.json, with its source).
 FILTER_PATTERN = {"eventName": ["INSERT", "MODIFY"]}
-# The on-failure queue keeps a discarded batch's pointer (shard, sequence numbers) for the longest SQS allows.
+# The on-failure queue keeps a failure object's notification for the longest SQS allows (the objects' default life).
 FAILURE_QUEUE_RETENTION_SECONDS = 1_209_600
-# apply-failure-handling: IAM takes seconds to minutes to let the role send to the new queue.
+# apply-failure-handling: IAM takes seconds to minutes to let a role use a new destination.
 ROLE_PROPAGATION_DELAYS = (2, 4, 8, 16, 32, 64)
 MAPPING_WAIT_SECONDS = 300
 MAPPING_POLL_SECONDS = 5
@@ -56,6 +59,14 @@ DEAD_LETTER_RETENTION_SECONDS = 1_209_600
 # Lambda refuses an SQS event source whose visibility timeout is below the function's timeout; AWS recommends six
 # times it, so a message isn't redelivered while Lambda still retries a throttled invocation.
 FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * RECONCILER_TIMEOUT_SECONDS
+# The backfill's asynchronous invocations (the reconciler's fallback starts it with InvocationType Event; a segment
+# continues itself the same way). A failed one is retried twice (Lambda's most; every write is idempotent and the
+# event holds the segment's position); one that waits an hour for the backfill's reserved concurrency is not left to
+# Lambda's 6 hours: either way the event goes to the backfill failure queue (a queue of its own, so its alarm means
+# "a backfill chain ended" and nothing redrives it into the reconciler), kept 14 days, to be resumed by hand.
+BACKFILL_RETRY_ATTEMPTS = 2
+BACKFILL_EVENT_AGE_SECONDS = 3600
+BACKFILL_FAILURE_RETENTION_SECONDS = 1_209_600
 
 
 def filter_criteria() -> dict[str, Any]:
@@ -106,10 +117,39 @@ def mapping_failure_handling(failure_destination_arn: Any, parallelization_facto
     }
 
 
+def backfill_invoke_config(failure_queue_arn: Any) -> dict[str, Any]:
+    """The backfill function's asynchronous-invocation settings: retries, event age and the failure queue."""
+    return {
+        "MaximumRetryAttempts": BACKFILL_RETRY_ATTEMPTS,
+        "MaximumEventAgeInSeconds": BACKFILL_EVENT_AGE_SECONDS,
+        "DestinationConfig": {"OnFailure": {"Destination": failure_queue_arn}},
+    }
+
+
 def is_role_propagation_error(error: ClientError) -> bool:
-    """Lambda refusing the on-failure destination because the role can't send to it yet (IAM is still propagating)."""
+    """Lambda refusing a destination because the role can't use it yet (IAM is still propagating): its message
+    names the action (SendMessage on SQS, PutObject or ListBucket on S3)."""
     problem = error.response.get("Error", {})
-    return problem.get("Code") == "InvalidParameterValueException" and "SendMessage" in problem.get("Message", "")
+    message = problem.get("Message", "")
+    return problem.get("Code") == "InvalidParameterValueException" and any(
+        action in message for action in ("SendMessage", "PutObject", "ListBucket")
+    )
+
+
+def with_role_propagation(
+    call: Callable[[], dict[str, Any]],
+    sleep: Callable[[float], None] = time.sleep,
+    delays: tuple[float, ...] = ROLE_PROPAGATION_DELAYS,
+) -> dict[str, Any]:
+    """`call()`, retried with growing delays while Lambda says the role can't use the destination yet."""
+    for delay in delays:
+        try:
+            return call()
+        except ClientError as error:
+            if not is_role_propagation_error(error):
+                raise
+        sleep(delay)
+    return call()
 
 
 def update_mapping(
@@ -119,15 +159,10 @@ def update_mapping(
     sleep: Callable[[float], None] = time.sleep,
     delays: tuple[float, ...] = ROLE_PROPAGATION_DELAYS,
 ) -> dict[str, Any]:
-    """update_event_source_mapping, retried with growing delays while the role's new send permission propagates."""
-    for delay in delays:
-        try:
-            return lambda_client.update_event_source_mapping(UUID=uuid, **settings)
-        except ClientError as error:
-            if not is_role_propagation_error(error):
-                raise
-        sleep(delay)
-    return lambda_client.update_event_source_mapping(UUID=uuid, **settings)
+    """update_event_source_mapping, retried while the role's permission on the destination propagates."""
+    return with_role_propagation(
+        lambda: lambda_client.update_event_source_mapping(UUID=uuid, **settings), sleep, delays
+    )
 
 
 def wait_for_partial_failures(

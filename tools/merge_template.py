@@ -5,8 +5,10 @@
 Chalice deep-merges this into its SAM template: dictionaries merge key by key, anything else replaces. It adds
 - the users table, built from schema/users-table.json (the schema's one source), when the stack parameter
   `UsersTableStreamArn` is CREATE; otherwise the mapping reads the existing table's stream named by that parameter;
-- the mapping's failure handling, metrics and filter (tools/failure_handling.py), with an encrypted on-failure queue,
-  and the handler's partial-failure mode switched on to match `FunctionResponseTypes: [ReportBatchItemFailures]`;
+- the mapping's failure handling, metrics and filter (tools/failure_handling.py), its on-failure destination the
+  bucket `StreamFailureBucket` (tools/failure_bucket.py; its ObjectCreated notifications go to the encrypted failure
+  queue; parameter `FailureObjectRetentionDays`), and the handler's partial-failure mode switched on to match
+  `FunctionResponseTypes: [ReportBatchItemFailures]`;
 - the alarms and dashboard of tools/alarms.py (parameters `Stage`, the metrics' dimension, and `AlarmTopicArn`);
 - the security scan's accepted findings, each in its resource's Metadata with its reason (tools/checkov_skips.py);
 - a log group the template owns, named on the function through `LoggingConfig`, so the role's log permissions name
@@ -14,9 +16,9 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
   `chalice deploy` gets, on the ARNs this stack resolves;
 - for the backfill function `backfill_segment`: its own role policy (Scan and PartiQLUpdate on the table, invoke
-  itself to continue a segment the reconciler started), its log group, and a name derived from the stack's (so that
-  self-invocation permission can name it without a circular reference: stack names up to 47 characters); the
-  fan-out command (`python -m tools.backfill fanout`) invokes it synchronously, so it needs no results queue;
+  itself to continue a segment the reconciler started, release the fallback's lock), its log group, a name derived
+  from the stack's (so that self-invocation permission can name it without a circular reference: stack names up to
+  47 characters), and its asynchronous invocations' retries, age and failure queue `BackfillFailureQueue`;
 - for the reconciler `reconcile_discarded_batches`: its SQS event source pointed at `StreamFailureQueue` (Chalice
   names the `chalice deploy` path's queue), the queue's visibility timeout and redrive policy to the dead-letter
   queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the backfill function's name;
@@ -35,6 +37,7 @@ from tools.checkov_skips import with_checkov_skips
 from tools.policies import LOG_WRITES, backfill_statements, policy_statements, reconciler_statements
 from tools.project import ROOT, write_json
 from tools.template_parts import (
+    BACKFILL_FAILURE_QUEUE,
     BACKFILL_FUNCTION,
     BACKFILL_FUNCTION_NAME,
     BACKFILL_LOG_GROUP,
@@ -45,6 +48,7 @@ from tools.template_parts import (
     DEAD_LETTER_QUEUE,
     DEAD_LETTER_QUEUE_POLICY,
     EVENT_SOURCE,
+    FAILURE_BUCKET,
     FUNCTION,
     HAS_TOPIC,
     LOG_GROUP,
@@ -55,25 +59,32 @@ from tools.template_parts import (
     RECONCILER_FUNCTION,
     RECONCILER_LOG_GROUP,
     RECONCILER_ROLE,
+    RETENTION_PARAMETER,
     ROLE,
     STAGE_PARAMETER,
     STREAM_ARN_PATTERN,
     STREAM_PARAMETER,
     TABLE,
     TOPIC_PARAMETER,
+    backfill_failure_resources,
+    failure_bucket_resources,
     monitoring_resources,
     queue_resources,
     table_properties,
+    template_parameters,
     users_table_or_existing,
 )
 
 # Re-exported: the names the packaging step, status and tests read from here.
 __all__ = [
+    "BACKFILL_FAILURE_QUEUE",
     "CREATE",
     "DEAD_LETTER_QUEUE",
     "EVENT_SOURCE",
+    "FAILURE_BUCKET",
     "FUNCTION",
     "QUEUE",
+    "RETENTION_PARAMETER",
     "STAGE_PARAMETER",
     "STREAM_ARN_PATTERN",
     "STREAM_PARAMETER",
@@ -100,10 +111,13 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
         {"Fn::GetAtt": [TABLE, "Arn"]}, {"Fn::Select": [0, {"Fn::Split": ["/stream/", existing_stream]}]}
     )
     queue_arn = {"Fn::GetAtt": [QUEUE, "Arn"]}
+    bucket_arn = {"Fn::GetAtt": [FAILURE_BUCKET, "Arn"]}
     backfill_arn = {
         "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:" + BACKFILL_FUNCTION_NAME
     }
+    # The queue's policy is the bucket's part: it also lets the bucket's notifications in.
     failure_queue = queue_resources(QUEUE, QUEUE_POLICY, failure_handling.FAILURE_QUEUE_RETENTION_SECONDS)
+    failure_queue.pop(QUEUE_POLICY)
     failure_queue[QUEUE]["Properties"].update(
         {
             "VisibilityTimeout": failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS,
@@ -111,27 +125,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
         }
     )
     return {
-        "Parameters": {
-            STREAM_PARAMETER: {
-                "Type": "String",
-                "Description": (
-                    f"The stream ARN of an existing users table (any key schema: the filter names no key), or "
-                    f"{CREATE} to have this stack create the table from schema/users-table.json."
-                ),
-                "AllowedPattern": f"^({CREATE}|{STREAM_ARN_PATTERN})$",
-                "ConstraintDescription": f"{CREATE} or arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL",
-            },
-            STAGE_PARAMETER: {
-                "Type": "String",
-                "Description": "The Chalice stage: the handler's STAGE, the metrics dimension its alarms watch.",
-                "AllowedPattern": "^[A-Za-z0-9_-]+$",
-            },
-            TOPIC_PARAMETER: {
-                "Type": "String",
-                "Default": "",
-                "Description": "An SNS topic ARN the alarms notify (ALARM and OK); empty: no notifications.",
-            },
-        },
+        "Parameters": template_parameters(),
         "Conditions": {
             CREATES_TABLE: {"Fn::Equals": [existing_stream, CREATE]},
             HAS_TOPIC: {"Fn::Not": [{"Fn::Equals": [{"Ref": TOPIC_PARAMETER}, ""]}]},
@@ -149,6 +143,8 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             **queue_resources(
                 DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_POLICY, failure_handling.DEAD_LETTER_RETENTION_SECONDS
             ),
+            **failure_bucket_resources(),
+            **backfill_failure_resources(),
             LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
             ROLE: {
                 "Properties": {
@@ -163,7 +159,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                                     {"Fn::Join": ["", [table_arn, "/stream/*"]]},
                                     LOG_WRITES,
                                     {"Fn::GetAtt": [LOG_GROUP, "Arn"]},
-                                    queue_arn,
+                                    bucket_arn,
                                 ),
                             },
                         }
@@ -183,6 +179,8 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                                     LOG_WRITES,
                                     {"Fn::GetAtt": [BACKFILL_LOG_GROUP, "Arn"]},
                                     backfill_arn,
+                                    bucket_arn,
+                                    {"Fn::GetAtt": [BACKFILL_FAILURE_QUEUE, "Arn"]},
                                 ),
                             },
                         }
@@ -195,7 +193,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     "LoggingConfig": {"LogGroup": {"Ref": BACKFILL_LOG_GROUP}},
                     # Every function gets the stage's variables; the backfill names its table in each payload.
                     "Environment": {"Variables": {"STREAM_ARN": stream_arn}},
-                }
+                },
             },
             RECONCILER_LOG_GROUP: {
                 "Type": "AWS::Logs::LogGroup",
@@ -210,8 +208,8 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                                 "Version": "2012-10-17",
                                 "Statement": reconciler_statements(
                                     table_arn,
-                                    {"Fn::Join": ["", [table_arn, "/stream/*"]]},
                                     queue_arn,
+                                    bucket_arn,
                                     backfill_arn,
                                     LOG_WRITES,
                                     {"Fn::GetAtt": [RECONCILER_LOG_GROUP, "Arn"]},
@@ -246,14 +244,13 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                             "STREAM_ARN": stream_arn,
                             **failure_handling.DEPLOYED_FUNCTION,
                             "STAGE": {"Ref": STAGE_PARAMETER},
-                            "FAILURE_QUEUE_ARN": queue_arn,
                         }
                     },
                     "Events": {
                         EVENT_SOURCE: {
                             "Properties": {
                                 "Stream": stream_arn,
-                                **failure_handling.mapping_failure_handling(queue_arn),
+                                **failure_handling.mapping_failure_handling(bucket_arn),
                             }
                         }
                     },
@@ -265,6 +262,8 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             "UsersTableStreamArn": {"Value": stream_arn},
             "StreamFailureQueueUrl": {"Value": {"Ref": QUEUE}},
             "StreamFailureDeadLetterQueueUrl": {"Value": {"Ref": DEAD_LETTER_QUEUE}},
+            "StreamFailureBucketName": {"Value": {"Ref": FAILURE_BUCKET}},
+            "BackfillFailureQueueUrl": {"Value": {"Ref": BACKFILL_FAILURE_QUEUE}},
             "ReconcilerFunctionName": {"Value": {"Ref": RECONCILER_FUNCTION}},
             "FunctionLogGroup": {"Value": {"Ref": LOG_GROUP}},
             "BackfillFunctionName": {"Value": {"Ref": BACKFILL_FUNCTION}},

@@ -9,10 +9,12 @@ import tempfile
 from pathlib import Path
 
 from chalicelib.config import UNBOUND_STREAM_ARN, Settings
+from tools.failure_bucket import retention_days
 from tools.merge_template import (
     CREATE,
     EVENT_SOURCE,
     FUNCTION,
+    RETENTION_PARAMETER,
     STAGE_PARAMETER,
     STREAM_PARAMETER,
     expected_merge_template,
@@ -37,6 +39,7 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
     merge_template = expected_merge_template()
     merge_template["Parameters"][STREAM_PARAMETER]["Default"] = CREATE if create_table else stream_arn
     merge_template["Parameters"][STAGE_PARAMETER]["Default"] = stage
+    merge_template["Parameters"][RETENTION_PARAMETER]["Default"] = retention_days(variables)
     event = merge_template["Resources"][FUNCTION]["Properties"]["Events"][EVENT_SOURCE]["Properties"]
     event["ParallelizationFactor"] = Settings.from_environ(variables).parallelization_factor
     with tempfile.TemporaryDirectory() as scratch:

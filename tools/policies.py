@@ -1,12 +1,21 @@
 """The functions' least-privilege IAM policies: the statements (shared with the merge template) and each stage's
-policy files, derived from its STREAM_ARN (and FAILURE_QUEUE_ARN)."""
+policy files, derived from its STREAM_ARN alone (the table, the stream, and the stage's queues and bucket named after
+the app and the stage in the stream's account and region)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from tools.arns import deployed_function_arn, failure_queue_arn, function_arns, stage_stream_arn
+from tools.arns import (
+    backfill_failure_queue_arn,
+    deployed_function_arn,
+    failure_queue_arn,
+    function_arns,
+    stage_failure_bucket,
+    stage_stream_arn,
+)
+from tools.failure_bucket import FAILURE_PREFIX, LOCK_PREFIX, objects
 from tools.project import AUDIT, BACKFILL, CHALICE_DIR, HANDLER, RECONCILER, write_json
 
 TABLE_WRITE_ACTION = "dynamodb:PartiQLUpdate"
@@ -19,7 +28,7 @@ def policy_statements(
     list_streams_arn: Any,
     log_actions: list[str],
     log_resources: Any,
-    failure_queue_arn: Any = None,
+    failure_bucket_arn: Any,
 ) -> list[dict[str, Any]]:
     """The function's least-privilege statements; each ARN is a string or a CloudFormation intrinsic."""
     statements = [
@@ -42,28 +51,32 @@ def policy_statements(
             "Resource": list_streams_arn,
         },
     ]
-    if failure_queue_arn:
-        # The mapping sends a discarded batch's pointer to its on-failure destination with the function's role.
-        statements.append(
-            {
-                "Sid": "ReportDiscardedBatches",
-                "Effect": "Allow",
-                "Action": ["sqs:SendMessage"],
-                "Resource": failure_queue_arn,
-            }
-        )
-    statements.append(
+    # The mapping writes a discarded batch (its record and payload) to the on-failure bucket with the function's role:
+    # the Lambda guide asks for s3:PutObject and s3:ListBucket; Lambda writes under aws/lambda/ only.
+    statements += [
+        {
+            "Sid": "RecordDiscardedBatches",
+            "Effect": "Allow",
+            "Action": ["s3:PutObject"],
+            "Resource": objects(failure_bucket_arn, FAILURE_PREFIX),
+        },
+        {
+            "Sid": "FindTheFailureBucket",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": failure_bucket_arn,
+        },
         {
             "Sid": "WriteLogs",
             "Effect": "Allow",
             "Action": log_actions,
             "Resource": log_resources,
-        }
-    )
+        },
+    ]
     return statements
 
 
-def policy_document(app_name: str, stage: str, stream_arn: str, failure_queue_arn: str = "") -> dict[str, Any]:
+def policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
     """The `chalice deploy` function's policy: only the actions the code and the mapping use, on known ARNs."""
     table_arn, log_group = function_arns(app_name, stage, stream_arn, HANDLER)
     return {
@@ -75,30 +88,44 @@ def policy_document(app_name: str, stage: str, stream_arn: str, failure_queue_ar
             # Lambda creates the function's log group on its first write when `chalice deploy` made the function.
             ["logs:CreateLogGroup", *LOG_WRITES],
             [log_group, f"{log_group}:log-stream:*"],
-            failure_queue_arn,
+            stage_failure_bucket(app_name, stage, stream_arn)[1],
         ),
     }
 
 
 def backfill_statements(
-    table_arn: Any, log_actions: list[str], log_resources: Any, own_arn: Any = None
+    table_arn: Any,
+    log_actions: list[str],
+    log_resources: Any,
+    own_arn: Any,
+    failure_bucket_arn: Any,
+    segment_failure_queue_arn: Any,
 ) -> list[dict[str, Any]]:
     """The backfill function's least-privilege statements: scan and fix the table, continue a self-continuing
-    segment (the reconciler's fallback) by invoking itself (`own_arn`)."""
-    statements = [
+    segment (the reconciler's fallback) by invoking itself (`own_arn`), release the fallback's lock, and the
+    asynchronous failure destination (Lambda sends a failed invocation to it with the function's role)."""
+    return [
         {
             "Sid": "BackfillTheTable",
             "Effect": "Allow",
             "Action": ["dynamodb:Scan", TABLE_WRITE_ACTION],
             "Resource": table_arn,
-        }
+        },
+        {"Sid": "ContinueTheSegment", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": own_arn},
+        {
+            "Sid": "ReleaseTheBackfillLock",
+            "Effect": "Allow",
+            "Action": ["s3:DeleteObject"],
+            "Resource": objects(failure_bucket_arn, LOCK_PREFIX),
+        },
+        {
+            "Sid": "ReportFailedSegments",
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage"],
+            "Resource": segment_failure_queue_arn,
+        },
+        {"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources},
     ]
-    if own_arn:
-        statements.append(
-            {"Sid": "ContinueTheSegment", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": own_arn}
-        )
-    statements.append({"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources})
-    return statements
 
 
 def backfill_policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
@@ -111,20 +138,23 @@ def backfill_policy_document(app_name: str, stage: str, stream_arn: str) -> dict
             ["logs:CreateLogGroup", *LOG_WRITES],
             [log_group, f"{log_group}:log-stream:*"],
             deployed_function_arn(app_name, stage, stream_arn, BACKFILL),
+            stage_failure_bucket(app_name, stage, stream_arn)[1],
+            backfill_failure_queue_arn(app_name, stage, stream_arn),
         ),
     }
 
 
 def reconciler_statements(
     table_arn: Any,
-    streams_arn: Any,
-    failure_queue_arn: Any,
+    reconciler_queue_arn: Any,
+    failure_bucket_arn: Any,
     backfill_function_arn: Any,
     log_actions: list[str],
     log_resources: Any,
 ) -> list[dict[str, Any]]:
-    """The reconciler's least-privilege statements: read the discarded range back, read and fix its items, consume
-    the on-failure queue, and start the backfill when the range is gone."""
+    """The reconciler's least-privilege statements: consume the on-failure queue, read the failure object it names,
+    read and fix the object's items, and (the last resort) take the table's backfill lock and start the backfill.
+    Nothing on the stream: the object holds the batch's records."""
     return [
         {
             "Sid": "ReconcileTheItems",
@@ -134,12 +164,18 @@ def reconciler_statements(
             "Resource": table_arn,
         },
         {
-            "Sid": "ReadTheDiscardedRange",
+            "Sid": "ReadDiscardedBatches",
             "Effect": "Allow",
-            "Action": ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"],
-            # The table's streams, not only the current one: a message may name the stream before a rebind, and
-            # must get its ResourceNotFoundException (then the backfill), not an AccessDenied retried to the DLQ.
-            "Resource": streams_arn,
+            "Action": ["s3:GetObject"],
+            "Resource": objects(failure_bucket_arn, FAILURE_PREFIX),
+        },
+        {
+            # No s3:ListBucket: a GetObject of a lock that doesn't exist answers 403, not 404 (take it with a
+            # conditional PutObject, If-None-Match).
+            "Sid": "HoldTheBackfillLock",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": objects(failure_bucket_arn, LOCK_PREFIX),
         },
         {
             "Sid": "ConsumeTheFailureQueue",
@@ -150,7 +186,7 @@ def reconciler_statements(
                 "sqs:GetQueueAttributes",
                 "sqs:ChangeMessageVisibility",
             ],
-            "Resource": failure_queue_arn,
+            "Resource": reconciler_queue_arn,
         },
         {
             "Sid": "StartTheBackfill",
@@ -162,15 +198,15 @@ def reconciler_statements(
     ]
 
 
-def reconciler_policy_document(app_name: str, stage: str, stream_arn: str, _queue_arn: str = "") -> dict[str, Any]:
+def reconciler_policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
     """The `chalice deploy` reconciler's policy, on the ARNs the stage's stream ARN gives."""
     table_arn, log_group = function_arns(app_name, stage, stream_arn, RECONCILER)
     return {
         "Version": "2012-10-17",
         "Statement": reconciler_statements(
             table_arn,
-            f"{table_arn}/stream/*",
             failure_queue_arn(app_name, stage, stream_arn),
+            stage_failure_bucket(app_name, stage, stream_arn)[1],
             deployed_function_arn(app_name, stage, stream_arn, BACKFILL),
             ["logs:CreateLogGroup", *LOG_WRITES],
             [log_group, f"{log_group}:log-stream:*"],
@@ -179,9 +215,8 @@ def reconciler_policy_document(app_name: str, stage: str, stream_arn: str, _queu
 
 
 def expected_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The policy a stage's file must hold, derived from its STREAM_ARN and FAILURE_QUEUE_ARN."""
-    failure_queue_arn = config["stages"][stage].get("environment_variables", {}).get("FAILURE_QUEUE_ARN", "")
-    return policy_document(config["app_name"], stage, stage_stream_arn(config, stage), failure_queue_arn)
+    """The policy a stage's file must hold, derived from its STREAM_ARN."""
+    return policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
 
 
 def expected_backfill_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -220,16 +255,20 @@ def _function_policy_file(config: dict[str, Any], stage: str, function: str, suf
 
 
 def write_policies(config: dict[str, Any], chalice_dir: Path = CHALICE_DIR) -> list[Path]:
-    """Regenerate every stage's policy file in `chalice_dir` from its STREAM_ARN."""
+    """Regenerate every stage's policy files (handler, backfill, reconciler, audit) in `chalice_dir` from its
+    STREAM_ARN."""
     written = []
     for stage in config["stages"]:
-        path = chalice_dir / handler_policy_file(config, stage)
-        write_json(path, expected_policy(config, stage))
-        backfill_path = chalice_dir / backfill_policy_file(config, stage)
-        write_json(backfill_path, expected_backfill_policy(config, stage))
-        reconciler_path = chalice_dir / reconciler_policy_file(config, stage)
-        write_json(reconciler_path, expected_reconciler_policy(config, stage))
-        written += [path, backfill_path, reconciler_path, write_audit_policy(config, stage, chalice_dir)]
+        stream_arn = stage_stream_arn(config, stage)
+        for file_name, document in (
+            (handler_policy_file, policy_document),
+            (backfill_policy_file, backfill_policy_document),
+            (reconciler_policy_file, reconciler_policy_document),
+            (audit_policy_file, audit_policy_document),
+        ):
+            path = chalice_dir / file_name(config, stage)
+            write_json(path, document(config["app_name"], stage, stream_arn))
+            written.append(path)
     return written
 
 
@@ -258,10 +297,3 @@ def audit_policy_document(app_name: str, stage: str, stream_arn: str) -> dict[st
 def audit_policy_file(config: dict[str, Any], stage: str) -> str:
     """The audit function's policy file name in the stage's config; ValueError naming the key if it is missing."""
     return _function_policy_file(config, stage, AUDIT, "audit")
-
-
-def write_audit_policy(config: dict[str, Any], stage: str, chalice_dir: Path = CHALICE_DIR) -> Path:
-    """Regenerate the stage's audit policy file from its STREAM_ARN."""
-    path = chalice_dir / audit_policy_file(config, stage)
-    write_json(path, audit_policy_document(config["app_name"], stage, stage_stream_arn(config, stage)))
-    return path

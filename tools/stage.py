@@ -4,14 +4,14 @@ give the deployed event source mapping the failure handling Chalice can't set.
 python -m tools.stage enable-stream --stage prod --table-name Users   # UpdateTable (NEW_AND_OLD_IMAGES), then bind
 python -m tools.stage bind --stage dev --stream-arn arn:aws:dynamodb:...:table/Users/stream/2026-...
 python -m tools.stage policies         # regenerate every .chalice/policy-<stage>.json
-python -m tools.stage apply-failure-handling --stage prod [--alarm-topic-arn ARN]   # after `chalice deploy`: queue,
-                                       # mapping settings, env, alarms and dashboard
+python -m tools.stage apply-failure-handling --stage prod [--alarm-topic-arn ARN]   # after `chalice deploy`: queues,
+                                       # bucket, mapping settings, the backfill's async config, env, alarms, dashboard
 python -m tools.stage status --stage prod [--stack-name STACK]   # what is deployed vs what it should be; exit 1 if not
 python -m tools.stage merge-template   # regenerate deploy/merge-template.json from schema/users-table.json
 python -m tools.stage package --stage prod [--create-table] out/   # `chalice package` with the merge template
-python -m tools.stage cleanup --stage dev    # after `chalice delete`: the stage's SQS queues, which it leaves
+python -m tools.stage cleanup --stage dev    # after `chalice delete`: the queues, bucket, alarms, dashboard it leaves
 
-python -m tools.stage queues --stage dev   # the on-failure queue and its dead-letter queue (before `chalice deploy`)
+python -m tools.stage queues --stage dev   # the stage's queues and on-failure bucket (before `chalice deploy`)
 
 Each stage has three policy files: `policy-<stage>.json` for the stream handler, `policy-<stage>-backfill.json` for
 the backfill function (`lambda_functions.backfill_segment` in the stage's config), so only the backfill can Scan, and
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     status_parser.add_argument("--stage", required=True)
     status_parser.add_argument("--stack-name", help="read a CloudFormation stack instead of .chalice/deployed/")
     queues_parser = commands.add_parser(
-        "queues", help="make the on-failure queue and its dead-letter queue (before the first `chalice deploy`)"
+        "queues", help="make the stage's queues and on-failure bucket (before the first `chalice deploy`)"
     )
     queues_parser.add_argument("--stage", required=True)
     commands.add_parser("merge-template", help="regenerate deploy/merge-template.json from the table's schema")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     package_parser.add_argument("--stage", required=True)
     package_parser.add_argument("--create-table", action="store_true", help="the stack creates the users table")
     package_parser.add_argument("out", type=Path)
-    cleanup_parser = commands.add_parser("cleanup", help="after `chalice delete`: delete the stage's SQS queues")
+    cleanup_parser = commands.add_parser("cleanup", help="after `chalice delete`: delete what the deploy steps made")
     cleanup_parser.add_argument("--stage", required=True)
     cleanup_parser.add_argument("--yes", action="store_true", help="delete without asking")
     args = parser.parse_args(argv)
@@ -138,8 +138,10 @@ def run(args: argparse.Namespace) -> int:
         stream_arn = enable_stream(args.stage, args.table_name)
         print(f"stream {stream_arn} is on; stage {args.stage} bound to it (.chalice/config.json, policy file)")
     elif args.command == "apply-failure-handling":
-        queue_arn = apply_failure_handling(args.stage, args.alarm_topic_arn)
-        print(f"mapping of stage {args.stage}: failure handling and filter applied, on-failure queue {queue_arn}")
+        made = apply_failure_handling(args.stage, args.alarm_topic_arn)
+        print(
+            f"mapping of stage {args.stage}: failure handling and filter applied, on-failure bucket {made.bucket_arn}"
+        )
         print(f"alarms and dashboard created: {load_config()['app_name']}-{args.stage}[-<alarm>]")
         print("run this again after every `chalice deploy` of the stage (it is idempotent)")
     elif args.command == "status":
@@ -147,11 +149,11 @@ def run(args: argparse.Namespace) -> int:
 
         return run_status(args.stage, args.stack_name)
     elif args.command == "queues":
-        queue_arn, dead_letter_arn = ensure_stage_queues(args.stage)
-        print(f"on-failure queue {queue_arn} (redrive to {dead_letter_arn}) ready for `chalice deploy`")
+        made = ensure_stage_queues(args.stage)
+        print(f"on-failure bucket {made.bucket_name} and queue {made.failure_queue_arn} ready for `chalice deploy`")
     elif args.command == "cleanup":
-        deleted = cleanup(args.stage, lambda urls: ask(urls, args.yes))
-        print(f"deleted {len(deleted)} queue(s) of stage {args.stage}" if deleted else "no queue deleted")
+        deleted = cleanup(args.stage, lambda lines: ask(lines, args.yes))
+        print(f"deleted {len(deleted)} resource(s) of stage {args.stage}" if deleted else "nothing deleted")
     elif args.command == "merge-template":
         from tools.merge_template import write_merge_template
 

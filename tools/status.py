@@ -21,8 +21,10 @@ from botocore.exceptions import ClientError
 from chalicelib.config import Settings
 from chalicelib.runtime import METRICS_NAMESPACE
 from tools import alarms, failure_handling, sizing
+from tools.arns import stage_stream_arn
 from tools.deployment import Deployment, from_chalice_deploy, from_stack
 from tools.project import HANDLER, RECONCILER, load_config, stage_variables
+from tools.stage_resources import failure_destination_arn
 
 RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerBackfillFallbacks")
 RECONCILER_LINE = "reconciler message"
@@ -149,13 +151,10 @@ def check_sizing(status: Status, session: Any, deployment: Deployment, mapping: 
     status.add("concurrency", text, sizing.concurrency_problem(shards, factor, concurrency, stage))
 
 
-def check_queues(status: Status, sqs: Any, deployment: Deployment) -> str | None:
-    """Both queues' depths; the on-failure queue's ARN."""
-    failure_arn = None
+def check_queues(status: Status, sqs: Any, deployment: Deployment) -> None:
+    """Both queues' depths."""
     for label, name in (("on-failure", deployment.failure_queue), ("dead-letter", deployment.dead_letter_queue)):
         arn, visible, in_flight = queue_depth(sqs, name)
-        if label == "on-failure":
-            failure_arn = arn
         if arn is None:
             missing = f"drift: no {label} queue" if label == "on-failure" else None
             status.add(f"{label} queue", f"{name or '(none)'}: absent", missing)
@@ -166,7 +165,6 @@ def check_queues(status: Status, sqs: Any, deployment: Deployment) -> str | None
             f"{name}: {visible} visible, {in_flight} in flight" + ("  WAITING" if waiting else ""),
             f"messages waiting: {name}" if waiting else None,
         )
-    return failure_arn
 
 
 def check_alarms(status: Status, cloudwatch: Any, deployment: Deployment) -> None:
@@ -219,8 +217,9 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     deployment = from_stack(session, stack_name) if stack_name else from_chalice_deploy(app_name, stage)
     status = Status()
     status.add("stage", f"{stage} from {deployment.source}")
-    failure_arn = check_queues(status, session.client("sqs"), deployment)
-    mapping = check_mapping(status, session, deployment, failure_arn, factor)
+    check_queues(status, session.client("sqs"), deployment)
+    destination = failure_destination_arn(session, app_name, stage, stage_stream_arn(config, stage), stack_name)
+    mapping = check_mapping(status, session, deployment, destination, factor)
     if mapping:
         check_sizing(status, session, deployment, mapping, stage)
     cloudwatch = session.client("cloudwatch")

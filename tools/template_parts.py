@@ -1,12 +1,13 @@
 """The merge template's parts: the logical ids Chalice gives the functions and the ids of what the template adds,
-the table's properties from the schema, queues, and the alarms and dashboard."""
+the table's properties from the schema, queues, the on-failure bucket, the backfill's asynchronous failure handling,
+and the alarms and dashboard."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from tools import alarms, failure_handling
+from tools import alarms, failure_bucket, failure_handling
 
 # Chalice's CloudFormation logical ids for the handler `sync_is_personal_email` (a test packages and checks them).
 FUNCTION = "SyncIsPersonalEmail"
@@ -21,8 +22,6 @@ STAGE_PARAMETER = "Stage"
 TOPIC_PARAMETER = "AlarmTopicArn"
 HAS_TOPIC = "HasAlarmTopic"
 DASHBOARD = "Dashboard"
-# The reconciler's dead-letter queue (its own helper adds it): its alarm is in the template once the queue is.
-DEAD_LETTER_QUEUE = "StreamFailureDeadLetterQueue"
 CREATE = "CREATE"
 CREATES_TABLE = "CreateUsersTable"
 LOG_RETENTION_DAYS = 30
@@ -38,8 +37,19 @@ RECONCILER_EVENT_SOURCE = "ReconcileDiscardedBatchesSqsEventSource"
 RECONCILER_LOG_GROUP = "ReconcileDiscardedBatchesLogGroup"
 DEAD_LETTER_QUEUE = "StreamFailureDeadLetterQueue"
 DEAD_LETTER_QUEUE_POLICY = "StreamFailureDeadLetterQueuePolicy"
-# The asynchronous backfill's on-failure destination (its own helper adds it): its alarm comes with the queue.
+# The on-failure bucket, its policy, and the stage's days to keep its objects.
+FAILURE_BUCKET = "StreamFailureBucket"
+FAILURE_BUCKET_POLICY = "StreamFailureBucketPolicy"
+RETENTION_PARAMETER = "FailureObjectRetentionDays"
+# Where the backfill's failed asynchronous invocations go.
 BACKFILL_FAILURE_QUEUE = "BackfillFailureQueue"
+BACKFILL_FAILURE_QUEUE_POLICY = "BackfillFailureQueuePolicy"
+BACKFILL_INVOKE_CONFIG = "BackfillSegmentEventInvokeConfig"
+# The bucket's name can't come from the bucket (the failure queue's policy names it, and the bucket's notification
+# needs that policy first): the stack's own id gives a name that is global, lower case and fits 63 characters.
+STACK_UUID = {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
+BUCKET_NAME = {"Fn::Sub": ["stream-failures-${StackUuid}", {"StackUuid": STACK_UUID}]}
+BUCKET_ARN_BY_NAME = {"Fn::Sub": ["arn:${AWS::Partition}:s3:::stream-failures-${StackUuid}", {"StackUuid": STACK_UUID}]}
 
 STREAM_ARN_PATTERN = r"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:[0-9]{12}:table/[A-Za-z0-9_.-]{3,255}/stream/.+"
 
@@ -65,6 +75,39 @@ def table_properties(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def template_parameters() -> dict[str, Any]:
+    """The stack's parameters: the table (or CREATE), the stage, the alarms' topic, the failure objects' days."""
+    return {
+        STREAM_PARAMETER: {
+            "Type": "String",
+            "Description": (
+                f"The stream ARN of an existing users table (any key schema: the filter names no key), or "
+                f"{CREATE} to have this stack create the table from schema/users-table.json."
+            ),
+            "AllowedPattern": f"^({CREATE}|{STREAM_ARN_PATTERN})$",
+            "ConstraintDescription": f"{CREATE} or arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL",
+        },
+        STAGE_PARAMETER: {
+            "Type": "String",
+            "Description": "The Chalice stage: the handler's STAGE, the metrics dimension its alarms watch.",
+            "AllowedPattern": "^[A-Za-z0-9_-]+$",
+        },
+        TOPIC_PARAMETER: {
+            "Type": "String",
+            "Default": "",
+            "Description": "An SNS topic ARN the alarms notify (ALARM and OK); empty: no notifications.",
+        },
+        RETENTION_PARAMETER: {
+            "Type": "Number",
+            "Default": failure_bucket.DEFAULT_RETENTION_DAYS,
+            "MinValue": 1,
+            "MaxValue": failure_bucket.MAX_RETENTION_DAYS,
+            "Description": "Days the on-failure bucket keeps a discarded batch's object (the stage's "
+            f"{failure_bucket.RETENTION_SETTING}).",
+        },
+    }
+
+
 def users_table_or_existing(created: Any, existing: Any) -> dict[str, Any]:
     """`created` when this stack makes the table, `existing` otherwise."""
     return {"Fn::If": [CREATES_TABLE, created, existing]}
@@ -82,6 +125,55 @@ def queue_resources(queue: str, policy: str, retention_seconds: int) -> dict[str
             "Properties": {
                 "Queues": [{"Ref": queue}],
                 "PolicyDocument": failure_handling.https_only_queue_policy({"Fn::GetAtt": [queue, "Arn"]}),
+            },
+        },
+    }
+
+
+def failure_bucket_resources() -> dict[str, Any]:
+    """The on-failure bucket (tools/failure_bucket.py), its TLS-only policy, and the failure queue's policy that lets
+    its notifications in; the bucket waits for that policy (S3 tests the destination when it is configured)."""
+    queue_arn = {"Fn::GetAtt": [QUEUE, "Arn"]}
+    bucket_arn = {"Fn::GetAtt": [FAILURE_BUCKET, "Arn"]}
+    return {
+        QUEUE_POLICY: {
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{"Ref": QUEUE}],
+                "PolicyDocument": failure_bucket.failure_queue_policy(
+                    queue_arn, BUCKET_ARN_BY_NAME, {"Ref": "AWS::AccountId"}
+                ),
+            },
+        },
+        FAILURE_BUCKET: {
+            "Type": "AWS::S3::Bucket",
+            "DependsOn": [QUEUE_POLICY],
+            "Properties": failure_bucket.cloudformation_properties(
+                BUCKET_NAME, queue_arn, {"Ref": RETENTION_PARAMETER}
+            ),
+        },
+        FAILURE_BUCKET_POLICY: {
+            "Type": "AWS::S3::BucketPolicy",
+            "Properties": {
+                "Bucket": {"Ref": FAILURE_BUCKET},
+                "PolicyDocument": failure_bucket.tls_only_policy(bucket_arn),
+            },
+        },
+    }
+
+
+def backfill_failure_resources() -> dict[str, Any]:
+    """The backfill's failure queue and its asynchronous-invocation config (retries, event age, the queue)."""
+    return {
+        **queue_resources(
+            BACKFILL_FAILURE_QUEUE, BACKFILL_FAILURE_QUEUE_POLICY, failure_handling.BACKFILL_FAILURE_RETENTION_SECONDS
+        ),
+        BACKFILL_INVOKE_CONFIG: {
+            "Type": "AWS::Lambda::EventInvokeConfig",
+            "Properties": {
+                "FunctionName": {"Ref": BACKFILL_FUNCTION},
+                "Qualifier": "$LATEST",
+                **failure_handling.backfill_invoke_config({"Fn::GetAtt": [BACKFILL_FAILURE_QUEUE, "Arn"]}),
             },
         },
     }
