@@ -110,7 +110,7 @@ def test_a_stage_that_switches_partial_failures_on_itself_is_refused(chalice_dir
     config = json.loads((chalice_dir / "config.json").read_text())
     target = {
         "stage": config["stages"]["prod"],
-        "stage-function": config["stages"]["prod"]["lambda_functions"]["sync_is_personal_email"],
+        "stage-function": config["stages"]["prod"]["lambda_functions"].setdefault("sync_is_personal_email", {}),
         "top": config,
     }[scope]
     target.setdefault("environment_variables", {})["REPORT_BATCH_ITEM_FAILURES"] = value

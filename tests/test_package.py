@@ -203,8 +203,8 @@ def test_the_backfill_function_has_reserved_concurrency_and_an_asynchronous_fail
         "MaximumEventAgeInSeconds": failure_handling.BACKFILL_EVENT_AGE_SECONDS,
         "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["BackfillFailureQueue", "Arn"]}}},
     }
-    [skip] = resources["BackfillSegment"]["Metadata"]["checkov"]["skip"]
-    assert skip["id"] == "CKV_AWS_116" and "BackfillFailureQueue" in skip["comment"]
+    [skip] = [each for each in resources["BackfillSegment"]["Metadata"]["checkov"]["skip"] if each["id"] == "CKV_AWS_116"]
+    assert "BackfillFailureQueue" in skip["comment"]
     assert resources["BackfillFailureQueue"]["Properties"] == {
         "SqsManagedSseEnabled": True,
         "MessageRetentionPeriod": 1_209_600,
@@ -257,7 +257,7 @@ def test_the_on_failure_bucket_is_private_encrypted_versioned_expiring_and_notif
     assert skipped == {"CKV_AWS_18"}  # access logging; each skip has its reason
     for queue in ("StreamFailureQueue", "StreamFailureDeadLetterQueue", "BackfillFailureQueue"):
         [queue_skip] = resources[queue]["Metadata"]["checkov"]["skip"]
-        assert queue_skip["id"] == "CKV_AWS_27" and "SSE-SQS" in queue_skip["comment"]
+        assert queue_skip["id"] == "CKV_AWS_27" and "SqsManagedSseEnabled" in queue_skip["comment"]
     assert all(len(skip["comment"]) > 20 for skip in bucket["Metadata"]["checkov"]["skip"])
     [tls_only] = resources["StreamFailureBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert tls_only["Effect"] == "Deny" and tls_only["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}

@@ -87,6 +87,7 @@ def stack_template(role: str) -> dict:
                 },
             },
             "StreamFailureQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+            "StreamFailureBucket": {"Type": "AWS::S3::Bucket", "Properties": {}},
             "ReconcileDiscardedBatchesLogGroup": {
                 "Type": "AWS::Logs::LogGroup",
                 "Properties": {"LogGroupName": "stack-owned-reconciler-logs"},
@@ -111,7 +112,7 @@ def stack_template(role: str) -> dict:
                     "FunctionName": {"Ref": "SyncIsPersonalEmail"},
                     "EventSourceArn": {"Fn::GetAtt": ["UsersTable", "StreamArn"]},
                     "StartingPosition": "TRIM_HORIZON",
-                    **failure_handling.mapping_failure_handling({"Fn::GetAtt": ["StreamFailureQueue", "Arn"]}),
+                    **failure_handling.mapping_failure_handling({"Fn::GetAtt": ["StreamFailureBucket", "Arn"]}),
                 },
             },
         }
