@@ -8,7 +8,13 @@ from typing import Any
 from chalice import Chalice
 from chalice.app import CloudWatchEvent, DynamoDBEvent, Rate, SQSEvent
 
-from chalicelib.config import UNBOUND_STREAM_ARN, ConfigError, Settings, failure_queue_name
+from chalicelib.config import (
+    RECONCILER_MAXIMUM_CONCURRENCY,
+    UNBOUND_STREAM_ARN,
+    ConfigError,
+    Settings,
+    failure_queue_name,
+)
 from chalicelib.runtime import audit, audit_for, backfill_segment, backfill_worker_for, processor_for, reconciler_for
 
 # Powertools owns the "email-checker" logger (structured JSON); Chalice would add a second, plain-text handler to it.
@@ -74,7 +80,11 @@ def backfill_one_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
 # The stream's on-failure queue by name: `chalice deploy` subscribes to it in the deploying account and region (the
 # queue must exist first: `tools.stage enable-stream` or `queues` makes it); the packaged template's merge points
 # the event source at its own `StreamFailureQueue` instead.
-@app.on_sqs_message(queue=failure_queue_name(app.app_name, SETTINGS.stage), batch_size=1)
+@app.on_sqs_message(
+    queue=failure_queue_name(app.app_name, SETTINGS.stage),
+    batch_size=1,
+    maximum_concurrency=RECONCILER_MAXIMUM_CONCURRENCY,
+)
 def reconcile_discarded_batches(event: SQSEvent) -> None:
     """Bring every item of a discarded batch under the invariant from its S3 on-failure object (the last resort, when
     the batch's records can't be had: the table's locked backfill)."""

@@ -33,6 +33,11 @@ def backfill_failure_queue_name(app_name: str, stage: str) -> str:
     return f"{app_name}-{stage}-backfill-failures"
 
 
+RECONCILER_MAXIMUM_CONCURRENCY = 5
+"""Reconciler invocations the failure queue's event source runs at once (its ScalingConfig): each reads one object and
+writes at most one batch's items, so 5 drain a burst of discarded batches without crowding the table's traffic."""
+
+
 class ConfigError(ValueError):
     """A stage setting is missing or invalid; the message names the environment variable to fix."""
 

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from chalicelib.config import RECONCILER_MAXIMUM_CONCURRENCY
 from tests.projects import BIN, ROOT, chalice, copy_project, stage_tool
 from tools import alarms, failure_handling, merge_template
 from tools.stage import TABLE_WRITE_ACTION
@@ -203,7 +204,9 @@ def test_the_backfill_function_has_reserved_concurrency_and_an_asynchronous_fail
         "MaximumEventAgeInSeconds": failure_handling.BACKFILL_EVENT_AGE_SECONDS,
         "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["BackfillFailureQueue", "Arn"]}}},
     }
-    [skip] = [each for each in resources["BackfillSegment"]["Metadata"]["checkov"]["skip"] if each["id"] == "CKV_AWS_116"]
+    [skip] = [
+        each for each in resources["BackfillSegment"]["Metadata"]["checkov"]["skip"] if each["id"] == "CKV_AWS_116"
+    ]
     assert "BackfillFailureQueue" in skip["comment"]
     assert resources["BackfillFailureQueue"]["Properties"] == {
         "SqsManagedSseEnabled": True,
@@ -349,7 +352,11 @@ def test_every_alarm_reads_back_from_the_packaged_template_as_defined(stack_with
         "OutOfTime",
         "ReconcilerBackfillFallbacks",
         "ReconcilerFailed",
+        "ReconcilerUnusable",
         "AuditDrift",
+        "AuditFailed",
+        "AccessDenied",
+        "FlagInKey",
     }
     for alarm in custom:
         names = [d["Name"] for d in resources[alarm.logical_id]["Properties"]["Dimensions"]]
@@ -376,6 +383,8 @@ def test_the_reconciler_consumes_the_failure_queue_which_redrives_to_its_dead_le
                 "Queue": {"Fn::Sub": "${StreamFailureQueue.Arn}"},
                 "BatchSize": 1,
                 "MaximumBatchingWindowInSeconds": 0,
+                # The reconcilers a burst of discarded batches runs at once (AWS's cap for an SQS event source).
+                "ScalingConfig": {"MaximumConcurrency": RECONCILER_MAXIMUM_CONCURRENCY},
             },
         }
     }

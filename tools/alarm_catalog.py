@@ -218,4 +218,32 @@ ALARMS: tuple[Alarm, ...] = (
         "writes around the handler or drops records (a filter, IAM, a bug). Find it.",
         ONE_MINUTE,
     ),
+    _custom(
+        "AuditFailed",
+        1,
+        "A scheduled audit run failed (its table, its role, throttling): the invariant is not being checked. Read its "
+        "'audit failed' line (the error's type and code).",
+        ONE_MINUTE,
+    ),
+    _custom(
+        "AccessDenied",
+        1,
+        "DynamoDB denied a write (the role lacks dynamodb:PartiQLUpdate, an SCP or a permissions boundary): the items "
+        "are retried and stay wrong until IAM is fixed. Check the function's policy file and the account's guardrails.",
+        ONE_MINUTE,
+    ),
+    _custom(
+        "FlagInKey",
+        1,
+        "FLAG_ATTRIBUTE names a key attribute of the table: the handler can never write the flag. Set the stage's "
+        "FLAG_ATTRIBUTE to a non-key attribute and deploy again.",
+        ONE_MINUTE,
+    ),
+    _custom(
+        "ReconcilerUnusable",
+        1,
+        "The reconciler received a message it can't use (not an S3 notification of an on-failure object, not an "
+        "on-failure record): it was logged and dropped. Read its line; something else sends to the failure queue.",
+        ONE_MINUTE,
+    ),
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tools.audit_template import AUDIT_FUNCTION, AUDIT_LOG_GROUP
 from tools.template_parts import (
     BACKFILL_FAILURE_QUEUE,
     BACKFILL_FUNCTION,
@@ -70,6 +71,17 @@ BUCKET_ACCESS_LOGS = (
     "No access logging: only Lambda's role writes and the reconciler's reads; CloudTrail data events are the audit "
     "trail if one is required, and a log bucket would need a log bucket of its own.",
 )
+SCHEDULED = (
+    "CKV_AWS_116",
+    "Invoked by its schedule: a failed run is retried by Lambda, counted (AuditFailed, alarmed) and superseded by the "
+    "next run, which samples afresh; a dead-letter queue would keep an empty scheduled event.",
+)
+SQS_SCALED = (
+    "CKV_AWS_115",
+    "Capped where AWS advises for an SQS event source: its ScalingConfig.MaximumConcurrency (RECONCILER_MAXIMUM_"
+    "CONCURRENCY); a reservation below the poller's scaling throttles receives, which count toward the dead-letter "
+    "queue's maxReceiveCount.",
+)
 TABLE_KEY = (
     "CKV_AWS_119",
     "Encrypted at rest with the DynamoDB-owned key (SSESpecification.SSEEnabled); a customer-managed key is an "
@@ -78,7 +90,9 @@ TABLE_KEY = (
 
 SKIPS: dict[str, tuple[tuple[str, str], ...]] = {
     FUNCTION: (STREAM_INVOKED, NO_VPC, SHARD_BOUNDED, ENVIRONMENT_KEY),
-    RECONCILER_FUNCTION: (SQS_INVOKED, NO_VPC, ENVIRONMENT_KEY),
+    RECONCILER_FUNCTION: (SQS_INVOKED, NO_VPC, ENVIRONMENT_KEY, SQS_SCALED),
+    AUDIT_FUNCTION: (SCHEDULED, NO_VPC, ENVIRONMENT_KEY),
+    AUDIT_LOG_GROUP: (LOG_KEY,),
     BACKFILL_FUNCTION: (NO_VPC, ENVIRONMENT_KEY),
     LOG_GROUP: (LOG_KEY,),
     RECONCILER_LOG_GROUP: (LOG_KEY,),
