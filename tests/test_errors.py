@@ -347,3 +347,50 @@ def test_the_missing_jar_says_to_run_make(monkeypatch, tmp_path):
     with pytest.raises(dynamodb_local.PrerequisiteMissing, match="run `make deps`") as missing:
         dynamodb_local.find_jar()
     assert "npm ci" not in str(missing.value)
+
+
+def test_following_another_engine_says_its_storage_is_unknown(following, tmp_path):
+    import signal
+    import time
+
+    output, *_ = following
+    endpoint = re.search(r"DynamoDB Local: (\S+)", output.read_text()).group(1)
+    attached = tmp_path / "attached.txt"
+    with attached.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "localdev.run", "--endpoint", endpoint, "--checkpoints", str(tmp_path / "c.json")],
+            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C to stop" not in attached.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, attached.read_text()
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    text = attached.read_text()
+    assert f"DynamoDB: {endpoint} (an engine this command did not start: where it keeps its data is unknown)" in text
+    assert "in memory" not in text and f"--endpoint-url {endpoint} " in text
+
+
+def test_the_put_item_example_names_every_key_attribute_with_its_type():
+    from localdev.run import example_item, put_item_command
+
+    table = {
+        "TableName": "Members",
+        "KeySchema": [
+            {"AttributeName": "tenant", "KeyType": "HASH"},
+            {"AttributeName": "member_no", "KeyType": "RANGE"},
+        ],
+        "AttributeDefinitions": [
+            {"AttributeName": "tenant", "AttributeType": "S"},
+            {"AttributeName": "member_no", "AttributeType": "N"},
+        ],
+    }
+    assert example_item(table, "email") == {
+        "tenant": {"S": "ID1"}, "member_no": {"N": "1"}, "email": {"S": "john@gmail.com"}
+    }  # fmt: skip
+    command = put_item_command("http://127.0.0.1:9", table, "us-east-1")
+    assert '--endpoint-url http://127.0.0.1:9 --table-name Members --item \'{"tenant"' in command
