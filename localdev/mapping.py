@@ -81,8 +81,8 @@ class ShardState:
     """The shard is closed and every record of it was processed."""
     start: str = "TRIM_HORIZON"
     """Where to begin without a checkpoint: LATEST only for a shard that already held records when the mapping was
-    first started (the stage's starting position); every other shard from its first record, as Lambda reads a child
-    shard or one created after the mapping."""
+    first started (the stage's starting position); every other shard from its first record, since all it holds was
+    written after the mapping started."""
     anchored: bool = False
     """The iterator chain stands after a record of the shard (read, checkpointed, or LATEST behind one): only then is
     it kept between reads."""
@@ -385,8 +385,9 @@ class LocalEventSourceMapping:
         self._first_refresh = False
 
     def _holds_records(self, shard: ShardState) -> bool:
-        """Whether the shard has a record now: LATEST on a shard with none would be where its first record may not be
-        (see `_read`), and every record it will hold is new anyway."""
+        """Whether the shard has a record now. On a shard with none, DynamoDB Local may number the first record below
+        where LATEST stands (see `_read`); reading such a shard from its start loses nothing, as all it will hold is
+        new."""
         iterator = self._streams.get_shard_iterator(
             StreamArn=self.stream_arn, ShardId=shard.shard_id, ShardIteratorType="TRIM_HORIZON"
         ).get("ShardIterator")
