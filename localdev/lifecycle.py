@@ -11,11 +11,16 @@ only this process stops them. `spawn` records each one; `handle_signals` install
   returns, and the `with` blocks stop the servers); a second one stops at once as above.
 
 An `atexit` hook stops any server still recorded when the interpreter exits normally.
+
+`exclusive(path, holder)` holds a lock for a command's lifetime (one `make run` per data directory): an flock, which
+the kernel releases once every process holding it has ended, however it ended (a return, an error, a signal's
+`os._exit`, kill -9).
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import signal
 import subprocess
@@ -23,7 +28,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_SECONDS = 5.0
@@ -158,6 +164,33 @@ def graceful() -> Iterator[StopFlag]:
         yield stop
     finally:
         _graceful = None
+
+
+class Locked(RuntimeError):
+    """Another process holds the lock."""
+
+
+@contextmanager
+def exclusive(path: Path, holder: str) -> Iterator[TextIO]:
+    """Hold an exclusive lock on `path` for the block; `Locked`, naming its holders, if another process holds it.
+
+    The file (created if missing) says who holds it: `holder` and this process's id, then whatever the caller adds
+    to the yielded file (a server it passes the descriptor to, which then holds the lock as long as it runs). It is
+    never deleted: a third process could lock a new file while the second still holds the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Other processes get the descriptor only when passed it (Popen closes the rest): with it they hold the lock too.
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holders = ", ".join(line.strip() for line in handle if line.strip()) or "a process"
+            raise Locked(f"held by {holders}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{holder} (process {os.getpid()})\n")
+        handle.flush()
+        yield handle
 
 
 def run_main(body: Callable[[], int], known: tuple[type[BaseException], ...] = ()) -> int:

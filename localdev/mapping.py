@@ -5,6 +5,11 @@ Every shard is followed (parents before children), records go out in stream orde
 finished record: at-least-once, like Lambda. `LocalEventSourceMapping.for_stage` applies the deployed mapping's
 settings, read from tools/failure_handling.py (the one definition both deploy paths use):
 
+- StartingPosition: where a new mapping begins in the shards open when it is created; a mapping with checkpoints
+  resumes after them, and a shard it finds later (a child after a split) holds only records written since, so it is
+  read from its first record. No record is skipped on a shard's way in: see `_read` for the DynamoDB Local numbering
+  that once lost a table's first record after a restart.
+
 - FilterCriteria (https://docs.aws.amazon.com/lambda/latest/dg/invocation-eventfiltering.html): up to five
   filters, ORed; a record none of them matches is never sent to the function and is checkpointed like a processed
   one. Lambda matches the pattern against the record as the function would receive it (`eventName`,
@@ -78,6 +83,13 @@ class ShardState:
     iterator: str | None = None
     finished: bool = False
     """The shard is closed and every record of it was processed."""
+    start: str = "TRIM_HORIZON"
+    """Where to begin without a checkpoint: LATEST only for a shard that already held records when the mapping was
+    first started (the stage's starting position); every other shard from its first record, since all it holds was
+    written after the mapping started."""
+    anchored: bool = False
+    """The iterator chain stands after a record of the shard (read, checkpointed, or LATEST behind one): only then is
+    it kept between reads."""
 
 
 @dataclass(slots=True)
@@ -326,6 +338,9 @@ class LocalEventSourceMapping:
         self._sleep = sleep
         self._shards: dict[str, ShardState] = {}
         self._saved = checkpoints.load(stream_arn) if checkpoints else {}
+        # The starting position applies once, to the shards of a mapping with no checkpoint yet (as Lambda's applies
+        # when the mapping is created); a restart with checkpoints is the same mapping resuming.
+        self._first_refresh = not self._saved
         self._stats_lock = threading.Lock()
         self.stats = MappingStats()
 
@@ -365,15 +380,30 @@ class LocalEventSourceMapping:
             description = self._streams.describe_stream(**request)["StreamDescription"]
             for shard in description.get("Shards", []):
                 if shard["ShardId"] not in self._shards:
-                    self._shards[shard["ShardId"]] = ShardState(
+                    checkpoint = self._saved.get(shard["ShardId"])
+                    state = ShardState(
                         shard_id=shard["ShardId"],
                         parent_id=shard.get("ParentShardId"),
-                        checkpoint=self._saved.get(shard["ShardId"]),
+                        checkpoint=checkpoint,
+                        anchored=checkpoint is not None,
                     )
+                    if self._first_refresh and self.starting_position == "LATEST" and self._holds_records(state):
+                        state.start = "LATEST"
+                    self._shards[state.shard_id] = state
             last = description.get("LastEvaluatedShardId")
             if not last:
-                return
+                break
             request["ExclusiveStartShardId"] = last
+        self._first_refresh = False
+
+    def _holds_records(self, shard: ShardState) -> bool:
+        """Whether the shard has a record now. On a shard with none, DynamoDB Local may number the first record below
+        where LATEST stands (see `_read`); reading such a shard from its start loses nothing, as all it will hold is
+        new."""
+        iterator = self._streams.get_shard_iterator(
+            StreamArn=self.stream_arn, ShardId=shard.shard_id, ShardIteratorType="TRIM_HORIZON"
+        ).get("ShardIterator")
+        return bool(iterator and self._streams.get_records(ShardIterator=iterator, Limit=1).get("Records"))
 
     def _ready(self, shard: ShardState) -> bool:
         if shard.finished:
@@ -387,7 +417,8 @@ class LocalEventSourceMapping:
             if shard.checkpoint:
                 request = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": shard.checkpoint}
             else:
-                request = {"ShardIteratorType": self.starting_position}
+                request = {"ShardIteratorType": shard.start}
+                shard.anchored = shard.anchored or shard.start == "LATEST"
             shard.iterator = self._streams.get_shard_iterator(
                 StreamArn=self.stream_arn, ShardId=shard.shard_id, **request
             ).get("ShardIterator")
@@ -407,6 +438,13 @@ class LocalEventSourceMapping:
             shard.iterator = response.get("NextShardIterator")
             if shard.iterator is None:
                 return records, True
+            shard.anchored = shard.anchored or bool(records)
+            if not shard.anchored:
+                # DynamoDB Local places an iterator on a shard without records at the shard's StartingSequenceNumber,
+                # and after a restart it numbers new records from its last stored one + 1, which can be below that:
+                # the shard's first record would then sit behind this chain for good (and a checkpoint taken after
+                # later records would pass it). Until the shard yields a record, every read starts afresh.
+                shard.iterator = None
             if len(records) >= limit or time.monotonic() >= deadline:
                 return records, False
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))

@@ -6,8 +6,10 @@ event source would (localdev/reconciler_runner.py), until Ctrl-C or SIGTERM (bot
     python -m localdev.run                 # or: make run
     python -m localdev.run --endpoint http://127.0.0.1:8000   # follow a DynamoDB Local that is already running
 
-Write to the table with the AWS CLI or your own code and watch each batch's outcome. Checkpoints are kept per shard,
-so a restart resumes after the last fully processed batch (at-least-once, like Lambda).
+Write to the table with the AWS CLI or your own code and watch each batch's outcome: it prints the put-item command
+for the endpoint in use (port 8000 when free; when it is taken, another, said loudly; a --port that is taken is an
+error). Checkpoints are kept per shard, so a restart resumes after the last fully processed batch (at-least-once,
+like Lambda). One run per data directory and per checkpoint file: a second one is refused while the first runs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from chalicelib.attributes import AttributeNames, attribute_conflict
 from localdev import lifecycle
@@ -33,10 +35,38 @@ if TYPE_CHECKING:
 
 STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
 PREFERRED_PORT = 8000
+LOCK_NAME = "make-run.lock"
 
 
 class PortBusy(RuntimeError):
     """The port asked for is taken."""
+
+
+class InUse(RuntimeError):
+    """Another `make run` uses the same data directory or checkpoint file."""
+
+
+def lock_path(data: Path, kind: str) -> Path:
+    """The lock file of a data directory (inside it) or of a checkpoint file (beside it)."""
+    return data / LOCK_NAME if kind == "data" else data.with_name(data.name + ".lock")
+
+
+def hold(cleanup: ExitStack, path: Path, what: str, option: str) -> TextIO:
+    """Lock `path` until `cleanup` closes (or every process holding it ends); InUse if another run holds it."""
+    try:
+        return cleanup.enter_context(lifecycle.exclusive(path, "make run"))
+    except lifecycle.Locked as locked:
+        raise InUse(
+            f"{what} is in use by another `make run` ({locked}): stop that one first, or give this one its own {option}"
+        ) from None
+
+
+def put_item_command(endpoint: str, table: dict[str, Any], region: str, attributes: AttributeNames) -> str:
+    """The AWS CLI command that writes `example_item` to the table through `endpoint`."""
+    return (
+        f"AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws dynamodb put-item --region {region} "
+        f"--endpoint-url {endpoint} --table-name {table['TableName']} --item {example_item(table, attributes)}"
+    )
 
 
 def describe_batch(summary: dict[str, Any]) -> str:
@@ -145,40 +175,63 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     return FailureQueue(endpoint, queue_url, sqs, dead_letter_url, bucket, s3)
 
 
+def start_engine(
+    cleanup: ExitStack, data_dir: Path, requested_port: int | None, lock: TextIO
+) -> tuple[str, int | None]:
+    """Start DynamoDB Local on `data_dir` (stopped when `cleanup` closes), holding `lock` too; (its endpoint, the
+    preferred port it had to move from, if it did). A requested port that is taken is an error, not a move."""
+    from localdev.dynamodb_local import DynamoDBLocal, free_port, port_is_free
+
+    if requested_port and not port_is_free(requested_port):
+        # Asked for by name: moving it would break whatever the user pointed at it.
+        raise PortBusy(
+            f"port {requested_port} is in use (a DynamoDB Local or `make run` still running?): choose another "
+            f"--port, or follow what listens there with --endpoint http://127.0.0.1:{requested_port}"
+        )
+    port, moved_from = requested_port or PREFERRED_PORT, None
+    if not port_is_free(port):
+        moved_from, port = port, free_port()
+        print(
+            f"warning: port {moved_from} is in use (another DynamoDB Local or `make run`?), so DynamoDB Local "
+            f"listens on port {port} instead: use the put-item command printed below, not the docs' :{moved_from} "
+            "(or stop what holds it, or pass --port)",
+            file=sys.stderr,
+            flush=True,
+        )
+    # The engine inherits the data directory's lock: one left running by a `kill -9` still holds it.
+    engine = cleanup.enter_context(DynamoDBLocal(db_path=data_dir, port=port, pass_fds=(lock.fileno(),)))
+    lock.write(f"DynamoDB Local (process {engine.pid})\n")
+    lock.flush()
+    return engine.endpoint, moved_from
+
+
 def run(args: argparse.Namespace) -> int:
     """Start (or attach to) the engine, ensure the table, and follow its stream until SIGINT or SIGTERM."""
     import boto3
 
-    from localdev.dynamodb_local import (
-        CREDENTIALS,
-        REGION,
-        DynamoDBLocal,
-        endpoint_environment,
-        ensure_table,
-        free_port,
-        port_is_free,
-        table_definition,
-    )
+    from localdev.dynamodb_local import CREDENTIALS, REGION, endpoint_environment, ensure_table, table_definition
     from tools.stage import require_stage
 
     require_stage(args.stage)  # before the engine starts (Chalice would take any name, with no settings)
-    if args.port and not args.endpoint and not port_is_free(args.port):
-        raise PortBusy(
-            f"port {args.port} is in use (a DynamoDB Local or `make run` still running?): choose another --port, "
-            f"or follow what listens there with --endpoint http://127.0.0.1:{args.port}"
-        )
+    data_dir, checkpoints = args.data_dir.resolve(), args.checkpoints.resolve()
     with ExitStack() as cleanup:
-        if args.endpoint:
-            endpoint = args.endpoint
+        # Before the port is chosen: a second run on the same data is refused, not moved to another port.
+        data_lock = (
+            None
+            if args.endpoint
+            else hold(cleanup, lock_path(data_dir, "data"), f"the data directory {data_dir}", "--data-dir")
+        )
+        hold(cleanup, lock_path(checkpoints, "checkpoints"), f"the checkpoint file {checkpoints}", "--checkpoints")
+        if data_lock is None:
+            endpoint, moved_from = args.endpoint, None
         else:
-            port = args.port or (PREFERRED_PORT if port_is_free(PREFERRED_PORT) else free_port())
-            engine = cleanup.enter_context(DynamoDBLocal(db_path=args.data_dir, port=port))
-            endpoint = engine.endpoint
+            endpoint, moved_from = start_engine(cleanup, data_dir, args.port, data_lock)
         os.environ.update(endpoint_environment(endpoint))
         session = boto3.session.Session(region_name=REGION, **CREDENTIALS)
         client = session.client("dynamodb", endpoint_url=endpoint)
         definition = table_definition(**({"TableName": args.table} if args.table else {}))
         stream_arn = ensure_table(client, definition)
+        table = client.describe_table(TableName=definition["TableName"])["Table"]
         if not stream_arn:
             print(
                 f"error: table {definition['TableName']} has no stream; enable NEW_AND_OLD_IMAGES on it",
@@ -196,10 +249,9 @@ def run(args: argparse.Namespace) -> int:
         console = sys.stdout  # the summaries arrive while the quiet invoker has stdout redirected
         invoker.collector.on_summary = lambda summary: print(describe_batch(summary), file=console, flush=True)
         cleanup.callback(invoker.close)
-        args.checkpoints.parent.mkdir(parents=True, exist_ok=True)
+        checkpoints.parent.mkdir(parents=True, exist_ok=True)
         settings = invoker.settings
-        described = client.describe_table(TableName=definition["TableName"])["Table"]
-        conflict = attribute_conflict([key["AttributeName"] for key in described["KeySchema"]], settings.attributes)
+        conflict = attribute_conflict([key["AttributeName"] for key in table["KeySchema"]], settings.attributes)
         if conflict:
             print(f"error: stage {args.stage}: {conflict}", file=sys.stderr)
             return 2
@@ -223,15 +275,17 @@ def run(args: argparse.Namespace) -> int:
             serialized(invoker, one_at_a_time),
             settings,
             on_failure=failures.destination(),
-            checkpoints=CheckpointStore(args.checkpoints),
+            checkpoints=CheckpointStore(checkpoints),
         )
-        storage = "in memory" if args.endpoint else f"data in {args.data_dir}"
-        print(f"DynamoDB Local: {endpoint} ({storage})")
+        if args.endpoint:
+            print(f"DynamoDB: {endpoint} (an engine this command did not start: where it keeps its data is unknown)")
+        else:
+            print(f"DynamoDB Local: {endpoint} (data in {data_dir})")
         print(f"table {definition['TableName']}, stream {stream_arn}")
         print(
             f"following it as stage {args.stage}: batch size {settings.batch_size}, from "
             f"{settings.starting_position}, batching window {settings.maximum_batching_window_in_seconds} s, "
-            f"{mapping.parallelization_factor} batch(es) per shard at once; checkpoints in {args.checkpoints}"
+            f"{mapping.parallelization_factor} batch(es) per shard at once; checkpoints in {checkpoints}"
         )
         print(
             f"failure handling as deployed: bisect {'on' if mapping.bisect else 'off'}, "
@@ -248,12 +302,9 @@ def run(args: argparse.Namespace) -> int:
             f"  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws s3 ls --recursive --region {REGION} "
             f"--endpoint-url {failures.endpoint} s3://{failures.bucket}/"
         )
-        print("try, from another terminal:")
-        print(
-            f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws dynamodb put-item --region {REGION} "
-            f"--endpoint-url {endpoint} --table-name {definition['TableName']} "
-            f"--item {example_item(described, settings.attributes)}"
-        )
+        moved = f" (port {moved_from} was taken: this one is on {endpoint})" if moved_from else ""
+        print(f"try, from another terminal{moved}:")
+        print(f"  {put_item_command(endpoint, table, REGION, settings.attributes)}")
         print("Ctrl-C to stop", flush=True)
         # Ctrl-C and SIGTERM finish the batch in hand, then the engine stops cleanly; a second one stops at once.
         with lifecycle.graceful() as stop:
@@ -288,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         from tools.errors import report_errors
         from tools.stage import UnknownStage
 
-        known = (PrerequisiteMissing, EngineFailed, PortBusy, ConfigError, UnknownStage)
+        known = (PrerequisiteMissing, EngineFailed, PortBusy, InUse, ConfigError, UnknownStage)
         return report_errors(lambda: run(args), known)
 
 

@@ -46,7 +46,7 @@ def test_default_list_is_the_maintained_one_and_holds_the_walkthrough_domains():
 
 
 def test_vendored_list_matches_the_pinned_npm_package():
-    assert refresh_domains.PACKAGE_DIR.is_dir(), "run `npm ci --ignore-scripts` (make test does)"
+    assert refresh_domains.PACKAGE_DIR.is_dir(), "run `make deps` (make test does)"
     text = refresh_domains.render(refresh_domains.package_domains(), refresh_domains.package_version())
     assert refresh_domains.VENDORED.read_text() == text, "stale vendored list: run `make domains`"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -227,3 +228,145 @@ def test_bind_refuses_an_arn_the_template_would_refuse(arn, problem, tmp_path, p
 def test_what_bind_accepts_the_template_accepts(arn):
     assert split_stream_arn(arn)[2] == "123456789012"
     assert re.fullmatch(STREAM_ARN_PATTERN, arn)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# make run: port 8000 taken, one run per data directory, a relative data directory
+
+
+@pytest.fixture(scope="module")
+def port_8000_taken():
+    """make run's preferred port, busy for the module: held here, or by whatever holds it already."""
+    from localdev.run import PREFERRED_PORT
+
+    with socket.socket() as listener:
+        try:
+            listener.bind(("", PREFERRED_PORT))
+            listener.listen()
+        except OSError:
+            pass  # taken already: busy all the same
+        yield PREFERRED_PORT
+
+
+@pytest.fixture(scope="module")
+def following(port_8000_taken, tmp_path_factory):
+    """`make run` with a relative --data-dir and port 8000 taken, followed until Ctrl-C: (its output file, the data
+    directory, the checkpoint file, the arguments it was given)."""
+    import signal
+    import time
+
+    folder = tmp_path_factory.mktemp("following")
+    data, checkpoints = folder / "data", folder / "checkpoints.json"
+    arguments = ["--data-dir", os.path.relpath(data, ROOT), "--checkpoints", os.path.relpath(checkpoints, ROOT)]
+    output = folder / "out.txt"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "localdev.run", *arguments],
+            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C to stop" not in output.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.2)
+        yield output, data, checkpoints, arguments
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+
+
+def test_make_run_says_loudly_that_port_8000_is_taken_and_prints_the_command_for_its_port(following):
+    import time
+
+    output, *_ = following
+    text = output.read_text()
+    [warning] = [line for line in text.splitlines() if line.startswith("warning:")]
+    port = int(re.search(r"listens on port (\d+) instead", warning).group(1))
+    assert "port 8000 is in use" in warning and "use the put-item command printed below" in warning
+    assert f"DynamoDB Local: http://127.0.0.1:{port} (data in" in text
+    [command] = [line.strip() for line in text.splitlines() if "aws dynamodb put-item" in line]
+    assert f"--endpoint-url http://127.0.0.1:{port} " in command and ":8000" not in command
+    if shutil.which("aws") is None:
+        return  # the printed command names the port in use; running it needs the AWS CLI
+    wrote = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert wrote.returncode == 0, wrote.stderr
+    deadline = time.monotonic() + 60
+    while "1 write(s)" not in output.read_text():
+        assert time.monotonic() < deadline, output.read_text()
+        time.sleep(0.2)
+
+
+def test_a_relative_data_dir_is_where_the_engine_keeps_its_data(following):
+    output, data, *_ = following
+    assert f"(data in {data})" in output.read_text()
+    assert (data / "shared-local-instance.db").is_file()
+
+
+def test_a_second_make_run_on_the_same_data_or_checkpoints_is_refused(following, tmp_path):
+    output, data, checkpoints, arguments = following
+    second = python("localdev.run", *arguments, env=dict(os.environ))
+    assert_one_error_line(
+        second, f"the data directory {data} is in use by another `make run`", "DynamoDB Local (process", "--data-dir"
+    )
+    endpoint = re.search(r"DynamoDB Local: (\S+)", output.read_text()).group(1)
+    attached = python("localdev.run", "--endpoint", endpoint, *arguments[2:], env=dict(os.environ))
+    assert_one_error_line(attached, f"the checkpoint file {checkpoints} is in use", "--checkpoints")
+
+
+def test_the_missing_jar_says_to_run_make(monkeypatch, tmp_path):
+    from localdev import dynamodb_local
+
+    monkeypatch.setattr(dynamodb_local, "NPM_PACKAGE", tmp_path / "nothing")
+    with pytest.raises(dynamodb_local.PrerequisiteMissing, match="run `make deps`") as missing:
+        dynamodb_local.find_jar()
+    assert "npm ci" not in str(missing.value)
+
+
+def test_following_another_engine_says_its_storage_is_unknown(following, tmp_path):
+    import signal
+    import time
+
+    output, *_ = following
+    endpoint = re.search(r"DynamoDB Local: (\S+)", output.read_text()).group(1)
+    attached = tmp_path / "attached.txt"
+    with attached.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "localdev.run", "--endpoint", endpoint, "--checkpoints", str(tmp_path / "c.json")],
+            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C to stop" not in attached.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, attached.read_text()
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    text = attached.read_text()
+    assert f"DynamoDB: {endpoint} (an engine this command did not start: where it keeps its data is unknown)" in text
+    assert "in memory" not in text and f"--endpoint-url {endpoint} " in text
+
+
+def test_the_put_item_example_names_every_key_attribute_with_its_type():
+    from chalicelib.attributes import AttributeNames
+    from localdev.run import example_item, put_item_command
+
+    table = {
+        "TableName": "Members",
+        "KeySchema": [
+            {"AttributeName": "tenant", "KeyType": "HASH"},
+            {"AttributeName": "member_no", "KeyType": "RANGE"},
+        ],
+        "AttributeDefinitions": [
+            {"AttributeName": "tenant", "AttributeType": "S"},
+            {"AttributeName": "member_no", "AttributeType": "N"},
+        ],
+    }
+    names = AttributeNames(email="email", flag="is_personal")
+    assert json.loads(shlex.split(example_item(table, names))[0]) == {
+        "tenant": {"S": "ID1"}, "member_no": {"N": "1"}, "email": {"S": "john@gmail.com"}
+    }  # fmt: skip
+    command = put_item_command("http://127.0.0.1:9", table, "us-east-1", names)
+    assert '--endpoint-url http://127.0.0.1:9 --table-name Members --item \'{"tenant"' in command

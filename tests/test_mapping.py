@@ -89,6 +89,85 @@ def test_a_restarted_mapping_resumes_after_its_checkpoint(engine, make_table, tm
     assert int(second.batches[0][0]) > int(first.batches[0][-1])
 
 
+def _cli_table(client, name):
+    """A table as `aws dynamodb create-table` makes it on `make run`'s engine: outside the mapping, with a stream."""
+    client.create_table(
+        TableName=name,
+        AttributeDefinitions=[{"AttributeName": "Id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "Id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
+
+
+def _stream_sequence_numbers(streams, stream_arn):
+    numbers = []
+    for shard in streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(
+            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        numbers += [r["dynamodb"]["SequenceNumber"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
+    return numbers
+
+
+@pytest.mark.parametrize("starting_position", ["TRIM_HORIZON", "LATEST"])
+def test_the_first_write_after_a_restart_is_delivered_on_a_table_made_outside_the_mapping(tmp_path, starting_position):
+    """The lost first record (issue 15): `make run` wrote to its table, a table was created with the AWS CLI on the
+    same engine, `make run --table <it>` restarted, one item written. The restarted engine numbers that item's record
+    below the new shard's StartingSequenceNumber, where it places an iterator on a shard without records."""
+    from chalicelib.config import Settings
+    from localdev.dynamodb_local import DynamoDBLocal, ensure_table, table_definition
+
+    data, store = tmp_path / "dynamodb", CheckpointStore(tmp_path / "checkpoints.json")
+    with DynamoDBLocal(db_path=data) as first_run:
+        client = first_run.client()
+        users = table_definition()
+        users_stream = ensure_table(client, users)
+        client.put_item(TableName=users["TableName"], Item={"Id": {"S": "U1"}, "Email": {"S": "a@example.com"}})
+        LocalEventSourceMapping(first_run.streams_client(), users_stream, Recorder(), checkpoints=store).drain()
+        _cli_table(client, "FromTheCli")
+    with DynamoDBLocal(db_path=data) as second_run:
+        client, streams = second_run.client(), second_run.streams_client()
+        stream_arn = client.describe_table(TableName="FromTheCli")["Table"]["LatestStreamArn"]
+        handler = Recorder()
+        settings = Settings.from_environ({"STARTING_POSITION": starting_position})
+        mapping = LocalEventSourceMapping.for_stage(
+            streams, stream_arn, handler, settings, dynamodb=client, checkpoints=store
+        )
+        assert mapping.poll() == 0  # following the stream before the write, as `make run` is
+        client.put_item(TableName="FromTheCli", Item={"Id": {"S": "ID1"}, "Email": {"S": "john@gmail.com"}})
+        mapping.drain()
+        written = _stream_sequence_numbers(streams, stream_arn)
+        client.put_item(TableName="FromTheCli", Item={"Id": {"S": "ID2"}, "Email": {"S": "jane@gmail.com"}})
+        mapping.drain()
+        everything = _stream_sequence_numbers(streams, stream_arn)
+    assert len(written) == 1 and len(everything) == 2
+    assert [number for batch in handler.batches for number in batch] == everything
+    [checkpoint] = store.load(stream_arn).values()
+    assert checkpoint == everything[-1]
+
+
+def test_latest_skips_only_what_the_shard_held_when_the_mapping_first_started(engine, make_table, tmp_path):
+    table = make_table()
+    put(table, Id="before")
+    store = CheckpointStore(tmp_path / "checkpoints.json")
+    handler = Recorder()
+    mapping = LocalEventSourceMapping(
+        engine.streams_client(), table.stream_arn, handler, starting_position="LATEST", checkpoints=store
+    )
+    assert mapping.poll() == 0
+    put(table, Id="after")
+    mapping.drain()
+    put(table, Id="while stopped")
+    restarted = Recorder()
+    LocalEventSourceMapping(
+        engine.streams_client(), table.stream_arn, restarted, starting_position="LATEST", checkpoints=store
+    ).drain()
+    assert len(handler.batches) == 1 and len(handler.batches[0]) == 1
+    assert len(restarted.batches) == 1 and int(restarted.batches[0][0]) > int(handler.batches[0][0])
+
+
 PARENT = "shardId-00000001795494179909-aaaaaaaa"
 CHILD = "shardId-00000001795494180000-bbbbbbbb"
 FIRST, SECOND = "000000000000000000100", "000000000000000000200"

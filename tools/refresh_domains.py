@@ -38,7 +38,10 @@ def render(domains: list[str], version: str) -> str:
 def main() -> int:
     """Write the vendored list and say how many domains it holds."""
     if not PACKAGE_DIR.is_dir():
-        print("node_modules/free-email-domains is missing: run `npm ci --ignore-scripts` first", file=sys.stderr)
+        print(
+            "node_modules/free-email-domains is missing: run `make domains` (it installs the npm packages first)",
+            file=sys.stderr,
+        )
         return 1
     domains = package_domains()
     VENDORED.write_text(render(domains, package_version()))
