@@ -8,12 +8,16 @@ import os
 
 import pytest
 
-from tests.projects import chalice, stage_tool
+from chalicelib.config import Settings
+from tests.projects import chalice, project_config, stage_tool
 from tools import alarms, failure_handling, stage
+from tools.deploy_guard import handler_timeout
 
 FUNCTION = "email-checker-dev-sync_is_personal_email"
 BACKFILL = "email-checker-dev-backfill_segment"
 RECONCILER = "email-checker-dev-reconcile_discarded_batches"
+
+pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +71,12 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert deployed.returncode == 0, deployed.stderr
     lambda_client, iam = emulator.client("lambda"), emulator.client("iam")
     function = lambda_client.get_function_configuration(FunctionName=FUNCTION)
-    assert function["Timeout"] == 60
+    dev_stage = project_config(project_copy)["stages"]["dev"]  # the stage's values are the user's: read, never assumed
+    batch_size = Settings.from_environ(dev_stage["environment_variables"]).batch_size
+    assert function["Timeout"] == handler_timeout(project_config(project_copy), "dev")
     variables = function["Environment"]["Variables"]
     assert variables["STREAM_ARN"] == stream_arn
-    assert variables["BATCH_SIZE"] == "100" and variables["REPORT_BATCH_ITEM_FAILURES"] == "false"
+    assert variables["BATCH_SIZE"] == str(batch_size) and variables["REPORT_BATCH_ITEM_FAILURES"] == "false"
     role_name = function["Role"].rsplit("/", 1)[1]
     attached = iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"]
     assert attached == policy_file
@@ -78,13 +84,13 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     [mapping] = lambda_client.list_event_source_mappings(FunctionName=function["FunctionArn"])["EventSourceMappings"]
     assert (mapping["EventSourceArn"], mapping["BatchSize"], mapping["StartingPosition"]) == (
         stream_arn,
-        100,
-        "TRIM_HORIZON",
+        batch_size,
+        Settings.from_environ(dev_stage["environment_variables"]).starting_position,
     )
     assert "FunctionResponseTypes" not in mapping and "DestinationConfig" not in mapping
     # The backfill function has a role of its own: only it may Scan, and the handler's role can't.
     backfill = lambda_client.get_function_configuration(FunctionName=BACKFILL)
-    assert backfill["Timeout"] == 900
+    assert backfill["Timeout"] == dev_stage["lambda_functions"][stage.BACKFILL]["lambda_timeout"]
     backfill_role = backfill["Role"].rsplit("/", 1)[1]
     assert backfill_role != role_name
     backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
@@ -113,7 +119,7 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     mapping = lambda_client.get_event_source_mapping(UUID=mapping["UUID"])
     expected = failure_handling.mapping_failure_handling(queue["QueueArn"], failure_handling.filter_criteria("Id", "S"))
     assert {key: mapping[key] for key in expected} == expected
-    assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, 100)
+    assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, batch_size)
     variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
     assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
     assert variables["STREAM_ARN"] == stream_arn  # the rest of the environment is kept
@@ -174,7 +180,8 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
 
     # 4. The backfill function: reserved concurrency, and no permission on any queue (the fan-out is synchronous).
-    assert lambda_client.get_function_concurrency(FunctionName=BACKFILL)["ReservedConcurrentExecutions"] == 8
+    reserved = lambda_client.get_function_concurrency(FunctionName=BACKFILL)["ReservedConcurrentExecutions"]
+    assert reserved == dev_stage["lambda_functions"][stage.BACKFILL]["reserved_concurrency"]
     backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
     assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn)
     assert "sqs:" not in json.dumps(backfill_policy)
