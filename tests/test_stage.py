@@ -180,6 +180,21 @@ def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_
     }
     [policy] = template["Resources"]["SyncIsPersonalEmailRole"]["Properties"]["Policies"]
     assert policy["PolicyDocument"] == stage.policy_document("email-checker", "prod", ARN)
+    # Memory and reserved concurrency, at whichever level the config sets them, reach each function.
+    for logical_id, function_name in (("SyncIsPersonalEmail", stage.HANDLER), ("BackfillSegment", stage.BACKFILL)):
+        packaged = template["Resources"][logical_id]["Properties"]
+        assert packaged["MemorySize"] == chalice_setting(config, "prod", function_name, "lambda_memory_size", 128)
+        reserved = chalice_setting(config, "prod", function_name, "reserved_concurrency", None)
+        assert packaged.get("ReservedConcurrentExecutions") == reserved
+
+
+def chalice_setting(config, stage_name, function, key, default):
+    """A function's setting as Chalice resolves it: the stage's function entry, the stage, the top-level function
+    entry, the top level."""
+    stage_config = config["stages"][stage_name]
+    levels = (stage_config.get("lambda_functions", {}).get(function, {}), stage_config)
+    levels += (config.get("lambda_functions", {}).get(function, {}), config)
+    return next((level[key] for level in levels if key in level), default)
 
 
 def test_a_stage_without_the_backfill_policy_file_is_named():

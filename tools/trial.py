@@ -106,6 +106,7 @@ def leftovers(emulator: Any, app_name: str, stage: str) -> list[str]:
             "DashboardEntries"
         ],
         "role(s)": [r for r in emulator.client("iam").list_roles()["Roles"] if r["RoleName"].startswith(prefix)],
+        "bucket(s)": [b for b in emulator.client("s3").list_buckets()["Buckets"] if prefix[:-1] in b["Name"]],
     }
     return [f"{len(items)} {kind}" for kind, items in found.items() if items]
 
