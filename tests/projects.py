@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from tools.project import copy_project as copy_project  # re-exported: the tests copy the project with it
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PROJECT_PATHS = ("app.py", "chalicelib", "requirements.txt", ".chalice", "tools", "deploy", "schema")
 
 
-def copy_project(target: Path) -> Path:
-    """Copy what Chalice and the tools need into `target`, without deployment records or caches."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_PATHS:
-        source = ROOT / name
-        if source.is_dir():
-            ignored = shutil.ignore_patterns("deployments", "deployed", "__pycache__")
-            shutil.copytree(source, target / name, ignore=ignored)
-        else:
-            shutil.copy(source, target / name)
-    return target
+def project_config(project: Path = ROOT) -> dict:
+    """A project's .chalice/config.json, as a test reads the stage values it checks (never the committed ones)."""
+    return json.loads((project / ".chalice" / "config.json").read_text())
+
+
+def unused_stage_name(project: Path = ROOT) -> str:
+    """A stage name the project's config does not define (a user may add any, `staging` included)."""
+    names = set(project_config(project)["stages"])
+    return next(name for n in range(1000) if (name := f"staging{n or ''}") not in names)
 
 
 def offline_environment() -> dict[str, str]:

@@ -8,13 +8,17 @@ import os
 
 import pytest
 
-from tests.projects import chalice, stage_tool
+from chalicelib.config import Settings
+from tests.projects import chalice, project_config, stage_tool
 from tools import alarms, failure_bucket, failure_handling, stage
+from tools.deploy_guard import handler_timeout
 
 BUCKET = "email-checker-dev-failures-123456789012-us-east-1"  # moto's account, in the stream's region
 FUNCTION = "email-checker-dev-sync_is_personal_email"
 BACKFILL = "email-checker-dev-backfill_segment"
 RECONCILER = "email-checker-dev-reconcile_discarded_batches"
+
+pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +100,12 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert deployed.returncode == 0, deployed.stderr
     lambda_client, iam = emulator.client("lambda"), emulator.client("iam")
     function = lambda_client.get_function_configuration(FunctionName=FUNCTION)
-    assert function["Timeout"] == 60
+    dev_stage = project_config(project_copy)["stages"]["dev"]  # the stage's values are the user's: read, never assumed
+    batch_size = Settings.from_environ(dev_stage["environment_variables"]).batch_size
+    assert function["Timeout"] == handler_timeout(project_config(project_copy), "dev")
     variables = function["Environment"]["Variables"]
     assert variables["STREAM_ARN"] == stream_arn
-    assert variables["BATCH_SIZE"] == "100" and variables["REPORT_BATCH_ITEM_FAILURES"] == "false"
+    assert variables["BATCH_SIZE"] == str(batch_size) and variables["REPORT_BATCH_ITEM_FAILURES"] == "false"
     role_name = function["Role"].rsplit("/", 1)[1]
     attached = iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"]
     assert attached == policy_file
@@ -108,13 +114,13 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     [mapping] = lambda_client.list_event_source_mappings(FunctionName=function["FunctionArn"])["EventSourceMappings"]
     assert (mapping["EventSourceArn"], mapping["BatchSize"], mapping["StartingPosition"]) == (
         stream_arn,
-        100,
-        "TRIM_HORIZON",
+        batch_size,
+        Settings.from_environ(dev_stage["environment_variables"]).starting_position,
     )
     assert "FunctionResponseTypes" not in mapping and "DestinationConfig" not in mapping
     # The backfill function has a role of its own: only it may Scan, and the handler's role can't.
     backfill = lambda_client.get_function_configuration(FunctionName=BACKFILL)
-    assert backfill["Timeout"] == 900
+    assert backfill["Timeout"] == dev_stage["lambda_functions"][stage.BACKFILL]["lambda_timeout"]
     backfill_role = backfill["Role"].rsplit("/", 1)[1]
     assert backfill_role != role_name
     backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
@@ -148,7 +154,7 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     invoke_config = lambda_client.get_function_event_invoke_config(FunctionName=BACKFILL, Qualifier="$LATEST")
     expected_invoke = failure_handling.backfill_invoke_config(backfill_failures["QueueArn"])
     assert {key: invoke_config[key] for key in expected_invoke} == expected_invoke
-    assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, 100)
+    assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, batch_size)
     variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
     assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
     assert variables["STREAM_ARN"] == stream_arn  # the rest of the environment is kept
@@ -209,7 +215,8 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
 
     # 4. The backfill function: reserved concurrency, and a send permission on its own failure queue only.
-    assert lambda_client.get_function_concurrency(FunctionName=BACKFILL)["ReservedConcurrentExecutions"] == 8
+    reserved = lambda_client.get_function_concurrency(FunctionName=BACKFILL)["ReservedConcurrentExecutions"]
+    assert reserved == dev_stage["lambda_functions"][stage.BACKFILL]["reserved_concurrency"]
     backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
     assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn)
     [send] = [s for s in backfill_policy["Statement"] if "sqs:SendMessage" in s["Action"]]

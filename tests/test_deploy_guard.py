@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from chalicelib.config import Settings
-from tests.projects import ROOT, chalice, stage_tool
+from tests.projects import ROOT, chalice, stage_tool, unused_stage_name
 from tools import stage
 from tools.deploy_guard import budget_refusal, deploy_refusal, handler_timeout
 
@@ -17,6 +17,8 @@ ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:
 OTHER_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Accounts/stream/2026-02-01T00:00:00.000"
 QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-stream-failures"
 BUCKET_ARN = "arn:aws:s3:::email-checker-prod-failures-123456789012-eu-west-1"
+
+pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
 
 
 @pytest.fixture
@@ -154,7 +156,8 @@ def test_a_stream_arn_changed_without_bind_is_refused(chalice_dir):
 
 
 def test_the_unbound_placeholder_policies_are_refused_for_a_real_stream(chalice_dir):
-    hand_edit(chalice_dir, ARN)  # the committed files name the placeholder table
+    configure(chalice_dir, STREAM_ARN="")  # unbound: the files name the placeholder table
+    hand_edit(chalice_dir, ARN)
     message = deploy_refusal(chalice_dir.parent, "prod", ARN)
     assert message is not None and "table/unbound" in message and "tools.stage bind --stage prod" in message
 
@@ -199,7 +202,7 @@ def test_a_policy_with_a_statement_nobody_generated_is_refused(chalice_dir):
         ("prod", "", "stage prod has no STREAM_ARN"),
         ("prod", "arn:aws:dynamodb:eu-west-1:1:table/Users", "not a DynamoDB stream ARN"),
         ("", ARN, "STAGE is not set"),
-        ("staging", ARN, "STAGE is 'staging', which is no stage"),
+        (unused_stage_name(), ARN, f"STAGE is {unused_stage_name()!r}, which is no stage"),
     ],
     ids=["no-stream-arn", "not-a-stream-arn", "no-stage", "unknown-stage"],
 )
@@ -207,7 +210,9 @@ def test_every_refusal_points_at_bind(chalice_dir, stage_name, stream_arn, expec
     message = deploy_refusal(chalice_dir.parent, stage_name, stream_arn)
     assert expected in message
     assert "`python -m tools.stage bind --stage " in message
-    assert "config.json" not in message or "no stage of .chalice/config.json" in message
+    # A stage the config lacks: it must be added first (bind refuses it).
+    assert ("`python -m tools.stage add-stage --stage <stage>`" in message) == (expected.startswith("STAGE is"))
+    assert "config.json" not in message or "stage of .chalice/config.json" in message
     assert "environment_variables" not in message
 
 

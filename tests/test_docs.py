@@ -52,6 +52,7 @@ def project_command(command: str) -> list[str] | None:
     return None
 
 
+@pytest.mark.stage_config
 def test_the_front_page_is_short_and_every_link_resolves():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.encode()) < 12_000
@@ -67,6 +68,7 @@ def test_the_front_page_is_short_and_every_link_resolves():
                 assert anchor in anchors, f"README links to #{anchor}, no such section"
 
 
+@pytest.mark.stage_config
 def test_every_project_command_the_docs_show_parses():
     checked = 0
     for page in PAGES:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from localdev.dynamodb_local import DynamoDBLocal, EngineFailed, free_port, last_error, port_is_free
-from tests.projects import copy_project, stage_tool
+from tests.projects import copy_project, project_config, stage_tool, unused_stage_name
 from tools.merge_template import STREAM_ARN_PATTERN
 from tools.stage import split_stream_arn
 
@@ -158,14 +158,16 @@ def test_dynamodb_local_restarts_on_its_port_at_once():
 # Stages: unknown ones and bad settings
 
 
+@pytest.mark.stage_config
 def test_an_unknown_stage_is_refused_everywhere(tmp_path, project_copy):
     environment = without_aws(tmp_path, AWS_DEFAULT_REGION="us-east-1")
-    expected = ("no stage 'staging' in .chalice/config.json", "dev, prod")
-    run = python("localdev.run", "--stage", "staging", "--data-dir", str(tmp_path / "d"), env=environment)
+    name, stages = unused_stage_name(), ", ".join(project_config()["stages"])
+    expected = (f"no stage {name!r} in .chalice/config.json", stages, f"add-stage --stage {name}")
+    run = python("localdev.run", "--stage", name, "--data-dir", str(tmp_path / "d"), env=environment)
     assert_one_error_line(run, *expected)
-    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", "staging", env=environment)
+    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", name, env=environment)
     assert_one_error_line(backfill, *expected)
-    bind = stage_tool(project_copy, "bind", "--stage", "staging", "--stream-arn", GOOD_ARN, env=environment)
+    bind = stage_tool(project_copy, "bind", "--stage", name, "--stream-arn", GOOD_ARN, env=environment)
     assert_one_error_line(bind, *expected)
 
 

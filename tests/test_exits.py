@@ -190,3 +190,22 @@ def test_the_backfill_bench_stops_on_sigterm(tmp_path):
     time.sleep(4.0)
     interrupt(process, signal.SIGTERM)
     assert_stopped_cleanly(process, marker, output, signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    ("number", "moment"), [(signal.SIGINT, "$ .venv/bin/chalice deploy"), (signal.SIGTERM, "table Users on moto")]
+)
+def test_the_moto_trial_stops_on_a_signal_with_its_step_and_moto(number, moment, tmp_path):
+    process, marker, output = start(["tools.trial", "--work-dir", str(tmp_path / "trial")], tmp_path)
+    assert wait_for(output, moment, 120), output.read_text()
+    interrupt(process, number)
+    assert_stopped_cleanly(process, marker, output, number)
+    # Not only the servers: the step that was running (chalice deploy) is stopped too.
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _carries(p, marker)]
+
+
+def _carries(entry: Path, marker: str) -> bool:
+    try:
+        return f"{MARKER}={marker}".encode() in (entry / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False

@@ -132,9 +132,7 @@ def test_the_first_write_after_a_restart_is_delivered_on_a_table_made_outside_th
         stream_arn = client.describe_table(TableName="FromTheCli")["Table"]["LatestStreamArn"]
         handler = Recorder()
         settings = Settings.from_environ({"STARTING_POSITION": starting_position})
-        mapping = LocalEventSourceMapping.for_stage(
-            streams, stream_arn, handler, settings, checkpoints=store
-        )
+        mapping = LocalEventSourceMapping.for_stage(streams, stream_arn, handler, settings, checkpoints=store)
         assert mapping.poll() == 0  # following the stream before the write, as `make run` is
         client.put_item(TableName="FromTheCli", Item={"Id": {"S": "ID1"}, "Email": {"S": "john@gmail.com"}})
         mapping.drain()

@@ -8,14 +8,17 @@ import subprocess
 
 import pytest
 
-from chalicelib.config import RECONCILER_MAXIMUM_CONCURRENCY
-from tests.projects import BIN, ROOT, chalice, copy_project, stage_tool
+from chalicelib.config import RECONCILER_MAXIMUM_CONCURRENCY, Settings
+from tests.projects import BIN, ROOT, chalice, copy_project, project_config, stage_tool, unused_stage_name
 from tools import alarms, failure_handling, merge_template
-from tools.stage import TABLE_WRITE_ACTION
+from tools.deploy_guard import handler_timeout
+from tools.stage import BACKFILL, HANDLER, TABLE_WRITE_ACTION
 
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 TABLE_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
 SCHEMA = json.loads((ROOT / "schema" / "users-table.json").read_text())
+
+pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
 
 
 @pytest.fixture(scope="module")
@@ -142,21 +145,24 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
     }
 
     function = resources["SyncIsPersonalEmail"]["Properties"]
-    assert function["Timeout"] == 60
+    config = project_config()  # the stage's values are the user's: the stack must carry whatever they are
+    prod = config["stages"]["prod"]
+    settings = Settings.from_environ(prod["environment_variables"])
+    assert function["Timeout"] == handler_timeout(config, "prod")
     assert function["LoggingConfig"] == {"LogGroup": {"Ref": "SyncIsPersonalEmailLogGroup"}}
     variables = function["Environment"]["Variables"]
     assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
     assert variables["STAGE"] == {"Ref": "Stage"}  # the metrics' dimension, the same one the alarms watch
     assert variables["STREAM_ARN"] == table_stream
-    assert variables["BATCH_SIZE"] == "100"  # the stage's own settings are kept
+    assert variables["BATCH_SIZE"] == prod["environment_variables"]["BATCH_SIZE"]  # the stage's settings are kept
 
     [event] = function["Events"].values()
     assert event["Type"] == "DynamoDB"
     assert event["Properties"] == {
         "Stream": table_stream,
-        "BatchSize": 100,
-        "StartingPosition": "TRIM_HORIZON",
-        "MaximumBatchingWindowInSeconds": 0,
+        "BatchSize": settings.batch_size,
+        "StartingPosition": settings.starting_position,
+        "MaximumBatchingWindowInSeconds": settings.maximum_batching_window_in_seconds,
         "BisectBatchOnFunctionError": True,
         "MaximumRetryAttempts": 100,
         "MaximumRecordAgeInSeconds": 21600,
@@ -164,11 +170,10 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "FunctionResponseTypes": ["ReportBatchItemFailures"],
         "MetricsConfig": {"Metrics": ["EventCount"]},
         "FilterCriteria": {"Filters": [{"Pattern": '{"eventName": ["INSERT", "MODIFY"]}'}]},
-        "ParallelizationFactor": 1,  # the stage's PARALLELIZATION_FACTOR
+        "ParallelizationFactor": settings.parallelization_factor,
     }
     # The stage's choice, whatever it is (unreserved unless the stage reserves some: docs/performance.md, sizing).
-    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
-    handler = config["stages"]["prod"].get("lambda_functions", {}).get("sync_is_personal_email", {})
+    handler = prod["lambda_functions"].get(HANDLER, {})
     assert function.get("ReservedConcurrentExecutions") == handler.get("reserved_concurrency")
 
     table = resources["UsersTable"]
@@ -188,11 +193,15 @@ def test_the_backfill_function_has_reserved_concurrency_and_an_asynchronous_fail
     resources = template["Resources"]
     function = resources["BackfillSegment"]["Properties"]
     assert function["Handler"] == "app.backfill_one_segment"
-    assert (function["Timeout"], function["Role"]) == (900, {"Fn::GetAtt": ["BackfillSegmentRole", "Arn"]})
+    backfill = project_config()["stages"]["prod"]["lambda_functions"][BACKFILL]
+    assert (function["Timeout"], function["Role"]) == (
+        backfill["lambda_timeout"],
+        {"Fn::GetAtt": ["BackfillSegmentRole", "Arn"]},
+    )
     assert function["LoggingConfig"] == {"LogGroup": {"Ref": "BackfillSegmentLogGroup"}}
     assert "Events" not in function  # invoked by the fan-out only
-    # Reserved so a backfill can't take the concurrency the stream handler needs (it has its own 10).
-    assert function["ReservedConcurrentExecutions"] == 8
+    # Reserved so a backfill can't take the concurrency the stream handler needs.
+    assert function["ReservedConcurrentExecutions"] == backfill["reserved_concurrency"]
     # The reconciler starts it asynchronously: a failed or expired invocation goes to its own queue, never lost.
     assert not [name for name in resources if "Results" in name]
     invoke_config = resources["BackfillSegmentEventInvokeConfig"]
@@ -512,10 +521,12 @@ def test_plain_chalice_package_with_the_merge_template_wires_a_bound_stage(proje
 
 
 def test_package_for_an_existing_table_defaults_the_parameter_to_the_stage_stream(project_copy, tmp_path):
-    refused = stage_tool(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
+    name = unused_stage_name(project_copy)
+    assert stage_tool(project_copy, "add-stage", "--stage", name).returncode == 0  # unbound, whatever prod is
+    refused = stage_tool(project_copy, "package", "--stage", name, str(tmp_path / "out"))
     assert refused.returncode == 2 and "no STREAM_ARN" in refused.stderr and "--create-table" in refused.stderr
-    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
-    result = stage_tool(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
+    assert stage_tool(project_copy, "bind", "--stage", name, "--stream-arn", ARN).returncode == 0
+    result = stage_tool(project_copy, "package", "--stage", name, str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     template = json.loads((tmp_path / "out" / "sam.json").read_text())
     assert template["Parameters"]["UsersTableStreamArn"]["Default"] == ARN

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.projects import chalice, stage_tool
+from chalicelib.config import Settings
+from tests.projects import chalice, project_config, stage_tool, unused_stage_name
 from tools import stage
+from tools.deploy_guard import handler_timeout
+from tools.policies import audit_policy_document
+from tools.project import AUDIT
 
 ROOT = Path(__file__).resolve().parent.parent
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 
+pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
 
-@pytest.mark.parametrize("name", ["dev", "prod"])
+
+@pytest.mark.parametrize("name", list(project_config()["stages"]))
 def test_policy_files_are_what_the_stage_stream_arn_gives(name):
     config = stage.load_config()
     on_disk = json.loads((ROOT / ".chalice" / config["stages"][name]["iam_policy_file"]).read_text())
@@ -171,10 +177,12 @@ def test_a_non_stream_arn_is_refused(bad):
 
 
 def test_package_without_a_stream_arn_stops_and_names_the_key(project_copy, tmp_path):
-    result = chalice(project_copy, "package", "--stage", "dev", str(tmp_path / "out"))
+    name = unused_stage_name(project_copy)
+    assert stage_tool(project_copy, "add-stage", "--stage", name).returncode == 0  # unbound, whatever the others are
+    result = chalice(project_copy, "package", "--stage", name, str(tmp_path / "out"))
     assert result.returncode != 0
-    assert "email-checker: stage dev has no STREAM_ARN" in result.stderr
-    assert "`python -m tools.stage bind --stage dev --stream-arn <arn>`" in result.stderr
+    assert f"email-checker: stage {name} has no STREAM_ARN" in result.stderr
+    assert f"`python -m tools.stage bind --stage {name} --stream-arn <arn>`" in result.stderr
     assert "config.json" not in result.stderr  # bind writes it, with the policy files that must match
     assert "Traceback" not in result.stderr
 
@@ -185,17 +193,34 @@ def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_
     assert result.returncode == 0, result.stderr
     template = json.loads((tmp_path / "out" / "sam.json").read_text())
     function = template["Resources"]["SyncIsPersonalEmail"]["Properties"]
-    assert function["Timeout"] == 60
+    config = project_config(project_copy)
+    settings = Settings.from_environ(config["stages"]["prod"]["environment_variables"])
+    assert function["Timeout"] == handler_timeout(config, "prod")
     assert function["Environment"]["Variables"]["STREAM_ARN"] == ARN
     [event_source] = function["Events"].values()
     assert event_source["Properties"] == {
         "Stream": ARN,
-        "BatchSize": 100,
-        "StartingPosition": "TRIM_HORIZON",
-        "MaximumBatchingWindowInSeconds": 0,
+        "BatchSize": settings.batch_size,
+        "StartingPosition": settings.starting_position,
+        "MaximumBatchingWindowInSeconds": settings.maximum_batching_window_in_seconds,
     }
     [policy] = template["Resources"]["SyncIsPersonalEmailRole"]["Properties"]["Policies"]
     assert policy["PolicyDocument"] == stage.policy_document("email-checker", "prod", ARN)
+    # Memory and reserved concurrency, at whichever level the config sets them, reach each function.
+    for logical_id, function_name in (("SyncIsPersonalEmail", stage.HANDLER), ("BackfillSegment", stage.BACKFILL)):
+        packaged = template["Resources"][logical_id]["Properties"]
+        assert packaged["MemorySize"] == chalice_setting(config, "prod", function_name, "lambda_memory_size", 128)
+        reserved = chalice_setting(config, "prod", function_name, "reserved_concurrency", None)
+        assert packaged.get("ReservedConcurrentExecutions") == reserved
+
+
+def chalice_setting(config, stage_name, function, key, default):
+    """A function's setting as Chalice resolves it: the stage's function entry, the stage, the top-level function
+    entry, the top level."""
+    stage_config = config["stages"][stage_name]
+    levels = (stage_config.get("lambda_functions", {}).get(function, {}), stage_config)
+    levels += (config.get("lambda_functions", {}).get(function, {}), config)
+    return next((level[key] for level in levels if key in level), default)
 
 
 def test_a_stage_without_the_backfill_policy_file_is_named():
@@ -236,3 +261,85 @@ def test_the_failure_bucket_name_is_a_legal_global_name_per_stage(app, stage_nam
     assert expected is None or name == expected
     # One name per stage: two stages that would read alike once lower-cased get different names.
     assert failure_bucket_name(app, stage_name.swapcase() + "x", "123456789012", "eu-west-1") != name
+
+
+def test_a_new_stage_copies_every_setting_and_makes_the_names_its_own():
+    from tools.new_stage import new_stage_entry
+
+    config = stage.load_config()
+    for source in config["stages"]:
+        copied = json.loads(json.dumps(config["stages"][source]))
+        copied["environment_variables"]["FAILURE_QUEUE_ARN"] = f"arn:aws:sqs:eu-west-1:123456789012:{source}-q"
+        config["stages"][source] = copied
+        entry = new_stage_entry(config, "qa-2", source, ARN)
+        expected = json.loads(json.dumps(copied))
+        expected["iam_policy_file"] = "policy-qa-2.json"
+        functions = expected["lambda_functions"]
+        functions[stage.BACKFILL]["iam_policy_file"] = "policy-qa-2-backfill.json"
+        functions[stage.RECONCILER]["iam_policy_file"] = "policy-qa-2-reconciler.json"
+        functions[AUDIT]["iam_policy_file"] = "policy-qa-2-audit.json"
+        variables = expected["environment_variables"]
+        del variables["FAILURE_QUEUE_ARN"]  # the source's deployed queue, written by apply-failure-handling
+        variables.update(STAGE="qa-2", STREAM_ARN=ARN, BACKFILL_FUNCTION_NAME="email-checker-qa-2-backfill_segment")
+        assert entry == expected
+        assert config["stages"][source] == copied  # the source is left as it was
+
+
+def test_add_stage_writes_the_stage_and_its_policies_and_it_deploys(project_copy, tmp_path):
+    name = unused_stage_name(project_copy)
+    added = stage_tool(project_copy, "add-stage", "--stage", name, "--from", "prod", "--stream-arn", ARN)
+    assert added.returncode == 0, added.stderr
+    assert f"python -m tools.stage queues --stage {name}" in added.stdout
+    config = project_config(project_copy)
+    assert config["stages"][name]["environment_variables"]["STREAM_ARN"] == ARN
+    chalice_dir = project_copy / ".chalice"
+    assert json.loads((chalice_dir / f"policy-{name}.json").read_text()) == stage.expected_policy(config, name)
+    backfill = json.loads((chalice_dir / f"policy-{name}-backfill.json").read_text())
+    assert backfill == stage.expected_backfill_policy(config, name)
+    reconciler = json.loads((chalice_dir / f"policy-{name}-reconciler.json").read_text())
+    assert reconciler == stage.expected_reconciler_policy(config, name)
+    audit = json.loads((chalice_dir / f"policy-{name}-audit.json").read_text())
+    assert audit == audit_policy_document(config["app_name"], name, ARN)
+    # The deploy guard accepts it as it is: `chalice package` makes its stack, its functions named after it.
+    packaged = chalice(project_copy, "package", "--stage", name, str(tmp_path / "out"))
+    assert packaged.returncode == 0, packaged.stderr
+    template = json.loads((tmp_path / "out" / "sam.json").read_text())
+    variables = template["Resources"]["SyncIsPersonalEmail"]["Properties"]["Environment"]["Variables"]
+    assert (variables["STAGE"], variables["STREAM_ARN"]) == (name, ARN)
+    # `bind` works on it like on any stage of the config.
+    other = ARN.replace("table/Users", "table/Accounts")
+    assert stage_tool(project_copy, "bind", "--stage", name, "--stream-arn", other).returncode == 0
+    config = project_config(project_copy)
+    assert json.loads((chalice_dir / f"policy-{name}.json").read_text()) == stage.expected_policy(config, name)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (["--stage", "prod"], "stage 'prod' is in .chalice/config.json already"),
+        (["--stage", "Staging"], "use lower-case letters, digits and '-'"),
+        (["--stage", "qa_1"], "use lower-case letters, digits and '-'"),
+        (["--stage", "qa-"], "use lower-case letters, digits and '-'"),
+        (["--stage", "q" * 23], "at most 22"),
+        (["--stage", "qa", "--from", "nowhere"], "no stage 'nowhere' to copy"),
+        (["--stage", "qa", "--stream-arn", "arn:aws:dynamodb:eu-west-1:1:table/Users"], "not a DynamoDB stream ARN"),
+    ],
+    ids=["existing", "upper-case", "underscore", "trailing-hyphen", "too-long", "unknown-source", "bad-arn"],
+)
+def test_add_stage_refuses_and_writes_nothing(project_copy, arguments, problem):
+    before = {path.name: path.read_text() for path in (project_copy / ".chalice").glob("*.json")}
+    refused = stage_tool(project_copy, "add-stage", *arguments)
+    assert refused.returncode == 2 and problem in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert {path.name: path.read_text() for path in (project_copy / ".chalice").glob("*.json")} == before
+
+
+def test_an_unknown_stage_points_at_add_stage(project_copy, tmp_path):
+    name = unused_stage_name(project_copy)
+    bind = stage_tool(project_copy, "bind", "--stage", name, "--stream-arn", ARN)
+    assert bind.returncode == 2 and f"`python -m tools.stage add-stage --stage {name}` adds it" in bind.stderr
+    # Chalice packages a stage the config lacks with no settings at all (no STAGE): the refusal names both commands.
+    packaged = chalice(project_copy, "package", "--stage", name, str(tmp_path / "out"))
+    assert packaged.returncode != 0 and "Traceback" not in packaged.stderr
+    assert "`python -m tools.stage add-stage --stage <stage>`" in packaged.stderr
+    assert "`python -m tools.stage bind --stage <stage>" in packaged.stderr

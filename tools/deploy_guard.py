@@ -31,11 +31,12 @@ from tools.policies import (
     reconciler_policy_document,
     reconciler_policy_file,
 )
-from tools.project import HANDLER
+from tools.project import HANDLER, stage_names
 
 SEND = "sqs:SendMessage"
 PUT_OBJECT = "s3:PutObject"
 REPORT_SETTING = "REPORT_BATCH_ITEM_FAILURES"
+ADD_STAGE = "`python -m tools.stage add-stage --stage <stage>`"
 
 
 def bind_command(stage: str, stream_arn: str = "<arn>") -> str:
@@ -151,8 +152,9 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
     """Why the stage must not be deployed or packaged with this STREAM_ARN (one paragraph), or None if it may."""
     if not stage:
         return (
-            "STAGE is not set in the stage's environment variables: run "
-            f"{bind_command('<stage>')} (it writes STAGE and STREAM_ARN and regenerates the stage's IAM policies)"
+            "STAGE is not set in the stage's environment variables: for a stage of .chalice/config.json "
+            f"({', '.join(stage_names(Path(project_dir))) or 'none'}) run {bind_command('<stage>')} (it writes STAGE "
+            f"and STREAM_ARN and regenerates the stage's IAM policies); add any other stage first with {ADD_STAGE}"
         )
     if not stream_arn:
         return (
@@ -170,7 +172,7 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
     if stage not in config.get("stages", {}):
         return (
             f"STAGE is {stage!r}, which is no stage of .chalice/config.json: run {bind_command('<stage>', stream_arn)} "
-            "for the stage you deploy (it sets STAGE to the stage's name)"
+            f"for the stage you deploy (it sets STAGE to the stage's name), or add that stage with {ADD_STAGE}"
         )
     if refusal := filter_refusal(project_dir):
         return refusal

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ HANDLER = "sync_is_personal_email"
 BACKFILL = "backfill_segment"
 RECONCILER = "reconcile_discarded_batches"
 AUDIT = "audit_invariant"
+# What Chalice and the stage tools need in a scratch copy of the project (tests, the moto trial).
+PROJECT_PATHS = ("app.py", "chalicelib", "requirements.txt", ".chalice", "tools", "deploy", "schema")
 
 
 class UnknownStage(ValueError):
@@ -42,7 +45,10 @@ def require_stage(stage: str, names: Iterable[str] | None = None) -> str:
     """`stage` if it is one of `names` (default: this project's stages); UnknownStage listing them otherwise."""
     names = list(names) if names is not None else stage_names()
     if stage not in names:
-        raise UnknownStage(f"no stage {stage!r} in .chalice/config.json (stages: {', '.join(names) or 'none'})")
+        raise UnknownStage(
+            f"no stage {stage!r} in .chalice/config.json (stages: {', '.join(names) or 'none'}; "
+            f"`python -m tools.stage add-stage --stage {stage}` adds it)"
+        )
     return stage
 
 
@@ -66,3 +72,15 @@ def function_environment(stage: str, function: str, project_dir: Path = ROOT) ->
     for scope in scopes:
         merged.update(scope.get("environment_variables", {}))
     return merged
+
+
+def copy_project(target: Path, source: Path = ROOT) -> Path:
+    """Copy what Chalice and the tools need into `target`, without deployment records or caches."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_PATHS:
+        if (source / name).is_dir():
+            ignored = shutil.ignore_patterns("deployments", "deployed", "__pycache__")
+            shutil.copytree(source / name, target / name, ignore=ignored)
+        else:
+            shutil.copy(source / name, target / name)
+    return target

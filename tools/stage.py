@@ -2,6 +2,7 @@
 give the deployed event source mapping the failure handling Chalice can't set.
 
 python -m tools.stage enable-stream --stage prod --table-name Users   # UpdateTable (NEW_AND_OLD_IMAGES), then bind
+python -m tools.stage add-stage --stage staging [--from dev] [--stream-arn ARN]   # a new stage, copied from one
 python -m tools.stage bind --stage dev --stream-arn arn:aws:dynamodb:...:table/Users/stream/2026-...
 python -m tools.stage policies         # regenerate every .chalice/policy-<stage>.json
 python -m tools.stage apply-failure-handling --stage prod [--alarm-topic-arn ARN]   # after `chalice deploy`: queues,
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     bind_parser = commands.add_parser("bind", help="set a stage's STREAM_ARN and regenerate its policy")
     bind_parser.add_argument("--stage", required=True)
     bind_parser.add_argument("--stream-arn", required=True)
+    add_parser = commands.add_parser("add-stage", help="add a stage, its settings copied from an existing one")
+    add_parser.add_argument("--stage", required=True, help="the new stage's name (lower case, digits, '-')")
+    add_parser.add_argument("--from", dest="source", help="the stage to copy (default: the config's first)")
+    add_parser.add_argument("--stream-arn", default="", help="bind it to this stream now (default: unbound)")
     commands.add_parser("policies", help="regenerate every stage's policy file")
     enable_parser = commands.add_parser("enable-stream", help="turn on a table's stream and bind a stage to it")
     enable_parser.add_argument("--stage", required=True)
@@ -126,11 +131,24 @@ def main(argv: list[str] | None = None) -> int:
     return report_errors(lambda: run(args), known=(ValueError,))
 
 
+def next_steps(stage: str, bound: bool) -> str:
+    """What to run after `add-stage`, before the stage's first `chalice deploy`."""
+    tool = f"python -m tools.stage {{}} --stage {stage}"
+    steps = [tool.format("queues")] if bound else [tool.format("enable-stream") + " --table-name <table>"]
+    return ", then ".join(f"`{step}`" for step in [*steps, f"chalice deploy --stage {stage}"])
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out one parsed command."""
     if args.command == "bind":
         bind(args.stage, args.stream_arn)
         print(f"stage {args.stage} bound; .chalice/config.json and its policy file updated")
+    elif args.command == "add-stage":
+        from tools.new_stage import add_stage
+
+        for path in add_stage(args.stage, args.source, args.stream_arn):
+            print(f"wrote {path.relative_to(ROOT)}")
+        print(f"stage {args.stage} added (docs/adopting.md); next: {next_steps(args.stage, bool(args.stream_arn))}")
     elif args.command == "policies":
         for path in write_policies(load_config()):
             print(f"wrote {path.relative_to(ROOT)}")
