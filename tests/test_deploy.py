@@ -9,7 +9,7 @@ import os
 import pytest
 
 from chalicelib.config import Settings
-from tests.projects import chalice, project_config, stage_tool
+from tests.projects import chalice, project_config, stage_tool, unused_stage_name
 from tools import alarms, failure_bucket, failure_handling, stage
 from tools.deploy_guard import handler_timeout
 
@@ -303,7 +303,9 @@ def test_enable_stream_reuses_a_stream_that_is_already_on(emulator, aws_environm
 
 
 def test_queues_needs_a_bound_stage(aws_environment, project_copy):
-    result = stage_tool(project_copy, "queues", "--stage", "dev", env=aws_environment)
+    name = unused_stage_name(project_copy)
+    assert stage_tool(project_copy, "add-stage", "--stage", name).returncode == 0  # unbound, whatever dev is
+    result = stage_tool(project_copy, "queues", "--stage", name, env=aws_environment)
     assert result.returncode == 2 and "has no STREAM_ARN: run enable-stream or bind first" in result.stderr
 
 

@@ -17,7 +17,14 @@ from tools.project import BACKFILL, HANDLER
 # What the marked tests need besides what copy_project copies: themselves, the pages and modules the docs test
 # parses, and the files `make -n` reads.
 TEST_PATHS = ("tests", "docs", "localdev", "bench")
-TEST_FILES = ("README.md", "pyproject.toml", "Makefile", "requirements.txt", "requirements-dev.txt")
+TEST_FILES = (
+    "README.md",
+    "pyproject.toml",
+    "Makefile",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "requirements-checkov.txt",
+)
 TEST_FILES += ("package.json", "package-lock.json")
 # Values no committed stage has: a region, account and table of the user's, and sizes of their own.
 PROD_ARN = "arn:aws:dynamodb:ap-southeast-2:210987654321:table/Customers.v2/stream/2025-06-30T12:34:56.789"
