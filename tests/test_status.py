@@ -178,3 +178,15 @@ def test_status_reads_the_stream_mapping_the_real_log_group_and_the_shards(emula
     lambda_client.delete_function_concurrency(FunctionName=handler_name)
     drifted = status()
     assert drifted.returncode == 1 and "drift: FilterCriteria" in drifted.stdout, drifted.stdout + drifted.stderr
+
+    # A stage whose FLAG_ATTRIBUTE is the bound table's key: the handler could never write it. Reported and failed.
+    lambda_client.update_event_source_mapping(UUID=mapping["UUID"], FilterCriteria=failure_handling.filter_criteria())
+    config_path = project_copy / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["stages"]["prod"]["environment_variables"]["FLAG_ATTRIBUTE"] = "tenant"
+    config_path.write_text(json.dumps(config))
+    conflicting = status()
+    assert conflicting.returncode == 1, conflicting.stdout + conflicting.stderr
+    assert "key tenant; e-mail in Email, flag in tenant  CONFLICT" in conflicting.stdout
+    [verdict] = [line for line in conflicting.stdout.splitlines() if line.startswith("verdict")]
+    assert "FLAG_ATTRIBUTE" in verdict and "drift" not in verdict

@@ -18,7 +18,9 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from chalicelib.attributes import attribute_conflict
 from chalicelib.config import Settings
+from chalicelib.records import table_name_from_stream_arn
 from chalicelib.runtime import METRICS_NAMESPACE
 from tools import alarms, failure_handling, sizing
 from tools.arns import stage_stream_arn
@@ -151,6 +153,19 @@ def check_sizing(status: Status, session: Any, deployment: Deployment, mapping: 
     status.add("concurrency", text, sizing.concurrency_problem(shards, factor, concurrency, stage))
 
 
+def check_table(status: Status, dynamodb: Any, stream_arn: str, settings: Settings) -> None:
+    """The bound table's key against the stage's attribute names: a flag that is a key attribute is never written."""
+    name = table_name_from_stream_arn(stream_arn)
+    try:
+        keys = [key["AttributeName"] for key in dynamodb.describe_table(TableName=name)["Table"]["KeySchema"]]
+    except ClientError as error:
+        status.add("table", f"{name}: not read ({error.response['Error']['Code']})")
+        return
+    conflict = attribute_conflict(keys, settings.attributes)
+    shown = f"{name}: key {', '.join(keys)}; e-mail in {settings.email_attribute}, flag in {settings.flag_attribute}"
+    status.add("table", shown + ("  CONFLICT" if conflict else ""), conflict and f"FLAG_ATTRIBUTE: {conflict}")
+
+
 def check_queues(status: Status, sqs: Any, deployment: Deployment) -> None:
     """Both queues' depths."""
     for label, name in (("on-failure", deployment.failure_queue), ("dead-letter", deployment.dead_letter_queue)):
@@ -213,7 +228,8 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     """Everything `status` prints, and its problems."""
     config = load_config()
     app_name = config["app_name"]
-    factor = Settings.from_environ(stage_variables(config, stage)).parallelization_factor
+    settings = Settings.from_environ(stage_variables(config, stage))
+    factor = settings.parallelization_factor
     deployment = from_stack(session, stack_name) if stack_name else from_chalice_deploy(app_name, stage)
     status = Status()
     status.add("stage", f"{stage} from {deployment.source}")
@@ -222,6 +238,8 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     mapping = check_mapping(status, session, deployment, destination, factor)
     if mapping:
         check_sizing(status, session, deployment, mapping, stage)
+    stream_arn = mapping["EventSourceArn"] if mapping else stage_stream_arn(config, stage)
+    check_table(status, session.client("dynamodb"), stream_arn, settings)
     cloudwatch = session.client("cloudwatch")
     point = latest_datapoint(
         cloudwatch,
