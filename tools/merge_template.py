@@ -226,6 +226,8 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                         "Variables": {
                             "STREAM_ARN": stream_arn,
                             "BACKFILL_FUNCTION_NAME": {"Ref": BACKFILL_FUNCTION},
+                            # Where the backfill lock lives for an on-failure record that names no bucket.
+                            "FAILURE_BUCKET": {"Ref": FAILURE_BUCKET},
                             # Its metrics carry the stage the alarms watch, as the handler's do.
                             "STAGE": {"Ref": STAGE_PARAMETER},
                         }
