@@ -13,6 +13,7 @@ import pytest
 from aws_lambda_powertools import Logger
 
 from chalicelib.runtime import SERVICE
+from tests.projects import without_aws
 
 
 class LogSink(io.StringIO):
@@ -163,3 +164,18 @@ def project_copy(tmp_path):
     from tests.projects import copy_project
 
     return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """moto's AWS emulator on a loopback port, for the module."""
+    from localdev.moto_server import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def aws_environment(emulator, tmp_path):
+    """Only the emulator's endpoint and dummy credentials: no profile, no other endpoint, no real account."""
+    return without_aws(tmp_path, **emulator.environment())

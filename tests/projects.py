@@ -63,3 +63,10 @@ def project_tool(
         env=env or offline_environment(),
         timeout=300,
     )
+
+
+def without_aws(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This environment with no AWS_* variable, no AWS config or credentials file, plus `extra`."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    missing = str(tmp_path / "no-aws-config")
+    return {**environment, "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing, **extra}

@@ -4,7 +4,6 @@ failure handling, read back again, delete, clean up."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -19,22 +18,6 @@ BACKFILL = "email-checker-dev-backfill_segment"
 RECONCILER = "email-checker-dev-reconcile_discarded_batches"
 
 pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    from localdev.moto_server import MotoServer
-
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def aws_environment(emulator, tmp_path):
-    """Only the emulator's endpoint and dummy credentials: no profile, no other endpoint, no real account."""
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
-    missing = str(tmp_path / "no-aws-config")
-    return {**environment, **emulator.environment(), "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing}
 
 
 def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, aws_environment, project_copy):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from localdev.dynamodb_local import DynamoDBLocal, EngineFailed, free_port, last_error, port_is_free
-from tests.projects import copy_project, project_config, stage_tool, unused_stage_name
+from tests.projects import copy_project, project_config, stage_tool, unused_stage_name, without_aws
 from tools.merge_template import STREAM_ARN_PATTERN
 from tools.stage import split_stream_arn
 
@@ -34,13 +34,6 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -
     for text in expected:
         assert text in lines[0], lines[0]
     return lines[0]
-
-
-def without_aws(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """This environment with no AWS_* variable, no AWS config or credentials file, plus `extra`."""
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
-    missing = str(tmp_path / "no-aws-config")
-    return {**environment, "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing, **extra}
 
 
 def local(engine, tmp_path: Path) -> dict[str, str]:

@@ -4,36 +4,12 @@ real log group, and the stream's open shards x factor against the handler's conc
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
 
-from tests.projects import stage_tool
+from tests.projects import stage_tool, without_aws
 from tools import failure_handling, sizing
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    from localdev.moto_server import MotoServer
-
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def aws_environment(emulator, tmp_path):
-    """Only the emulator's endpoint and dummy credentials: no profile, no other endpoint, no real account."""
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
-    missing = str(tmp_path / "no-aws-config")
-    return {**environment, **emulator.environment(), "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing}
-
-
-def no_aws(tmp_path) -> dict[str, str]:
-    """No endpoint, no credentials, no region: nothing AWS could answer."""
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
-    missing = str(tmp_path / "no-aws-config")
-    return {**environment, "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing}
 
 
 @pytest.mark.parametrize("record", [None, {"resources": [], "schema_version": "2.0", "backend": "api"}])
@@ -42,7 +18,7 @@ def test_status_after_chalice_delete_is_one_line_without_aws(project_copy, tmp_p
         deployed = project_copy / ".chalice" / "deployed"
         deployed.mkdir(parents=True, exist_ok=True)
         (deployed / "dev.json").write_text(json.dumps(record))
-    result = stage_tool(project_copy, "status", "--stage", "dev", env=no_aws(tmp_path))
+    result = stage_tool(project_copy, "status", "--stage", "dev", env=without_aws(tmp_path))
     assert result.returncode == 2
     assert result.stdout == "" and "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()

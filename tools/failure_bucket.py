@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tools.failure_handling import https_only_queue_policy
+from tools.failure_handling import deny_without_tls, https_only_queue_policy
 
 FAILURE_PREFIX = "aws/lambda/"
 LOCK_PREFIX = "backfill-lock/"
@@ -65,19 +65,7 @@ def objects(bucket_arn: Any, prefix: str) -> Any:
 
 def tls_only_policy(bucket_arn: Any) -> dict[str, Any]:
     """The bucket's policy: refuse any request not made over TLS, on the bucket and its objects."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "HttpsOnly",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [bucket_arn, objects(bucket_arn, "")],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }
-        ],
-    }
+    return deny_without_tls("s3", [bucket_arn, objects(bucket_arn, "")])
 
 
 def notifications_allowed(bucket_arn: Any, account: Any) -> dict[str, Any]:

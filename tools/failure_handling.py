@@ -190,8 +190,8 @@ def wait_for_partial_failures(
         sleep(interval)
 
 
-def https_only_queue_policy(queue_arn: Any) -> dict[str, Any]:
-    """The on-failure queue's resource policy: refuse any request not made over TLS (as Solutions Constructs do)."""
+def deny_without_tls(service: str, resources: Any) -> dict[str, Any]:
+    """A resource policy that refuses any request to `service` not made over TLS (as Solutions Constructs do)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -199,12 +199,17 @@ def https_only_queue_policy(queue_arn: Any) -> dict[str, Any]:
                 "Sid": "HttpsOnly",
                 "Effect": "Deny",
                 "Principal": "*",
-                "Action": "sqs:*",
-                "Resource": queue_arn,
+                "Action": f"{service}:*",
+                "Resource": resources,
                 "Condition": {"Bool": {"aws:SecureTransport": "false"}},
             }
         ],
     }
+
+
+def https_only_queue_policy(queue_arn: Any) -> dict[str, Any]:
+    """The on-failure queue's resource policy: TLS only."""
+    return deny_without_tls("sqs", queue_arn)
 
 
 def redrive_policy(dead_letter_arn: Any) -> dict[str, Any]:
