@@ -83,6 +83,7 @@ def _code(error: Exception) -> str:
 
 PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412"})
 MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+DENIED = frozenset({"AccessDenied", "403"})
 
 
 class LockStore:
@@ -109,6 +110,10 @@ class LockStore:
             raise
         return str(response["ETag"])
 
+    def lapse(self, table_name: str, etag: str) -> None:
+        """Put the lock `etag` back as a lapsed one (a run that never started): the next reader takes it over."""
+        self.create(table_name, lock_body("", _LAPSED, _LAPSED), replacing=HeldLock("", _LAPSED, _LAPSED, etag))
+
     def read(self, table_name: str) -> HeldLock | None:
         """The held lock; None when there is none. An object that isn't a lock reads as a lapsed one (taken over)."""
         from botocore.exceptions import ClientError
@@ -116,7 +121,9 @@ class LockStore:
         try:
             response = self._s3.get_object(Bucket=self.bucket, Key=lock_key(table_name))
         except ClientError as error:
-            if _code(error) in MISSING:
+            # Without s3:ListBucket (the reconciler has none) S3 answers a missing key with 403, not 404. A lock that
+            # does exist is readable (s3:GetObject on backfill-lock/*): the conditional create then says so (412).
+            if _code(error) in MISSING or _code(error) in DENIED:
                 return None
             raise
         etag = str(response["ETag"])

@@ -13,6 +13,7 @@ chalicelib/backfill_lock.py (docs/design.md §6, docs/operations.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -408,7 +409,10 @@ class Reconciler:
         try:
             self._backfill.start(backfill_payload(plan, run_id, lock))
         except (ClientError, BotoCoreError, ValueError) as error:
-            backfill_lock.release(self._s3, lock)  # not started: the next try takes the lock again
+            # Not started: the lock is put back as a lapsed one (a put on its ETag, which the role may do), so the
+            # next try takes it again and never reads it as a run that covers this batch.
+            with contextlib.suppress(ClientError, BotoCoreError):
+                store.lapse(plan.table_name, etag)
             report.escalate(Outcome.RETRY, f"{why}: {_error_code(error)}")
             return
         report.backfill_segments = 1

@@ -17,6 +17,7 @@ import boto3
 import botocore.session
 import pytest
 from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
 from chalicelib import runtime
@@ -787,3 +788,45 @@ def test_the_reconciler_is_built_in_the_init_phase_of_its_own_function(engine, f
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == (["1", "0"] if built == "reconciler" else ["0", "1"])
+
+
+class FailingBackfills(Backfills):
+    """The backfill function refusing its first `failures` invocations (throttled), then starting."""
+
+    def __init__(self, engine, failures: int) -> None:
+        super().__init__(engine)
+        self.failures = failures
+
+    def start(self, payload):
+        if self.failures:
+            self.failures -= 1
+            raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "x"}}, "Invoke")
+        super().start(payload)
+
+
+def test_a_backfill_that_could_not_start_is_never_read_as_covering_the_batch(engine, make_table, aws):
+    table = make_table()
+    backfills = FailingBackfills(engine, failures=1)
+    message = parse_message(pointer(table, iso_ms(datetime.now(UTC))))
+    first = reconciler(engine, aws, backfills).handle(message, Context(Deadline.after(60), run_id="first"))
+    assert (first.outcome, backfills.started) == (Outcome.RETRY, [])
+    # The lock is left lapsed (a put on its ETag: the reconciler may put, not delete), so the next receive starts.
+    second = reconciler(engine, aws, backfills).handle(message, Context(Deadline.after(60), run_id="second"))
+    assert second.outcome is Outcome.BACKFILL_STARTED and len(backfills.started) == 1
+    assert json.loads(aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))["Body"].read())["run_id"] == (
+        "second"
+    )
+
+
+def test_a_missing_lock_answered_403_is_taken_with_the_conditional_put():
+    """Without s3:ListBucket, S3 answers GetObject on a missing key with 403 (moto enforces no IAM: Stubber)."""
+    from chalicelib.backfill_lock import LockStore
+
+    s3 = botocore.session.get_session().create_client("s3", region_name="us-east-1")
+    with Stubber(s3) as stub:
+        stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
+        stub.add_response("put_object", {"ETag": '"e1"'})
+        store = LockStore(s3, "bucket")
+        assert store.read("Users") is None
+        assert store.create("Users", b"{}") == '"e1"'
+        stub.assert_no_pending_responses()
