@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,32 @@ def backfill_failure_queue_name(app_name: str, stage: str) -> str:
 RECONCILER_MAXIMUM_CONCURRENCY = 5
 """Reconciler invocations the failure queue's event source runs at once (its ScalingConfig): each reads one object and
 writes at most one batch's items, so 5 drain a burst of discarded batches without crowding the table's traffic."""
+
+
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+BUCKET_NAME_LENGTH = 63
+
+
+def failure_bucket_name(app_name: str, stage: str, account: str, region: str) -> str:
+    """The `chalice deploy` path's on-failure bucket: `<app>-<stage>-failures-<account>-<region>`.
+
+    Bucket names are global, hence the account and region. A name that would not be a legal bucket name (over 63
+    characters, or a stage with capitals or `_`, which stages may have and buckets may not) keeps what fits of the
+    lower-cased `<app>-<stage>-failures` and ends it with 8 hex digits of its SHA-256, so it stays one name per stage.
+    """
+    base = f"{app_name}-{stage}-failures"
+    suffix = f"-{account}-{region}"
+    if not BUCKET_NAME.fullmatch(base + suffix) or "--" in base:
+        digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+        legal = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", base.lower())).strip("-")
+        base = f"{legal[: BUCKET_NAME_LENGTH - len(suffix) - len(digest) - 1].strip('-')}-{digest}".lstrip("-")
+    return base + suffix
+
+
+def stage_failure_bucket_name(app_name: str, stage: str, stream_arn: str) -> str:
+    """The `chalice deploy` path's on-failure bucket of a stage bound to `stream_arn` (its account and region)."""
+    _, _, _, region, account, _ = stream_arn.split(":", 5)
+    return failure_bucket_name(app_name, stage, account, region)
 
 
 class ConfigError(ValueError):
@@ -101,6 +128,9 @@ class Settings:
     """Batches of one shard the event source mapping runs at once (Lambda's ParallelizationFactor, 1-10)."""
     backfill_function_name: str = ""
     """The backfill function the reconciler starts when a discarded range has left the stream."""
+    failure_bucket: str = ""
+    """The on-failure bucket, where the packaged stack names it; on the `chalice deploy` path it is derived from the
+    stream's ARN (`stage_failure_bucket_name`)."""
     email_attribute: str = DEFAULT_ATTRIBUTES.email
     """The attribute holding an item's e-mail address (read only; it may be a key attribute)."""
     flag_attribute: str = DEFAULT_ATTRIBUTES.flag
@@ -146,6 +176,7 @@ class Settings:
             report_batch_item_failures=_bool_setting(environ, "REPORT_BATCH_ITEM_FAILURES", False),
             parallelization_factor=_int_setting(environ, "PARALLELIZATION_FACTOR", 1, 1, 10),
             backfill_function_name=environ.get("BACKFILL_FUNCTION_NAME", "").strip(),
+            failure_bucket=environ.get("FAILURE_BUCKET", "").strip(),
             email_attribute=email_attribute,
             flag_attribute=flag_attribute,
             audit_rate_minutes=_int_setting(environ, "AUDIT_RATE_MINUTES", 15, 1, 1440),

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.config import Settings
+from chalicelib.config import UNBOUND_STREAM_ARN, Settings, stage_failure_bucket_name
 
 if TYPE_CHECKING:
     from chalicelib.audit import Auditor, AuditReport
@@ -54,15 +54,15 @@ def metrics_for(settings: Settings) -> Any:
 
 
 FAILURE_BUCKET_VARIABLE = "FAILURE_BUCKET"
-"""The stage's on-failure bucket: where a pointer that came with no bucket (an SQS or SNS destination's record)
-takes the backfill lock. Objects' own notifications name their bucket, so the S3 destination needs no setting."""
+"""The packaged stack's on-failure bucket (Settings.failure_bucket): where a pointer that came with no bucket (an SQS
+or SNS destination's record) takes the backfill lock; on the `chalice deploy` path the name is derived from the
+stream's ARN. Objects' own notifications name their bucket."""
 
 
 @lru_cache(maxsize=4)
 def reconciler_for(settings: Settings) -> MessageHandler:
     """The stage's failure-queue consumer, built on first use: the on-failure object read from S3, the handler's
     reads, planner and writes, and the locked backfill as the last resort. It never reads the stream."""
-    import os
 
     import boto3
     from aws_lambda_powertools import Logger
@@ -79,7 +79,9 @@ def reconciler_for(settings: Settings) -> MessageHandler:
         s3=session.client("s3", config=config),
         backfill=LambdaBackfill(session.client("lambda", config=config), client, settings.backfill_function_name),
         stage_table=stage_table_name(settings.stream_arn),
-        lock_bucket=os.environ.get(FAILURE_BUCKET_VARIABLE) or None,
+        # SERVICE is also the Chalice app's name, which the `chalice deploy` path's bucket is named after.
+        lock_bucket=settings.failure_bucket
+        or stage_failure_bucket_name(SERVICE, settings.stage, settings.stream_arn or UNBOUND_STREAM_ARN),
     )
     return MessageHandler(
         reconciler,

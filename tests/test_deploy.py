@@ -141,9 +141,6 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
     assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
     assert variables["STREAM_ARN"] == stream_arn  # the rest of the environment is kept
-    # The reconciler knows the bucket (for the backfill lock of an on-failure record that names none).
-    reconciler_variables = lambda_client.get_function_configuration(FunctionName=RECONCILER)["Environment"]["Variables"]
-    assert reconciler_variables["FAILURE_BUCKET"] == bucket_arn.rsplit(":", 1)[1]
     attached = iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"]
     assert attached == stage.policy_document("email-checker", "dev", stream_arn)
     config = json.loads((project_copy / ".chalice" / "config.json").read_text())

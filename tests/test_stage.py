@@ -253,7 +253,7 @@ def test_bind_writes_stage_into_a_stage_that_lacks_it(project_copy):
     ids=["plain", "capitals-and-underscore", "long-stage", "long-app"],
 )
 def test_the_failure_bucket_name_is_a_legal_global_name_per_stage(app, stage_name, expected):
-    from tools.arns import BUCKET_NAME, failure_bucket_name
+    from chalicelib.config import BUCKET_NAME, failure_bucket_name
 
     name = failure_bucket_name(app, stage_name, "123456789012", "eu-west-1")
     assert BUCKET_NAME.fullmatch(name) and len(name) <= 63 and "--" not in name, name
@@ -343,3 +343,16 @@ def test_an_unknown_stage_points_at_add_stage(project_copy, tmp_path):
     assert packaged.returncode != 0 and "Traceback" not in packaged.stderr
     assert "`python -m tools.stage add-stage --stage <stage>`" in packaged.stderr
     assert "`python -m tools.stage bind --stage <stage>" in packaged.stderr
+
+
+def test_the_reconciler_derives_the_bucket_the_deploy_steps_make():
+    """On the `chalice deploy` path nothing sets FAILURE_BUCKET (a deploy would drop it): the function derives the
+    name from its stage and stream, and it must be the one `enable-stream`/`queues` made."""
+    from chalicelib.config import stage_failure_bucket_name
+    from tools.arns import stage_failure_bucket
+
+    for stage_name in ("prod", "Prod_EU", "a" * 40):
+        assert (
+            stage_failure_bucket_name("email-checker", stage_name, ARN)
+            == stage_failure_bucket("email-checker", stage_name, ARN)[0]
+        )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
-from chalicelib.config import UNBOUND_STREAM_ARN, backfill_failure_queue_name, failure_queue_name
+from chalicelib.config import UNBOUND_STREAM_ARN, backfill_failure_queue_name, failure_bucket_name, failure_queue_name
 
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
@@ -66,26 +65,6 @@ def backfill_failure_queue_arn(app_name: str, stage: str, stream_arn: str) -> st
     """The `chalice deploy` path's backfill failure queue ARN, in the stream's region and account."""
     partition, region, account, _ = split_stream_arn(stream_arn)
     return f"arn:{partition}:sqs:{region}:{account}:{backfill_failure_queue_name(app_name, stage)}"
-
-
-BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
-BUCKET_NAME_LENGTH = 63
-
-
-def failure_bucket_name(app_name: str, stage: str, account: str, region: str) -> str:
-    """The `chalice deploy` path's on-failure bucket: `<app>-<stage>-failures-<account>-<region>`.
-
-    Bucket names are global, hence the account and region. A name that would not be a legal bucket name (over 63
-    characters, or a stage with capitals or `_`, which stages may have and buckets may not) keeps what fits of the
-    lower-cased `<app>-<stage>-failures` and ends it with 8 hex digits of its SHA-256, so it stays one name per stage.
-    """
-    base = f"{app_name}-{stage}-failures"
-    suffix = f"-{account}-{region}"
-    if not BUCKET_NAME.fullmatch(base + suffix) or "--" in base:
-        digest = hashlib.sha256(base.encode()).hexdigest()[:8]
-        legal = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", base.lower())).strip("-")
-        base = f"{legal[: BUCKET_NAME_LENGTH - len(suffix) - len(digest) - 1].strip('-')}-{digest}".lstrip("-")
-    return base + suffix
 
 
 def stage_failure_bucket(app_name: str, stage: str, stream_arn: str) -> tuple[str, str]:

@@ -169,14 +169,6 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> StageResour
     lambda_client.update_function_configuration(
         FunctionName=function_arn, Environment={"Variables": {**environment, **failure_handling.DEPLOYED_FUNCTION}}
     )
-    reconciler = deployed_resources(stage, RECONCILER).get("lambda_function")
-    if reconciler:  # where the backfill lock lives for an on-failure record that names no bucket
-        found = lambda_client.get_function_configuration(FunctionName=reconciler["lambda_arn"])
-        variables_now = found.get("Environment", {}).get("Variables", {})
-        lambda_client.update_function_configuration(
-            FunctionName=reconciler["lambda_arn"],
-            Environment={"Variables": {**variables_now, "FAILURE_BUCKET": made.bucket_name}},
-        )
     if backfill:
         invoke_config = failure_handling.backfill_invoke_config(made.backfill_failure_queue_arn)
         failure_handling.with_role_propagation(
