@@ -127,7 +127,7 @@ class Settings:
     parallelization_factor: int = 1
     """Batches of one shard the event source mapping runs at once (Lambda's ParallelizationFactor, 1-10)."""
     backfill_function_name: str = ""
-    """The backfill function the reconciler starts when a discarded range has left the stream."""
+    """The backfill function the reconciler starts as its last resort, when a discarded batch's records can't be had."""
     failure_bucket: str = ""
     """The on-failure bucket, where the packaged stack names it; on the `chalice deploy` path it is derived from the
     stream's ARN (`stage_failure_bucket_name`)."""

@@ -26,6 +26,9 @@ from urllib.parse import unquote_plus
 
 from chalicelib.records import MalformedRecord, table_name_from_stream_arn
 
+OBJECT_PREFIX = "aws/lambda/"
+"""Where Lambda writes a stream mapping's on-failure objects in its S3 destination (recorded on real AWS)."""
+
 
 class Unusable(ValueError):
     """A message or object the reconciler can't use; the message names a field, never a value (logged, counted and

@@ -47,7 +47,7 @@ MAX_RETRY_DELAY_SECONDS = 12 * 3600
 LOGGED_RANGES = 20
 WAIT_BASE_DELAY_SECONDS = 15 * 60
 """A message waiting for an older backfill run comes back after 15 min, doubling to 12 h: over the queue's 10
-receives that is about 64 h, longer than a default run's lock (1 TB: ~63 h), so it is not dead-lettered first."""
+receives that is about 64 h, longer than a default run's lock (1 TB: ~58 h), so it is not dead-lettered first."""
 ACCESS_DENIED_RECEIVES = 3
 """An object the reconciler may not read is asked for again this many times (a policy being deployed), then given
 up for the backfill."""
@@ -61,8 +61,9 @@ BACKFILL_INVOCATION_SECONDS = 900
 """The backfill function's timeout (its longest invocation): the unit of the lock's lifetime."""
 BACKFILL_EFFECTIVE_SECONDS = 810
 """What an invocation scans for: its 900 s less the 30 s safety margin and a 60 s page (chalicelib/backfill.py)."""
-MAX_EVENT_AGE_SECONDS = 6 * 3600
-"""How long an asynchronous invocation may wait in Lambda's queue (its maximum event age)."""
+BACKFILL_EVENT_AGE_SECONDS = 3600
+"""How long a backfill invocation may wait in Lambda's asynchronous queue, retries included: its
+MaximumEventAgeInSeconds on both deploy paths (tools/failure_handling.py sets it from here)."""
 BYTES_PER_READ_UNIT = 8192
 """An eventually consistent Scan reads 8 KB per read unit (4 KB at half a unit)."""
 
@@ -175,7 +176,7 @@ class BackfillPlan:
     @property
     def lock_lifetime(self) -> timedelta:
         """How long the run may hold the table's lock."""
-        return backfill_lock.lifetime(self.max_continuations, BACKFILL_INVOCATION_SECONDS, MAX_EVENT_AGE_SECONDS)
+        return backfill_lock.lifetime(self.max_continuations, BACKFILL_INVOCATION_SECONDS, BACKFILL_EVENT_AGE_SECONDS)
 
 
 def continuations_for(table_size_bytes: int, read_units_per_second: float = BACKFILL_READ_UNITS_PER_SECOND) -> int:

@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+from chalicelib.on_failure import OBJECT_PREFIX
 from localdev.events import json_round_trip, lambda_event, lambda_record
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class RecordFilter:
 def on_failure_object_key(mapping_uuid: str, shard_id: str, at: datetime, suffix: str) -> str:
     """Where Lambda puts a discarded batch's object: `aws/lambda/<ESM-UUID>/<shardId>/YYYY/MM/DD/<%Y-%m-%dT%H.%M.%S>`
     then a random UUID (the layout real AWS was seen to use: tests/on_failure/SOURCES.md, a03)."""
-    return f"aws/lambda/{mapping_uuid}/{shard_id}/{at:%Y/%m/%d}/{at:%Y-%m-%dT%H.%M.%S}-{suffix}"
+    return f"{OBJECT_PREFIX}{mapping_uuid}/{shard_id}/{at:%Y/%m/%d}/{at:%Y-%m-%dT%H.%M.%S}-{suffix}"
 
 
 class S3FailureDestination:

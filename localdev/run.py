@@ -112,10 +112,7 @@ class FailureQueue:
         return S3FailureDestination(self.s3, self.bucket)
 
 
-ON_FAILURE_PREFIX = "aws/lambda/"
-
-
-def failure_bucket_name(app_name: str, stage: str) -> str:
+def local_failure_bucket_name(app_name: str, stage: str) -> str:
     """The local on-failure bucket's name."""
     return f"{app_name}-{stage}-on-failure"
 
@@ -125,23 +122,14 @@ def start_failure_bucket(s3: Any, bucket: str, queue_arn: str) -> None:
     them to its SQS as S3 would, after one `s3:TestEvent`)."""
     from botocore.exceptions import ClientError
 
+    from tools.failure_bucket import api_notification
+
     try:
         s3.create_bucket(Bucket=bucket)
     except ClientError as error:  # moto's state outlives its server in this process: a second start finds it
         if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
             raise
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {
-                    "QueueArn": queue_arn,
-                    "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": ON_FAILURE_PREFIX}]}},
-                }
-            ]
-        },
-    )
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=api_notification(queue_arn))
 
 
 def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
@@ -170,7 +158,7 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     dead_letter_url = sqs.get_queue_url(QueueName=dead_letter_queue_name(app_name, stage))["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     s3 = session.client("s3", endpoint_url=endpoint)
-    bucket = failure_bucket_name(app_name, stage)
+    bucket = local_failure_bucket_name(app_name, stage)
     start_failure_bucket(s3, bucket, queue_arn)
     return FailureQueue(endpoint, queue_url, sqs, dead_letter_url, bucket, s3)
 

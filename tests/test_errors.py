@@ -232,14 +232,22 @@ def test_what_bind_accepts_the_template_accepts(arn):
 @pytest.fixture(scope="module")
 def port_8000_taken():
     """make run's preferred port, busy for the module: held here, or by whatever holds it already."""
+    import time
+
     from localdev.run import PREFERRED_PORT
 
     with socket.socket() as listener:
-        try:
-            listener.bind(("", PREFERRED_PORT))
-            listener.listen()
-        except OSError:
-            pass  # taken already: busy all the same
+        # Held here for the whole module: another holder (a parallel run's) may let it go while the tests run.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                listener.bind(("", PREFERRED_PORT))
+                listener.listen()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break  # held by something that keeps it: busy all the same
+                time.sleep(0.5)
         yield PREFERRED_PORT
 
 

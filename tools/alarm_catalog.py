@@ -90,7 +90,7 @@ ALARMS: tuple[Alarm, ...] = (
         ITERATOR_AGE_THRESHOLD_MS,
         1,
         "The mapping is an hour behind the stream: a shard is stuck on retries or the function is throttled. "
-        "Records are discarded to the on-failure queue at 6 hours. Look at Errors, Throttles and the summary lines.",
+        "Records are discarded to the on-failure bucket at 6 hours. Look at Errors, Throttles and the summary lines.",
     ),
     Alarm(
         "FailureQueueMessages",
@@ -100,8 +100,8 @@ ALARMS: tuple[Alarm, ...] = (
         "Maximum",
         1,
         3,
-        "Discarded batches have waited 15 minutes in the on-failure queue: the reconciler is not draining it. "
-        "Check the reconciler's errors and ReconcilerFailed; the stream keeps the records for 24 hours.",
+        "Discarded batches' notifications have waited 15 minutes in the on-failure queue: the reconciler is not "
+        "draining it. Check the reconciler's errors and ReconcilerFailed; the bucket keeps the batches' objects.",
     ),
     Alarm(
         "DeadLetterQueueMessages",
@@ -121,8 +121,8 @@ ALARMS: tuple[Alarm, ...] = (
         "Sum",
         1,
         1,
-        "Lambda discarded a batch and could not send its pointer to the on-failure queue: those changes are lost to "
-        "the reconciler. Check the role's sqs:SendMessage and the queue, then run a backfill.",
+        "Lambda discarded a batch and could not write it to the on-failure bucket: those changes are lost to the "
+        "reconciler. Check the role's s3:PutObject and s3:ListBucket and the bucket, then run a backfill.",
     ),
     Alarm(
         "Errors",
@@ -144,7 +144,7 @@ ALARMS: tuple[Alarm, ...] = (
         1,
         3,
         "The handler has been throttled for 15 minutes: the account's concurrency is used up elsewhere. "
-        "Throttled batches wait until the 6-hour record age, then go to the on-failure queue.",
+        "Throttled batches wait until the 6-hour record age, then go to the on-failure bucket.",
     ),
     _custom("Failed", 3, "Item writes have failed for 15 minutes (DynamoDB errors, throttling); they are retried."),
     _custom("Rejected", 1, "DynamoDB refused an item outright; not retried. The summary line names the records."),
@@ -156,7 +156,8 @@ ALARMS: tuple[Alarm, ...] = (
     _custom(
         "ReconcilerBackfillFallbacks",
         1,
-        "A discarded batch's stream range was gone, so the reconciler started a backfill: watch it finish.",
+        "The reconciler could not have a discarded batch's records (no payload, object gone or denied) and started "
+        "the table's backfill, its last resort: watch it finish.",
     ),
     _custom(
         "ReconcilerFailed",

@@ -93,7 +93,7 @@ SKIPS: dict[str, tuple[tuple[str, str], ...]] = {
     RECONCILER_FUNCTION: (SQS_INVOKED, NO_VPC, ENVIRONMENT_KEY, SQS_SCALED),
     AUDIT_FUNCTION: (SCHEDULED, NO_VPC, ENVIRONMENT_KEY),
     AUDIT_LOG_GROUP: (LOG_KEY,),
-    BACKFILL_FUNCTION: (NO_VPC, ENVIRONMENT_KEY),
+    BACKFILL_FUNCTION: (NO_VPC, ENVIRONMENT_KEY, ASYNC_DESTINATION),
     LOG_GROUP: (LOG_KEY,),
     RECONCILER_LOG_GROUP: (LOG_KEY,),
     BACKFILL_LOG_GROUP: (LOG_KEY,),
@@ -105,22 +105,9 @@ SKIPS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-# Skips that hold only once the template has what their reason names.
-SKIPS_WITH: dict[str, tuple[str, tuple[str, str]]] = {BACKFILL_FUNCTION: (BACKFILL_FAILURE_QUEUE, ASYNC_DESTINATION)}
-
-
-def skips_for(resources: dict[str, Any]) -> dict[str, tuple[tuple[str, str], ...]]:
-    """Each resource's skips in this template: SKIPS, plus those whose reason the template now holds."""
-    skips = dict(SKIPS)
-    for logical_id, (needed, skip) in SKIPS_WITH.items():
-        if needed in resources:
-            skips[logical_id] = (*skips.get(logical_id, ()), skip)
-    return skips
-
-
 def with_checkov_skips(resources: dict[str, Any]) -> dict[str, Any]:
     """The merge template's resources with each accepted finding in its Metadata (merged into Chalice's resource)."""
-    for logical_id, skips in skips_for(resources).items():
+    for logical_id, skips in SKIPS.items():
         if logical_id in resources:
             metadata = resources[logical_id].setdefault("Metadata", {})
             metadata["checkov"] = {"skip": [{"id": check, "comment": comment} for check, comment in skips]}

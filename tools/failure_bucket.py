@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from chalicelib.backfill_lock import LOCK_PREFIX as LOCK_PREFIX  # re-exported for the policies
+from chalicelib.on_failure import OBJECT_PREFIX as FAILURE_PREFIX
 from tools.failure_handling import deny_without_tls, https_only_queue_policy
 
-FAILURE_PREFIX = "aws/lambda/"
-LOCK_PREFIX = "backfill-lock/"
 RETENTION_SETTING = "FAILURE_OBJECT_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 14
 MAX_RETENTION_DAYS = 3650

@@ -29,6 +29,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib.reconciler import BACKFILL_EVENT_AGE_SECONDS as BACKFILL_EVENT_AGE_SECONDS  # one value for both
+
 BISECT_BATCH_ON_FUNCTION_ERROR = True
 MAXIMUM_RETRY_ATTEMPTS = 100
 MAXIMUM_RECORD_AGE_IN_SECONDS = 6 * 3600
@@ -65,7 +67,6 @@ FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * RECONCILER_TIMEOUT_SECONDS
 # Lambda's 6 hours: either way the event goes to the backfill failure queue (a queue of its own, so its alarm means
 # "a backfill chain ended" and nothing redrives it into the reconciler), kept 14 days, to be resumed by hand.
 BACKFILL_RETRY_ATTEMPTS = 2
-BACKFILL_EVENT_AGE_SECONDS = 3600
 BACKFILL_FAILURE_RETENTION_SECONDS = 1_209_600
 
 

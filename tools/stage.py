@@ -14,9 +14,10 @@ python -m tools.stage cleanup --stage dev    # after `chalice delete`: the queue
 
 python -m tools.stage queues --stage dev   # the stage's queues and on-failure bucket (before `chalice deploy`)
 
-Each stage has three policy files: `policy-<stage>.json` for the stream handler, `policy-<stage>-backfill.json` for
-the backfill function (`lambda_functions.backfill_segment` in the stage's config), so only the backfill can Scan, and
-`policy-<stage>-reconciler.json` for the on-failure queue's consumer `reconcile_discarded_batches`.
+Each stage has four policy files: `policy-<stage>.json` for the stream handler, `policy-<stage>-backfill.json` for
+the backfill function (`lambda_functions.backfill_segment` in the stage's config), `policy-<stage>-reconciler.json`
+for the on-failure queue's consumer `reconcile_discarded_batches`, and `policy-<stage>-audit.json` for the scheduled
+audit `audit_invariant`; only the backfill and the audit can Scan.
 """
 
 from __future__ import annotations
