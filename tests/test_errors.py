@@ -237,6 +237,9 @@ def port_8000_taken():
     from localdev.run import PREFERRED_PORT
 
     with socket.socket() as listener:
+        # SO_REUSEADDR, as the engine and make run's probe set it: an earlier test's connections to 8000 may still be in
+        # TIME_WAIT, which fails a plain bind although nothing listens (then make run would take the port after all).
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Held here for the whole module: another holder (a parallel run's) may let it go while the tests run.
         deadline = time.monotonic() + 30
         while True:
