@@ -70,3 +70,14 @@ def without_aws(tmp_path: Path, **extra: str) -> dict[str, str]:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     missing = str(tmp_path / "no-aws-config")
     return {**environment, "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing, **extra}
+
+
+def lambda_role(emulator, name: str) -> str:
+    """The ARN of a role Lambda may assume, made on the emulator (for a stack's or a function's role)."""
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    return emulator.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from chalicelib.config import Settings
-from tests.projects import chalice, project_config, stage_tool, unused_stage_name
+from tests.projects import chalice, lambda_role, project_config, stage_tool, unused_stage_name
 from tools import alarms, failure_bucket, failure_handling, stage
 from tools.deploy_guard import handler_timeout
 
@@ -297,14 +297,7 @@ def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_
     CloudFormation makes no AWS::CloudWatch::Alarm: the alarms are read back from the packaged template instead)."""
     from tools import merge_template
 
-    iam = emulator.client("iam")
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    role = iam.create_role(RoleName="stack-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    role = lambda_role(emulator, "stack-role")
     schema = json.loads((project_copy / "schema" / "users-table.json").read_text())
     bucket_arn = {"Fn::GetAtt": ["StreamFailureBucket", "Arn"]}
     settings = failure_handling.mapping_failure_handling(bucket_arn)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.projects import stage_tool, without_aws
+from tests.projects import lambda_role, stage_tool, without_aws
 from tools import failure_handling, sizing
 
 
@@ -96,14 +96,7 @@ def stack_template(role: str) -> dict:
 
 
 def test_status_reads_the_stream_mapping_the_real_log_group_and_the_shards(emulator, aws_environment, project_copy):
-    iam = emulator.client("iam")
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    role = iam.create_role(RoleName="status-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    role = lambda_role(emulator, "status-role")
     cloudformation = emulator.client("cloudformation")
     cloudformation.create_stack(StackName="email-checker-status", TemplateBody=json.dumps(stack_template(role)))
     logs = emulator.client("logs")
