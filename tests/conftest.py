@@ -66,6 +66,15 @@ def pytest_runtest_protocol(item, nextitem):
         GUARD.active = False
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup`, a test with no xdist_group of its own runs in its module's worker: a module's
+    module-scoped fixtures (moto's server, a packaged stack, a `make run`) are then made once, not once per worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__.rsplit(".", 1)[-1]))
+
+
 @pytest.fixture(autouse=True)
 def _no_committed_config(request):
     """Fail a test that read the committed `.chalice/` or ran a command that would (during its setup or its call)."""
