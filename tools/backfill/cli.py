@@ -119,6 +119,9 @@ def backfill(args: argparse.Namespace) -> int:
     stop = threading.Event()
     # SIGTERM as Ctrl-C: finish the pages under way, keep the checkpoint, print the summary.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C's KeyboardInterrupt even when started with SIGINT ignored (a script's background job), where Python
+    # installs no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     interrupted = False
     given_up: dict[int, str] = {}
