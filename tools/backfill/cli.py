@@ -122,6 +122,11 @@ def backfill(args: argparse.Namespace) -> int:
     # Ctrl-C's KeyboardInterrupt even when started with SIGINT ignored (a script's background job), where Python
     # installs no handler for it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    print(
+        f"backfill of {facts.name}{' (dry run)' if args.dry_run else ''}: {len(checkpoint.unfinished())}/"
+        f"{args.segments} segment(s) to do; Ctrl-C or SIGTERM stops it, the checkpoint keeps its place",
+        flush=True,
+    )
     started = time.monotonic()
     interrupted = False
     given_up: dict[int, str] = {}
