@@ -90,6 +90,7 @@ def run(verbose: bool = False) -> int:
     from chalicelib.config import ConfigError
     from localdev.dynamodb_local import DynamoDBLocal, create_table, table_definition
 
+    print("starting DynamoDB Local ...", flush=True)
     with DynamoDBLocal() as engine:
         os.environ.update(engine.environment())
         from localdev.invoker import ChaliceInvoker

@@ -185,6 +185,7 @@ def start_engine(
             file=sys.stderr,
             flush=True,
         )
+    print(f"starting DynamoDB Local on port {port} (data in {data_dir}) ...", flush=True)
     # The engine inherits the data directory's lock: one left running by a `kill -9` still holds it.
     engine = cleanup.enter_context(DynamoDBLocal(db_path=data_dir, port=port, pass_fds=(lock.fileno(),)))
     lock.write(f"DynamoDB Local (process {engine.pid})\n")

@@ -21,7 +21,7 @@ from chalicelib.records import AttributeNames, ItemState, attribute_conflict, it
 from localdev.events import StreamEventFactory, to_wire
 from localdev.mapping import LocalEventSourceMapping
 from tests.projects import STAGE, backfill_tool, copy_project
-from tests.reliability import EMAILS, Layout, Model, Op, classify, perform, scan, violations
+from tests.reliability import EMAILS, Layout, Model, Op, perform, scan, violations
 from tests.test_reliability import follow, report, run_clients, settle
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.local import Options, local_worker, run_local
@@ -148,6 +148,8 @@ def test_the_processor_decides_on_quoted_names_from_a_stream_event(make_table, a
     """The records, decoded on the gateway's names: one event with a write of each kind."""
     import logging
 
+    from chalicelib.domains import EmailClassifier, personal_domain_set
+
     table = make_table(keys=(("pk", "S"),), stream=False)
     factory = StreamEventFactory(table_name=table.name, key_names=("pk",))
     items = [
@@ -157,7 +159,9 @@ def test_the_processor_decides_on_quoted_names_from_a_stream_event(make_table, a
     for item in items:
         table.client.put_item(TableName=table.name, Item=to_wire(item))
     gateway = DynamoDBGateway(table.client, attributes)
-    processor = StreamProcessor(classify, gateway, True, logging.getLogger("test"))
+    processor = StreamProcessor(
+        EmailClassifier(personal_domain_set()).is_personal_email, gateway, True, logging.getLogger("test")
+    )
     try:
         result = processor.process(factory.event(*(factory.insert(item) for item in items)))
     finally:

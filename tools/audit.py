@@ -86,6 +86,9 @@ def audit(args: argparse.Namespace) -> int:
     stop = threading.Event()
     # SIGTERM as Ctrl-C: the pages under way finish, the report prints.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C's KeyboardInterrupt even when started with SIGINT ignored (a script's background job), where Python
+    # installs no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     interrupted = False
     try:

@@ -107,6 +107,7 @@ def benchmark(argv: list[str] | None = None) -> int:
         os.environ.update(engine.environment())
         try:
             for segments in args.segments:
+                print(f"measuring {args.items} items, {segments} segment(s) ...", file=sys.stderr, flush=True)
                 result = measure(args.items, segments)
                 results.append(result)
                 print(

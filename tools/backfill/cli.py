@@ -119,6 +119,14 @@ def backfill(args: argparse.Namespace) -> int:
     stop = threading.Event()
     # SIGTERM as Ctrl-C: finish the pages under way, keep the checkpoint, print the summary.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C's KeyboardInterrupt even when started with SIGINT ignored (a script's background job), where Python
+    # installs no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    print(
+        f"backfill of {facts.name}{' (dry run)' if args.dry_run else ''}: {len(checkpoint.unfinished())}/"
+        f"{args.segments} segment(s) to do; Ctrl-C or SIGTERM stops it, the checkpoint keeps its place",
+        flush=True,
+    )
     started = time.monotonic()
     interrupted = False
     given_up: dict[int, str] = {}
