@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,28 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.projects import ROOT, copy_project
+from tests.adopter import EMAIL, FLAG, adopter_project
 
-STAGE = "adopt"
-EMAIL, FLAG = "email", "is_personal"
+STAGE = "staging"
 
 
 def own_project(target: Path) -> Path:
-    """A project copy with localdev/ and a config of its own: one stage, non-default attribute names."""
-    project = copy_project(target)
-    shutil.copytree(ROOT / "localdev", project / "localdev", ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "node_modules").symlink_to(ROOT / "node_modules")
-    config = {
-        "version": "2.0",
-        "app_name": "email-checker",
-        "lambda_timeout": 60,
-        "autogen_policy": False,
-        "stages": {
-            STAGE: {"environment_variables": {"STAGE": STAGE, "EMAIL_ATTRIBUTE": EMAIL, "FLAG_ATTRIBUTE": FLAG}}
-        },
-    }
-    (project / ".chalice" / "config.json").write_text(json.dumps(config, indent=2))
-    return project
+    """The adopter's project copy with localdev/: its stages only, attributes `email` and `is_personal`."""
+    return adopter_project(target, {STAGE: ""}, with_localdev=True)
 
 
 class Following:
