@@ -14,6 +14,11 @@ EMAIL, FLAG = "email", "is_personal"
 KEYS = ["tenant:S", "member_no:N"]
 EU_STREAM = "arn:aws:dynamodb:eu-west-1:123456789012:table/Members/stream/2026-01-01T00:00:00.000"
 FUNCTIONS = ("backfill_segment", "reconcile_discarded_batches", "audit_invariant")
+FUNCTION_SETTINGS = {
+    "backfill_segment": {"lambda_timeout": 900, "lambda_memory_size": 512, "reserved_concurrency": 4},
+    "reconcile_discarded_batches": {"lambda_timeout": 120},
+    "audit_invariant": {"lambda_timeout": 60, "reserved_concurrency": 1},
+}
 
 
 def stage_entry(stage: str, stream_arn: str = "") -> dict:
@@ -30,7 +35,7 @@ def stage_entry(stage: str, stream_arn: str = "") -> dict:
             "REPORT_BATCH_ITEM_FAILURES": "false",
         },
         "lambda_functions": {
-            name: {"iam_policy_file": f"policy-{stage}-{suffixes[name]}.json", "lambda_timeout": 120}
+            name: {"iam_policy_file": f"policy-{stage}-{suffixes[name]}.json", **FUNCTION_SETTINGS[name]}
             for name in FUNCTIONS
         },
     }
