@@ -1,4 +1,5 @@
-"""Start and stop moto's AWS emulator (`moto.server`, from `moto[server]`) on a loopback port, in its own process.
+"""Start and stop moto's AWS emulator (`moto.server`, from `moto[server]`, with the GetAccountSettings it lacks:
+localdev/moto_main.py) on a loopback port, in its own process.
 
 `chalice deploy` and the stage tools run against it as against AWS once `environment()` is applied: every botocore
 client honours AWS_ENDPOINT_URL, and the credentials are dummies, so nothing can reach a real account.
@@ -18,7 +19,7 @@ from typing import Any
 import boto3
 
 from localdev import lifecycle
-from localdev.dynamodb_local import ServerProcess, free_port, stop_process
+from localdev.dynamodb_local import ROOT, ServerProcess, free_port, stop_process
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -35,9 +36,10 @@ class MotoServer(ServerProcess):
         self.log_path = Path(self._log_dir.name) / "moto.log"
 
     def _launch(self) -> None:
-        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        command = [sys.executable, "-m", "localdev.moto_main", "-H", "127.0.0.1", "-p", str(self.port)]
         with self.log_path.open("wb") as log:
-            self._process = lifecycle.spawn(command, "moto", stdout=log, stderr=subprocess.STDOUT)
+            # From the project folder, where `localdev` is importable whatever the caller's folder.
+            self._process = lifecycle.spawn(command, "moto", cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
     def _wait_until_ready(self, timeout: float) -> None:
         assert self._process is not None
