@@ -8,6 +8,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.config import Config
+
 from chalicelib.backfill import Counts, PageResult, SegmentRequest, SegmentResult, SegmentWorker
 from chalicelib.config import Settings
 from tools.backfill.checkpoint import Checkpoint
@@ -21,6 +23,48 @@ FUNCTION_NAME = "backfill_segment"
 DEFAULT_PAGE_SIZE = 1000
 # A segment whose page keeps failing (writes still failing after botocore's retries) is tried this often per run.
 SEGMENT_ATTEMPTS = 3
+# A backfill has no Lambda deadline: its requests may wait for a slow or busy engine (a 1 MB Scan page on a loaded
+# DynamoDB Local takes seconds), unlike the stream handler's, bounded to fit its batch (chalicelib/budget.py).
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 60
+"""botocore's default: a Scan page or a batch of writes that takes longer is a stall, retried on a new connection."""
+MAX_ATTEMPTS = 10
+"""botocore's standard retry mode: the first try and 9 retries of a throttled, timed-out or dropped request, each
+after a random wait of up to min(2 ** (retry - 1), 20) s (up to about 2 minutes in all)."""
+
+
+def client_config(max_pool_connections: int) -> Config:
+    """botocore settings for the backfill's DynamoDB client: scan-sized timeouts, standard retries with backoff."""
+    return Config(
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        max_pool_connections=max_pool_connections,
+        tcp_keepalive=True,
+    )
+
+
+def backfill_client(max_pool_connections: int) -> Any:
+    """The backfill's DynamoDB client (endpoint and region from the environment, as the AWS CLI's)."""
+    import boto3
+
+    return boto3.session.Session().client("dynamodb", config=client_config(max_pool_connections))
+
+
+def settled_counts(page: PageResult, fixed_before: int = 0) -> Counts:
+    """What a page adds to the backfill's counts, so that every item is counted once: all of it when it finished;
+    when it is to be scanned again (failed writes, or a stop), only the units it consumed: its items are counted
+    when it is redone, and its failures are counted only if the run ends with them (`failed_left`). `fixed_before`
+    items of a redone page were written by its earlier attempt: found correct now, they are counted as fixed."""
+    if page.retry:
+        return Counts(read_units=page.counts.read_units, write_units=page.counts.write_units)
+    counts = Counts()
+    counts.add(page.counts)
+    carried = min(fixed_before, counts.already_correct)
+    counts.already_correct -= carried
+    counts.to_write += carried
+    counts.written += carried
+    return counts
 
 
 @dataclass
@@ -57,12 +101,18 @@ def run_local(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> Counts:
-    """Backfill the unfinished segments on this machine, `threads` at a time; what this run did."""
+    """Backfill the unfinished segments on this machine, `threads` at a time; what this run did, its `failed` the
+    writes still failing on the pages it leaves to redo. An error a segment can't get past (after botocore's
+    retries) stops every segment at its next page, and is raised once they have."""
     stop = stop or threading.Event()
     # One budget shared by every thread; its waits end when the run is stopped.
     limited = worker.limited(options.read_units, options.write_units, stop)
     this_run = Counts()
     lock = threading.Lock()
+    failed_left: dict[int, int] = {}
+    """Per segment, the failed writes of the page it stands at (0 once a page finishes)."""
+    fixed_before: dict[int, int] = {}
+    """Per segment, the writes applied by the failed attempts of the page it stands at."""
 
     def segment(number: int) -> None:
         pages = 0
@@ -71,10 +121,12 @@ def run_local(
         def on_page(page: PageResult, result: SegmentResult) -> None:
             nonlocal pages
             pages += 1
-            counts = page.finished_counts()  # a page to be redone is counted when it is redone, not twice
+            counts = settled_counts(page, fixed_before.get(number, 0))
             checkpoint.record(result, counts)
             with lock:
                 this_run.add(counts)
+                failed_left[number] = page.counts.failed if page.retry else 0
+                fixed_before[number] = fixed_before.get(number, 0) + page.counts.written if page.retry else 0
             if progress is not None:
                 progress.add(counts)
 
@@ -90,6 +142,9 @@ def run_local(
                     return
                 if attempt + 1 < SEGMENT_ATTEMPTS:
                     stop.wait(2**attempt)
+        except Exception:
+            stop.set()  # the others stop at their next page; the checkpoint keeps where each stands
+            raise
         finally:
             own.close()
 
@@ -106,6 +161,7 @@ def run_local(
             raise
         for future in futures:
             future.result()
+    this_run.failed = sum(failed_left.values())
     return this_run
 
 
