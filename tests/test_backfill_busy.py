@@ -195,3 +195,48 @@ def test_writes_that_fail_then_succeed_within_the_run_are_not_counted_failed(
     assert (numbers["scanned"], numbers["already correct"], numbers["failed"]) == (40, 14, 0)
     assert numbers["fixed"] == 26  # the failed attempt's writes included: found correct when the page is redone
     assert flags(table) == expected
+
+
+def test_throttling_past_every_retry_is_one_line_with_the_resume_command(stage_settings, monkeypatch, capsys, tmp_path):
+    """What DynamoDB can send but DynamoDB Local never does: a Scan still throttled once botocore's retries are spent
+    (Stubber hands the command the error those retries end with)."""
+    from botocore.stub import Stubber
+
+    for name, value in (
+        ("AWS_DEFAULT_REGION", "eu-west-1"),
+        ("AWS_ACCESS_KEY_ID", "x"),
+        ("AWS_SECRET_ACCESS_KEY", "x"),
+    ):
+        monkeypatch.setenv(name, value)
+    client = local.backfill_client(4)
+    stub = Stubber(client)
+    stub.add_response(
+        "describe_table",
+        {
+            "Table": {
+                "TableName": "Members",
+                "KeySchema": [
+                    {"AttributeName": "tenant", "KeyType": "HASH"},
+                    {"AttributeName": "member_no", "KeyType": "RANGE"},
+                ],
+                "ItemCount": 1000,
+                "ProvisionedThroughput": {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5},
+            }
+        },
+    )
+    stub.add_client_error(
+        "scan", "ProvisionedThroughputExceededException", "The level of configured provisioned throughput for the "
+        "table was exceeded.", http_status_code=400,
+    )  # fmt: skip
+    monkeypatch.setattr(cli, "backfill_client", lambda pool: client)
+    argv = ["run", "--table", "Members", "--stage", "staging", "--segments", "1", "--no-progress"]
+    argv += ["--checkpoint", str(tmp_path / "c.json")]
+    with stub:
+        code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err
+    [line] = err.splitlines()
+    assert line.startswith("error: Scan failed: ProvisionedThroughputExceededException")
+    assert line.endswith(f"resume with `.venv/bin/python -m tools.backfill {' '.join(argv)}`")
+    assert "0/1 segments done" in out
+    stub.assert_no_pending_responses()
