@@ -8,8 +8,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.config import Config
-
 from chalicelib.backfill import Counts, PageResult, SegmentRequest, SegmentResult, SegmentWorker
 from chalicelib.config import Settings
 from tools.backfill.checkpoint import Checkpoint
@@ -26,29 +24,26 @@ SEGMENT_ATTEMPTS = 3
 # A backfill has no Lambda deadline: its requests may wait for a slow or busy engine (a 1 MB Scan page on a loaded
 # DynamoDB Local takes seconds), unlike the stream handler's, bounded to fit its batch (chalicelib/budget.py).
 CONNECT_TIMEOUT_SECONDS = 10
-READ_TIMEOUT_SECONDS = 60
-"""botocore's default: a Scan page or a batch of writes that takes longer is a stall, retried on a new connection."""
+READ_TIMEOUT_SECONDS = 30
+"""15 times the handler's: a Scan page or a batch of writes that takes longer is a stall, retried on a new
+connection (a stalled engine is given up after MAX_ATTEMPTS x 30 s, 5 minutes)."""
 MAX_ATTEMPTS = 10
 """botocore's standard retry mode: the first try and 9 retries of a throttled, timed-out or dropped request, each
-after a random wait of up to min(2 ** (retry - 1), 20) s (up to about 2 minutes in all)."""
-
-
-def client_config(max_pool_connections: int) -> Config:
-    """botocore settings for the backfill's DynamoDB client: scan-sized timeouts, standard retries with backoff."""
-    return Config(
-        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        read_timeout=READ_TIMEOUT_SECONDS,
-        max_pool_connections=max_pool_connections,
-        tcp_keepalive=True,
-    )
+after a random wait of up to min(2 ** (retry - 1), 20) s when throttled (up to 111 s in all), 25 ms x 2 ** (retry - 1)
+after a timeout or a dropped connection (DynamoDB's base in botocore/retries/standard.py)."""
 
 
 def backfill_client(max_pool_connections: int) -> Any:
-    """The backfill's DynamoDB client (endpoint and region from the environment, as the AWS CLI's)."""
-    import boto3
+    """The backfill's DynamoDB client (endpoint and region from the environment, as the AWS CLI's): scan-sized
+    timeouts, botocore's standard retries with backoff."""
+    from chalicelib.dynamodb import dynamodb_client
 
-    return boto3.session.Session().client("dynamodb", config=client_config(max_pool_connections))
+    return dynamodb_client(
+        max_pool_connections,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        max_attempts=MAX_ATTEMPTS,
+    )
 
 
 def settled_counts(page: PageResult, fixed_before: int = 0) -> Counts:
