@@ -120,26 +120,32 @@ def test_an_error_past_every_retry_is_one_line_with_the_resume_command(
 
 class FailsFor:
     """The gateway, except that writes to the items in `keys` fail (as after every retry); with `once`, only the
-    first write to each."""
+    first write to each; with `applied`, they are made all the same (a write whose answer timed out)."""
 
-    def __init__(self, gateway, keys: set[int], once: bool = False) -> None:
+    def __init__(self, gateway, keys: set[int], once: bool = False, applied: bool = False) -> None:
         self._gateway = gateway
         self.attributes = gateway.attributes
         self.keys = keys
         self.once = once
+        self.applied = applied
 
     def apply(self, writes, deadline=None):
         doomed = [int(write.key.wire["member_no"]["N"]) in self.keys for write in writes]
         if self.once:
             self.keys -= {int(w.key.wire["member_no"]["N"]) for w, d in zip(writes, doomed, strict=True) if d}
-        passed = iter(self._gateway.apply([w for w, d in zip(writes, doomed, strict=True) if not d], deadline))
-        return [WriteOutcome.FAILED if d else next(passed) for d in doomed]
+        sent = [w for w, d in zip(writes, doomed, strict=True) if self.applied or not d]
+        outcomes = iter(self._gateway.apply(sent, deadline))
+        reported = []
+        for fails in doomed:
+            outcome = next(outcomes) if self.applied or not fails else None
+            reported.append(WriteOutcome.FAILED if fails else outcome)
+        return reported
 
     def close(self) -> None:
         self._gateway.close()
 
 
-def failing_worker(doomed: set[int], once: bool = False):
+def failing_worker(doomed: set[int], once: bool = False, applied: bool = False):
     """`tools.backfill.local.local_worker`, its writes to the `doomed` items failing."""
     from chalicelib.backfill import SegmentWorker
     from chalicelib.dynamodb import DynamoDBGateway
@@ -147,7 +153,7 @@ def failing_worker(doomed: set[int], once: bool = False):
 
     def worker(settings, client, write_concurrency):
         def new_gateway():
-            return FailsFor(DynamoDBGateway(client, settings.attributes, max_concurrency=2), doomed, once)
+            return FailsFor(DynamoDBGateway(client, settings.attributes, max_concurrency=2), doomed, once, applied)
 
         return SegmentWorker(client, new_gateway(), classifier_for(settings).is_personal_email, new_gateway=new_gateway)
 
@@ -183,12 +189,14 @@ def test_failed_items_exit_non_zero_and_a_resume_counts_each_item_once(
     assert flags(table) == expected
 
 
+@pytest.mark.parametrize("applied", [False, True], ids=["not-applied", "applied-but-timed-out"])
 def test_writes_that_fail_then_succeed_within_the_run_are_not_counted_failed(
-    make_table, stage_settings, monkeypatch, capsys, tmp_path
+    make_table, stage_settings, monkeypatch, capsys, tmp_path, applied
 ):
     table = make_table(keys=KEYS, stream=False)
     expected = fill(table, 40)
-    monkeypatch.setattr(cli, "local_worker", failing_worker({7, 8}, once=True))  # the segment's next attempt passes
+    # The segment's next attempt passes.
+    monkeypatch.setattr(cli, "local_worker", failing_worker({7, 8}, once=True, applied=applied))
     assert cli.main(arguments(table, tmp_path)) == 0
     numbers = summary_numbers(capsys.readouterr().out)
     assert_adds_up(numbers)

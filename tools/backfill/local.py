@@ -46,16 +46,17 @@ def backfill_client(max_pool_connections: int) -> Any:
     )
 
 
-def settled_counts(page: PageResult, fixed_before: int = 0) -> Counts:
+def settled_counts(page: PageResult, correct_before: int | None = None) -> Counts:
     """What a page adds to the backfill's counts, so that every item is counted once: all of it when it finished;
     when it is to be scanned again (failed writes, or a stop), only the units it consumed: its items are counted
-    when it is redone, and its failures are counted only if the run ends with them (`failed_left`). `fixed_before`
-    items of a redone page were written by its earlier attempt: found correct now, they are counted as fixed."""
+    when it is redone, and its failures are counted only if the run ends with them (`failed_left`). A redone page
+    whose first attempt found `correct_before` items correct counts the ones it finds correct beyond those as fixed:
+    its earlier attempts wrote them (a write that timed out may still have been applied)."""
     if page.retry:
         return Counts(read_units=page.counts.read_units, write_units=page.counts.write_units)
     counts = Counts()
     counts.add(page.counts)
-    carried = min(fixed_before, counts.already_correct)
+    carried = max(0, counts.already_correct - correct_before) if correct_before is not None else 0
     counts.already_correct -= carried
     counts.to_write += carried
     counts.written += carried
@@ -106,8 +107,8 @@ def run_local(
     lock = threading.Lock()
     failed_left: dict[int, int] = {}
     """Per segment, the failed writes of the page it stands at (0 once a page finishes)."""
-    fixed_before: dict[int, int] = {}
-    """Per segment, the writes applied by the failed attempts of the page it stands at."""
+    correct_before: dict[int, int] = {}
+    """Per segment that is redoing a page: the items its first attempt found already correct."""
 
     def segment(number: int) -> None:
         pages = 0
@@ -116,12 +117,15 @@ def run_local(
         def on_page(page: PageResult, result: SegmentResult) -> None:
             nonlocal pages
             pages += 1
-            counts = settled_counts(page, fixed_before.get(number, 0))
+            counts = settled_counts(page, correct_before.get(number))
             checkpoint.record(result, counts)
             with lock:
                 this_run.add(counts)
                 failed_left[number] = page.counts.failed if page.retry else 0
-                fixed_before[number] = fixed_before.get(number, 0) + page.counts.written if page.retry else 0
+            if page.retry:
+                correct_before.setdefault(number, page.counts.already_correct)
+            else:
+                correct_before.pop(number, None)
             if progress is not None:
                 progress.add(counts)
 
