@@ -55,7 +55,7 @@ def summary(totals: Counts, checkpoint: Checkpoint, seconds: float, interrupted:
         f"  scanned          {totals.scanned}   (each item once: already correct + "
         f"{'would write' if checkpoint.dry_run else 'needed a write'})",
         f"  already correct  {totals.already_correct}",
-        f"  {'would write' if checkpoint.dry_run else 'needed a write'}      {totals.to_write}"
+        f"  {'would write' if checkpoint.dry_run else 'needed a write':<17}{totals.to_write}"
         + ("" if checkpoint.dry_run else "   (fixed + superseded + rejected)"),
     ]
     if not checkpoint.dry_run:
