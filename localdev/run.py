@@ -137,7 +137,7 @@ def start_failure_bucket(s3: Any, bucket: str, queue_arn: str) -> None:
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=api_notification(queue_arn))
 
 
-def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
+def start_failure_queue(cleanup: ExitStack, app_name: str, stage: str) -> FailureQueue:
     """Start moto's server (stopped when `cleanup` closes) and create the stage's failure queue in it, with the
     deployed queue's visibility timeout and redrive to its dead-letter queue, and the on-failure bucket notifying it."""
     import boto3
@@ -145,7 +145,7 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
 
     from chalicelib.config import dead_letter_queue_name
     from localdev import moto_server
-    from tools.stage import ensure_reconciler_queues, failure_queue_name, load_config
+    from tools.stage import ensure_reconciler_queues, failure_queue_name
 
     # In this process, not a child: a poller that is killed (-9 included) can't leave a server behind. Its web
     # server would log every request on stderr, between the batch lines.
@@ -157,7 +157,6 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     endpoint = f"http://{host}:{port}"
     session = boto3.session.Session(region_name=moto_server.REGION, **moto_server.CREDENTIALS)
     sqs = session.client("sqs", endpoint_url=endpoint)
-    app_name = load_config()["app_name"]
     ensure_reconciler_queues(sqs, app_name, stage)
     queue_url = sqs.get_queue_url(QueueName=failure_queue_name(app_name, stage))["QueueUrl"]
     dead_letter_url = sqs.get_queue_url(QueueName=dead_letter_queue_name(app_name, stage))["QueueUrl"]
@@ -272,9 +271,11 @@ def run(args: argparse.Namespace) -> int:
         table_definition,
         table_stream,
     )
+    from tools.project import chosen_stage
     from tools.stage import require_stage
 
-    require_stage(args.stage)  # before the engine starts (Chalice would take any name, with no settings)
+    # Before the engine starts (Chalice would take any name, with no settings).
+    args.stage = require_stage(chosen_stage(args.stage))
     definition = table_definition(args.key, **({"TableName": args.table} if args.table else {}))  # --key checked
     data_dir, checkpoints = args.data_dir.resolve(), args.checkpoints.resolve()
     with ExitStack() as cleanup:
@@ -298,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         from localdev.reconciler_runner import start_reconciler
         from localdev.table_watch import follow_table
         from tools.failure_handling import DEPLOYED_FUNCTION, RECONCILER_MAX_RECEIVES
+        from tools.project import load_config
 
         invoker = ChaliceInvoker(stage=args.stage, quiet=not args.verbose, deployed_overrides=DEPLOYED_FUNCTION)
         cleanup.callback(invoker.close)
@@ -314,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
         stream_arn = stream_arn_of(table)
-        failures = start_failure_queue(cleanup, args.stage)  # once the stage's settings are known to be valid
+        # Once the stage's settings are known to be valid.
+        failures = start_failure_queue(cleanup, load_config()["app_name"], args.stage)
         console = sys.stdout  # the summaries arrive while the quiet invoker has stdout redirected
         invoker.collector.on_summary = lambda summary: print(describe_batch(summary), file=console, flush=True)
         checkpoints.parent.mkdir(parents=True, exist_ok=True)
@@ -409,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", default="dev", help="the Chalice stage whose settings to use (default dev)")
+    parser.add_argument("--stage", help="the Chalice stage whose settings to use (default: the config's only stage)")
     parser.add_argument("--table", help="the table to follow (default: schema/users-table.json's TableName)")
     parser.add_argument(
         "--key",

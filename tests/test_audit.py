@@ -5,7 +5,6 @@ each run reads a bounded sample; the packaged stack and the stage's policies car
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from decimal import Decimal
@@ -27,7 +26,7 @@ from chalicelib.dynamodb import DynamoDBGateway
 from chalicelib.planner import Drift, decide, drift_of
 from chalicelib.records import DEFAULT_ATTRIBUTES, ItemState, item_key
 from chalicelib.runtime import classifier_for, metrics_for
-from tests.projects import ROOT, copy_project, stage_tool
+from tests.projects import STAGE, copy_project, named_stages, stage_tool, write_config
 from tools import policies, stage
 from tools.audit import KIND_TEXT
 from tools.backfill.local import stage_settings
@@ -168,12 +167,10 @@ def audit_client(engine, tmp_path):
     from localdev.invoker import _StageTimeoutClient
 
     def make(table, **variables: str):
-        project = tmp_path / f"project-{table.name}"
-        shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployed"))
-        config = json.loads((project / ".chalice" / "config.json").read_text())
+        config = named_stages("dev")
         stage_variables = config["stages"]["dev"]["environment_variables"]
         stage_variables.update(STREAM_ARN=table.stream_arn, AUDIT_CONFIRM_SECONDS="0", **variables)
-        (project / ".chalice" / "config.json").write_text(json.dumps(config))
+        project = write_config(tmp_path / f"project-{table.name}", config, policies=False)
         from app import app
 
         return _StageTimeoutClient(app, stage_name="dev", project_dir=str(project))
@@ -255,14 +252,14 @@ class Scans:
         self.scanned.append(parsed["ScannedCount"])
 
 
-def test_each_run_reads_one_page_of_at_most_the_sample_from_a_random_segment(engine, make_table):
+def test_each_run_reads_one_page_of_at_most_the_sample_from_a_random_segment(project, engine, make_table):
     table = make_table()
     with users(engine, table).batch_writer() as batch:
         for i in range(60):
             batch.put_item(Item={"Id": f"user-{i}", "Email": f"u{i}@gmail.com", "Pad": "x" * 300})
     client = engine.client()
     scans = Scans(client)
-    settings = stage_settings("dev")
+    settings = stage_settings(STAGE, project)
     classify = classifier_for(settings).is_personal_email
     picks = []
 
@@ -295,7 +292,7 @@ def test_each_run_reads_one_page_of_at_most_the_sample_from_a_random_segment(eng
     assert flagged == sum(r.fixed for r in reports)
 
 
-def test_an_item_the_stream_handler_fixes_during_the_grace_period_is_not_drift(engine, make_table):
+def test_an_item_the_stream_handler_fixes_during_the_grace_period_is_not_drift(project, engine, make_table):
     table = make_table()
     users_table = users(engine, table)
     users_table.put_item(Item={"Id": "in-flight", "Email": "ann@gmail.com"})  # its record not handled yet
@@ -314,7 +311,7 @@ def test_an_item_the_stream_handler_fixes_during_the_grace_period_is_not_drift(e
             Key={"Id": "in-flight"}, UpdateExpression="SET IsPersonalEmail = :t", ExpressionAttributeValues={":t": True}
         )
 
-    classify = classifier_for(stage_settings("dev")).is_personal_email
+    classify = classifier_for(stage_settings(STAGE, project)).is_personal_email
     auditor = Auditor(
         client,
         DynamoDBGateway(client, DEFAULT_ATTRIBUTES, max_concurrency=4),
@@ -332,13 +329,13 @@ def test_an_item_the_stream_handler_fixes_during_the_grace_period_is_not_drift(e
     assert flags(engine, table) == {"in-flight": True, "stuck": True}
 
 
-def test_run_audit_logs_one_line_of_counts(engine, make_table, log_sink, capsys):
+def test_run_audit_logs_one_line_of_counts(project, engine, make_table, log_sink, capsys):
     from aws_lambda_powertools import Logger
 
     table = make_table()
     plant(engine, table)
     client = engine.client()
-    settings = stage_settings("dev")
+    settings = stage_settings(STAGE, project)
     classify = classifier_for(settings).is_personal_email
     auditor = Auditor(
         client,
@@ -349,7 +346,7 @@ def test_run_audit_logs_one_line_of_counts(engine, make_table, log_sink, capsys)
         0,
         pick=lambda total: 0,
     )
-    report = run_audit(auditor, 60_000, "dev", Logger(service="email-checker"), metrics_for(settings))
+    report = run_audit(auditor, 60_000, STAGE, Logger(service="email-checker"), metrics_for(settings))
     assert report.checked <= 3
     [line] = [r for r in log_sink.records() if r["message"] == "audit"]
     assert line["checked"] == report.checked and line["total_segments"] == total_segments(len(PLANTED), 3)
@@ -358,20 +355,20 @@ def test_run_audit_logs_one_line_of_counts(engine, make_table, log_sink, capsys)
 # ----------------------------------------------------------------------------------------------------- the CLI
 
 
-def audit_cli(*args: str) -> subprocess.CompletedProcess:
+def audit_cli(project, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tools.audit", "--stage", "dev", "--no-progress", *args],
-        cwd=ROOT,
+        [sys.executable, "-m", "tools.audit", "--stage", STAGE, "--no-progress", *args],
+        cwd=project,
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def test_the_cli_prints_the_drift_by_kind_and_fixes_it_with_fix(engine, make_table):
+def test_the_cli_prints_the_drift_by_kind_and_fixes_it_with_fix(project, engine, make_table):
     table = make_table()
     plant(engine, table)
-    found = audit_cli("--table", table.name, "--segments", "3")
+    found = audit_cli(project, "--table", table.name, "--segments", "3")
     assert found.returncode == 1, found.stderr
     lines = found.stdout.splitlines()
     assert f"  checked          {len(PLANTED)}" in lines and f"  drift            {DRIFT}" in lines
@@ -380,17 +377,17 @@ def test_the_cli_prints_the_drift_by_kind_and_fixes_it_with_fix(engine, make_tab
         assert f"    {number:<8} {KIND_TEXT[kind]}" in lines, found.stdout
     assert flags(engine, table) != wanted()  # without --fix it writes nothing
 
-    fixed = audit_cli("--table", table.name, "--segments", "3", "--fix")
+    fixed = audit_cli(project, "--table", table.name, "--segments", "3", "--fix")
     assert fixed.returncode == 0, fixed.stderr
     assert f"  fixed            {DRIFT}" in fixed.stdout.splitlines()
     assert flags(engine, table) == wanted()
 
-    clean = audit_cli("--table", table.name)
+    clean = audit_cli(project, "--table", table.name)
     assert clean.returncode == 0 and "  drift            0" in clean.stdout.splitlines()
 
 
-def test_the_cli_names_a_missing_table_in_one_line(engine):
-    done = audit_cli("--table", "NoSuchTable")
+def test_the_cli_names_a_missing_table_in_one_line(project, engine):
+    done = audit_cli(project, "--table", "NoSuchTable")
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
 
@@ -411,20 +408,18 @@ def test_the_audit_policy_describes_scans_and_fixes_the_table_only():
     assert all("email-checker-prod-audit_invariant" in r for r in by_sid["WriteLogs"]["Resource"])
 
 
-def test_every_stage_has_its_audit_policy_file_generated_from_its_stream_arn():
-    config = stage.load_config()
+def test_every_stage_has_its_audit_policy_file_generated_from_its_stream_arn(checked_project):
+    config = json.loads((checked_project / ".chalice" / "config.json").read_text())
     for name in config["stages"]:
-        on_disk = json.loads((ROOT / ".chalice" / policies.audit_policy_file(config, name)).read_text())
+        on_disk = json.loads((checked_project / ".chalice" / policies.audit_policy_file(config, name)).read_text())
         stream_arn = policies.stage_stream_arn(config, name)
         assert on_disk == policies.audit_policy_document(config["app_name"], name, stream_arn), "run `make policies`"
 
 
 def test_a_stale_audit_policy_alone_is_refused(tmp_path):
-    shutil.copytree(ROOT / ".chalice", tmp_path / ".chalice", ignore=shutil.ignore_patterns("deployed"))
-    config = json.loads((tmp_path / ".chalice" / "config.json").read_text())
+    config = named_stages("prod")
     stage.stage_variables(config, "prod")["STREAM_ARN"] = ARN
-    stage.write_json(tmp_path / ".chalice" / "config.json", config)
-    stage.write_policies(config, tmp_path / ".chalice")
+    write_config(tmp_path, config)
     assert deploy_refusal(tmp_path, "prod", ARN) is None
     stale = policies.audit_policy_document("email-checker", "prod", OTHER_ARN)
     stage.write_json(tmp_path / ".chalice" / "policy-prod-audit.json", stale)
@@ -435,10 +430,9 @@ def test_a_stale_audit_policy_alone_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
     """prod packaged with `--create-table`, its audit every 5 minutes (a stage setting)."""
-    project = copy_project(tmp_path_factory.mktemp("audit") / "project")
-    config = json.loads((project / ".chalice" / "config.json").read_text())
+    config = named_stages("prod")
     config["stages"]["prod"]["environment_variables"]["AUDIT_RATE_MINUTES"] = "5"
-    (project / ".chalice" / "config.json").write_text(json.dumps(config))
+    project = copy_project(tmp_path_factory.mktemp("audit") / "project", config)
     out = project.parent / "out"
     result = stage_tool(project, "package", "--stage", "prod", "--create-table", str(out))
     assert result.returncode == 0, result.stderr

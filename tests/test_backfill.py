@@ -27,6 +27,7 @@ from chalicelib.records import DEFAULT_ATTRIBUTES
 from chalicelib.runtime import classifier_for
 from localdev.events import to_wire
 from localdev.mapping import LocalEventSourceMapping
+from tests.projects import STAGE
 from tests.reliability import EMAILS, Model, Op, classify, perform, scan, violations
 from tests.test_reliability import follow, report, run_clients, settle
 from tests.transports import ChaliceInvoker
@@ -35,12 +36,11 @@ from tools.backfill.fanout import FanoutOptions, InvocationFailed, fan_out
 from tools.backfill.local import Options, local_worker, run_local, stage_settings
 from tools.backfill.ratelimit import ON_DEMAND_READ_UNITS, ON_DEMAND_WRITE_UNITS, rate_limits
 from tools.backfill.table import TableFacts, table_facts
-from tools.project import ROOT
 
 
 @pytest.fixture(scope="module")
-def settings():
-    return stage_settings("dev")
+def settings(project):
+    return stage_settings(STAGE, project)
 
 
 class Calls:
@@ -305,20 +305,20 @@ def test_the_rate_limits_pace_reads_and_writes(make_table, settings):
     assert result.counts.read_units > 0
 
 
-def test_the_command_runs_stops_resumes_and_summarises(make_table, tmp_path):
+def test_the_command_runs_stops_resumes_and_summarises(make_table, project, tmp_path):
     table = make_table(stream=False)
     model = Model()
     keys = populate(table.client, table, 60, model)
     path = tmp_path / "cli.json"
     command = [sys.executable, "-m", "tools.backfill", "run", "--table", table.name, "--segments", "2"]
-    command += ["--stage", "dev", "--page-size", "10", "--checkpoint", str(path)]
+    command += ["--stage", STAGE, "--page-size", "10", "--checkpoint", str(path)]
     partial = subprocess.run(
-        [*command, "--max-pages", "1", "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [*command, "--max-pages", "1", "--no-progress"], cwd=project, capture_output=True, text=True, timeout=120
     )
     assert partial.returncode == 1, partial.stderr
     assert "2 segment(s) left" in partial.stdout and "scanned          20" in partial.stdout
     assert partial.stderr == ""  # no progress bar asked for
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert "2/2 segments done" in finished.stdout and "scanned          60" in finished.stdout
     # The progress bar (on stderr) starts from the checkpoint's 20 and counts the outcomes.
@@ -326,7 +326,7 @@ def test_the_command_runs_stops_resumes_and_summarises(make_table, tmp_path):
     assert violations(scan(table.client, table.name), model, keys) == []
     text = finished.stdout + finished.stderr + partial.stdout + partial.stderr
     assert not any(key in text for key in keys) and "gmail" not in text  # counts only, never a key or an e-mail
-    refused = subprocess.run([*command, "--segments", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run([*command, "--segments", "3"], cwd=project, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "another backfill" in refused.stderr
 
 
@@ -382,13 +382,13 @@ class FlakyInvoker:
         return self.inner.invoke(payload)
 
 
-def test_the_fan_out_through_the_function_backfills_every_segment(make_table, log_sink, tmp_path):
+def test_the_fan_out_through_the_function_backfills_every_segment(make_table, project, log_sink, tmp_path):
     table = make_table(stream=False)
     model = Model()
     keys = populate(table.client, table, 120, model)
     needed = len(violations(scan(table.client, table.name), model, keys))
     calls = Calls(table.client)  # the function has its own client: this one must see no writes
-    invoker = ChaliceInvoker(stage="dev")
+    invoker = ChaliceInvoker(STAGE, project)
     path = tmp_path / "fanout.json"
     # The test client gives the function 3 s: no margin, and a page assumed to take 0.1 s until one is timed.
     fanout = FanoutOptions(concurrency=2, safety_margin_ms=0, page_worst_case_ms=100, max_invocations=2)
@@ -397,7 +397,7 @@ def test_the_fan_out_through_the_function_backfills_every_segment(make_table, lo
     assert invoker.invocations == first.invocations == 2 and first.counts.pages >= 2
 
     checkpoint = Checkpoint.open(path, table.name, 4, False)  # resumed from the file
-    flaky = FlakyInvoker(ChaliceInvoker(stage="dev"))
+    flaky = FlakyInvoker(ChaliceInvoker(STAGE, project))
     fanout = FanoutOptions(concurrency=3, safety_margin_ms=0, page_worst_case_ms=100, backoff_base_s=0.01)
     rest = fan_out(flaky, facts_of(table), checkpoint, options, fanout)
     assert checkpoint.unfinished() == [] and rest.given_up == {}

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from chalicelib.backfill import SegmentRequest, SegmentResult
+from tests.projects import OTHER_STAGE, STAGE
 from tests.reliability import Model, scan, violations
 from tests.test_backfill import facts_of, populate
 from tools.backfill.checkpoint import Checkpoint, default_checkpoint_path
@@ -20,14 +21,13 @@ from tools.backfill.fanout import FanoutOptions, backoff, fan_out
 from tools.backfill.local import Options, local_worker, run_local, stage_settings
 from tools.backfill.progress import Progress
 from tools.backfill.table import TableFacts
-from tools.project import ROOT
 
 FACTS = TableFacts("T", ("Id",), 10, 0, 0)
 
 
 @pytest.fixture(scope="module")
-def settings_dev():
-    return stage_settings("dev")
+def settings_dev(project):
+    return stage_settings(STAGE, project)
 
 
 class StuckInvoker:
@@ -87,14 +87,14 @@ def test_an_invocation_that_never_answers_is_bounded_and_reported():
     assert checkpoint.unfinished() == [0]
 
 
-def test_the_command_names_the_segments_given_up_and_ends_non_zero(make_table, tmp_path):
+def test_the_command_names_the_segments_given_up_and_ends_non_zero(make_table, project, tmp_path):
     table = make_table(stream=False)
     # No function to invoke in this environment: every invocation fails, and the fan-out gives up after one.
-    command = [sys.executable, "-m", "tools.backfill", "fanout", "--table", table.name, "--stage", "dev"]
+    command = [sys.executable, "-m", "tools.backfill", "fanout", "--table", table.name, "--stage", STAGE]
     command += ["--segments", "2", "--max-failures", "1", "--no-progress", "--checkpoint", str(tmp_path / "f.json")]
     command += ["--function-name", "no-such-function"]
     env = {**os.environ, "AWS_ENDPOINT_URL_LAMBDA": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "gave up on segment(s) 0, 1 after 1 invocations" in result.stderr
     assert "run the same command again" in result.stderr and (tmp_path / "f.json").exists()
@@ -161,30 +161,27 @@ def test_the_dry_run_has_its_own_checkpoint():
     assert default_checkpoint_path("Users", True).name == "backfill-Users-dry-run.json"
 
 
-def test_the_dry_run_does_not_block_the_real_run(make_table, tmp_path):
+def test_the_dry_run_does_not_block_the_real_run(make_table, project, tmp_path):
     table = make_table(stream=False)
     populate(table.client, table, 20, Model())
-    base = [sys.executable, "-m", "tools.backfill", "run", "--table", table.name, "--stage", "dev", "--no-progress"]
-    dry = subprocess.run([*base, "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    real = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    try:
-        assert dry.returncode == 0 and real.returncode == 0, dry.stderr + real.stderr
-        assert "another backfill" not in real.stderr
-    finally:
-        for dry_run in (True, False):
-            default_checkpoint_path(table.name, dry_run).unlink(missing_ok=True)
+    base = [sys.executable, "-m", "tools.backfill", "run", "--table", table.name, "--stage", STAGE, "--no-progress"]
+    dry = subprocess.run([*base, "--dry-run"], cwd=project, capture_output=True, text=True, timeout=120)
+    real = subprocess.run(base, cwd=project, capture_output=True, text=True, timeout=120)
+    # (Their default checkpoints are in the project copy's .state/, gone with it.)
+    assert dry.returncode == 0 and real.returncode == 0, dry.stderr + real.stderr
+    assert "another backfill" not in real.stderr
 
 
-def test_the_stage_is_required():
+def test_the_stage_is_required(project):
     result = subprocess.run(
-        [sys.executable, "-m", "tools.backfill", "run", "--table", "Users"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "tools.backfill", "run", "--table", "Users"], cwd=project, capture_output=True, text=True
     )
     assert result.returncode == 2 and "--stage" in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith(("error", "backfill: error", "usage"))]
 
 
-def test_stage_settings_read_the_stage_config():
-    assert stage_settings("prod").stage == "prod"
+def test_stage_settings_read_the_stage_config(project):
+    assert stage_settings(OTHER_STAGE, project).stage == OTHER_STAGE
 
 
 def test_the_lambda_invoker_waits_for_the_answer_and_names_a_function_error_by_type():

@@ -11,12 +11,12 @@ import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
 
 from localdev.events import to_wire
+from tests.projects import STAGE
 from tests.transports import ChaliceInvoker
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.fanout import FanoutOptions, fan_out
 from tools.backfill.local import Options
 from tools.backfill.table import table_facts
-from tools.project import ROOT
 
 FLAG = "IsPersonalEmail"
 _deserialize = TypeDeserializer().deserialize
@@ -145,7 +145,7 @@ def backfill_table(make_table, keyed_by: str):
 
 
 @pytest.mark.parametrize("keyed_by", ["Email", "binary"])
-def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, tmp_path, keyed_by):
+def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, project, tmp_path, keyed_by):
     table, keys, wanted = backfill_table(make_table, keyed_by)
     command = [
         sys.executable,
@@ -155,13 +155,13 @@ def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, tm
         "--table",
         table.name,
         "--stage",
-        "dev",
+        STAGE,
         "--segments",
         "2",
     ]
     command += ["--page-size", "3", "--no-progress", "--checkpoint", str(tmp_path / "backfill.json")]
 
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120)
 
     assert "Traceback" not in finished.stderr, finished.stderr[-2000:]
     assert finished.returncode == 0, finished.stdout + finished.stderr
@@ -171,14 +171,16 @@ def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, tm
 
 
 @pytest.mark.parametrize("keyed_by", ["Email", "binary"])
-def test_the_backfill_fanned_out_over_the_function_on_a_table_keyed_by_email_or_binary(make_table, tmp_path, keyed_by):
+def test_the_backfill_fanned_out_over_the_function_on_a_table_keyed_by_email_or_binary(
+    make_table, project, tmp_path, keyed_by
+):
     """Through the Lambda function (Chalice's test client): the start keys cross the JSON boundary each page."""
     table, keys, wanted = backfill_table(make_table, keyed_by)
     facts = table_facts(table.client.describe_table(TableName=table.name)["Table"])
     checkpoint = Checkpoint.open(tmp_path / "fanout.json", table.name, 2, dry_run=False)
 
     counts = fan_out(
-        ChaliceInvoker(stage="dev"),
+        ChaliceInvoker(STAGE, project),
         facts,
         checkpoint,
         Options(page_size=3),

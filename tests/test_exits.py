@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.projects import copy_project, named_stages
+
 MARKER = "EMAIL_CHECKER_TEST_MARKER"
 SERVERS = ("DynamoDBLocal", "moto.server")
 
@@ -35,14 +36,20 @@ def servers_started_by(marker: str) -> list[str]:
     return found
 
 
-def start(module_args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
+@pytest.fixture(scope="module")
+def here(tmp_path_factory) -> Path:
+    """Where the entry points run: the tests' project with this module's one stage (so `--stage` may be left out)."""
+    return copy_project(tmp_path_factory.mktemp("here") / "project", named_stages("dev"), local=True)
+
+
+def start(module_args: list[str], tmp_path: Path, here: Path) -> tuple[subprocess.Popen, str, Path]:
     """The entry point as a user starts it: its own process group, output to a file (a pipe could fill)."""
     marker = uuid.uuid4().hex
     output = tmp_path / f"{marker}.out"
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", *module_args],
-            cwd=ROOT,
+            cwd=here,
             stdout=sink,
             stderr=subprocess.STDOUT,
             env={**os.environ, MARKER: marker, "PYTHONUNBUFFERED": "1"},
@@ -94,8 +101,8 @@ def assert_stopped_cleanly(
 # Before and while the imports, while DynamoDB Local starts, and while the walkthrough's steps run.
 @pytest.mark.parametrize("delay", [0.5, 2.0, 5.0])
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_the_demo_stops_on_a_signal_at_any_moment(number, delay, tmp_path):
-    process, marker, output = start(["localdev.demo"], tmp_path)
+def test_the_demo_stops_on_a_signal_at_any_moment(number, delay, tmp_path, here):
+    process, marker, output = start(["localdev.demo"], tmp_path, here)
     time.sleep(delay)
     interrupt(process, number)
     assert_stopped_cleanly(process, marker, output, number, finished="walkthrough: OK")
@@ -104,9 +111,9 @@ def test_the_demo_stops_on_a_signal_at_any_moment(number, delay, tmp_path):
 @pytest.mark.parametrize(
     ("number", "delay"), [(signal.SIGTERM, 0.5), (signal.SIGINT, 2.0), (signal.SIGTERM, 6.0)], ids=str
 )
-def test_the_bench_stops_on_a_signal_at_any_moment(number, delay, tmp_path):
+def test_the_bench_stops_on_a_signal_at_any_moment(number, delay, tmp_path, here):
     process, marker, output = start(
-        ["bench", "--smoke", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")], tmp_path
+        ["bench", "--smoke", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")], tmp_path, here
     )
     time.sleep(delay)
     interrupt(process, number)
@@ -115,19 +122,19 @@ def test_the_bench_stops_on_a_signal_at_any_moment(number, delay, tmp_path):
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_run_stops_while_starting_and_finishes_its_batch_while_following(number, tmp_path):
+def test_run_stops_while_starting_and_finishes_its_batch_while_following(number, tmp_path, here):
     from localdev.dynamodb_local import free_port
 
     arguments = ["localdev.run", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
     arguments += ["--checkpoints", str(tmp_path / "checkpoints.json")]
-    starting, marker, output = start(arguments, tmp_path)
+    starting, marker, output = start(arguments, tmp_path, here)
     time.sleep(1.0)
     interrupt(starting, number)
     assert_stopped_cleanly(starting, marker, output, number)
 
     assert_unlocked(tmp_path / "data" / "make-run.lock", tmp_path / "checkpoints.json.lock")
 
-    following, marker, output = start(arguments, tmp_path)
+    following, marker, output = start(arguments, tmp_path, here)
     assert wait_for(output, "Ctrl-C to stop", 60), output.read_text()
     interrupt(following, number)
     text = assert_stopped_cleanly(following, marker, output, number)
@@ -144,29 +151,31 @@ def assert_unlocked(*paths: Path) -> None:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError while held
 
 
-def test_run_releases_its_lock_on_an_error(tmp_path):
+def test_run_releases_its_lock_on_an_error(tmp_path, here):
     from localdev.dynamodb_local import free_port
 
     checkpoints = tmp_path / "checkpoints.json"
     nobody = f"http://127.0.0.1:{free_port()}"
-    failing, _, output = start(["localdev.run", "--endpoint", nobody, "--checkpoints", str(checkpoints)], tmp_path)
+    failing, _, output = start(
+        ["localdev.run", "--endpoint", nobody, "--checkpoints", str(checkpoints)], tmp_path, here
+    )
     assert failing.wait(timeout=120) == 2, output.read_text()
     assert f"cannot reach {nobody}" in output.read_text()
     assert_unlocked(tmp_path / "checkpoints.json.lock")
 
 
-def test_after_a_kill_9_the_engine_left_running_keeps_the_data_until_it_is_stopped(tmp_path):
+def test_after_a_kill_9_the_engine_left_running_keeps_the_data_until_it_is_stopped(tmp_path, here):
     from localdev.dynamodb_local import free_port
 
     arguments = ["localdev.run", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
     arguments += ["--checkpoints", str(tmp_path / "checkpoints.json")]
-    killed, marker, output = start(arguments, tmp_path)
+    killed, marker, output = start(arguments, tmp_path, here)
     assert wait_for(output, "Ctrl-C to stop", 60), output.read_text()
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=20)
     [left] = servers_started_by(marker)  # the engine runs in its own session: kill -9 can't reach it
     try:
-        refused, _, second = start([*arguments[:1], *arguments[3:]], tmp_path)
+        refused, _, second = start([*arguments[:1], *arguments[3:]], tmp_path, here)
         assert refused.wait(timeout=120) == 2, second.read_text()
         assert (
             "is in use by another `make run`" in second.read_text() and "DynamoDB Local (process" in second.read_text()
@@ -177,15 +186,17 @@ def test_after_a_kill_9_the_engine_left_running_keeps_the_data_until_it_is_stopp
     deadline = time.monotonic() + 20
     while servers_started_by(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    restarted, marker, output = start(arguments, tmp_path)
+    restarted, marker, output = start(arguments, tmp_path, here)
     assert wait_for(output, "Ctrl-C to stop", 60), output.read_text()
     interrupt(restarted, signal.SIGINT)
     assert_stopped_cleanly(restarted, marker, output, signal.SIGINT)
 
 
-def test_the_backfill_bench_stops_on_sigterm(tmp_path):
+def test_the_backfill_bench_stops_on_sigterm(tmp_path, here):
     process, marker, output = start(
-        ["tools.backfill_bench", "--items", "2000", "--segments", "1", "--out", str(tmp_path / "b.json")], tmp_path
+        ["tools.backfill_bench", "--items", "2000", "--segments", "1", "--out", str(tmp_path / "b.json")],
+        tmp_path,
+        here,
     )
     time.sleep(4.0)
     interrupt(process, signal.SIGTERM)
@@ -195,8 +206,8 @@ def test_the_backfill_bench_stops_on_sigterm(tmp_path):
 @pytest.mark.parametrize(
     ("number", "moment"), [(signal.SIGINT, "$ .venv/bin/chalice deploy"), (signal.SIGTERM, "table Users on moto")]
 )
-def test_the_moto_trial_stops_on_a_signal_with_its_step_and_moto(number, moment, tmp_path):
-    process, marker, output = start(["tools.trial", "--work-dir", str(tmp_path / "trial")], tmp_path)
+def test_the_moto_trial_stops_on_a_signal_with_its_step_and_moto(number, moment, tmp_path, here):
+    process, marker, output = start(["tools.trial", "--work-dir", str(tmp_path / "trial")], tmp_path, here)
     assert wait_for(output, moment, 120), output.read_text()
     interrupt(process, number)
     assert_stopped_cleanly(process, marker, output, number)

@@ -8,8 +8,17 @@ import time
 
 import pytest
 
-from tests.projects import lambda_role, stage_tool, without_aws
+from tests.projects import copy_project, lambda_role, named_stages, stage_tool, without_aws
 from tools import failure_handling, sizing
+
+# The tests' own stages (tests/projects.py), named as the expectations below spell them.
+STAGES = ("dev", "prod")
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """This module's own project, with the stages its expectations name (STAGES)."""
+    return copy_project(tmp_path / "project", named_stages(*STAGES))
 
 
 @pytest.mark.parametrize("record", [None, {"resources": [], "schema_version": "2.0", "backend": "api"}])

@@ -9,13 +9,12 @@ from typing import Any
 
 from tools.backfill.fanout import InvocationFailed
 from tools.backfill.local import FUNCTION_NAME
-from tools.project import ROOT
 
 
 class ChaliceInvoker:
     """Synchronous invocations of `backfill_segment` through `chalice.test.Client` (the test client gives it 3 s)."""
 
-    def __init__(self, stage: str = "dev", project_dir: Path = ROOT) -> None:
+    def __init__(self, stage: str, project_dir: Path) -> None:
         from chalice.test import Client
 
         from app import app

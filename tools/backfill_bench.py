@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.dynamodb import dynamodb_client
+from localdev.walkthrough import walkthrough_settings
 from tools.backfill.checkpoint import Checkpoint
-from tools.backfill.local import DEFAULT_PAGE_SIZE, Options, local_worker, run_local, stage_settings
+from tools.backfill.local import DEFAULT_PAGE_SIZE, Options, local_worker, run_local
 from tools.backfill.table import table_facts
 from tools.project import ROOT
 
@@ -55,7 +56,7 @@ def measure(items: int, segments: int) -> dict[str, Any]:
     name = f"Bench-{uuid.uuid4().hex[:8]}"
     create_table(client, table_definition(TableName=name, StreamSpecification={"StreamEnabled": False}))
     try:
-        settings = stage_settings("dev")  # its attribute names too: the items are written as the stage names them
+        settings = walkthrough_settings()  # its attribute names too: the items are written as it names them
         fill(client, name, items, settings.attributes.email)
         facts = table_facts(client.describe_table(TableName=name)["Table"])
         worker = local_worker(settings, client, write_concurrency=8)

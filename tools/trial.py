@@ -22,7 +22,7 @@ from subprocess import STDOUT
 from typing import Any
 
 from localdev.dynamodb_local import key_schema
-from tools.project import ROOT, copy_project, load_config
+from tools.project import ROOT, chosen_stage, copy_project, load_config
 
 TRIAL_DIR = ROOT / "build" / "trial"
 VIEW_TYPES = ("NEW_AND_OLD_IMAGES", "NEW_IMAGE", "OLD_IMAGE", "KEYS_ONLY")
@@ -147,7 +147,9 @@ def trial(stage: str, table: str, keys: list[str], view_type: str | None, work_d
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", default="dev", help="the stage to deploy (added to the copy if new; default dev)")
+    parser.add_argument(
+        "--stage", help="the stage to deploy (added to the copy if new; default: the config's only stage)"
+    )
     parser.add_argument("--table", default="Users", help="the table to create on moto (default Users)")
     parser.add_argument("--key", action="append", help="NAME:TYPE (S, N or B), hash then range (default Id:S)")
     parser.add_argument("--stream-view-type", choices=VIEW_TYPES, help="create the table with its stream on")
@@ -156,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     from localdev import lifecycle
 
     return lifecycle.run_main(
-        lambda: trial(args.stage, args.table, args.key or ["Id:S"], args.stream_view_type, args.work_dir.resolve()),
+        lambda: trial(
+            chosen_stage(args.stage), args.table, args.key or ["Id:S"], args.stream_view_type, args.work_dir.resolve()
+        ),
         known=(ValueError, StepFailed),
     )
 

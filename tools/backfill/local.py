@@ -6,6 +6,7 @@ import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from chalicelib.backfill import Counts, PageResult, SegmentRequest, SegmentResult, SegmentWorker
@@ -13,7 +14,7 @@ from chalicelib.config import Settings
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.progress import Progress
 from tools.backfill.table import TableFacts
-from tools.project import function_environment
+from tools.project import ROOT, function_environment
 
 FUNCTION_NAME = "backfill_segment"
 # Items per Scan page (Limit): small enough that the progress bar moves and a crash redoes little, large enough that
@@ -164,9 +165,9 @@ def run_local(
     return this_run
 
 
-def stage_settings(stage: str) -> Settings:
+def stage_settings(stage: str, project_dir: Path = ROOT) -> Settings:
     """The stage's settings as its backfill function sees them (the domain overrides decide the same way)."""
-    return Settings.from_environ(function_environment(stage, FUNCTION_NAME))
+    return Settings.from_environ(function_environment(stage, FUNCTION_NAME, project_dir))
 
 
 def local_worker(settings: Settings, client: Any, write_concurrency: int) -> SegmentWorker:
