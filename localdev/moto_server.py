@@ -19,9 +19,10 @@ from typing import Any
 import boto3
 
 from localdev import lifecycle
-from localdev.dynamodb_local import ROOT, ServerProcess, free_port, stop_process
+from localdev.dynamodb_local import ServerProcess, free_port, stop_process
 
 REGION = "us-east-1"
+MOTO_MAIN = Path(__file__).with_name("moto_main.py")
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
@@ -36,10 +37,10 @@ class MotoServer(ServerProcess):
         self.log_path = Path(self._log_dir.name) / "moto.log"
 
     def _launch(self) -> None:
-        command = [sys.executable, "-m", "localdev.moto_main", "-H", "127.0.0.1", "-p", str(self.port)]
+        # The script by its path (it imports only moto): it runs from any folder, and reads no project file.
+        command = [sys.executable, str(MOTO_MAIN), "-H", "127.0.0.1", "-p", str(self.port)]
         with self.log_path.open("wb") as log:
-            # From the project folder, where `localdev` is importable whatever the caller's folder.
-            self._process = lifecycle.spawn(command, "moto", cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self._process = lifecycle.spawn(command, "moto", stdout=log, stderr=subprocess.STDOUT)
 
     def _wait_until_ready(self, timeout: float) -> None:
         assert self._process is not None
