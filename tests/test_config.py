@@ -64,7 +64,7 @@ def test_the_attribute_names_default_to_the_walkthroughs():
     assert settings.attributes == DEFAULT_ATTRIBUTES
 
 
-@pytest.mark.parametrize("name", ["email", 'e"mail', "flag.is personal", " padded ", "correo electrónico", "x" * 255])
+@pytest.mark.parametrize("name", ["email", 'e"mail', "flag.is personal", "correo electrónico", "x" * 255])
 def test_any_legal_attribute_name_is_taken_verbatim(name):
     settings = Settings.from_environ({"EMAIL_ATTRIBUTE": "address", "FLAG_ATTRIBUTE": name})
     assert settings.attributes == AttributeNames(email="address", flag=name)

@@ -41,7 +41,7 @@ def test_status_after_chalice_delete_is_one_line_without_aws(project_copy, tmp_p
         (40, 1, sizing.Concurrency(40, True), None),
         (100, 2, sizing.Concurrency(150, False), "raise the Lambda quota"),
         (100, 1, sizing.Concurrency(900, False), None),
-        (100, 1, sizing.Concurrency(None, False, "GetAccountSettings failed"), None),
+        (100, 1, sizing.Concurrency(None, False, "GetAccountSettings failed"), "could not be read"),
     ],
 )
 def test_the_handler_must_run_every_shard_at_once(shards, factor, concurrency, problem):

@@ -21,31 +21,15 @@ from pathlib import Path
 from subprocess import STDOUT
 from typing import Any
 
+from localdev.dynamodb_local import key_schema
 from tools.project import ROOT, chosen_stage, copy_project, load_config
 
 TRIAL_DIR = ROOT / "build" / "trial"
-KEY_TYPES = ("S", "N", "B")
 VIEW_TYPES = ("NEW_AND_OLD_IMAGES", "NEW_IMAGE", "OLD_IMAGE", "KEYS_ONLY")
 
 
 class StepFailed(RuntimeError):
     """A step of the trial exited non-zero; its output was printed."""
-
-
-def key_schema(keys: list[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(AttributeDefinitions, KeySchema) for `NAME:TYPE` keys, the hash key first; ValueError naming a bad one."""
-    if not 1 <= len(keys) <= 2:
-        raise ValueError(f"give one --key (hash) or two (hash, then range), not {len(keys)}")
-    definitions = []
-    for key in keys:
-        name, _, kind = key.rpartition(":")
-        if not name or kind not in KEY_TYPES:
-            raise ValueError(f"--key {key!r}: expected NAME:TYPE with TYPE one of {', '.join(KEY_TYPES)}")
-        definitions.append({"AttributeName": name, "AttributeType": kind})
-    if len({d["AttributeName"] for d in definitions}) < len(definitions):
-        raise ValueError("the hash and range keys must have different names")
-    roles = ("HASH", "RANGE")
-    return definitions, [{"AttributeName": d["AttributeName"], "KeyType": roles[i]} for i, d in enumerate(definitions)]
 
 
 def forget_aws_account(scratch: Path) -> None:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from chalicelib.dynamodb import dynamodb_client
 from chalicelib.records import attribute_conflict
 from tools.backfill import fanout as fanout_module
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch, default_checkpoint_path
-from tools.backfill.local import DEFAULT_PAGE_SIZE, FUNCTION_NAME, Options, local_worker, run_local, stage_settings
+from tools.backfill.local import (
+    DEFAULT_PAGE_SIZE,
+    FUNCTION_NAME,
+    Options,
+    backfill_client,
+    local_worker,
+    run_local,
+    stage_settings,
+)
 from tools.backfill.progress import Progress, summary
 from tools.backfill.ratelimit import rate_limits
 from tools.backfill.table import table_facts
@@ -76,13 +84,26 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class Stopped(RuntimeError):
+    """The run met an error it can't get past (after botocore's retries); the checkpoint keeps where it stood."""
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes this backfill from its checkpoint: the same one."""
+    return shlex.join([".venv/bin/python", "-m", "tools.backfill", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     try:
         return backfill(args)
     except (ValueError, CheckpointMismatch) as problem:
         print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except Stopped as stopped:
+        print(f"error: {stopped}; the checkpoint is kept: resume with `{resume_command(argv)}`", file=sys.stderr)
         return 2
     except Exception as error:
         from tools.errors import describe
@@ -105,7 +126,7 @@ def backfill(args: argparse.Namespace) -> int:
         raise ValueError("--concurrency and --max-failures must be at least 1")
     settings = stage_settings(args.stage)
     threads = min(args.threads or args.segments, 32) if local else 1
-    client = dynamodb_client(threads * (args.write_concurrency if local else 1) + threads)
+    client = backfill_client(threads * (args.write_concurrency if local else 1) + threads)
     facts = table_facts(client.describe_table(TableName=args.table)["Table"])
     conflict = attribute_conflict(facts.key_names, settings.attributes)
     if conflict:
@@ -130,10 +151,19 @@ def backfill(args: argparse.Namespace) -> int:
     started = time.monotonic()
     interrupted = False
     given_up: dict[int, str] = {}
+    failed_left = 0
+    stopped_by: str | None = None
     try:
         if local:
             worker = local_worker(settings, client, args.write_concurrency)
-            run_local(worker, facts, checkpoint, options, threads, progress, stop)
+            try:
+                failed_left = run_local(worker, facts, checkpoint, options, threads, progress, stop).failed
+            except Exception as error:
+                from tools.errors import describe
+
+                stopped_by = describe(error)  # a timeout, throttling or an engine gone, past every retry: one line
+                if stopped_by is None:
+                    raise
         else:
             invoker = fanout_module.LambdaInvoker(fanout_module.lambda_client(), function_name(args))
             fanout = fanout_module.FanoutOptions(
@@ -145,9 +175,11 @@ def backfill(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         progress.close()
-    interrupted = interrupted or stop.is_set()
-    print(summary(checkpoint.totals(), checkpoint, time.monotonic() - started, interrupted))
+    interrupted = interrupted or (stop.is_set() and stopped_by is None)
+    print(summary(checkpoint.totals(), checkpoint, time.monotonic() - started, interrupted, failed_left))
     print(f"checkpoint: {path} (holds keys: keep it private)")
+    if stopped_by is not None:
+        raise Stopped(stopped_by)
     if given_up:
         reasons = sorted(set(given_up.values()))
         print(
@@ -156,7 +188,7 @@ def backfill(args: argparse.Namespace) -> int:
             "fix the cause and run the same command again",
             file=sys.stderr,
         )
-    return 0 if not checkpoint.unfinished() else 1
+    return 0 if not checkpoint.unfinished() and not failed_left else 1
 
 
 def function_name(args: argparse.Namespace) -> str:
