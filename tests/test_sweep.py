@@ -323,6 +323,7 @@ def test_items_of_2kb_and_100b_every_item_is_checked_once_per_pass(
 ):
     table = make_table()
     expected = fill(table, count, padding=padding)
+    StateStore(emulator.client("s3"), bucket).request_urgent(datetime.now(UTC))  # at the stage's limits
     seen: Counter = Counter()
     run = sweeper(
         engine,
@@ -332,7 +333,7 @@ def test_items_of_2kb_and_100b_every_item_is_checked_once_per_pass(
         SweepConfig(segments=2, margin_seconds=0.5),  # 1 MB pages (no Limit)
         {"after-call.dynamodb.Scan": scanned_keys(seen)},
     )
-    while state_of(emulator, bucket) is None or state_of(emulator, bucket).pass_number == 1:
+    while state_of(emulator, bucket).pass_number < 2:
         run.run(lambda: 60_000)
     assert seen == Counter(dict.fromkeys(expected, 1))  # each item read exactly once in the pass
     assert wrong_items(table, expected) == []
@@ -340,7 +341,7 @@ def test_items_of_2kb_and_100b_every_item_is_checked_once_per_pass(
 
 def test_a_new_table_that_describes_itself_as_empty_is_still_swept_whole(engine, emulator, make_table, bucket):
     table = make_table()
-    expected = fill(table, 500)
+    expected = fill(table, 300)
 
     def empty(parsed: dict[str, Any], **_: Any) -> None:  # DescribeTable's 6-hourly figures for a new table
         parsed["Table"]["ItemCount"] = 0
@@ -370,16 +371,16 @@ def test_a_provisioned_table_is_swept_at_a_fraction_of_its_capacity(engine, emul
     definition = table_definition(
         TableName=name,
         BillingMode="PROVISIONED",
-        ProvisionedThroughput={"ReadCapacityUnits": 50, "WriteCapacityUnits": 20},
+        ProvisionedThroughput={"ReadCapacityUnits": 50, "WriteCapacityUnits": 100},
     )
     client = engine.client()
     stream_arn = create_table(client, definition)
     try:
         table = type("T", (), {"name": name, "client": client, "stream_arn": stream_arn})()
-        expected = fill(table, 200)
+        expected = fill(table, 90)
         facts = table_facts(client.describe_table(TableName=name)["Table"])
         rates = limits(facts, SweepConfig(capacity_fraction=0.3))
-        assert (rates.read, rates.write) == (15.0, 6.0)  # 0.3 x 50 and 0.3 x 20
+        assert (rates.read, rates.write) == (15.0, 30.0)  # 0.3 x 50 and 0.3 x 100
         StateStore(emulator.client("s3"), bucket).request_urgent(datetime.now(UTC))
         run = sweeper(engine, emulator, table, bucket, SweepConfig(capacity_fraction=0.3, margin_seconds=0.5))
         report = run.run(lambda: 60_000)
