@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from chalicelib.backfill_lock import CHAIN_ENDED_EARLY, RUN_FINISHED
 from chalicelib.runtime import SERVICE
 from localdev.events import json_round_trip
 
@@ -205,10 +204,10 @@ class _InvokeHandler(BaseHTTPRequestHandler):
 
 
 class ReportCollector(logging.Handler):
-    """The structured fields of the reconciler's "reconciler message" lines and the backfill's "backfill segment" and
-    lock lines, as an operator reads them (counts and sequence numbers only)."""
+    """The structured fields of the reconciler's "reconciler message" lines and the sweep's "sweep run" lines, as an
+    operator reads them (counts and sequence numbers only)."""
 
-    MESSAGES = ("reconciler message", "backfill segment", RUN_FINISHED, CHAIN_ENDED_EARLY)
+    MESSAGES = ("reconciler message", "sweep run")
     IGNORED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
     def __init__(self) -> None:
@@ -370,7 +369,7 @@ def describe_message(record: dict[str, Any], report: dict[str, Any], kept: str) 
         if name in report
     )
     reason = f" ({report['reason']})" if report.get("reason") else ""
-    extra = ", backfill started" if report.get("backfill_segments") else ""
+    extra = ", urgent sweep requested" if report.get("outcome") == "sweep_requested" else ""
     back = f", back in {report['retry_in_seconds']} s" if report.get("retry_in_seconds") else ""
     return (
         f"[{time.strftime('%H:%M:%S')}] reconciler message {record['messageId']} "
