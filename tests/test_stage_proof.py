@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tests.projects import ROOT, copy_project, offline_environment, project_config, stage_tool
-from tools.project import BACKFILL, HANDLER
+from tools.project import HANDLER, SWEEP
 
 # What the marked tests need besides what copy_project copies: themselves, the pages and modules the docs test
 # parses, and the files `make -n` reads.
@@ -30,7 +30,7 @@ TEST_FILES += ("package.json", "package-lock.json")
 PROD_ARN = "arn:aws:dynamodb:ap-southeast-2:210987654321:table/Customers.v2/stream/2025-06-30T12:34:56.789"
 DEV_ARN = "arn:aws:dynamodb:us-west-2:210987654321:table/people/stream/2025-07-01T00:00:00.000"
 ADDED = "eu-staging"
-RESERVED, MEMORY, BACKFILL_MEMORY, BATCH_SIZE = 120, 1024, 1769, "300"
+RESERVED, MEMORY, SWEEP_MEMORY, BATCH_SIZE = 120, 1024, 1769, "300"
 
 
 def changed_project(target: Path) -> Path:
@@ -54,7 +54,7 @@ def changed_project(target: Path) -> Path:
         stage["environment_variables"]["BATCH_SIZE"] = BATCH_SIZE
         functions = stage["lambda_functions"]
         functions.setdefault(HANDLER, {})["reserved_concurrency"] = RESERVED
-        functions[BACKFILL].update(lambda_memory_size=BACKFILL_MEMORY, reserved_concurrency=4)
+        functions[SWEEP].update(lambda_memory_size=SWEEP_MEMORY, reserved_concurrency=1)
     (project / ".chalice" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return project
 

@@ -172,6 +172,11 @@ def expected_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
     return policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
 
 
+def expected_sweep_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The policy a stage's sweep policy file must hold, from its STREAM_ARN."""
+    return sweep_policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
+
+
 def expected_reconciler_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The policy a stage's reconciler policy file must hold, from its STREAM_ARN."""
     return reconciler_policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
