@@ -28,6 +28,7 @@ from tools.arns import stage_stream_arn
 from tools.deployment import Deployment, from_chalice_deploy, from_stack
 from tools.project import HANDLER, RECONCILER, load_config, stage_variables
 from tools.stage_resources import failure_destination_arn
+from tools.sweep_view import sweep_line
 
 RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerSweepRequests")
 LOG_PAGES = 20
@@ -239,22 +240,6 @@ def newest_line(logs: Any, group: str | None, text: str, now: datetime | None = 
     return newest["message"].strip() if newest else None
 
 
-def check_sweep(status: Status, s3: Any, bucket_arn: str) -> None:
-    """The sweep's pass, from its state object in the on-failure bucket."""
-    from chalicelib.sweep import StateStore
-    from tools.sweep_view import pass_line
-
-    if not bucket_arn:
-        status.add("sweep", "unknown: no on-failure bucket found")
-        return
-    try:
-        state, _ = StateStore(s3, bucket_arn.rsplit(":", 1)[-1]).load()
-    except (ClientError, ValueError) as error:
-        status.add("sweep", f"unknown: its state could not be read ({type(error).__name__})")
-        return
-    status.add("sweep", pass_line(state))
-
-
 def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     """Everything `status` prints, and its problems."""
     config = load_config()
@@ -286,7 +271,7 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     )
     check_alarms(status, cloudwatch, deployment)
     check_reconciler(status, session, stage, deployment)
-    check_sweep(status, session.client("s3"), destination)
+    status.add("sweep", sweep_line(session.client("s3"), destination))
     for function, group in deployment.log_groups.items():
         status.add("logs" if function == next(iter(deployment.log_groups)) else "", f"{function}: {group}")
     return status

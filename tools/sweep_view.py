@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from chalicelib.sweep import SweepState
+from botocore.exceptions import ClientError
+
+from chalicelib.sweep import StateStore, SweepState
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -28,3 +31,14 @@ def pass_line(state: SweepState | None, now: datetime | None = None) -> str:
         f"{_ago(state.started_at, now)}, estimated end {end}, {mode}; {state.counts.scanned:,} checked, "
         f"{state.counts.written:,} fixed, {state.counts.failed:,} failed{last}"
     )
+
+
+def sweep_line(s3: Any, bucket_arn: str) -> str:
+    """The pass, read from the state object in the on-failure bucket (`status`'s sweep line)."""
+    if not bucket_arn:
+        return "unknown: no on-failure bucket found"
+    try:
+        state, _ = StateStore(s3, bucket_arn.rsplit(":", 1)[-1]).load()
+    except (ClientError, ValueError) as error:
+        return f"unknown: its state could not be read ({type(error).__name__})"
+    return pass_line(state)
