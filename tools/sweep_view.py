@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.sweep import StateStore, SweepState
+from chalicelib.sweep import StateStore, SweepState, error_code
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -40,5 +40,5 @@ def sweep_line(s3: Any, bucket_arn: str) -> str:
     try:
         state, _ = StateStore(s3, bucket_arn.rsplit(":", 1)[-1]).load()
     except (ClientError, ValueError) as error:
-        return f"unknown: its state could not be read ({type(error).__name__})"
+        return f"unknown: its state could not be read ({error_code(error)})"
     return pass_line(state)
