@@ -78,16 +78,7 @@ def bucket(emulator):
 
 
 def settings_for(table, bucket: str, **extra: str) -> Settings:
-    environ = {
-        "STAGE": "sweeptest",
-        "STREAM_ARN": table.stream_arn,
-        "FAILURE_BUCKET": bucket,
-        "EMAIL_ATTRIBUTE": EMAIL,
-        "FLAG_ATTRIBUTE": FLAG,
-        "PERSONAL_DOMAINS_ONLY": ",".join(PERSONAL),
-        **extra,
-    }
-    return Settings.from_environ(environ)
+    return Settings.from_environ(stage_environ(table, bucket, **extra))
 
 
 def fill(table, count: int, padding: int = 0, wrong_every: int = 3) -> dict[str, bool]:

@@ -19,15 +19,14 @@ import json
 import resource
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-BATCH = 25
+from tools.backfill_bench import fill
+
 PADDING = 950
 """Bytes of another attribute, so an item is about 1 KB (the issue's 1 TB = 10^9 items of 1 KB)."""
-EMAILS = ("someone@gmail.com", "someone@example.com", "someone@outlook.com", "someone@corp.example.org")
 FULL_VCPU_MB = 1769
 """Lambda's memory at which a function has one full vCPU (Lambda Developer Guide, "Configure Lambda function
 memory"); below it, CPU is proportional to memory."""
@@ -37,30 +36,6 @@ def cpu_seconds() -> float:
     """This process's user and system CPU time so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def fill(client: Any, table_name: str, items: int) -> None:
-    """`items` items of about 1 KB without the flag, 25 to a BatchWriteItem, from a few threads."""
-
-    def write(start: int) -> None:
-        requests = [
-            {
-                "PutRequest": {
-                    "Item": {
-                        "Id": {"S": f"user-{i:09d}"},
-                        "Email": {"S": EMAILS[i % len(EMAILS)]},
-                        "Profile": {"S": "x" * PADDING},
-                    }
-                }
-            }
-            for i in range(start, min(start + BATCH, items))
-        ]
-        pending = {table_name: requests}
-        while pending:
-            pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(write, range(0, items, BATCH)))
 
 
 def sweep_pass(client: Any, s3: Any, bucket: str, table: str, segments: int) -> dict[str, Any]:
@@ -112,7 +87,7 @@ def measure(items: int, segments: int, engine: Any, moto: Any) -> dict[str, Any]
     bucket = f"sweep-bench-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     try:
-        fill(client, name, items)
+        fill(client, name, items, "Email", PADDING)
         size = client.describe_table(TableName=name)["Table"].get("TableSizeBytes", 0)
         fixing = sweep_pass(client, s3, bucket, name, segments)
         checking = sweep_pass(client, s3, bucket, name, segments)
