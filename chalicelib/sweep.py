@@ -375,6 +375,9 @@ class Sweeper:
         now = self._now()
         if state.pass_number == 0 or state.table != facts.name or not state.cursors:
             state.start_pass(facts.name, self._config.segments, now)
+        elif state.finished:  # a state written by hand, or by an older version: finish it and go on
+            state.finish_pass(now)
+            state.start_pass(facts.name, len(state.cursors), now)
         state.item_count = facts.item_count
         state.runs += 1
         state.updated_at = now
