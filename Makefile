@@ -19,10 +19,13 @@ demo: deps check-java
 run: deps check-java
 	@$(BIN)/python -m localdev.run $(ARGS)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), each with its own DynamoDB Local; tests that share a port or one
+# run of an expensive command are kept in one worker by their xdist_group (docs/reliability.md#the-suite).
+TEST_WORKERS ?= 4
 test: deps $(CHECKOV_STAMP) check-java
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The long versions of the reliability tests (more histories, more client threads and operations).
 soak: deps check-java

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from chalice import Chalice
@@ -29,14 +30,17 @@ except ConfigError as problem:
     raise
 if CLI_MODE:
     # Imported here only: tools/ is not deployed, and tests and Lambda import the app without it. It refuses a stage
-    # with no STREAM_ARN, or whose policy files were generated for another one (AWS would deny every write), or whose
-    # batch could not answer inside the function's timeout if DynamoDB stalled (docs/design.md §3).
-    from tools.deploy_guard import budget_refusal, deploy_refusal
+    # with no STREAM_ARN, or whose policy files were generated for another one (AWS would deny every write), a deploy
+    # to another region than the stream's, or a batch that could not answer inside the function's timeout if DynamoDB
+    # stalled (docs/design.md §3).
+    from tools.deploy_guard import budget_refusal, deploy_refusal, region_refusal
 
     _project_dir = os.path.dirname(os.path.abspath(__file__))
     _stage = os.environ.get("STAGE", "")
-    _refusal = deploy_refusal(_project_dir, _stage, SETTINGS.stream_arn) or budget_refusal(
-        _project_dir, _stage, SETTINGS
+    _refusal = (
+        deploy_refusal(_project_dir, _stage, SETTINGS.stream_arn)
+        or region_refusal(_stage, SETTINGS.stream_arn, sys.argv, dict(os.environ))
+        or budget_refusal(_project_dir, _stage, SETTINGS)
     )
     if _refusal:
         raise SystemExit(f"email-checker: {_refusal}")

@@ -18,16 +18,27 @@ from localdev import lifecycle
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark: 0 once it ran (the table says PASS or MISS per target), 2 when a prerequisite is missing."""
+    args = arguments(argv)
     with lifecycle.handle_signals():
+        print("benchmark: email-checker vs the walkthrough's Lambda, on DynamoDB Local", file=sys.stderr, flush=True)
         # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.
         from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
         from tools.errors import report_errors
 
-        return report_errors(lambda: benchmark(argv), (PrerequisiteMissing, EngineFailed))
+        return report_errors(lambda: benchmark(args), (PrerequisiteMissing, EngineFailed))
 
 
-def benchmark(argv: list[str] | None = None) -> int:
-    """Parse the command line, run every measure, write and print the results."""
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny workloads: checks the harness, not the speed")
+    parser.add_argument("--json", type=Path, help="result document (default bench/results.json)")
+    parser.add_argument("--plot", type=Path, help="figure (default bench/results.png)")
+    return parser.parse_args(argv)
+
+
+def benchmark(args: argparse.Namespace) -> int:
+    """Run every measure, write and print the results."""
     from bench import suite
     from bench.plot import plot
     from bench.report import backfill_lines, engine_line, memory_table, render, rows
@@ -35,18 +46,12 @@ def benchmark(argv: list[str] | None = None) -> int:
     from bench.subjects import ROOT
     from localdev.dynamodb_local import DynamoDBLocal
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny workloads: checks the harness, not the speed")
-    parser.add_argument("--json", type=Path, help="result document (default bench/results.json)")
-    parser.add_argument("--plot", type=Path, help="figure (default bench/results.png)")
-    args = parser.parse_args(argv)
     # A smoke run's numbers mean nothing: by default they go to the temporary folder, not over the committed results.
     folder = Path(tempfile.gettempdir()) / "email-checker-bench-smoke" if args.smoke else ROOT / "bench"
     folder.mkdir(exist_ok=True)
     args.json = args.json or folder / "results.json"
     args.plot = args.plot or folder / "results.png"
     started = time.monotonic()
-    print("benchmark: email-checker vs the walkthrough's Lambda, on DynamoDB Local", file=sys.stderr)
     with DynamoDBLocal() as engine:
         results = suite.run(engine, SMOKE if args.smoke else FULL)
     results["wall_seconds"] = round(time.monotonic() - started, 1)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from bench.subjects import STAGE
-from tools.stage import load_config
+from tools.project import ROOT
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,11 @@ QUOTA_VARIABLE = "EMAIL_CHECKER_BENCH_QUOTA"
 SHARD_TARGET_MB = 256
 
 
-def stage_memory(stage: str = STAGE) -> int:
-    """The stage's lambda_memory_size (the stage's own, else the project's), as .chalice/config.json has it."""
-    config = load_config()
-    return int(config["stages"][stage].get("lambda_memory_size", config.get("lambda_memory_size", 128)))
+def stage_memory(project_dir: Path = ROOT) -> int:
+    """The app's lambda_memory_size (.chalice/config.json's top level, which a stage deploys with unless it sets its
+    own): no stage of the config's is assumed to exist."""
+    config = json.loads((project_dir / ".chalice" / "config.json").read_text())
+    return int(config.get("lambda_memory_size", 128))
 
 
 def memory_sizes_for(sizes: Sizes, asked: tuple[int, ...] | None = None) -> list[int]:

@@ -12,28 +12,25 @@ from typing import Any
 
 from bench.hooks import CallCounter
 from bench.workload import ATTRIBUTES, WALKTHROUGH_DOMAINS
-from tools.stage import load_config
+from localdev.walkthrough import WALKTHROUGH_ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE_FILE = ROOT / "bench" / "baseline" / "lambda_function.py"
 OURS = "email-checker"
 BASELINE = "baseline"
-STAGE = "dev"
 # Both print (the baseline every record, email-checker its metrics): into the void, as Lambda's stdout is not read here.
 _DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
-def stage_environment(stage: str = STAGE) -> dict[str, str]:
-    """The variables Chalice sets for the stage, with the walkthrough's three domains (the fair comparison) and the
+def stage_environment() -> dict[str, str]:
+    """The walkthrough's settings (no stage of the config's), with its three domains (the fair comparison) and the
     bench's attribute names (the baseline's)."""
-    config = load_config()
-    environment = {
-        **config.get("environment_variables", {}),
-        **config["stages"][stage].get("environment_variables", {}),
+    return {
+        **WALKTHROUGH_ENVIRONMENT,
+        "PERSONAL_DOMAINS_ONLY": ",".join(WALKTHROUGH_DOMAINS),
+        "EMAIL_ATTRIBUTE": ATTRIBUTES.email,
+        "FLAG_ATTRIBUTE": ATTRIBUTES.flag,
     }
-    environment["PERSONAL_DOMAINS_ONLY"] = ",".join(WALKTHROUGH_DOMAINS)
-    environment.update(EMAIL_ATTRIBUTE=ATTRIBUTES.email, FLAG_ATTRIBUTE=ATTRIBUTES.flag)
-    return environment
 
 
 @contextlib.contextmanager

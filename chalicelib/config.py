@@ -107,13 +107,16 @@ def _bool_setting(environ: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _attribute_setting(environ: Mapping[str, str], name: str, default: str) -> str:
-    # Taken verbatim, not stripped: a space, a dot or a quote is legal in an attribute name.
+    # Taken verbatim, not stripped: a space, a dot or a quote is legal inside an attribute name.
     raw = environ.get(name, "")
     if not raw:
         return default
     problem = name_problem(raw)
     if problem is not None:
         raise ConfigError(f"{name} must be a DynamoDB attribute name: the value {problem}")
+    if raw != raw.strip():
+        # Legal in DynamoDB, but in a config file a typo: the flag would go to an attribute nobody reads.
+        raise ConfigError(f"{name} {raw!r} starts or ends with a space: remove it (a space inside a name is fine)")
     return raw
 
 

@@ -103,22 +103,28 @@ class ReadResult:
         self.out_of_time.extend(other.out_of_time)
 
 
-def client_config(max_pool_connections: int) -> Config:
-    """botocore settings for the function: standard retry mode, each request bounded (`chalicelib.budget`)."""
+def client_config(
+    max_pool_connections: int,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    read_timeout: float = READ_TIMEOUT_SECONDS,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> Config:
+    """botocore settings: standard retry mode, each request bounded; by default the function's (`chalicelib.budget`)."""
     return Config(
-        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        read_timeout=READ_TIMEOUT_SECONDS,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         tcp_keepalive=True,
     )
 
 
-def dynamodb_client(max_pool_connections: int) -> Any:
-    """A DynamoDB client with these botocore settings (endpoint and region from the environment)."""
+def dynamodb_client(max_pool_connections: int, **bounds: float) -> Any:
+    """A DynamoDB client with these botocore settings (endpoint and region from the environment); `bounds` are
+    `client_config`'s timeouts and attempts, the function's by default."""
     import boto3
 
-    return boto3.session.Session().client("dynamodb", config=client_config(max_pool_connections))
+    return boto3.session.Session().client("dynamodb", config=client_config(max_pool_connections, **bounds))
 
 
 def quote_name(name: str) -> str:

@@ -90,10 +90,12 @@ def run(verbose: bool = False) -> int:
     from chalicelib.config import ConfigError
     from localdev.dynamodb_local import DynamoDBLocal, create_table, table_definition
 
+    print("starting DynamoDB Local ...", flush=True)
     with DynamoDBLocal() as engine:
         os.environ.update(engine.environment())
         from localdev.invoker import ChaliceInvoker
         from localdev.mapping import LocalEventSourceMapping, serialized
+        from localdev.walkthrough import WALKTHROUGH_ENVIRONMENT, WALKTHROUGH_STAGE
         from tools.failure_handling import DEPLOYED_FUNCTION
 
         client = engine.client()
@@ -103,13 +105,18 @@ def run(verbose: bool = False) -> int:
         view_type = definition["StreamSpecification"]["StreamViewType"]
         print(f"DynamoDB Local on {engine.endpoint}: table {table}, stream {view_type}")
 
-        invoker = ChaliceInvoker(stage="dev", quiet=not verbose, deployed_overrides=DEPLOYED_FUNCTION)
+        invoker = ChaliceInvoker(
+            WALKTHROUGH_STAGE,
+            quiet=not verbose,
+            deployed_overrides=DEPLOYED_FUNCTION,
+            environment=WALKTHROUGH_ENVIRONMENT,
+        )
         settings = invoker.settings
         attributes = settings.attributes
         conflict = attribute_conflict([key["AttributeName"] for key in definition["KeySchema"]], attributes)
         if conflict:
             invoker.close()
-            raise ConfigError(f"stage dev: {conflict}")
+            raise ConfigError(f"the walkthrough's settings: {conflict}")
         steps = walkthrough(attributes)
         # The deployed mapping's filter, retries, bisection and lanes; the Chalice test client runs one call at a time.
         mapping = LocalEventSourceMapping.for_stage(engine.streams_client(), stream_arn, serialized(invoker), settings)

@@ -25,10 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_NAME = "sync_is_personal_email"
 
 
-def stage_environment(stage: str, function_name: str, project_dir: Path = ROOT) -> dict[str, str]:
+def stage_environment(stage: str, function_name: str, project_dir: Path = ROOT, defined: bool = True) -> dict[str, str]:
     """The variables Lambda would see for one of the app's functions, resolved by Chalice itself (as its test client
-    does), over this process's environment; UnknownStage for a stage the project does not define."""
-    require_stage(stage, stage_names(project_dir))
+    does), over this process's environment; UnknownStage for a stage the project does not define (unless `defined` is
+    False: then the config's top level alone)."""
+    if defined:
+        require_stage(stage, stage_names(project_dir))
     config = CLIFactory(str(project_dir)).create_config_obj(chalice_stage_name=stage)
     return {**os.environ, **config.scope(stage, function_name).environment_variables}
 
@@ -92,19 +94,22 @@ class ChaliceInvoker:
 
     def __init__(
         self,
-        stage: str = "dev",
+        stage: str,
         quiet: bool = True,
         project_dir: Path = ROOT,
         deployed_overrides: dict[str, str] | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
         """`deployed_overrides`: variables a deploy step sets on the function over the stage's (as both deploy paths
-        set REPORT_BATCH_ITEM_FAILURES=true once the mapping reports partial failures)."""
+        set REPORT_BATCH_ITEM_FAILURES=true once the mapping reports partial failures). `environment`: the function's
+        variables when they are not a stage's (the walkthrough's own): `stage` is then only a name, and need not be
+        defined in the config."""
         from app import app
 
         self._client = _StageTimeoutClient(app, stage_name=stage, project_dir=str(project_dir))
-        self._client.overrides = dict(deployed_overrides or {})
+        self._client.overrides = {**(environment or {}), **(deployed_overrides or {})}
         self.stage_environment = {
-            **stage_environment(stage, FUNCTION_NAME, project_dir),
+            **stage_environment(stage, FUNCTION_NAME, project_dir, defined=environment is None),
             **self._client.overrides,
         }
         self.settings = Settings.from_environ(self.stage_environment)

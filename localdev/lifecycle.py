@@ -143,10 +143,9 @@ def _on_signal(number: int, frame: Any) -> None:
 def handle_signals() -> Iterator[None]:
     """SIGINT and SIGTERM stop the recorded servers and exit at once, for the duration of the block (main thread).
 
-    A signal this process was started ignoring (a background job of a shell script, nohup) stays ignored."""
-    previous = {
-        number: signal.signal(number, _on_signal) for number in SIGNALS if signal.getsignal(number) != signal.SIG_IGN
-    }
+    Installed even over a disposition inherited as ignored: a shell starts a script's background job with SIGINT
+    ignored (and Python then installs no KeyboardInterrupt handler), yet whoever started it stops it with either."""
+    previous = {number: signal.signal(number, _on_signal) for number in SIGNALS}
     try:
         yield
     finally:

@@ -1,4 +1,5 @@
-"""Start and stop moto's AWS emulator (`moto.server`, from `moto[server]`) on a loopback port, in its own process.
+"""Start and stop moto's AWS emulator (`moto.server`, from `moto[server]`, with the GetAccountSettings it lacks:
+localdev/moto_main.py) on a loopback port, in its own process.
 
 `chalice deploy` and the stage tools run against it as against AWS once `environment()` is applied: every botocore
 client honours AWS_ENDPOINT_URL, and the credentials are dummies, so nothing can reach a real account.
@@ -21,6 +22,7 @@ from localdev import lifecycle
 from localdev.dynamodb_local import ServerProcess, free_port, stop_process
 
 REGION = "us-east-1"
+MOTO_MAIN = Path(__file__).with_name("moto_main.py")
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
@@ -35,7 +37,8 @@ class MotoServer(ServerProcess):
         self.log_path = Path(self._log_dir.name) / "moto.log"
 
     def _launch(self) -> None:
-        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        # The script by its path (it imports only moto): it runs from any folder, and reads no project file.
+        command = [sys.executable, str(MOTO_MAIN), "-H", "127.0.0.1", "-p", str(self.port)]
         with self.log_path.open("wb") as log:
             self._process = lifecycle.spawn(command, "moto", stdout=log, stderr=subprocess.STDOUT)
 

@@ -65,7 +65,7 @@ class LocalFunctions:
     and each function's timeout, one call at a time (`lock`, shared with whatever else calls the test client)."""
 
     def __init__(
-        self, stage: str = "dev", quiet: bool = True, lock: threading.Lock | None = None, project_dir: Path = ROOT
+        self, stage: str, quiet: bool = True, lock: threading.Lock | None = None, project_dir: Path = ROOT
     ) -> None:
         from app import app
         from localdev.invoker import _StageTimeoutClient
@@ -363,17 +363,18 @@ def start_reconciler(
     sqs: Any,
     queue_url: str,
     moto_endpoint: str,
-    bucket: str = "",
-    stage: str = "dev",
+    bucket: str,
+    stage: str,
     quiet: bool = True,
     lock: threading.Lock | None = None,
     on_line: Callable[[str], None] | None = None,
     sweep_every: float | None = None,
+    project_dir: Path = ROOT,
 ) -> LocalReconciler:
     """The runner for the stage's on-failure queue and the sweep's schedule (every `sweep_every` seconds; None: not
     started, `schedule.run_once()` fires it); the caller applies `environment` to os.environ before the first message
     (the functions' clients are built from it)."""
-    functions = LocalFunctions(stage=stage, quiet=quiet, lock=lock)
+    functions = LocalFunctions(stage=stage, quiet=quiet, lock=lock, project_dir=project_dir)
     collector = ReportCollector()
     logging.getLogger(SERVICE).addHandler(collector)
 

@@ -5,6 +5,11 @@ event source would (localdev/reconciler_runner.py), until Ctrl-C or SIGTERM (bot
 
     python -m localdev.run                 # or: make run
     python -m localdev.run --endpoint http://127.0.0.1:8000   # follow a DynamoDB Local that is already running
+    python -m localdev.run --table Members --key tenant:S --key member_no:N   # your table's name and key
+
+A table that doesn't exist is created (with `--key`, or schema/users-table.json's key, and its stream on); one that
+exists is followed as DescribeTable gives it, and the put-item line uses its real key. A table deleted or recreated
+while this runs is noticed within a second: its new stream is followed from its start, or why it can't be is said.
 
 Write to the table with the AWS CLI or your own code and watch each batch's outcome: it prints the put-item command
 for the endpoint in use (port 8000 when free; when it is taken, another, said loudly; a --port that is taken is an
@@ -132,7 +137,7 @@ def start_failure_bucket(s3: Any, bucket: str, queue_arn: str) -> None:
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=api_notification(queue_arn))
 
 
-def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
+def start_failure_queue(cleanup: ExitStack, app_name: str, stage: str) -> FailureQueue:
     """Start moto's server (stopped when `cleanup` closes) and create the stage's failure queue in it, with the
     deployed queue's visibility timeout and redrive to its dead-letter queue, and the on-failure bucket notifying it."""
     import boto3
@@ -140,7 +145,7 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
 
     from chalicelib.config import dead_letter_queue_name
     from localdev import moto_server
-    from tools.stage import ensure_reconciler_queues, failure_queue_name, load_config
+    from tools.stage import ensure_reconciler_queues, failure_queue_name
 
     # In this process, not a child: a poller that is killed (-9 included) can't leave a server behind. Its web
     # server would log every request on stderr, between the batch lines.
@@ -152,7 +157,6 @@ def start_failure_queue(cleanup: ExitStack, stage: str) -> FailureQueue:
     endpoint = f"http://{host}:{port}"
     session = boto3.session.Session(region_name=moto_server.REGION, **moto_server.CREDENTIALS)
     sqs = session.client("sqs", endpoint_url=endpoint)
-    app_name = load_config()["app_name"]
     ensure_reconciler_queues(sqs, app_name, stage)
     queue_url = sqs.get_queue_url(QueueName=failure_queue_name(app_name, stage))["QueueUrl"]
     dead_letter_url = sqs.get_queue_url(QueueName=dead_letter_queue_name(app_name, stage))["QueueUrl"]
@@ -186,6 +190,7 @@ def start_engine(
             file=sys.stderr,
             flush=True,
         )
+    print(f"starting DynamoDB Local on port {port} (data in {data_dir}) ...", flush=True)
     # The engine inherits the data directory's lock: one left running by a `kill -9` still holds it.
     engine = cleanup.enter_context(DynamoDBLocal(db_path=data_dir, port=port, pass_fds=(lock.fileno(),)))
     lock.write(f"DynamoDB Local (process {engine.pid})\n")
@@ -193,14 +198,86 @@ def start_engine(
     return engine.endpoint, moved_from
 
 
+def describe_table(table: dict[str, Any]) -> str:
+    """A table's key and stream, from DescribeTable: `key tenant (S) + member_no (N), stream NEW_AND_OLD_IMAGES`."""
+    from localdev.dynamodb_local import describe_key, stream_arn_of
+
+    key = " + ".join(
+        f"{name} ({kind})" for name, _, kind in (part.rpartition(":") for part in describe_key(table).split())
+    )
+    view = table.get("StreamSpecification", {}).get("StreamViewType") if stream_arn_of(table) else None
+    return f"key {key}, " + (f"stream {view}" if view else "no stream")
+
+
+def table_line(table: dict[str, Any], created: bool, keys: list[str] | None, stage: str, names: AttributeNames) -> str:
+    """The one line that says what `make run` made, or found and follows as it is."""
+    from localdev.dynamodb_local import describe_key
+
+    shown = f"table {table['TableName']}: {describe_table(table)}"
+    names_used = f"stage {stage}'s attributes: e-mail {names.email!r}, flag {names.flag!r}"
+    if created:
+        return f"created {shown}; {names_used}"
+    asked = " ".join(keys or [])
+    differs = (
+        f" (not the --key {asked} asked for: DescribeTable is the source of truth)"
+        if keys and asked != describe_key(table)
+        else ""
+    )
+    return f"found {shown}{differs}: following it as it is; {names_used}"
+
+
+def follow_problem(table: dict[str, Any], stage: str, names: AttributeNames) -> str | None:
+    """Why `make run` can't follow this table (no stream, or the flag is a key attribute), or None."""
+    from localdev.dynamodb_local import stream_arn_of
+
+    name = table["TableName"]
+    if not stream_arn_of(table):
+        return f"table {name} has no stream; turn NEW_AND_OLD_IMAGES on for it (or give another --table)"
+    if conflict := attribute_conflict([key["AttributeName"] for key in table["KeySchema"]], names):
+        return f"stage {stage}: {conflict}"
+    return None
+
+
+def changed(client: Any, table_name: str, now: str | None, stage: str, names: AttributeNames, endpoint: str) -> bool:
+    """Say in one line what became of the followed table's stream (and the put-item line for a new table's key);
+    whether to follow its stream now."""
+    from localdev.dynamodb_local import REGION
+
+    stamp = time.strftime("%H:%M:%S")
+    if now is None:
+        print(f"[{stamp}] table {table_name} was deleted: waiting for a table of that name to follow", flush=True)
+        return False
+    table = client.describe_table(TableName=table_name)["Table"]
+    if problem := follow_problem(table, stage, names):
+        print(f"[{stamp}] table {table_name} changed, and can't be followed: {problem}", flush=True)
+        return False
+    print(
+        f"[{stamp}] table {table_name} is new ({describe_table(table)}): following its stream {now} from its start",
+        flush=True,
+    )
+    print(f"  {put_item_command(endpoint, table, REGION, names)}", flush=True)
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Start (or attach to) the engine, ensure the table, and follow its stream until SIGINT or SIGTERM."""
     import boto3
 
-    from localdev.dynamodb_local import CREDENTIALS, REGION, endpoint_environment, ensure_table, table_definition
+    from localdev.dynamodb_local import (
+        CREDENTIALS,
+        REGION,
+        endpoint_environment,
+        open_table,
+        stream_arn_of,
+        table_definition,
+        table_stream,
+    )
+    from tools.project import chosen_stage
     from tools.stage import require_stage
 
-    require_stage(args.stage)  # before the engine starts (Chalice would take any name, with no settings)
+    # Before the engine starts (Chalice would take any name, with no settings).
+    args.stage = require_stage(chosen_stage(args.stage))
+    definition = table_definition(args.key, **({"TableName": args.table} if args.table else {}))  # --key checked
     data_dir, checkpoints = args.data_dir.resolve(), args.checkpoints.resolve()
     with ExitStack() as cleanup:
         # Before the port is chosen: a second run on the same data is refused, not moved to another port.
@@ -217,32 +294,34 @@ def run(args: argparse.Namespace) -> int:
         os.environ.update(endpoint_environment(endpoint))
         session = boto3.session.Session(region_name=REGION, **CREDENTIALS)
         client = session.client("dynamodb", endpoint_url=endpoint)
-        definition = table_definition(**({"TableName": args.table} if args.table else {}))
-        stream_arn = ensure_table(client, definition)
-        table = client.describe_table(TableName=definition["TableName"])["Table"]
-        if not stream_arn:
-            print(
-                f"error: table {definition['TableName']} has no stream; enable NEW_AND_OLD_IMAGES on it",
-                file=sys.stderr,
-            )
-            return 2
 
         from localdev.invoker import ChaliceInvoker
         from localdev.mapping import CheckpointStore, LocalEventSourceMapping, serialized
         from localdev.reconciler_runner import start_reconciler
+        from localdev.table_watch import follow_table
         from tools.failure_handling import DEPLOYED_FUNCTION, RECONCILER_MAX_RECEIVES
+        from tools.project import load_config
 
         invoker = ChaliceInvoker(stage=args.stage, quiet=not args.verbose, deployed_overrides=DEPLOYED_FUNCTION)
-        failures = start_failure_queue(cleanup, args.stage)  # once the stage's settings are known to be valid
-        console = sys.stdout  # the summaries arrive while the quiet invoker has stdout redirected
-        invoker.collector.on_summary = lambda summary: print(describe_batch(summary), file=console, flush=True)
         cleanup.callback(invoker.close)
-        checkpoints.parent.mkdir(parents=True, exist_ok=True)
         settings = invoker.settings
-        conflict = attribute_conflict([key["AttributeName"] for key in table["KeySchema"]], settings.attributes)
-        if conflict:
+        # Before a table is made: one keyed by the flag would be refused once created.
+        new_key = [key["AttributeName"] for key in definition["KeySchema"]]
+        conflict = attribute_conflict(new_key, settings.attributes)
+        if conflict and table_stream(client, definition["TableName"]) is None:
             print(f"error: stage {args.stage}: {conflict}", file=sys.stderr)
             return 2
+        table, created = open_table(client, definition)
+        print(table_line(table, created, args.key, args.stage, settings.attributes), flush=True)
+        if problem := follow_problem(table, args.stage, settings.attributes):
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        stream_arn = stream_arn_of(table)
+        # Once the stage's settings are known to be valid.
+        failures = start_failure_queue(cleanup, load_config()["app_name"], args.stage)
+        console = sys.stdout  # the summaries arrive while the quiet invoker has stdout redirected
+        invoker.collector.on_summary = lambda summary: print(describe_batch(summary), file=console, flush=True)
+        checkpoints.parent.mkdir(parents=True, exist_ok=True)
         one_at_a_time = threading.Lock()  # the handler's and the reconciler's calls alike
         reconciler = start_reconciler(
             failures.sqs,
@@ -258,20 +337,30 @@ def run(args: argparse.Namespace) -> int:
         cleanup.callback(reconciler.close)
         reconciler.schedule.functions.override(STREAM_ARN=stream_arn)  # the sweep's table: the one followed
         os.environ.update(reconciler.environment)
-        mapping = LocalEventSourceMapping.for_stage(
-            session.client("dynamodbstreams", endpoint_url=endpoint),
-            stream_arn,
-            # Lanes run in threads; the Chalice test client must be called one at a time.
-            serialized(invoker, one_at_a_time),
-            settings,
-            on_failure=failures.destination(),
-            checkpoints=CheckpointStore(checkpoints),
-        )
+        streams = session.client("dynamodbstreams", endpoint_url=endpoint)
+        mappings: list[LocalEventSourceMapping] = []
+
+        def mapping_for(stream: str, recreated: bool) -> LocalEventSourceMapping:
+            """The local mapping of one of the table's streams; a recreated table's is read from its first record."""
+            mapping = LocalEventSourceMapping.for_stage(
+                streams,
+                stream,
+                # Lanes run in threads; the Chalice test client must be called one at a time.
+                serialized(invoker, one_at_a_time),
+                settings,
+                on_failure=failures.destination(),
+                checkpoints=CheckpointStore(checkpoints),
+                **({"starting_position": "TRIM_HORIZON"} if recreated else {}),
+            )
+            mappings.append(mapping)
+            return mapping
+
+        mapping = mapping_for(stream_arn, recreated=False)
         if args.endpoint:
             print(f"DynamoDB: {endpoint} (an engine this command did not start: where it keeps its data is unknown)")
         else:
             print(f"DynamoDB Local: {endpoint} (data in {data_dir})")
-        print(f"table {definition['TableName']}, stream {stream_arn}")
+        print(f"stream {stream_arn}")
         print(
             f"following it as stage {args.stage}: batch size {settings.batch_size}, from "
             f"{settings.starting_position}, batching window {settings.maximum_batching_window_in_seconds} s, "
@@ -299,16 +388,28 @@ def run(args: argparse.Namespace) -> int:
         moved = f" (port {moved_from} was taken: this one is on {endpoint})" if moved_from else ""
         print(f"try, from another terminal{moved}:")
         print(f"  {put_item_command(endpoint, table, REGION, settings.attributes)}")
-        print("Ctrl-C to stop", flush=True)
         # Ctrl-C and SIGTERM finish the batch in hand, then the engine stops cleanly; a second one stops at once.
         with lifecycle.graceful() as stop:
+            print("Ctrl-C to stop", flush=True)  # once it does: a Ctrl-C from this line on is a clean stop
             consumer = threading.Thread(target=reconciler.runner.run, args=(stop,), name="reconciler", daemon=True)
             consumer.start()
-            stats = mapping.run(stop)
+            follow_table(
+                client,
+                table["TableName"],
+                stream_arn,
+                lambda stream, until: (mapping if stream == stream_arn else mapping_for(stream, True)).run(until),
+                lambda now: changed(client, table["TableName"], now, args.stage, settings.attributes, endpoint),
+                stop,
+            )
             consumer.join()
+        batches, records, filtered, discarded = (
+            sum(getattr(m.stats, name) if name != "discarded_batches" else len(m.stats.discarded_batches)
+                for m in mappings)
+            for name in ("batches", "records", "filtered", "discarded_batches")
+        )  # fmt: skip
         print(
-            f"stopped after {stats.batches} batch(es), {stats.records} record(s), {stats.filtered} filtered out, "
-            f"{len(stats.discarded_batches)} range(s) discarded; reconciler: {reconciler.runner.stats.received} "
+            f"stopped after {batches} batch(es), {records} record(s), {filtered} filtered out, "
+            f"{discarded} range(s) discarded; reconciler: {reconciler.runner.stats.received} "
             f"message(s), {reconciler.runner.stats.deleted} finished",
             flush=True,
         )
@@ -318,8 +419,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", default="dev", help="the Chalice stage whose settings to use (default dev)")
+    parser.add_argument("--stage", help="the Chalice stage whose settings to use (default: the config's only stage)")
     parser.add_argument("--table", help="the table to follow (default: schema/users-table.json's TableName)")
+    parser.add_argument(
+        "--key",
+        action="append",
+        help="NAME:TYPE (S, N or B), hash then range, of a table this creates (default: schema/users-table.json's)",
+    )
     parser.add_argument("--port", type=int, help=f"DynamoDB Local's port (default {PREFERRED_PORT} if free)")
     parser.add_argument("--data-dir", type=Path, default=STATE_DIR / "dynamodb", help="where DynamoDB Local keeps data")
     parser.add_argument("--endpoint", help="follow an already running DynamoDB Local instead of starting one")
@@ -331,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with lifecycle.handle_signals():
         # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.
+        from localdev.dynamodb_local import key_schema
+
+        try:
+            key_schema(args.key or ["Id:S"])
+        except ValueError as problem:
+            parser.error(str(problem))
         from chalicelib.config import ConfigError
         from localdev.dynamodb_local import EngineFailed, PrerequisiteMissing
         from tools.errors import report_errors

@@ -1,19 +1,90 @@
-"""Shared fixtures: one DynamoDB Local per test session (started and stopped here), tables per test, the handler."""
+"""Shared fixtures: one DynamoDB Local per test process (started and stopped here), tables per test, the tests' own
+project (never the committed config) and the handler under its stage; and the guard that keeps tests off the committed
+`.chalice/` (a test that reads it, or runs a command that would, fails)."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aws_lambda_powertools import Logger
 
 from chalicelib.runtime import SERVICE
-from tests.projects import without_aws
+from tests.projects import ROOT, STAGE, copy_project, without_aws
+
+COMMITTED_CHALICE_DIR = str(ROOT / ".chalice")
+# Commands that read the project's .chalice/ when run in it: the project's own modules, and Chalice's CLI.
+PROJECT_MODULES = ("tools", "localdev", "bench", "app")
+
+
+class CommittedConfigGuard:
+    """Records what a test does with the committed `.chalice/`: opening a file in it, or starting one of the project's
+    commands (or Chalice) in the checkout, which would read it. An audit hook sees every `open` and `Popen`."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.seen: list[str] = []
+
+    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
+        if not self.active:
+            return
+        if event == "open" and isinstance(args[0], (str, os.PathLike)):
+            path = os.path.abspath(os.fspath(args[0]))
+            if path == COMMITTED_CHALICE_DIR or path.startswith(COMMITTED_CHALICE_DIR + os.sep):
+                self.seen.append(f"opened {path}")
+        elif event == "subprocess.Popen":
+            _, argv, cwd, _ = args
+            argv = [os.fspath(a) for a in (argv if isinstance(argv, (list, tuple)) else [argv])]
+            where = os.fspath(cwd) if cwd is not None else os.getcwd()
+            if "--project-dir" in argv[:-1]:  # Chalice's CLI reads the project it is pointed at
+                where = os.path.join(where, argv[argv.index("--project-dir") + 1])
+            in_checkout = os.path.abspath(where) == str(ROOT)
+            module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+            runs_project = module.split(".")[0] in PROJECT_MODULES or any(Path(a).name == "chalice" for a in argv[:1])
+            if in_checkout and runs_project:
+                self.seen.append(f"ran {' '.join(argv[:4])} in the checkout")
+
+
+GUARD = CommittedConfigGuard()
+sys.addaudithook(GUARD)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Guard every test but those marked `committed_config` (they check the committed files themselves)."""
+    GUARD.active, GUARD.seen = item.get_closest_marker("committed_config") is None, []
+    try:
+        return (yield)
+    finally:
+        GUARD.active = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup`, a test with no xdist_group of its own runs in its module's worker: a module's
+    module-scoped fixtures (moto's server, a packaged stack, a `make run`) are then made once, not once per worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__.rsplit(".", 1)[-1]))
+
+
+@pytest.fixture(autouse=True)
+def _no_committed_config(request):
+    """Fail a test that read the committed `.chalice/` or ran a command that would (during its setup or its call)."""
+    yield
+    seen, GUARD.seen = GUARD.seen, []
+    if seen and request.node.get_closest_marker("committed_config") is None:
+        pytest.fail(
+            "this test reads the committed .chalice/ (the user's stages): build its own project or Settings instead "
+            f"(tests/projects.py): {sorted(set(seen))[:5]}"
+        )
 
 
 class LogSink(io.StringIO):
@@ -85,31 +156,48 @@ def make_table(engine):
 
 
 @pytest.fixture(scope="session")
-def invoker(engine):
+def project(tmp_path_factory) -> Path:
+    """The tests' own project (tests/projects.py's config, stages STAGE and OTHER_STAGE), with what the local commands
+    need: run the project's commands here (cwd), never in the checkout."""
+    return copy_project(tmp_path_factory.mktemp("project") / "project", local=True)
+
+
+@pytest.fixture(scope="session")
+def adopter_project(tmp_path_factory) -> Path:
+    """A project whose config is an adopter's (tests/projects.py: no committed stage, other names, other sizes)."""
+    from tests.projects import adopter_config
+
+    return copy_project(tmp_path_factory.mktemp("adopter") / "project", adopter_config(), local=True)
+
+
+@pytest.fixture(params=[pytest.param("committed", marks=pytest.mark.committed_config), "adopter"])
+def checked_project(request) -> Path:
+    """For the checks a user's config must pass: the committed project itself, then an adopter's."""
+    return ROOT if request.param == "committed" else request.getfixturevalue("adopter_project")
+
+
+@pytest.fixture(scope="session")
+def invoker(engine, project):
     from localdev.invoker import ChaliceInvoker
 
-    handler = ChaliceInvoker(stage="dev")
+    handler = ChaliceInvoker(stage=STAGE, project_dir=project)
     yield handler
     handler.close()
 
 
 @pytest.fixture
 def stage_invoker(engine, tmp_path):
-    """A handler invoker for a copy of the project config whose dev stage has some variables overridden."""
-    import shutil
-
-    from localdev.invoker import ROOT, ChaliceInvoker
+    """A handler invoker for the tests' stage with some variables overridden."""
+    from localdev.invoker import ChaliceInvoker
+    from tests.projects import fixture_config, write_config
 
     made = []
 
     def make(**overrides: str) -> ChaliceInvoker:
-        project = tmp_path / f"project-{len(made)}"
-        shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployments"))
-        config_path = project / ".chalice" / "config.json"
-        config = json.loads(config_path.read_text())
-        config["stages"]["dev"]["environment_variables"].update(overrides)
-        config_path.write_text(json.dumps(config))
-        made.append(ChaliceInvoker(stage="dev", project_dir=project))
+        config = fixture_config()
+        config["stages"][STAGE]["environment_variables"].update(overrides)
+        project = write_config(tmp_path / f"project-{len(made)}", config)
+        made.append(ChaliceInvoker(stage=STAGE, project_dir=project))
         return made[-1]
 
     yield make
@@ -161,9 +249,16 @@ def stream_records(engine):
 
 @pytest.fixture
 def project_copy(tmp_path):
-    from tests.projects import copy_project
-
+    """A copy of the tests' project of the test's own, for a test that changes its files (the stage tools do)."""
     return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def documented_runs(tmp_path_factory):
+    """The docs' marked commands, each run once in a fresh clone (tests using it are in xdist group GROUP)."""
+    from tests.documented import run_marked
+
+    return run_marked(tmp_path_factory.mktemp("documented"))
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from chalicelib.processor import StreamProcessor
 from chalicelib.records import AttributeNames, ItemState, attribute_conflict, item_key
 from localdev.events import StreamEventFactory, to_wire
 from localdev.mapping import LocalEventSourceMapping
-from tests.projects import backfill_tool, copy_project
-from tests.reliability import EMAILS, Layout, Model, Op, classify, perform, scan, violations
+from tests.projects import STAGE, backfill_tool, copy_project
+from tests.reliability import EMAILS, Layout, Model, Op, perform, scan, violations
 from tests.test_reliability import follow, report, run_clients, settle
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.local import Options, local_worker, run_local
@@ -148,6 +148,8 @@ def test_the_processor_decides_on_quoted_names_from_a_stream_event(make_table, a
     """The records, decoded on the gateway's names: one event with a write of each kind."""
     import logging
 
+    from chalicelib.domains import EmailClassifier, personal_domain_set
+
     table = make_table(keys=(("pk", "S"),), stream=False)
     factory = StreamEventFactory(table_name=table.name, key_names=("pk",))
     items = [
@@ -157,7 +159,9 @@ def test_the_processor_decides_on_quoted_names_from_a_stream_event(make_table, a
     for item in items:
         table.client.put_item(TableName=table.name, Item=to_wire(item))
     gateway = DynamoDBGateway(table.client, attributes)
-    processor = StreamProcessor(classify, gateway, True, logging.getLogger("test"))
+    processor = StreamProcessor(
+        EmailClassifier(personal_domain_set()).is_personal_email, gateway, True, logging.getLogger("test")
+    )
     try:
         result = processor.process(factory.event(*(factory.insert(item) for item in items)))
     finally:
@@ -219,15 +223,12 @@ def test_the_backfill_on_the_adopters_table(make_table):
 
 
 def stage_project(tmp_path, **variables):
-    """A project copy whose dev stage sets these variables."""
-    import json
+    """A project of the test's own whose stage STAGE sets these variables."""
+    from tests.projects import fixture_config
 
-    project = copy_project(tmp_path / "project")
-    config_path = project / ".chalice" / "config.json"
-    config = json.loads(config_path.read_text())
-    config["stages"]["dev"]["environment_variables"].update(variables)
-    config_path.write_text(json.dumps(config))
-    return project
+    config = fixture_config()
+    config["stages"][STAGE]["environment_variables"].update(variables)
+    return copy_project(tmp_path / "project", config)
 
 
 def test_the_backfill_command_takes_the_stages_names(make_table, tmp_path):
@@ -239,7 +240,7 @@ def test_the_backfill_command_takes_the_stages_names(make_table, tmp_path):
         "--table",
         table.name,
         "--stage",
-        "dev",
+        STAGE,
         "--segments",
         "2",
         "--no-progress",
@@ -253,7 +254,7 @@ def test_the_backfill_command_refuses_a_flag_that_is_a_key_attribute(make_table,
     table = make_table(keys=ADOPTER_KEYS, stream=False)
     table.client.put_item(TableName=table.name, Item=to_wire({"tenant": "a", "member_no": Decimal(1), "email": "x"}))
     project = stage_project(tmp_path, EMAIL_ATTRIBUTE="email", FLAG_ATTRIBUTE="member_no")
-    done = backfill_tool(project, "run", "--table", table.name, "--stage", "dev", "--no-progress", env=dict(os.environ))
+    done = backfill_tool(project, "run", "--table", table.name, "--stage", STAGE, "--no-progress", env=dict(os.environ))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "FLAG_ATTRIBUTE 'member_no' is a key attribute" in done.stderr
     assert get(table, tenant="a", member_no=1) == {"tenant": "a", "member_no": 1, "email": "x"}

@@ -27,18 +27,19 @@ from chalicelib.records import DEFAULT_ATTRIBUTES
 from chalicelib.runtime import classifier_for
 from localdev.events import to_wire
 from localdev.mapping import LocalEventSourceMapping
-from tests.reliability import EMAILS, Model, Op, classify, perform, scan, violations
+from tests.oracle import expected_flag
+from tests.projects import STAGE
+from tests.reliability import EMAILS, Model, Op, perform, scan, violations
 from tests.test_reliability import follow, report, run_clients, settle
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch
 from tools.backfill.local import Options, local_worker, run_local, stage_settings
 from tools.backfill.ratelimit import ON_DEMAND_READ_UNITS, ON_DEMAND_WRITE_UNITS, rate_limits
 from tools.backfill.table import TableFacts, table_facts
-from tools.project import ROOT
 
 
 @pytest.fixture(scope="module")
-def settings():
-    return stage_settings("dev")
+def settings(project):
+    return stage_settings(STAGE, project)
 
 
 class Calls:
@@ -208,11 +209,11 @@ def test_a_resumed_backfill_writes_nothing_twice(make_table, settings, tmp_path)
         email = EMAILS[i % 6]
         item = {"Pk": bytes([i % 50, 255]), "Sk": Decimal(i), "Email": email}
         if rng.random() < 0.4:
-            item["IsPersonalEmail"] = classify(email)  # already right
+            item["IsPersonalEmail"] = expected_flag(email)  # already right
         table.client.put_item(TableName=table.name, Item=to_wire(item))
 
     def wrong(items):
-        return [i for i in items if i.get("IsPersonalEmail", {}).get("BOOL") is not classify(i["Email"]["S"])]
+        return [i for i in items if i.get("IsPersonalEmail", {}).get("BOOL") is not expected_flag(i["Email"]["S"])]
 
     needed = len(wrong(table.client.scan(TableName=table.name)["Items"]))
     calls = Calls(table.client)
@@ -303,20 +304,20 @@ def test_the_rate_limits_pace_reads_and_writes(make_table, settings):
     assert result.counts.read_units > 0
 
 
-def test_the_command_runs_stops_resumes_and_summarises(make_table, tmp_path):
+def test_the_command_runs_stops_resumes_and_summarises(make_table, project, tmp_path):
     table = make_table(stream=False)
     model = Model()
     keys = populate(table.client, table, 60, model)
     path = tmp_path / "cli.json"
     command = [sys.executable, "-m", "tools.backfill", "run", "--table", table.name, "--segments", "2"]
-    command += ["--stage", "dev", "--page-size", "10", "--checkpoint", str(path)]
+    command += ["--stage", STAGE, "--page-size", "10", "--checkpoint", str(path)]
     partial = subprocess.run(
-        [*command, "--max-pages", "1", "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [*command, "--max-pages", "1", "--no-progress"], cwd=project, capture_output=True, text=True, timeout=120
     )
     assert partial.returncode == 1, partial.stderr
     assert "2 segment(s) left" in partial.stdout and "scanned          20" in partial.stdout
     assert partial.stderr == ""  # no progress bar asked for
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert "2/2 segments done" in finished.stdout and "scanned          60" in finished.stdout
     # The progress bar (on stderr) starts from the checkpoint's 20 and counts the outcomes.
@@ -324,7 +325,7 @@ def test_the_command_runs_stops_resumes_and_summarises(make_table, tmp_path):
     assert violations(scan(table.client, table.name), model, keys) == []
     text = finished.stdout + finished.stderr + partial.stdout + partial.stderr
     assert not any(key in text for key in keys) and "gmail" not in text  # counts only, never a key or an e-mail
-    refused = subprocess.run([*command, "--segments", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run([*command, "--segments", "3"], cwd=project, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "another backfill" in refused.stderr
 
 

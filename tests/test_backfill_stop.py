@@ -6,18 +6,19 @@ from __future__ import annotations
 import threading
 import time
 
+from tests.projects import STAGE
 from tests.reliability import Model, scan, violations
 from tests.test_backfill import facts_of, populate
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.local import Options, local_worker, run_local, stage_settings
 
 
-def test_a_stop_under_a_write_limit_ends_within_a_step_and_the_resume_finishes(make_table, tmp_path):
+def test_a_stop_under_a_write_limit_ends_within_a_step_and_the_resume_finishes(make_table, project, tmp_path):
     table = make_table(stream=False)
     model = Model()
     keys = populate(table.client, table, 60, model)
     needed = len(violations(scan(table.client, table.name), model, keys))
-    settings = stage_settings("dev")
+    settings = stage_settings(STAGE, project)
     path = tmp_path / "cp.json"
     stop = threading.Event()
     done: dict = {}

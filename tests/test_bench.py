@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from bench import lambda_model, quota, suite
+from bench import lambda_model, quota
 from bench import sizes as bench_sizes
 from bench.hooks import CallCounter
 from bench.plot import plot
@@ -29,6 +29,7 @@ from bench.workload import (
     violations,
 )
 from chalicelib.domains import EmailClassifier
+from tests.documented import GROUP
 
 CLASSIFY = EmailClassifier(frozenset(WALKTHROUGH_DOMAINS)).is_personal_email
 
@@ -102,10 +103,14 @@ def test_percentile_is_the_nearest_rank():
 
 
 @pytest.fixture(scope="module")
-def smoke(engine):
-    return json.loads(json.dumps(suite.run(engine, bench_sizes.SMOKE)))  # what the JSON file holds
+def smoke(documented_runs):
+    """The README tour's `python -m bench --smoke` (run once, in a fresh clone): the result document it wrote."""
+    run = documented_runs.of(".venv/bin/python -m bench --smoke")
+    assert run.returncode == 0, run.stdout[-3000:]
+    return json.loads((documented_runs.temp / "email-checker-bench-smoke" / "results.json").read_text())
 
 
+@pytest.mark.xdist_group(GROUP)
 def test_smoke_run_writes_and_invariant(smoke):
     writes = smoke["writes"]
     ours, baseline = writes["handlers"][OURS], writes["handlers"][BASELINE]
@@ -118,6 +123,7 @@ def test_smoke_run_writes_and_invariant(smoke):
     assert baseline["writes"] > 0 and ours["failed_invocations"] == baseline["failed_invocations"] == 0
 
 
+@pytest.mark.xdist_group(GROUP)
 def test_smoke_run_every_timed_measure_did_the_right_writes(smoke):
     sizes = smoke["sizes"]
     for name in (OURS, BASELINE):
@@ -143,11 +149,12 @@ def test_smoke_run_every_timed_measure_did_the_right_writes(smoke):
     assert "segments" in backfill_lines(smoke["backfill"])
 
 
-def test_smoke_run_table_targets_and_figure(smoke, tmp_path):
+@pytest.mark.xdist_group(GROUP)
+def test_smoke_run_table_targets_and_figure(smoke, documented_runs, tmp_path):
     table = render(rows(smoke))
     assert OURS in table and BASELINE in table
     records = smoke["sizes"]["batch_records"]
-    stage_mb = bench_sizes.stage_memory()
+    stage_mb = bench_sizes.stage_memory(documented_runs.clone)
     measures = {target["measure"] for target in smoke["targets"]}
     mode = smoke["memory"]["mode"]
     assert measures == {
@@ -168,12 +175,14 @@ def test_smoke_run_table_targets_and_figure(smoke, tmp_path):
     assert figure.read_bytes().startswith(b"\x89PNG")
 
 
-def test_smoke_run_memory_sizes_under_a_recorded_quota_mode(smoke):
+@pytest.mark.xdist_group(GROUP)
+def test_smoke_run_memory_sizes_under_a_recorded_quota_mode(smoke, documented_runs):
     memory = smoke["memory"]
     assert memory["mode"] in (quota.CGROUP_V1, quota.CGROUP_V2, quota.MODEL)
     sizes = [row["memory_mb"] for row in memory["rows"]]
-    assert sizes == sorted({*smoke["sizes"]["memory_sizes"], bench_sizes.stage_memory(), bench_sizes.SHARD_TARGET_MB})
-    assert memory["stage_memory_mb"] == bench_sizes.stage_memory() and memory["prices"]["sources"]
+    configured = bench_sizes.stage_memory(documented_runs.clone)
+    assert sizes == sorted({*smoke["sizes"]["memory_sizes"], configured, bench_sizes.SHARD_TARGET_MB})
+    assert memory["stage_memory_mb"] == configured and memory["prices"]["sources"]
     for row in memory["rows"]:
         assert row["mode"] == memory["mode"] and row["cpu_share"] == row["memory_mb"] / quota.FULL_VCPU_MB
         # A real quota leaves its counters; the model has none (and says why no cgroup could be made).

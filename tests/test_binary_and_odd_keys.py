@@ -11,7 +11,7 @@ import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
 
 from localdev.events import to_wire
-from tools.project import ROOT
+from tests.projects import STAGE
 
 FLAG = "IsPersonalEmail"
 _deserialize = TypeDeserializer().deserialize
@@ -140,7 +140,7 @@ def backfill_table(make_table, keyed_by: str):
 
 
 @pytest.mark.parametrize("keyed_by", ["Email", "binary"])
-def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, tmp_path, keyed_by):
+def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, project, tmp_path, keyed_by):
     table, keys, wanted = backfill_table(make_table, keyed_by)
     command = [
         sys.executable,
@@ -150,13 +150,13 @@ def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, tm
         "--table",
         table.name,
         "--stage",
-        "dev",
+        STAGE,
         "--segments",
         "2",
     ]
     command += ["--page-size", "3", "--no-progress", "--checkpoint", str(tmp_path / "backfill.json")]
 
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120)
 
     assert "Traceback" not in finished.stderr, finished.stderr[-2000:]
     assert finished.returncode == 0, finished.stdout + finished.stderr

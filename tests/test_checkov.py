@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.projects import ROOT, copy_project, stage_tool
+from tests.projects import ROOT, copy_project, named_stages, stage_tool
 from tools.checkov_skips import SKIPS
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
@@ -18,7 +18,7 @@ VERSION = "3.3.30"
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
     """The prod stage packaged by `tools.stage package --create-table` (every resource the stack can hold)."""
-    project = copy_project(tmp_path_factory.mktemp("checkov") / "project")
+    project = copy_project(tmp_path_factory.mktemp("checkov") / "project", named_stages("prod"))
     out = project.parent / "out"
     result = stage_tool(project, "package", "--stage", "prod", "--create-table", str(out))
     assert result.returncode == 0, result.stderr

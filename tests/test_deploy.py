@@ -8,7 +8,15 @@ import json
 import pytest
 
 from chalicelib.config import Settings
-from tests.projects import chalice, lambda_role, project_config, stage_tool, unused_stage_name
+from tests.projects import (
+    chalice,
+    copy_project,
+    lambda_role,
+    named_stages,
+    project_config,
+    stage_tool,
+    unused_stage_name,
+)
 from tools import alarms, failure_bucket, failure_handling, stage
 from tools.deploy_guard import handler_timeout
 
@@ -17,7 +25,14 @@ FUNCTION = "email-checker-dev-sync_is_personal_email"
 SWEEP = "email-checker-dev-sweep_table"
 RECONCILER = "email-checker-dev-reconcile_discarded_batches"
 
-pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
+# The tests' own stages (tests/projects.py), named as the expectations below spell them.
+STAGES = ("dev", "prod")
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """This module's own project, with the stages its expectations name (STAGES)."""
+    return copy_project(tmp_path / "project", named_stages(*STAGES))
 
 
 def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, aws_environment, project_copy):

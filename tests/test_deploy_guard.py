@@ -4,12 +4,11 @@ STREAM_ARN, and every refusal points at `tools.stage bind`."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from chalicelib.config import Settings
-from tests.projects import ROOT, chalice, stage_tool, unused_stage_name
+from tests.projects import chalice, copy_project, named_stages, stage_tool, write_config
 from tools import stage
 from tools.deploy_guard import budget_refusal, deploy_refusal, handler_timeout
 
@@ -18,14 +17,21 @@ OTHER_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Accounts/stream/2026-
 QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-stream-failures"
 BUCKET_ARN = "arn:aws:s3:::email-checker-prod-failures-123456789012-eu-west-1"
 
-pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
+# The tests' own stages (tests/projects.py), named as the expectations below spell them; and one that is none of them.
+STAGES = ("dev", "prod")
+UNKNOWN = "staging"
 
 
 @pytest.fixture
 def chalice_dir(tmp_path):
-    """A copy of the project's .chalice/ (all the guard reads), in a project directory of its own."""
-    shutil.copytree(ROOT / ".chalice", tmp_path / ".chalice", ignore=shutil.ignore_patterns("deployed"))
-    return tmp_path / ".chalice"
+    """A project's .chalice/ (all the guard reads) with this module's stages, in a project directory of its own."""
+    return write_config(tmp_path, named_stages(*STAGES)) / ".chalice"
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """This module's own project, with the stages its expectations name (STAGES)."""
+    return copy_project(tmp_path / "project", named_stages(*STAGES))
 
 
 def configure(chalice_dir, **variables):
@@ -43,8 +49,8 @@ def hand_edit(chalice_dir, stream_arn):
     stage.write_json(chalice_dir / "config.json", config)
 
 
-def test_every_stage_names_itself_in_stage():
-    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+def test_every_stage_names_itself_in_stage(checked_project):
+    config = json.loads((checked_project / ".chalice" / "config.json").read_text())
     assert {name: s["environment_variables"].get("STAGE") for name, s in config["stages"].items()} == {
         name: name for name in config["stages"]
     }
@@ -202,7 +208,7 @@ def test_a_policy_with_a_statement_nobody_generated_is_refused(chalice_dir):
         ("prod", "", "stage prod has no STREAM_ARN"),
         ("prod", "arn:aws:dynamodb:eu-west-1:1:table/Users", "not a DynamoDB stream ARN"),
         ("", ARN, "STAGE is not set"),
-        (unused_stage_name(), ARN, f"STAGE is {unused_stage_name()!r}, which is no stage"),
+        (UNKNOWN, ARN, f"STAGE is {UNKNOWN!r}, which is no stage"),
     ],
     ids=["no-stream-arn", "not-a-stream-arn", "no-stage", "unknown-stage"],
 )

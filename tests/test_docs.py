@@ -3,33 +3,26 @@ machine alone run verbatim from a fresh clone."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import runpy
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+import warnings
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"(?P<marker><!-- docs-test: run -->\s*\n\s*)?```(?P<lang>sh|bash)\n(?P<body>.*?)```", re.S)
+from tests.documented import GROUP, PAGES, run_verbatim, shell_blocks
+from tests.projects import ROOT
+
 # Make targets whose recipe is one of our modules: their ARGS are that module's arguments.
 MAKE_MODULES = {"run": "localdev.run", "backfill": "tools.backfill", "backfill-bench": "tools.backfill_bench"}
-
-
-def shell_blocks(page: Path) -> list[tuple[bool, list[str]]]:
-    """(marked to run, the commands) of each sh block; continuation lines joined, comments dropped."""
-    blocks = []
-    for match in FENCE.finditer(page.read_text()):
-        joined = re.sub(r"\\\n\s*", " ", match.group("body"))
-        commands = [line.split(" #")[0].strip() for line in joined.splitlines()]
-        blocks.append((bool(match.group("marker")), [c for c in commands if c and not c.startswith("#")]))
-    return blocks
 
 
 def project_command(command: str) -> list[str] | None:
@@ -52,7 +45,6 @@ def project_command(command: str) -> list[str] | None:
     return None
 
 
-@pytest.mark.stage_config
 def test_the_front_page_is_short_and_every_link_resolves():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.encode()) < 12_000
@@ -68,70 +60,58 @@ def test_the_front_page_is_short_and_every_link_resolves():
                 assert anchor in anchors, f"README links to #{anchor}, no such section"
 
 
-@pytest.mark.stage_config
+def parses(help_form: list[str]) -> tuple[int, str]:
+    """Run a `--help` form: a module's in this process (its `__main__`, as `python -m` runs it: argparse prints the help
+    and exits), make's dry run as a command in the checkout (it has the Makefile); (exit code, what it said)."""
+    if help_form[0] == "make":
+        done = subprocess.run(help_form, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout + done.stderr
+    saved, said = sys.argv, io.StringIO()
+    sys.argv = [help_form[2], *help_form[3:]]
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said), warnings.catch_warnings():
+            # A module the tests imported already runs again as __main__: runpy warns, as it should, and it's harmless.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            runpy.run_module(help_form[2], run_name="__main__", alter_sys=True)
+    except SystemExit as exit:
+        return exit.code or 0, said.getvalue()
+    finally:
+        sys.argv = saved
+    return 0, said.getvalue()
+
+
 def test_every_project_command_the_docs_show_parses():
-    checked = 0
+    forms = {}  # each distinct --help form once, with the first command that showed it
     for page in PAGES:
         for _, commands in shell_blocks(page):
             for command in commands:
                 help_form = project_command(command)
-                if help_form is None:
-                    continue  # the AWS CLI, chalice against AWS, cfn-lint on a generated file
-                done = subprocess.run(help_form, cwd=ROOT, capture_output=True, text=True, timeout=120)
-                assert done.returncode == 0, f"{page.name}: `{command}` does not parse: {done.stderr[-500:]}"
-                checked += 1
-    assert checked >= 10
+                if help_form is not None:  # else the AWS CLI, chalice against AWS, cfn-lint on a generated file
+                    forms.setdefault(tuple(help_form), f"{page.name}: `{command}`")
+    for help_form, shown in forms.items():
+        code, said = parses(list(help_form))
+        assert code == 0 and ("usage" in said or help_form[0] == "make"), f"{shown} does not parse: {said[-500:]}"
+    assert len(forms) >= 10
 
 
-@pytest.fixture(scope="module")
-def fresh_clone(tmp_path_factory):
-    """A clone of the committed project, sharing this checkout's installed .venv and node_modules (read only)."""
-    clone = tmp_path_factory.mktemp("clone") / "email-checker"
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
-    for name in (".venv", "node_modules"):
-        (clone / name).symlink_to(ROOT / name)
-    # The clone's files are newer than the install stamps: age them, so make reuses the installs instead of redoing
-    # them (npm ci would empty the shared node_modules).
-    for name in ("requirements.txt", "requirements-dev.txt", "package.json", "package-lock.json"):
-        os.utime(clone / name, (0, 0))
-    return clone
-
-
-def run_verbatim(clone: Path, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run a documented command as a user would, in its own process group, ended with the group on a time-out."""
-    process = subprocess.Popen(
-        ["bash", "-c", command],
-        cwd=clone,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-        pytest.fail(f"`{command}` did not finish in {timeout:.0f} s:\n{output[-2000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, output, "")
-
-
-def test_the_commands_marked_to_run_run_verbatim_in_a_fresh_clone(fresh_clone):
-    marked = [c for page in PAGES for run, commands in shell_blocks(page) if run for c in commands]
-    assert marked, "no block is marked <!-- docs-test: run -->"
-    for command in marked:
-        done = run_verbatim(fresh_clone, command, timeout=300)
+@pytest.mark.xdist_group(GROUP)
+def test_the_commands_marked_to_run_run_verbatim_in_a_fresh_clone(documented_runs):
+    assert documented_runs.results, "no block is marked <!-- docs-test: run -->"
+    for command, done in documented_runs.results.items():
         assert done.returncode == 0 and "Traceback" not in done.stdout, f"`{command}`:\n{done.stdout[-3000:]}"
 
 
-def test_the_tour_make_run_then_one_write_through_the_aws_cli(fresh_clone):
+@pytest.mark.xdist_group(GROUP)
+def test_the_tour_make_run_then_one_write_through_the_aws_cli(documented_runs):
+    fresh_clone = documented_runs.clone
     if shutil.which("aws") is None:
         pytest.skip("the AWS CLI is not installed here (the tour says any AWS CLI will do)")
     tour = (ROOT / "README.md").read_text()
     [write] = [c for _, commands in shell_blocks(ROOT / "README.md") for c in commands if c.startswith("AWS_")]
+    [make_run] = [c for _, commands in shell_blocks(ROOT / "README.md") for c in commands if c.startswith("make run")]
     assert "make run" in tour
     run = subprocess.Popen(
-        ["make", "run"],
+        shlex.split(make_run),
         cwd=fresh_clone,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

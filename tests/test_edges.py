@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.domains import EmailClassifier, personal_domain_set
 from localdev.events import StreamEventFactory, to_wire
+from tests.oracle import expected_flag
 from tests.reliability import scan
 from tests.test_handler import get, put
-
-classify = EmailClassifier(personal_domain_set()).is_personal_email
 
 
 @pytest.fixture
@@ -35,26 +33,29 @@ def test_an_email_of_400_kb(make_table, drain, no_leaks):
     assert sum(s["failed"] + s["rejected"] + s["malformed"] for s in summaries) == 0
 
 
+# Known answers, worked out by hand from the pinned list (mail.ru and gmail.com are on it; bücher.de, 例子.广告 and the
+# dotted-İ look-alike of gmail.com are not); the oracle must agree with each.
 @pytest.mark.parametrize(
-    "email",
+    ("email", "personal"),
     [
-        "пользователь@mail.ru",
-        "leser@bücher.de",
-        "leser@xn--bcher-kva.de",
-        "用户@例子.广告",
-        "john@GMAİL.COM",
-        "😀@gmail.com",
-        "john@gmail.com\u200b",
-        "john@ü..de",
-        "\x00@gmail.com",
+        ("пользователь@mail.ru", True),
+        ("leser@bücher.de", False),
+        ("leser@xn--bcher-kva.de", False),
+        ("用户@例子.广告", False),
+        ("john@GMAİL.COM", False),  # İ lower-cases to i + a combining dot: another domain
+        ("😀@gmail.com", True),
+        ("john@gmail.com\u200b", True),  # IDNA maps the zero-width space to nothing
+        ("john@ü..de", False),  # an empty label: not a valid domain
+        ("\x00@gmail.com", True),
     ],
 )
-def test_non_ascii_and_internationalised_addresses(make_table, drain, no_leaks, email):
+def test_non_ascii_and_internationalised_addresses(make_table, drain, no_leaks, email, personal):
+    assert expected_flag(email) is personal
     table = make_table()
     put(table, Id="u", Email=email)
     no_leaks.append(email)
     drain(table)
-    assert get(table, Id="u")["IsPersonalEmail"] is classify(email)
+    assert get(table, Id="u")["IsPersonalEmail"] is personal
 
 
 def test_an_item_with_hundreds_of_attributes(make_table, drain, no_leaks):

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from localdev.dynamodb_local import DynamoDBLocal, EngineFailed, free_port, last_error, port_is_free
-from tests.projects import copy_project, project_config, stage_tool, unused_stage_name, without_aws
+from tests.projects import copy_project, named_stages, project_config, stage_tool, unused_stage_name, without_aws
 from tools.merge_template import STREAM_ARN_PATTERN
 from tools.stage import split_stream_arn
 
-ROOT = Path(__file__).resolve().parent.parent
+# The tests that share `make run` on a taken port 8000 run in one worker (one `make run`, one holder of the port).
+MAKE_RUN_8000 = "make-run-8000"
 GOOD_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 
 
@@ -40,7 +40,19 @@ def local(engine, tmp_path: Path) -> dict[str, str]:
     return without_aws(tmp_path, **engine.environment())
 
 
-def python(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def here(tmp_path_factory) -> Path:
+    """Where the commands run: the tests' project with this module's one stage, `dev` (so `--stage` may be left out)."""
+    return copy_project(tmp_path_factory.mktemp("here") / "project", named_stages("dev"), local=True)
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """A project of the test's own with this module's one stage, `dev` (for the stage tools, which write to it)."""
+    return copy_project(tmp_path / "project", named_stages("dev"))
+
+
+def python(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -50,12 +62,11 @@ def python(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float = 1
 # A table that does not exist, no region, an endpoint nobody answers on
 
 
-def test_backfill_of_a_missing_table(engine, tmp_path):
+def test_backfill_of_a_missing_table(engine, tmp_path, here):
     result = python(
         "tools.backfill", "run", "--table", "NoSuchTable", "--stage", "dev", "--no-progress",
         "--checkpoint", str(tmp_path / "c.json"),
-        env=local(engine, tmp_path),
-    )  # fmt: skip
+        env=local(engine, tmp_path), cwd=here)  # fmt: skip
     assert_one_error_line(result, "DescribeTable", "check the name and the region")
 
 
@@ -68,23 +79,29 @@ def test_enable_stream_on_a_missing_table(engine, tmp_path, project_copy):
     assert (project_copy / ".chalice" / "config.json").read_text() == before
 
 
-def test_no_region(tmp_path, project_copy):
+def test_no_region(tmp_path, project_copy, here):
     environment = without_aws(tmp_path, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
-    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", "dev", "--no-progress", env=environment)
+    backfill = python(
+        "tools.backfill", "run", "--table", "Users", "--stage", "dev", "--no-progress", env=environment, cwd=here
+    )
     assert_one_error_line(backfill, "no AWS region", "AWS_DEFAULT_REGION")
     enable = stage_tool(project_copy, "enable-stream", "--stage", "dev", "--table-name", "Users", env=environment)
     assert_one_error_line(enable, "no AWS region")
 
 
-def test_an_endpoint_nobody_answers_on(tmp_path):
+def test_an_endpoint_nobody_answers_on(tmp_path, here):
     nobody = f"http://127.0.0.1:{free_port()}"
     environment = without_aws(
         tmp_path, AWS_ENDPOINT_URL_DYNAMODB=nobody, AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="x",
         AWS_SECRET_ACCESS_KEY="x",
     )  # fmt: skip
-    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", "dev", "--no-progress", env=environment)
+    backfill = python(
+        "tools.backfill", "run", "--table", "Users", "--stage", "dev", "--no-progress", env=environment, cwd=here
+    )
     assert_one_error_line(backfill, f"cannot reach {nobody}")
-    following = python("localdev.run", "--endpoint", nobody, "--checkpoints", str(tmp_path / "c.json"), env=environment)
+    following = python(
+        "localdev.run", "--endpoint", nobody, "--checkpoints", str(tmp_path / "c.json"), env=environment, cwd=here
+    )
     assert_one_error_line(following, f"cannot reach {nobody}")
 
 
@@ -92,8 +109,10 @@ def test_an_endpoint_nobody_answers_on(tmp_path):
 # Ports
 
 
-def test_make_run_on_a_busy_port(engine, tmp_path):
-    result = python("localdev.run", "--port", str(engine.port), "--data-dir", str(tmp_path / "d"), env=dict(os.environ))
+def test_make_run_on_a_busy_port(engine, tmp_path, here):
+    result = python(
+        "localdev.run", "--port", str(engine.port), "--data-dir", str(tmp_path / "d"), env=dict(os.environ), cwd=here
+    )
     assert_one_error_line(result, f"port {engine.port} is in use", f"--endpoint http://127.0.0.1:{engine.port}")
 
 
@@ -151,14 +170,13 @@ def test_dynamodb_local_restarts_on_its_port_at_once():
 # Stages: unknown ones and bad settings
 
 
-@pytest.mark.stage_config
-def test_an_unknown_stage_is_refused_everywhere(tmp_path, project_copy):
+def test_an_unknown_stage_is_refused_everywhere(tmp_path, project_copy, here):
     environment = without_aws(tmp_path, AWS_DEFAULT_REGION="us-east-1")
-    name, stages = unused_stage_name(), ", ".join(project_config()["stages"])
+    name, stages = unused_stage_name(here), ", ".join(project_config(here)["stages"])
     expected = (f"no stage {name!r} in .chalice/config.json", stages, f"add-stage --stage {name}")
-    run = python("localdev.run", "--stage", name, "--data-dir", str(tmp_path / "d"), env=environment)
+    run = python("localdev.run", "--stage", name, "--data-dir", str(tmp_path / "d"), env=environment, cwd=here)
     assert_one_error_line(run, *expected)
-    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", name, env=environment)
+    backfill = python("tools.backfill", "run", "--table", "Users", "--stage", name, env=environment, cwd=here)
     assert_one_error_line(backfill, *expected)
     bind = stage_tool(project_copy, "bind", "--stage", name, "--stream-arn", GOOD_ARN, env=environment)
     assert_one_error_line(bind, *expected)
@@ -166,21 +184,15 @@ def test_an_unknown_stage_is_refused_everywhere(tmp_path, project_copy):
 
 @pytest.fixture
 def project_with_a_bad_setting(tmp_path):
-    """A runnable copy of the project (localdev and the engine's jar too) whose dev stage has BATCH_SIZE=lots."""
-    project = copy_project(tmp_path / "project")
-    shutil.copytree(ROOT / "localdev", project / "localdev", ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "node_modules").symlink_to(ROOT / "node_modules")
-    config_path = project / ".chalice" / "config.json"
-    config = json.loads(config_path.read_text())
+    """A runnable copy of the project (localdev and the engine's jar too) whose one stage has BATCH_SIZE=lots."""
+    config = named_stages("dev")
     config["stages"]["dev"]["environment_variables"]["BATCH_SIZE"] = "lots"
-    config_path.write_text(json.dumps(config))
-    return project
+    return copy_project(tmp_path / "project", config, local=True)
 
 
-def test_a_bad_stage_setting_under_demo_and_run(project_with_a_bad_setting, tmp_path):
+def test_a_bad_stage_setting_under_run(project_with_a_bad_setting, tmp_path):
+    # (The demo runs with the walkthrough's own settings, whatever the stages hold: tests/test_independence.py.)
     environment = without_aws(tmp_path)
-    demo = python("localdev.demo", env=environment, cwd=project_with_a_bad_setting)
-    assert_one_error_line(demo, "BATCH_SIZE", "'lots'")
     run = python(
         "localdev.run", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"),
         "--checkpoints", str(tmp_path / "c.json"), env=environment, cwd=project_with_a_bad_setting,
@@ -255,7 +267,7 @@ def port_8000_taken():
 
 
 @pytest.fixture(scope="module")
-def following(port_8000_taken, tmp_path_factory):
+def following(port_8000_taken, here, tmp_path_factory):
     """`make run` with a relative --data-dir and port 8000 taken, followed until Ctrl-C: (its output file, the data
     directory, the checkpoint file, the arguments it was given)."""
     import signal
@@ -263,12 +275,12 @@ def following(port_8000_taken, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("following")
     data, checkpoints = folder / "data", folder / "checkpoints.json"
-    arguments = ["--data-dir", os.path.relpath(data, ROOT), "--checkpoints", os.path.relpath(checkpoints, ROOT)]
+    arguments = ["--data-dir", os.path.relpath(data, here), "--checkpoints", os.path.relpath(checkpoints, here)]
     output = folder / "out.txt"
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "localdev.run", *arguments],
-            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=here, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )  # fmt: skip
     try:
@@ -282,6 +294,7 @@ def following(port_8000_taken, tmp_path_factory):
         process.wait(timeout=60)
 
 
+@pytest.mark.xdist_group(MAKE_RUN_8000)
 def test_make_run_says_loudly_that_port_8000_is_taken_and_prints_the_command_for_its_port(following):
     import time
 
@@ -293,9 +306,11 @@ def test_make_run_says_loudly_that_port_8000_is_taken_and_prints_the_command_for
     assert f"DynamoDB Local: http://127.0.0.1:{port} (data in" in text
     [command] = [line.strip() for line in text.splitlines() if "aws dynamodb put-item" in line]
     assert f"--endpoint-url http://127.0.0.1:{port} " in command and ":8000" not in command
-    if shutil.which("aws") is None:
-        return  # the printed command names the port in use; running it needs the AWS CLI
-    wrote = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    # Verbatim, with the AWS CLI requirements-dev.txt pins (in this interpreter's venv) first on the PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    wrote = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": path}
+    )
     assert wrote.returncode == 0, wrote.stderr
     deadline = time.monotonic() + 60
     while "1 write(s)" not in output.read_text():
@@ -303,20 +318,22 @@ def test_make_run_says_loudly_that_port_8000_is_taken_and_prints_the_command_for
         time.sleep(0.2)
 
 
+@pytest.mark.xdist_group(MAKE_RUN_8000)
 def test_a_relative_data_dir_is_where_the_engine_keeps_its_data(following):
     output, data, *_ = following
     assert f"(data in {data})" in output.read_text()
     assert (data / "shared-local-instance.db").is_file()
 
 
-def test_a_second_make_run_on_the_same_data_or_checkpoints_is_refused(following, tmp_path):
+@pytest.mark.xdist_group(MAKE_RUN_8000)
+def test_a_second_make_run_on_the_same_data_or_checkpoints_is_refused(following, tmp_path, here):
     output, data, checkpoints, arguments = following
-    second = python("localdev.run", *arguments, env=dict(os.environ))
+    second = python("localdev.run", *arguments, env=dict(os.environ), cwd=here)
     assert_one_error_line(
         second, f"the data directory {data} is in use by another `make run`", "DynamoDB Local (process", "--data-dir"
     )
     endpoint = re.search(r"DynamoDB Local: (\S+)", output.read_text()).group(1)
-    attached = python("localdev.run", "--endpoint", endpoint, *arguments[2:], env=dict(os.environ))
+    attached = python("localdev.run", "--endpoint", endpoint, *arguments[2:], env=dict(os.environ), cwd=here)
     assert_one_error_line(attached, f"the checkpoint file {checkpoints} is in use", "--checkpoints")
 
 
@@ -329,7 +346,8 @@ def test_the_missing_jar_says_to_run_make(monkeypatch, tmp_path):
     assert "npm ci" not in str(missing.value)
 
 
-def test_following_another_engine_says_its_storage_is_unknown(following, tmp_path):
+@pytest.mark.xdist_group(MAKE_RUN_8000)
+def test_following_another_engine_says_its_storage_is_unknown(following, here, tmp_path):
     import signal
     import time
 
@@ -339,7 +357,7 @@ def test_following_another_engine_says_its_storage_is_unknown(following, tmp_pat
     with attached.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "localdev.run", "--endpoint", endpoint, "--checkpoints", str(tmp_path / "c.json")],
-            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=here, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )  # fmt: skip
     try:

@@ -1,5 +1,8 @@
 """Every local entry point stops on SIGINT (a terminal's Ctrl-C, sent to its process group) and SIGTERM (sent to the
-process) at any moment, within seconds, without a traceback, and leaves no DynamoDB Local or moto running."""
+process) at any moment, within seconds, without a traceback, and leaves no DynamoDB Local or moto running.
+
+Each signal goes out when the output shows a phase has begun (no fixed sleeps), and the output must then show that
+the work did not run to its end: a command that ignored the signal would finish (or keep going) and fail here."""
 
 from __future__ import annotations
 
@@ -9,11 +12,13 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.projects import EMAIL, copy_project, named_stages
+
 MARKER = "EMAIL_CHECKER_TEST_MARKER"
 SERVERS = ("DynamoDBLocal", "moto.server")
 
@@ -35,14 +40,29 @@ def servers_started_by(marker: str) -> list[str]:
     return found
 
 
-def start(module_args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
+def kill_servers_started_by(marker: str) -> list[str]:
+    """Kill -9 what `servers_started_by` finds (so the next test does not meet it); what it found."""
+    found = servers_started_by(marker)
+    for line in found:
+        with suppress(ProcessLookupError):
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    return found
+
+
+@pytest.fixture(scope="module")
+def here(tmp_path_factory) -> Path:
+    """Where the entry points run: the tests' project with this module's one stage (so `--stage` may be left out)."""
+    return copy_project(tmp_path_factory.mktemp("here") / "project", named_stages("dev"), local=True)
+
+
+def start(module_args: list[str], tmp_path: Path, here: Path) -> tuple[subprocess.Popen, str, Path]:
     """The entry point as a user starts it: its own process group, output to a file (a pipe could fill)."""
     marker = uuid.uuid4().hex
     output = tmp_path / f"{marker}.out"
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", *module_args],
-            cwd=ROOT,
+            cwd=here,
             stdout=sink,
             stderr=subprocess.STDOUT,
             env={**os.environ, MARKER: marker, "PYTHONUNBUFFERED": "1"},
@@ -59,80 +79,113 @@ def interrupt(process: subprocess.Popen, number: int) -> None:
         process.send_signal(number)
 
 
-def wait_for(path: Path, text: str, timeout: float) -> bool:
+def wait_for(path: Path, text: str, timeout: float, process: subprocess.Popen | None = None) -> bool:
+    """Whether `text` appeared in the output within `timeout` s (polled every 20 ms); False once `process` ended
+    without it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if text in path.read_text(errors="replace"):
             return True
-        time.sleep(0.1)
+        if process is not None and process.poll() is not None:
+            return text in path.read_text(errors="replace")
+        time.sleep(0.02)
     return False
 
 
+def interrupt_at(process: subprocess.Popen, marker: str, output: Path, phase: str, number: int) -> None:
+    """Send the signal once the output shows `phase`: a line printed as a phase begins, with seconds of work after it
+    (imports, starting DynamoDB Local, the steps), far more than the few milliseconds it takes to see it."""
+    if not wait_for(output, phase, 120, process):
+        with suppress(ProcessLookupError):  # it may have ended (an error) before the phase began
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        kill_servers_started_by(marker)
+        pytest.fail(f"no {phase!r} in the output:\n{output.read_text(errors='replace')[-3000:]}")
+    interrupt(process, number)
+
+
 def assert_stopped_cleanly(
-    process: subprocess.Popen, marker: str, output: Path, number: int, finished: str | None = None
+    process: subprocess.Popen, marker: str, output: Path, number: int, code: int | None = None, unfinished: str = ""
 ) -> str:
-    """It ended within 20 s, left no server and no traceback, and exited 0 or 128 + the signal's number; or, when its
-    output says it had `finished` its work, killed by the signal itself (it came during the interpreter's exit, after
-    the handlers were restored: nothing was left to stop)."""
+    """It ended within 20 s, left no server and no traceback, exited with `code` (default 128 + the signal's number),
+    and its output lacks `unfinished`, the line it prints once its work is done: the signal stopped it, it did not
+    run to the end (a process that ignores the signal does)."""
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        kill_servers_started_by(marker)
         pytest.fail(f"still running 20 s after {signal.Signals(number).name}:\n{output.read_text()[-3000:]}")
     text = output.read_text(errors="replace")
-    leftovers = servers_started_by(marker)
-    for line in leftovers:  # don't leave them running for the next test
-        os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    leftovers = kill_servers_started_by(marker)
     assert not leftovers, f"left running after {signal.Signals(number).name}: {leftovers}\n{text[-3000:]}"
     assert "Traceback" not in text, text[-3000:]
-    allowed = (0, 128 + number, -number) if finished and finished in text else (0, 128 + number)
-    assert process.returncode in allowed, (process.returncode, text[-3000:])
+    assert not unfinished or unfinished not in text, f"it ran to the end:\n{text[-3000:]}"
+    assert process.returncode == (128 + number if code is None else code), (process.returncode, text[-3000:])
     return text
 
 
-# Before and while the imports, while DynamoDB Local starts, and while the walkthrough's steps run.
-@pytest.mark.parametrize("delay", [0.5, 2.0, 5.0])
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_the_demo_stops_on_a_signal_at_any_moment(number, delay, tmp_path):
-    process, marker, output = start(["localdev.demo"], tmp_path)
-    time.sleep(delay)
-    interrupt(process, number)
-    assert_stopped_cleanly(process, marker, output, number, finished="walkthrough: OK")
-
-
+# Each phase's first line: while DynamoDB Local starts (a server being spawned), during the walkthrough's steps.
 @pytest.mark.parametrize(
-    ("number", "delay"), [(signal.SIGTERM, 0.5), (signal.SIGINT, 2.0), (signal.SIGTERM, 6.0)], ids=str
+    ("number", "phase"),
+    [
+        (signal.SIGINT, "starting DynamoDB Local"),
+        (signal.SIGTERM, "starting DynamoDB Local"),
+        (signal.SIGINT, "1. create ID1"),
+    ],
+    ids=str,
 )
-def test_the_bench_stops_on_a_signal_at_any_moment(number, delay, tmp_path):
+def test_the_demo_stops_on_a_signal_at_any_moment(number, phase, tmp_path, here):
+    process, marker, output = start(["localdev.demo"], tmp_path, here)
+    interrupt_at(process, marker, output, phase, number)
+    assert_stopped_cleanly(process, marker, output, number, unfinished="walkthrough:")
+
+
+# While the imports run (the banner is printed before them), while it measures on the engine it started.
+@pytest.mark.parametrize(
+    ("number", "phase"), [(signal.SIGTERM, "benchmark:"), (signal.SIGINT, "per-record CPU profile")], ids=str
+)
+def test_the_bench_stops_on_a_signal_at_any_moment(number, phase, tmp_path, here):
     process, marker, output = start(
-        ["bench", "--smoke", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")], tmp_path
+        ["bench", "--smoke", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")], tmp_path, here
     )
-    time.sleep(delay)
-    interrupt(process, number)
-    assert_stopped_cleanly(process, marker, output, number)
+    interrupt_at(process, marker, output, phase, number)
+    assert_stopped_cleanly(process, marker, output, number, unfinished="wrote ")
     assert not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_run_stops_while_starting_and_finishes_its_batch_while_following(number, tmp_path):
+def run_arguments(tmp_path: Path) -> list[str]:
+    """`make run` on a free port, with its data and checkpoints in the test's folder."""
     from localdev.dynamodb_local import free_port
 
-    arguments = ["localdev.run", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
-    arguments += ["--checkpoints", str(tmp_path / "checkpoints.json")]
-    starting, marker, output = start(arguments, tmp_path)
-    time.sleep(1.0)
-    interrupt(starting, number)
-    assert_stopped_cleanly(starting, marker, output, number)
+    return ["localdev.run", "--port", str(free_port()), "--data-dir", str(tmp_path / "data"),
+            "--checkpoints", str(tmp_path / "checkpoints.json")]  # fmt: skip
 
-    assert_unlocked(tmp_path / "data" / "make-run.lock", tmp_path / "checkpoints.json.lock")
 
-    following, marker, output = start(arguments, tmp_path)
-    assert wait_for(output, "Ctrl-C to stop", 60), output.read_text()
-    interrupt(following, number)
-    text = assert_stopped_cleanly(following, marker, output, number)
-    assert following.returncode == 0 and "stopped after" in text, text
-    assert_unlocked(tmp_path / "data" / "make-run.lock", tmp_path / "checkpoints.json.lock")
+RUN_LOCKS = ("data/make-run.lock", "checkpoints.json.lock")
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_run_stops_at_once_while_starting(number, tmp_path, here):
+    starting, marker, output = start(run_arguments(tmp_path), tmp_path, here)
+    interrupt_at(starting, marker, output, "starting DynamoDB Local on port", number)
+    assert_stopped_cleanly(starting, marker, output, number, unfinished="Ctrl-C to stop")
+    assert_unlocked(*(tmp_path / lock for lock in RUN_LOCKS))
+
+
+def stop_following(process: subprocess.Popen, marker: str, output: Path, number: int, tmp_path: Path) -> None:
+    """Once it follows the stream, the signal lets it finish the batch in hand, then it exits 0 and frees its locks."""
+    interrupt_at(process, marker, output, "Ctrl-C to stop", number)
+    text = assert_stopped_cleanly(process, marker, output, number, code=0)
+    assert "stopped after" in text, text
+    assert_unlocked(*(tmp_path / lock for lock in RUN_LOCKS))
+
+
+# SIGINT while following: the end of the kill -9 test below.
+def test_run_finishes_its_batch_on_sigterm_while_following(tmp_path, here):
+    following, marker, output = start(run_arguments(tmp_path), tmp_path, here)
+    stop_following(following, marker, output, signal.SIGTERM, tmp_path)
 
 
 def assert_unlocked(*paths: Path) -> None:
@@ -144,29 +197,28 @@ def assert_unlocked(*paths: Path) -> None:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError while held
 
 
-def test_run_releases_its_lock_on_an_error(tmp_path):
+def test_run_releases_its_lock_on_an_error(tmp_path, here):
     from localdev.dynamodb_local import free_port
 
     checkpoints = tmp_path / "checkpoints.json"
     nobody = f"http://127.0.0.1:{free_port()}"
-    failing, _, output = start(["localdev.run", "--endpoint", nobody, "--checkpoints", str(checkpoints)], tmp_path)
+    failing, _, output = start(
+        ["localdev.run", "--endpoint", nobody, "--checkpoints", str(checkpoints)], tmp_path, here
+    )
     assert failing.wait(timeout=120) == 2, output.read_text()
     assert f"cannot reach {nobody}" in output.read_text()
     assert_unlocked(tmp_path / "checkpoints.json.lock")
 
 
-def test_after_a_kill_9_the_engine_left_running_keeps_the_data_until_it_is_stopped(tmp_path):
-    from localdev.dynamodb_local import free_port
-
-    arguments = ["localdev.run", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
-    arguments += ["--checkpoints", str(tmp_path / "checkpoints.json")]
-    killed, marker, output = start(arguments, tmp_path)
-    assert wait_for(output, "Ctrl-C to stop", 60), output.read_text()
+def test_after_a_kill_9_the_engine_left_running_keeps_the_data_until_it_is_stopped(tmp_path, here):
+    arguments = run_arguments(tmp_path)
+    killed, marker, output = start(arguments, tmp_path, here)
+    assert wait_for(output, "Ctrl-C to stop", 120, killed), output.read_text()
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=20)
     [left] = servers_started_by(marker)  # the engine runs in its own session: kill -9 can't reach it
     try:
-        refused, _, second = start([*arguments[:1], *arguments[3:]], tmp_path)
+        refused, _, second = start([*arguments[:1], *arguments[3:]], tmp_path, here)
         assert refused.wait(timeout=120) == 2, second.read_text()
         assert (
             "is in use by another `make run`" in second.read_text() and "DynamoDB Local (process" in second.read_text()
@@ -177,29 +229,46 @@ def test_after_a_kill_9_the_engine_left_running_keeps_the_data_until_it_is_stopp
     deadline = time.monotonic() + 20
     while servers_started_by(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    restarted, marker, output = start(arguments, tmp_path)
-    assert wait_for(output, "Ctrl-C to stop", 60), output.read_text()
-    interrupt(restarted, signal.SIGINT)
-    assert_stopped_cleanly(restarted, marker, output, signal.SIGINT)
+    restarted, marker, output = start(arguments, tmp_path, here)
+    stop_following(restarted, marker, output, signal.SIGINT, tmp_path)
 
 
-def test_the_backfill_bench_stops_on_sigterm(tmp_path):
+def test_the_backfill_bench_stops_on_sigterm(tmp_path, here):
     process, marker, output = start(
-        ["tools.backfill_bench", "--items", "2000", "--segments", "1", "--out", str(tmp_path / "b.json")], tmp_path
+        ["tools.backfill_bench", "--items", "2000", "--segments", "1", "--out", str(tmp_path / "b.json")],
+        tmp_path,
+        here,
     )
-    time.sleep(4.0)
-    interrupt(process, signal.SIGTERM)
-    assert_stopped_cleanly(process, marker, output, signal.SIGTERM)
+    interrupt_at(process, marker, output, "measuring 2000 items", signal.SIGTERM)
+    assert_stopped_cleanly(process, marker, output, signal.SIGTERM, unfinished="wrote ")
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_backfill_stops_on_a_signal_keeping_its_checkpoint(number, make_table, tmp_path, here):
+    table = make_table(stream=False)
+    items = [{"PutRequest": {"Item": {"Id": {"S": f"user-{i}"}, EMAIL: {"S": "someone@gmail.com"}}}} for i in range(60)]
+    for first in range(0, len(items), 25):
+        table.client.batch_write_item(RequestItems={table.name: items[first : first + 25]})
+    # 60 writes at 2 a second: half a minute, longer than the 20 s it is given to stop.
+    process, marker, output = start(
+        ["tools.backfill", "run", "--table", table.name, "--stage", "dev", "--segments", "1", "--page-size", "10",
+         "--write-units", "2", "--no-progress", "--checkpoint", str(tmp_path / "c.json")],
+        tmp_path,
+        here,
+    )  # fmt: skip
+    interrupt_at(process, marker, output, "segment(s) to do", number)
+    text = assert_stopped_cleanly(process, marker, output, number, code=1, unfinished="1/1 segments done")
+    assert "interrupted: 1 segment(s) left" in text and (tmp_path / "c.json").exists(), text
 
 
 @pytest.mark.parametrize(
     ("number", "moment"), [(signal.SIGINT, "$ .venv/bin/chalice deploy"), (signal.SIGTERM, "table Users on moto")]
 )
-def test_the_moto_trial_stops_on_a_signal_with_its_step_and_moto(number, moment, tmp_path):
-    process, marker, output = start(["tools.trial", "--work-dir", str(tmp_path / "trial")], tmp_path)
-    assert wait_for(output, moment, 120), output.read_text()
-    interrupt(process, number)
-    assert_stopped_cleanly(process, marker, output, number)
+def test_the_moto_trial_stops_on_a_signal_with_its_step_and_moto(number, moment, tmp_path, here):
+    process, marker, output = start(["tools.trial", "--work-dir", str(tmp_path / "trial")], tmp_path, here)
+    interrupt_at(process, marker, output, moment, number)
+    assert_stopped_cleanly(process, marker, output, number, unfinished="trial: OK")
     # Not only the servers: the step that was running (chalice deploy) is stopped too.
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _carries(p, marker)]
 

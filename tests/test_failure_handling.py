@@ -11,11 +11,21 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from localdev.mapping import RecordFilter
+from tests.projects import copy_project, named_stages
 from tools import failure_handling
 
 UUID = "6b7c7f7e-0000-4000-8000-000000000000"
 QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:email-checker-dev-stream-failures"
 PROPAGATING = "The provided execution role does not have permissions to call SendMessage on SQS"
+
+# The tests' own stages (tests/projects.py), named as the expectations below spell them.
+STAGES = ("dev", "prod")
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """This module's own project, with the stages its expectations name (STAGES)."""
+    return copy_project(tmp_path / "project", named_stages(*STAGES))
 
 
 RECORDED_FILTER = Path(__file__).parent / "data" / "filters" / "c02_ddb_filter_content_or_filter.json"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
@@ -18,8 +17,8 @@ from chalicelib.runtime import processor_for
 from localdev.events import StreamEventFactory, lambda_event, to_wire
 from localdev.invoker import FUNCTION_NAME, stage_environment
 from tests.faults import fail_statements
+from tests.projects import STAGE
 
-ROOT = Path(__file__).resolve().parent.parent
 _deserialize = TypeDeserializer().deserialize
 
 
@@ -285,12 +284,12 @@ def test_without_partial_failure_reporting_the_handler_raises(make_table, invoke
     assert get(table, Id="ok")["IsPersonalEmail"] is True
 
 
-def test_metrics_are_emitted_in_embedded_metric_format(make_table, capsys):
+def test_metrics_are_emitted_in_embedded_metric_format(make_table, project, capsys):
     table = make_table()
     factory = StreamEventFactory(table_name=table.name)
     put(table, Id="m", Email="m@gmail.com")
     capsys.readouterr()
-    Client(app, stage_name="dev", project_dir=str(ROOT)).lambda_.invoke(
+    Client(app, stage_name=STAGE, project_dir=str(project)).lambda_.invoke(
         FUNCTION_NAME, factory.event(factory.insert({"Id": "m", "Email": "m@gmail.com"}))
     )
     [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
@@ -300,7 +299,7 @@ def test_metrics_are_emitted_in_embedded_metric_format(make_table, capsys):
     assert emf["Records"] == [1.0] and emf["WritesApplied"] == [1.0] and emf["Failed"] == [0.0]
     # Each stage's metrics stand apart: a dev stage's failures never land in prod's alarms.
     assert ["service", "stage"] in [sorted(d) for d in directive["Dimensions"]]
-    assert emf["stage"] == Settings.from_environ(stage_environment("dev", FUNCTION_NAME)).stage
+    assert emf["stage"] == Settings.from_environ(stage_environment(STAGE, FUNCTION_NAME, project)).stage == STAGE
 
 
 def test_a_summary_line_lists_at_most_twenty_sequence_numbers_and_counts_them_all(make_table, invoker, log_sink):

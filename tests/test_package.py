@@ -9,7 +9,15 @@ import subprocess
 import pytest
 
 from chalicelib.config import RECONCILER_MAXIMUM_CONCURRENCY, Settings
-from tests.projects import BIN, ROOT, chalice, copy_project, project_config, stage_tool, unused_stage_name
+from tests.projects import (
+    BIN,
+    ROOT,
+    chalice,
+    copy_project,
+    named_stages,
+    stage_tool,
+    unused_stage_name,
+)
 from tools import alarms, failure_handling, merge_template
 from tools.deploy_guard import handler_timeout
 from tools.project import SWEEP
@@ -19,13 +27,21 @@ ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:
 TABLE_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
 SCHEMA = json.loads((ROOT / "schema" / "users-table.json").read_text())
 
-pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
+# The tests' own stages (tests/projects.py), named as the expectations below spell them.
+STAGES = ("dev", "prod")
+CONFIG = named_stages(*STAGES)
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """This module's own project, with the stages its expectations name (STAGES)."""
+    return copy_project(tmp_path / "project", named_stages(*STAGES))
 
 
 @pytest.fixture(scope="module")
 def stack_with_table(tmp_path_factory):
     """The prod stage packaged by `tools.stage package --create-table`: (sam.json, out dir)."""
-    project = copy_project(tmp_path_factory.mktemp("create") / "project")
+    project = copy_project(tmp_path_factory.mktemp("create") / "project", CONFIG)
     out = project.parent / "out"
     result = stage_tool(project, "package", "--stage", "prod", "--create-table", str(out))
     assert result.returncode == 0, result.stderr
@@ -136,7 +152,7 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
     }
 
     function = resources["SyncIsPersonalEmail"]["Properties"]
-    config = project_config()  # the stage's values are the user's: the stack must carry whatever they are
+    config = CONFIG  # the stage's values are the user's: the stack must carry whatever they are
     prod = config["stages"]["prod"]
     settings = Settings.from_environ(prod["environment_variables"])
     assert function["Timeout"] == handler_timeout(config, "prod")
@@ -184,7 +200,7 @@ def test_the_sweep_runs_on_its_schedule_alone_with_its_state_in_the_bucket(stack
     resources = template["Resources"]
     function = resources["SweepTable"]["Properties"]
     assert function["Handler"] == "app.sweep_table"
-    sweep = project_config()["stages"]["prod"]["lambda_functions"][SWEEP]
+    sweep = CONFIG["stages"]["prod"]["lambda_functions"][SWEEP]
     assert (function["Timeout"], function["MemorySize"], function["Role"]) == (
         sweep["lambda_timeout"],
         sweep["lambda_memory_size"],

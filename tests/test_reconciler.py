@@ -39,6 +39,7 @@ from chalicelib.sweep import StateStore
 from localdev.mapping import S3FailureDestination
 from localdev.run import start_failure_bucket
 from tests.faults import fail_statements
+from tests.projects import STAGE
 
 FUNCTION = "reconcile_discarded_batches"
 VECTORS = Path(__file__).parent / "on_failure"
@@ -288,12 +289,12 @@ class AllCalls:
 
 
 @pytest.fixture
-def reconciler_client(engine, aws):
-    """`chalice.test.Client` for the dev stage, whose Lambda context has the reconciler's configured timeout."""
+def reconciler_client(engine, aws, project):
+    """`chalice.test.Client` for the tests' stage, whose Lambda context has the reconciler's configured timeout."""
     from app import app
-    from localdev.invoker import ROOT, _StageTimeoutClient
+    from localdev.invoker import _StageTimeoutClient
 
-    with _StageTimeoutClient(app, stage_name="dev", project_dir=str(ROOT)) as client:
+    with _StageTimeoutClient(app, stage_name=STAGE, project_dir=str(project)) as client:
         yield client
 
 
@@ -359,7 +360,7 @@ def test_a_discarded_batch_whose_range_is_gone_is_fixed_from_its_s3_object_alone
     [emf] = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
     assert (emf["ReconcilerMessages"], emf["ReconcilerItemsFixed"], emf["ReconcilerFailed"]) == ([1.0], [4.0], [0.0])
     assert emf["ReconcilerMalformedRecords"] == [1.0] and emf["ReconcilerSweepRequests"] == [0.0]
-    assert emf["stage"] == "dev" and emf["service"] == SERVICE
+    assert emf["stage"] == STAGE and emf["service"] == SERVICE
 
 
 def test_binary_and_composite_keys_are_fixed_from_the_payload(engine, make_table, stream_records, aws):

@@ -19,6 +19,7 @@ from localdev.mapping import LocalEventSourceMapping, MappingStats, serialized
 from localdev.reconciler_runner import LocalReconciler, start_reconciler
 from localdev.run import FailureQueue, start_failure_queue
 from tests.faults import fail_statements
+from tests.projects import APP_NAME, STAGE
 from tests.reliability import FLAG, Model, Op, perform, scan, violations
 from tests.test_reconciler import AllCalls, s3_notification
 from tools.failure_handling import DEPLOYED_FUNCTION
@@ -67,10 +68,10 @@ class Local:
 
 
 @pytest.fixture
-def local(engine, monkeypatch):
+def local(engine, project, monkeypatch):
     lock = threading.Lock()
     with ExitStack() as cleanup:
-        failures = start_failure_queue(cleanup, "dev")
+        failures = start_failure_queue(cleanup, APP_NAME, STAGE)
         # moto's state outlives its server in this process: each test starts with empty queues and an empty bucket
         # (S3's test event, sent when the notification was set, included), and leaves none.
         for url in (failures.queue_url, failures.dead_letter_url):
@@ -79,8 +80,9 @@ def local(engine, monkeypatch):
         empty_bucket(failures)
         cleanup.callback(empty_bucket, failures)
         reconciler = start_reconciler(
-            failures.sqs, failures.queue_url, failures.endpoint, bucket=failures.bucket, quiet=False, lock=lock
-        )
+            failures.sqs, failures.queue_url, failures.endpoint, bucket=failures.bucket, stage=STAGE, quiet=False,
+            lock=lock, project_dir=project,
+        )  # fmt: skip
         cleanup.callback(reconciler.close)
         for name, value in reconciler.environment.items():
             monkeypatch.setenv(name, value)
@@ -103,9 +105,9 @@ def objects(failures: FailureQueue, prefix: str = "aws/lambda/") -> list[dict]:
 
 
 @pytest.fixture
-def deployed_invoker(engine):
+def deployed_invoker(engine, project):
     """The stream handler as deployed: it reports partial batch failures."""
-    handler = ChaliceInvoker(stage="dev", deployed_overrides=DEPLOYED_FUNCTION)
+    handler = ChaliceInvoker(STAGE, project_dir=project, deployed_overrides=DEPLOYED_FUNCTION)
     yield handler
     handler.close()
 

@@ -23,10 +23,10 @@ from chalicelib import dynamodb
 from chalicelib.runtime import processor_for
 from localdev.mapping import CheckpointStore, LocalEventSourceMapping
 from tests.faults import dynamodb_error, fail_statements
+from tests.projects import STAGE
 from tests.reliability import EMAILS, Model, Op, perform, random_op, scan, violations
 
 SOAK = os.environ.get("EMAIL_CHECKER_SOAK") == "1"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def report(capsys, text: str) -> None:
@@ -291,7 +291,7 @@ def test_a_poison_record_does_not_stop_the_shard(engine, make_table, invoker):
     assert "IsPersonalEmail" not in items["user-3"]  # its only record was the poisoned one
 
 
-def _start_poller(engine, table, checkpoints: Path) -> subprocess.Popen:
+def _start_poller(engine, table, checkpoints: Path, project: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -303,8 +303,10 @@ def _start_poller(engine, table, checkpoints: Path) -> subprocess.Popen:
             table.name,
             "--checkpoints",
             str(checkpoints),
+            "--stage",
+            STAGE,
         ],
-        cwd=ROOT,
+        cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -326,7 +328,7 @@ def _checkpoint_is_last_record(records, checkpoints, table) -> bool:
     return len(records) == 120 and list(saved.values()) == [records[-1]["dynamodb"]["SequenceNumber"]]
 
 
-def test_a_killed_poller_resumes_from_its_checkpoints(engine, make_table, stream_records, tmp_path):
+def test_a_killed_poller_resumes_from_its_checkpoints(engine, make_table, stream_records, project, tmp_path):
     table = make_table()
     checkpoints = tmp_path / "checkpoints.json"
     model = Model()
@@ -334,7 +336,7 @@ def test_a_killed_poller_resumes_from_its_checkpoints(engine, make_table, stream
     for i, key in enumerate(keys[:30]):
         perform(table.client, table.name, Op("put", key, EMAILS[i % 6]), model)
 
-    first = _start_poller(engine, table, checkpoints)
+    first = _start_poller(engine, table, checkpoints, project)
     try:
         assert _wait_until(lambda: CheckpointStore(checkpoints).load(table.stream_arn), 60), "no checkpoint written"
     finally:
@@ -344,7 +346,7 @@ def test_a_killed_poller_resumes_from_its_checkpoints(engine, make_table, stream
     for i, key in enumerate(keys[30:]):
         perform(table.client, table.name, Op("put", key, EMAILS[i % 6]), model)
 
-    second = _start_poller(engine, table, checkpoints)
+    second = _start_poller(engine, table, checkpoints, project)
     try:
         settled = _wait_until(lambda: violations(scan(table.client, table.name), model, keys) == [], 90)
         # Every item needed a write, so the stream ends with the handler's 60 writes coming back; the poller has

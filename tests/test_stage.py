@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from chalicelib.config import Settings
-from tests.projects import chalice, project_config, stage_tool, unused_stage_name
+from tests.projects import OTHER_STAGE, STAGE, chalice, fixture_config, project_config, stage_tool, unused_stage_name
 from tools import stage
 from tools.deploy_guard import handler_timeout
 
-ROOT = Path(__file__).resolve().parent.parent
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 
-pytestmark = pytest.mark.stage_config  # tests/test_stage_proof.py runs it on a changed copy
 
-
-@pytest.mark.parametrize("name", list(project_config()["stages"]))
-def test_policy_files_are_what_the_stage_stream_arn_gives(name):
-    config = stage.load_config()
-    on_disk = json.loads((ROOT / ".chalice" / config["stages"][name]["iam_policy_file"]).read_text())
-    assert on_disk == stage.expected_policy(config, name), "run `make policies`"
-    sweep = json.loads((ROOT / ".chalice" / stage.sweep_policy_file(config, name)).read_text())
-    assert sweep == stage.expected_sweep_policy(config, name), "run `make policies`"
-    reconciler = json.loads((ROOT / ".chalice" / stage.reconciler_policy_file(config, name)).read_text())
-    assert reconciler == stage.expected_reconciler_policy(config, name), "run `make policies`"
+def test_policy_files_are_what_the_stage_stream_arn_gives(checked_project):
+    config = project_config(checked_project)
+    chalice_dir = checked_project / ".chalice"
+    for name in config["stages"]:
+        on_disk = json.loads((chalice_dir / config["stages"][name]["iam_policy_file"]).read_text())
+        assert on_disk == stage.expected_policy(config, name), "run `make policies`"
+        sweep = json.loads((chalice_dir / stage.sweep_policy_file(config, name)).read_text())
+        assert sweep == stage.expected_sweep_policy(config, name), "run `make policies`"
+        reconciler = json.loads((chalice_dir / stage.reconciler_policy_file(config, name)).read_text())
+        assert reconciler == stage.expected_reconciler_policy(config, name), "run `make policies`"
 
 
 def test_the_sweep_policy_scans_and_writes_the_table_and_keeps_its_state_only():
@@ -147,7 +144,7 @@ def test_every_policy_writes_with_the_one_write_action():
 def test_the_reconciler_timeout_fits_the_queue_visibility_timeout():
     from tools import failure_handling
 
-    config = stage.load_config()
+    config = fixture_config()
     for name in config["stages"]:
         function = config["stages"][name]["lambda_functions"][stage.RECONCILER]
         assert function["lambda_timeout"] == failure_handling.RECONCILER_TIMEOUT_SECONDS
@@ -174,14 +171,14 @@ def test_package_without_a_stream_arn_stops_and_names_the_key(project_copy, tmp_
 
 
 def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_path):
-    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
-    result = chalice(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
+    assert stage_tool(project_copy, "bind", "--stage", OTHER_STAGE, "--stream-arn", ARN).returncode == 0
+    result = chalice(project_copy, "package", "--stage", OTHER_STAGE, str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     template = json.loads((tmp_path / "out" / "sam.json").read_text())
     function = template["Resources"]["SyncIsPersonalEmail"]["Properties"]
     config = project_config(project_copy)
-    settings = Settings.from_environ(config["stages"]["prod"]["environment_variables"])
-    assert function["Timeout"] == handler_timeout(config, "prod")
+    settings = Settings.from_environ(config["stages"][OTHER_STAGE]["environment_variables"])
+    assert function["Timeout"] == handler_timeout(config, OTHER_STAGE)
     assert function["Environment"]["Variables"]["STREAM_ARN"] == ARN
     [event_source] = function["Events"].values()
     assert event_source["Properties"] == {
@@ -191,12 +188,12 @@ def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_
         "MaximumBatchingWindowInSeconds": settings.maximum_batching_window_in_seconds,
     }
     [policy] = template["Resources"]["SyncIsPersonalEmailRole"]["Properties"]["Policies"]
-    assert policy["PolicyDocument"] == stage.policy_document("email-checker", "prod", ARN)
+    assert policy["PolicyDocument"] == stage.policy_document("email-checker", OTHER_STAGE, ARN)
     # Memory and reserved concurrency, at whichever level the config sets them, reach each function.
     for logical_id, function_name in (("SyncIsPersonalEmail", stage.HANDLER), ("SweepTable", stage.SWEEP)):
         packaged = template["Resources"][logical_id]["Properties"]
-        assert packaged["MemorySize"] == chalice_setting(config, "prod", function_name, "lambda_memory_size", 128)
-        reserved = chalice_setting(config, "prod", function_name, "reserved_concurrency", None)
+        assert packaged["MemorySize"] == chalice_setting(config, OTHER_STAGE, function_name, "lambda_memory_size", 128)
+        reserved = chalice_setting(config, OTHER_STAGE, function_name, "reserved_concurrency", None)
         assert packaged.get("ReservedConcurrentExecutions") == reserved
 
 
@@ -210,22 +207,22 @@ def chalice_setting(config, stage_name, function, key, default):
 
 
 def test_a_stage_without_the_sweep_policy_file_is_named():
-    config = stage.load_config()
-    del config["stages"]["dev"]["lambda_functions"]
+    config = fixture_config()
+    del config["stages"][STAGE]["lambda_functions"]
     with pytest.raises(ValueError, match=r"lambda_functions\.sweep_table\.iam_policy_file"):
-        stage.sweep_policy_file(config, "dev")
+        stage.sweep_policy_file(config, STAGE)
     with pytest.raises(ValueError, match=r"lambda_functions\.reconcile_discarded_batches\.iam_policy_file"):
-        stage.reconciler_policy_file(config, "dev")
+        stage.reconciler_policy_file(config, STAGE)
 
 
 def test_bind_writes_stage_into_a_stage_that_lacks_it(project_copy):
     config_path = project_copy / ".chalice" / "config.json"
     config = json.loads(config_path.read_text())
-    del config["stages"]["prod"]["environment_variables"]["STAGE"]
+    del config["stages"][OTHER_STAGE]["environment_variables"]["STAGE"]
     stage.write_json(config_path, config)
-    assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
-    variables = json.loads(config_path.read_text())["stages"]["prod"]["environment_variables"]
-    assert (variables["STAGE"], variables["STREAM_ARN"]) == ("prod", ARN)
+    assert stage_tool(project_copy, "bind", "--stage", OTHER_STAGE, "--stream-arn", ARN).returncode == 0
+    variables = json.loads(config_path.read_text())["stages"][OTHER_STAGE]["environment_variables"]
+    assert (variables["STAGE"], variables["STREAM_ARN"]) == (OTHER_STAGE, ARN)
 
 
 @pytest.mark.parametrize(
@@ -252,7 +249,7 @@ def test_the_failure_bucket_name_is_a_legal_global_name_per_stage(app, stage_nam
 def test_a_new_stage_copies_every_setting_and_makes_the_names_its_own():
     from tools.new_stage import new_stage_entry
 
-    config = stage.load_config()
+    config = fixture_config()
     for source in config["stages"]:
         copied = json.loads(json.dumps(config["stages"][source]))
         copied["environment_variables"]["FAILURE_QUEUE_ARN"] = f"arn:aws:sqs:eu-west-1:123456789012:{source}-q"
@@ -272,7 +269,7 @@ def test_a_new_stage_copies_every_setting_and_makes_the_names_its_own():
 
 def test_add_stage_writes_the_stage_and_its_policies_and_it_deploys(project_copy, tmp_path):
     name = unused_stage_name(project_copy)
-    added = stage_tool(project_copy, "add-stage", "--stage", name, "--from", "prod", "--stream-arn", ARN)
+    added = stage_tool(project_copy, "add-stage", "--stage", name, "--from", OTHER_STAGE, "--stream-arn", ARN)
     assert added.returncode == 0, added.stderr
     assert f"python -m tools.stage queues --stage {name}" in added.stdout
     config = project_config(project_copy)
@@ -299,7 +296,7 @@ def test_add_stage_writes_the_stage_and_its_policies_and_it_deploys(project_copy
 @pytest.mark.parametrize(
     ("arguments", "problem"),
     [
-        (["--stage", "prod"], "stage 'prod' is in .chalice/config.json already"),
+        (["--stage", OTHER_STAGE], f"stage '{OTHER_STAGE}' is in .chalice/config.json already"),
         (["--stage", "Staging"], "use lower-case letters, digits and '-'"),
         (["--stage", "qa_1"], "use lower-case letters, digits and '-'"),
         (["--stage", "qa-"], "use lower-case letters, digits and '-'"),

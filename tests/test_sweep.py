@@ -391,17 +391,19 @@ def test_the_background_bound_every_item_is_checked_within_a_short_period(engine
     import time
 
     table = make_table()
-    expected = fill(table, 300, padding=900)  # about 300 KB, 33 read units: the floor's 10 a second finish it in 4 s
-    period = timedelta(seconds=30)
-    config = SweepConfig(period=period, segments=2, page_items=20, interval=timedelta(seconds=2), margin_seconds=0.2)
+    # About 600 KB, 68 read units: the background's floor (10 a second) takes about two runs of 3 s for them, well
+    # inside the 45 s period even on a loaded machine, and more than the first run can read.
+    expected = fill(table, 600, padding=900)
+    period = timedelta(seconds=45)
+    config = SweepConfig(period=period, segments=2, page_items=25, interval=timedelta(seconds=4), margin_seconds=0.2)
     seen: Counter = Counter()
     run = sweeper(engine, emulator, table, bucket, config, {"after-call.dynamodb.Scan": scanned_keys(seen)})
     started = time.monotonic()
-    first = run.run(lambda: 1_500)
+    first = run.run(lambda: 3_000)
     assert first.mode == "background" and first.passes_finished == 0  # paced over the period, not all at once
     while time.monotonic() - started < period.total_seconds() and state_of(emulator, bucket).pass_number == 1:
-        time.sleep(0.5)
-        run.run(lambda: 1_500)
+        time.sleep(1.0)
+        run.run(lambda: 3_000)
     assert state_of(emulator, bucket).pass_number == 2, "the pass did not finish within its period"
     assert set(seen) == set(expected)
 

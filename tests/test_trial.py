@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.projects import ROOT
+from tests.projects import STAGE
 from tools.trial import key_schema
 
 MARKER = "EMAIL_CHECKER_TEST_MARKER"
 
 
-def chalice_state() -> dict[str, str]:
-    """A digest of every file under the checkout's .chalice/ (deployed records included)."""
+def chalice_state(project: Path) -> dict[str, str]:
+    """A digest of every file under the project's .chalice/ (deployed records included)."""
     return {
-        str(path.relative_to(ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted((ROOT / ".chalice").rglob("*"))
+        str(path.relative_to(project)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((project / ".chalice").rglob("*"))
         if path.is_file()
     }
 
@@ -39,13 +39,13 @@ def processes_with(marker: str) -> list[str]:
     return found
 
 
-def trial(tmp_path: Path, *arguments: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+def trial(project: Path, tmp_path: Path, *arguments: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run the trial as a user would, with AWS variables of a (fake) real account set; (result, processes left)."""
     marker = uuid.uuid4().hex
     environment = {**os.environ, MARKER: marker, "AWS_PROFILE": "production", "AWS_DEFAULT_REGION": "eu-west-1"}
     done = subprocess.run(
         [sys.executable, "-m", "tools.trial", "--work-dir", str(tmp_path), *arguments],
-        cwd=ROOT,
+        cwd=project,
         capture_output=True,
         text=True,
         env=environment,
@@ -72,9 +72,11 @@ def test_key_schema_refuses_what_dynamodb_would(keys, problem):
         key_schema(keys)
 
 
-def test_the_trial_deploys_a_new_stage_on_a_composite_key_and_removes_it(tmp_path):
-    before = chalice_state()
-    done, left = trial(tmp_path, "--stage", "trial-eu", "--table", "Accounts", "--key", "tenant:S", "--key", "n:N")
+def test_the_trial_deploys_a_new_stage_on_a_composite_key_and_removes_it(project, tmp_path):
+    before = chalice_state(project)
+    done, left = trial(
+        project, tmp_path, "--stage", "trial-eu", "--table", "Accounts", "--key", "tenant:S", "--key", "n:N"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert not left, left
     lines = done.stdout.splitlines()
@@ -94,13 +96,13 @@ def test_the_trial_deploys_a_new_stage_on_a_composite_key_and_removes_it(tmp_pat
     assert lines[-1] == "trial: OK, stage trial-eu deployed, checked and deleted on moto; moto stopped"
     assert "Traceback" not in done.stdout + done.stderr
     # The user's checkout is as it was: no stage added, no deployed record, no policy file rewritten.
-    assert chalice_state() == before
+    assert chalice_state(project) == before
     config = (tmp_path / "project" / ".chalice" / "config.json").read_text()
     assert '"trial-eu"' in config and "table/Accounts/stream/" in config  # the copy got them
 
 
-def test_a_failing_step_stops_the_trial_and_moto(tmp_path):
-    done, left = trial(tmp_path, "--stage", "Not_A_Stage")
+def test_a_failing_step_stops_the_trial_and_moto(project, tmp_path):
+    done, left = trial(project, tmp_path, "--stage", "Not_A_Stage")
     assert done.returncode == 2 and not left, done.stdout + done.stderr + str(left)
     assert "$ .venv/bin/python -m tools.stage add-stage --stage Not_A_Stage" in done.stdout
     assert "use lower-case letters" in done.stdout  # the step's own output, printed
@@ -108,7 +110,7 @@ def test_a_failing_step_stops_the_trial_and_moto(tmp_path):
     assert error.startswith("error: `.venv/bin/python -m tools.stage add-stage --stage Not_A_Stage` exited with 2")
 
 
-def test_a_bad_key_is_one_line_before_anything_starts(tmp_path):
-    done, left = trial(tmp_path, "--key", "Id:Q")
+def test_a_bad_key_is_one_line_before_anything_starts(project, tmp_path):
+    done, left = trial(project, tmp_path, "--stage", STAGE, "--key", "Id:Q")
     assert (done.returncode, done.stdout, left) == (2, "", [])
     assert done.stderr.strip() == "error: --key 'Id:Q': expected NAME:TYPE with TYPE one of S, N, B"

@@ -63,5 +63,13 @@ def stage_failure_bucket(app_name: str, stage: str, stream_arn: str) -> tuple[st
 
 
 def stage_stream_arn(config: dict[str, Any], stage: str) -> str:
-    """The stage's STREAM_ARN, or the unbound placeholder."""
-    return config["stages"][stage].get("environment_variables", {}).get("STREAM_ARN") or UNBOUND_STREAM_ARN
+    """The stage's STREAM_ARN, or the unbound placeholder; ValueError naming the stage whose ARN is malformed."""
+    stream_arn = config["stages"][stage].get("environment_variables", {}).get("STREAM_ARN") or UNBOUND_STREAM_ARN
+    try:
+        split_stream_arn(stream_arn)
+    except ValueError as problem:
+        raise ValueError(
+            f"stage {stage}'s STREAM_ARN {stream_arn!r} is {problem}: run `python -m tools.stage bind --stage {stage} "
+            "--stream-arn <its stream's ARN>`"
+        ) from None
+    return stream_arn

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.dynamodb import dynamodb_client
+from localdev.walkthrough import walkthrough_settings
 from tools.backfill.checkpoint import Checkpoint
-from tools.backfill.local import DEFAULT_PAGE_SIZE, Options, local_worker, run_local, stage_settings
+from tools.backfill.local import DEFAULT_PAGE_SIZE, Options, local_worker, run_local
 from tools.backfill.table import table_facts
 from tools.project import ROOT
 
@@ -59,7 +60,7 @@ def measure(items: int, segments: int) -> dict[str, Any]:
     name = f"Bench-{uuid.uuid4().hex[:8]}"
     create_table(client, table_definition(TableName=name, StreamSpecification={"StreamEnabled": False}))
     try:
-        settings = stage_settings("dev")  # its attribute names too: the items are written as the stage names them
+        settings = walkthrough_settings()  # its attribute names too: the items are written as it names them
         fill(client, name, items, settings.attributes.email)
         facts = table_facts(client.describe_table(TableName=name)["Table"])
         worker = local_worker(settings, client, write_concurrency=8)
@@ -110,6 +111,7 @@ def benchmark(argv: list[str] | None = None) -> int:
         os.environ.update(engine.environment())
         try:
             for segments in args.segments:
+                print(f"measuring {args.items} items, {segments} segment(s) ...", file=sys.stderr, flush=True)
                 result = measure(args.items, segments)
                 results.append(result)
                 print(

@@ -206,6 +206,57 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
     )
 
 
+def chalice_command(argv: list[str]) -> tuple[str, str | None]:
+    """(the Chalice CLI's subcommand, its --profile or None) from the CLI process's argv: `chalice [--project-dir DIR]
+    [--debug] deploy --stage S [--profile P]`."""
+    words, index = argv[1:], 0
+    while index < len(words) and words[index].startswith("-"):
+        index += 2 if words[index] == "--project-dir" else 1
+    if index >= len(words):
+        return "", None
+    profile = None
+    rest = words[index + 1 :]
+    for position, word in enumerate(rest):
+        if word == "--profile" and position + 1 < len(rest):
+            profile = rest[position + 1]
+        elif word.startswith("--profile="):
+            profile = word.split("=", 1)[1]
+    return words[index], profile
+
+
+def deploy_region(profile: str | None) -> str | None:
+    """The region `chalice deploy` would deploy to, read as Chalice's session reads it (AWS_DEFAULT_REGION, then the
+    profile's `region`), without calling AWS; None if none is set or the profile can't be read."""
+    import botocore.session
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return botocore.session.Session(profile=profile).get_config_variable("region")
+    except BotoCoreError:
+        return None  # an unknown profile: Chalice says so itself
+
+
+def region_refusal(stage: str, stream_arn: str, argv: list[str], environ: dict[str, str]) -> str | None:
+    """Why `chalice deploy` must not go ahead in the region it would deploy to: not the stage's stream's region (the
+    mapping would be refused as an `Invalid EventSourceArn` after the functions and roles were made), or no region
+    at all; None for any other command, or the right region. Runs before Chalice's first AWS call."""
+    command, profile = chalice_command(argv)
+    if command != "deploy":
+        return None  # package needs no region, and local none of AWS
+    stream_region = split_stream_arn(stream_arn)[1]
+    fix = f"run `AWS_DEFAULT_REGION={stream_region} chalice deploy --stage {stage}`"
+    region = deploy_region(profile)
+    if region is None:
+        return f"no AWS region for the deploy: stage {stage}'s stream is in {stream_region}; {fix}"
+    if region == stream_region:
+        return None
+    source = "AWS_DEFAULT_REGION" if environ.get("AWS_DEFAULT_REGION") else f"profile {profile or 'default'}'s region"
+    return (
+        f"this deploy would go to {region} ({source}) but stage {stage}'s stream is in {stream_region}: {fix} "
+        "(nothing was deployed)"
+    )
+
+
 DEFAULT_LAMBDA_TIMEOUT = 60  # Chalice's default when no level of the config sets one
 
 

@@ -73,7 +73,8 @@ def enable_stream(stage: str, table_name: str) -> str:
         table = dynamodb.describe_table(TableName=table_name)["Table"]
     except dynamodb.exceptions.ResourceNotFoundException:
         raise ValueError(
-            f"no table {table_name!r} in {dynamodb.meta.region_name} (check the name and AWS_REGION)"
+            f"no table {table_name!r} in {dynamodb.meta.region_name} (check the name, and AWS_DEFAULT_REGION or "
+            "your profile's region)"
         ) from None
     stream = table.get("StreamSpecification", {})
     if stream.get("StreamEnabled"):

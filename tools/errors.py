@@ -1,6 +1,6 @@
 """One `error: ...` line on stderr, never a traceback, for what a user can fix: no region, an endpoint that does not
-answer, a missing table, a bad setting. In tools/ (not localdev/) because the stage tool runs in project copies that
-hold only app.py, chalicelib/ and tools/."""
+answer (or not in time), a missing table, a bad setting. In tools/ (not localdev/) because the stage tool runs in
+project copies that hold only app.py, chalicelib/ and tools/."""
 
 from __future__ import annotations
 
@@ -22,13 +22,25 @@ def report_errors(body: Callable[[], int], known: tuple[type[BaseException], ...
 
 def describe(error: BaseException, known: tuple[type[BaseException], ...] = ()) -> str | None:
     """One line for an error a user can fix (settings, region, endpoint, missing table, ...); None for a bug."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        ReadTimeoutError,
+    )
 
     if isinstance(error, NoRegionError):
         # botocore reads AWS_DEFAULT_REGION, not AWS_REGION (which only the Lambda runtime and some SDKs read).
         return "no AWS region: set AWS_DEFAULT_REGION (or a region in your AWS profile)"
     if isinstance(error, NoCredentialsError):
         return "no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    if isinstance(error, (ReadTimeoutError, ConnectTimeoutError, ConnectionClosedError)):
+        # Raised only once botocore's retries are spent: the service (or a local engine) is stalled or overloaded.
+        what = "did not answer in time" if not isinstance(error, ConnectionClosedError) else "closed the connection"
+        return f"{error.kwargs.get('endpoint_url', 'the endpoint')} {what} after every retry: is it overloaded?"
     if isinstance(error, EndpointConnectionError):
         return f"cannot reach {error.kwargs.get('endpoint_url', 'the endpoint')}: is it running, is the URL right?"
     if isinstance(error, ClientError):

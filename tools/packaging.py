@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from chalicelib.config import UNBOUND_STREAM_ARN, Settings
+from tools.arns import split_stream_arn, stage_stream_arn
 from tools.failure_bucket import retention_days
 from tools.merge_template import (
     CREATE,
@@ -23,6 +25,16 @@ from tools.policies import write_policies
 from tools.project import CHALICE_DIR, ROOT, load_config, stage_variables, write_json
 
 PACKAGED_PATHS = ("app.py", "chalicelib", "vendor", "requirements.txt")
+ANY_REGION = "us-east-1"
+"""What `chalice package` is given when the stage names no region and none is set: it calls no AWS API, and the
+template is the same for every region of a partition (the stack's own region goes in as AWS::Region)."""
+
+
+def package_environment(stream_arn: str) -> dict[str, str]:
+    """This environment, with the region `chalice package` asks for although it calls no AWS API (it picks the
+    partition's service principals with it): the stage's stream's, else the one set, else any of the `aws` partition."""
+    region = split_stream_arn(stream_arn)[1] if stream_arn else os.environ.get("AWS_DEFAULT_REGION") or ANY_REGION
+    return {**os.environ, "AWS_DEFAULT_REGION": region}
 
 
 def package(stage: str, out: Path, create_table: bool) -> Path:
@@ -33,7 +45,7 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
     """
     config = load_config()
     variables = stage_variables(config, stage)
-    stream_arn = variables.get("STREAM_ARN", "")
+    stream_arn = variables.get("STREAM_ARN", "") and stage_stream_arn(config, stage)  # a bad one named with its stage
     if not create_table and not stream_arn:
         raise ValueError(f"stage {stage!r} has no STREAM_ARN: run enable-stream or bind first, or pass --create-table")
     merge_template = expected_merge_template()
@@ -61,7 +73,9 @@ def package(stage: str, out: Path, create_table: bool) -> Path:
         chalice = Path(sys.executable).parent / "chalice"
         command = [str(chalice), "--project-dir", str(project), "package", "--stage", stage]
         command += ["--merge-template", str(project / "merge-template.json"), str(out.resolve())]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, env=package_environment(stream_arn)
+        )
         if result.returncode != 0:
             raise ValueError(f"chalice package failed:\n{result.stdout}{result.stderr}")
     template = out / "sam.json"

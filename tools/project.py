@@ -51,6 +51,22 @@ def require_stage(stage: str, names: Iterable[str] | None = None) -> str:
     return stage
 
 
+def chosen_stage(given: str | None, project_dir: Path = ROOT) -> str:
+    """`given` if a stage was named, else the config's only stage; UnknownStage, in one line naming the stages, when
+    there are several (no stage is assumed to be called anything) or none."""
+    if given:
+        return given
+    names = stage_names(project_dir)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise UnknownStage("no stage in .chalice/config.json: add one (docs/adopting.md), then give it with --stage")
+    raise UnknownStage(
+        f"no --stage given, and .chalice/config.json has {len(names)} stages: {', '.join(names)} "
+        f'(choose one: --stage {names[0]}; with make, ARGS="--stage {names[0]}")'
+    )
+
+
 def stage_variables(config: dict[str, Any], stage: str) -> dict[str, str]:
     """The stage's environment variables with STAGE set to its name; ValueError for an unknown stage."""
     require_stage(stage, config["stages"])
@@ -73,10 +89,10 @@ def function_environment(stage: str, function: str, project_dir: Path = ROOT) ->
     return merged
 
 
-def copy_project(target: Path, source: Path = ROOT) -> Path:
-    """Copy what Chalice and the tools need into `target`, without deployment records or caches."""
+def copy_project(target: Path, source: Path = ROOT, paths: Iterable[str] = PROJECT_PATHS) -> Path:
+    """Copy what Chalice and the tools need (`paths`) into `target`, without deployment records or caches."""
     target.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_PATHS:
+    for name in paths:
         if (source / name).is_dir():
             ignored = shutil.ignore_patterns("deployments", "deployed", "__pycache__")
             shutil.copytree(source / name, target / name, ignore=ignored)

@@ -63,9 +63,14 @@ def recommended_reservation(shards: int, factor: int) -> int:
 def concurrency_problem(shards: int, factor: int, concurrency: Concurrency, stage: str) -> str | None:
     """One line saying what to change and where when the handler can't run every shard at once; None when it can."""
     needed = shards * factor
-    if concurrency.limit is None or concurrency.limit >= needed:
-        return None
     have = f"{shards} open shards x ParallelizationFactor {factor} = {needed} concurrent batches"
+    if concurrency.limit is None:  # unknown is not ok: status must not say `verdict ok` without knowing
+        return (
+            f"{have}, but the account's unreserved concurrency could not be read ({concurrency.note}): grant "
+            f"lambda:GetAccountSettings to whoever runs status, or reserve concurrency for {HANDLER}"
+        )
+    if concurrency.limit >= needed:
+        return None
     if concurrency.reserved:
         return (
             f"{have}, but {HANDLER} reserves {concurrency.limit}: in .chalice/config.json, stages.{stage}."

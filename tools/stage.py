@@ -170,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def next_steps(stage: str, bound: bool) -> str:
-    """What to run after `add-stage`, before the stage's first `chalice deploy`."""
+    """What to run after `add-stage`: up to the stage's first `chalice deploy` and the failure handling after it."""
     tool = f"python -m tools.stage {{}} --stage {stage}"
     steps = [tool.format("queues")] if bound else [tool.format("enable-stream") + " --table-name <table>"]
-    return ", then ".join(f"`{step}`" for step in [*steps, f"chalice deploy --stage {stage}"])
+    steps += [f"chalice deploy --stage {stage}", tool.format("apply-failure-handling")]
+    return ", then ".join(f"`{step}`" for step in steps)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -167,7 +167,7 @@ def check_table(status: Status, dynamodb: Any, stream_arn: str, settings: Settin
         return
     conflict = attribute_conflict(keys, settings.attributes)
     shown = f"{name}: key {', '.join(keys)}; e-mail in {settings.email_attribute}, flag in {settings.flag_attribute}"
-    status.add("table", shown + ("  CONFLICT" if conflict else ""), conflict and f"FLAG_ATTRIBUTE: {conflict}")
+    status.add("table", shown + ("  CONFLICT" if conflict else ""), conflict)
 
 
 def check_queues(status: Status, sqs: Any, deployment: Deployment) -> None:

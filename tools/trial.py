@@ -21,31 +21,15 @@ from pathlib import Path
 from subprocess import STDOUT
 from typing import Any
 
-from tools.project import ROOT, copy_project, load_config
+from localdev.dynamodb_local import key_schema
+from tools.project import ROOT, chosen_stage, copy_project, load_config
 
 TRIAL_DIR = ROOT / "build" / "trial"
-KEY_TYPES = ("S", "N", "B")
 VIEW_TYPES = ("NEW_AND_OLD_IMAGES", "NEW_IMAGE", "OLD_IMAGE", "KEYS_ONLY")
 
 
 class StepFailed(RuntimeError):
     """A step of the trial exited non-zero; its output was printed."""
-
-
-def key_schema(keys: list[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(AttributeDefinitions, KeySchema) for `NAME:TYPE` keys, the hash key first; ValueError naming a bad one."""
-    if not 1 <= len(keys) <= 2:
-        raise ValueError(f"give one --key (hash) or two (hash, then range), not {len(keys)}")
-    definitions = []
-    for key in keys:
-        name, _, kind = key.rpartition(":")
-        if not name or kind not in KEY_TYPES:
-            raise ValueError(f"--key {key!r}: expected NAME:TYPE with TYPE one of {', '.join(KEY_TYPES)}")
-        definitions.append({"AttributeName": name, "AttributeType": kind})
-    if len({d["AttributeName"] for d in definitions}) < len(definitions):
-        raise ValueError("the hash and range keys must have different names")
-    roles = ("HASH", "RANGE")
-    return definitions, [{"AttributeName": d["AttributeName"], "KeyType": roles[i]} for i, d in enumerate(definitions)]
 
 
 def forget_aws_account(scratch: Path) -> None:
@@ -163,7 +147,9 @@ def trial(stage: str, table: str, keys: list[str], view_type: str | None, work_d
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", default="dev", help="the stage to deploy (added to the copy if new; default dev)")
+    parser.add_argument(
+        "--stage", help="the stage to deploy (added to the copy if new; default: the config's only stage)"
+    )
     parser.add_argument("--table", default="Users", help="the table to create on moto (default Users)")
     parser.add_argument("--key", action="append", help="NAME:TYPE (S, N or B), hash then range (default Id:S)")
     parser.add_argument("--stream-view-type", choices=VIEW_TYPES, help="create the table with its stream on")
@@ -172,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     from localdev import lifecycle
 
     return lifecycle.run_main(
-        lambda: trial(args.stage, args.table, args.key or ["Id:S"], args.stream_view_type, args.work_dir.resolve()),
+        lambda: trial(
+            chosen_stage(args.stage), args.table, args.key or ["Id:S"], args.stream_view_type, args.work_dir.resolve()
+        ),
         known=(ValueError, StepFailed),
     )
 

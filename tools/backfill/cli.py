@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from chalicelib.dynamodb import dynamodb_client
 from chalicelib.records import attribute_conflict
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch, default_checkpoint_path
-from tools.backfill.local import DEFAULT_PAGE_SIZE, Options, local_worker, run_local, stage_settings
+from tools.backfill.local import (
+    DEFAULT_PAGE_SIZE,
+    Options,
+    backfill_client,
+    local_worker,
+    run_local,
+    stage_settings,
+)
 from tools.backfill.progress import Progress, summary
 from tools.backfill.ratelimit import rate_limits
 from tools.backfill.table import table_facts
@@ -63,8 +70,18 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class Stopped(RuntimeError):
+    """The run met an error it can't get past (after botocore's retries); the checkpoint keeps where it stood."""
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes this backfill from its checkpoint: the same one."""
+    return shlex.join([".venv/bin/python", "-m", "tools.backfill", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     try:
         if args.command == "urgent":
@@ -74,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         return backfill(args)
     except (ValueError, CheckpointMismatch) as problem:
         print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except Stopped as stopped:
+        print(f"error: {stopped}; the checkpoint is kept: resume with `{resume_command(argv)}`", file=sys.stderr)
         return 2
     except Exception as error:
         from tools.errors import describe
@@ -93,7 +113,7 @@ def backfill(args: argparse.Namespace) -> int:
         raise ValueError("--page-size must be at least 1")
     settings = stage_settings(args.stage)
     threads = min(args.threads or args.segments, 32)
-    client = dynamodb_client(threads * args.write_concurrency + threads)
+    client = backfill_client(threads * args.write_concurrency + threads)
     facts = table_facts(client.describe_table(TableName=args.table)["Table"])
     conflict = attribute_conflict(facts.key_names, settings.attributes)
     if conflict:
@@ -107,16 +127,35 @@ def backfill(args: argparse.Namespace) -> int:
     stop = threading.Event()
     # SIGTERM as Ctrl-C: finish the pages under way, keep the checkpoint, print the summary.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C's KeyboardInterrupt even when started with SIGINT ignored (a script's background job), where Python
+    # installs no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    print(
+        f"backfill of {facts.name}{' (dry run)' if args.dry_run else ''}: {len(checkpoint.unfinished())}/"
+        f"{args.segments} segment(s) to do; Ctrl-C or SIGTERM stops it, the checkpoint keeps its place",
+        flush=True,
+    )
     started = time.monotonic()
     interrupted = False
+    failed_left = 0
+    stopped_by: str | None = None
     try:
         worker = local_worker(settings, client, args.write_concurrency)
-        run_local(worker, facts, checkpoint, options, threads, progress, stop)
+        try:
+            failed_left = run_local(worker, facts, checkpoint, options, threads, progress, stop).failed
+        except Exception as error:
+            from tools.errors import describe
+
+            stopped_by = describe(error)  # a timeout, throttling or an engine gone, past every retry: one line
+            if stopped_by is None:
+                raise
     except KeyboardInterrupt:
         interrupted = True
     finally:
         progress.close()
-    interrupted = interrupted or stop.is_set()
-    print(summary(checkpoint.totals(), checkpoint, time.monotonic() - started, interrupted))
+    interrupted = interrupted or (stop.is_set() and stopped_by is None)
+    print(summary(checkpoint.totals(), checkpoint, time.monotonic() - started, interrupted, failed_left))
     print(f"checkpoint: {path} (holds keys: keep it private)")
-    return 0 if not checkpoint.unfinished() else 1
+    if stopped_by is not None:
+        raise Stopped(stopped_by)
+    return 0 if not checkpoint.unfinished() and not failed_left else 1

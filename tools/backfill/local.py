@@ -6,6 +6,7 @@ import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from chalicelib.backfill import Counts, PageResult, SegmentRequest, SegmentResult, SegmentWorker
@@ -13,7 +14,7 @@ from chalicelib.config import Settings
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.progress import Progress
 from tools.backfill.table import TableFacts
-from tools.project import function_environment
+from tools.project import ROOT, function_environment
 
 FUNCTION_NAME = "sweep_table"
 """The deployed function whose settings a local run takes (the same domain overrides and attribute names)."""
@@ -22,6 +23,46 @@ FUNCTION_NAME = "sweep_table"
 DEFAULT_PAGE_SIZE = 1000
 # A segment whose page keeps failing (writes still failing after botocore's retries) is tried this often per run.
 SEGMENT_ATTEMPTS = 3
+# A backfill has no Lambda deadline: its requests may wait for a slow or busy engine (a 1 MB Scan page on a loaded
+# DynamoDB Local takes seconds), unlike the stream handler's, bounded to fit its batch (chalicelib/budget.py).
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 30
+"""15 times the handler's: a Scan page or a batch of writes that takes longer is a stall, retried on a new
+connection (a stalled engine is given up after MAX_ATTEMPTS x 30 s, 5 minutes)."""
+MAX_ATTEMPTS = 10
+"""botocore's standard retry mode: the first try and 9 retries of a throttled, timed-out or dropped request, each
+after a random wait of up to min(2 ** (retry - 1), 20) s when throttled (up to 111 s in all), 25 ms x 2 ** (retry - 1)
+after a timeout or a dropped connection (DynamoDB's base in botocore/retries/standard.py)."""
+
+
+def backfill_client(max_pool_connections: int) -> Any:
+    """The backfill's DynamoDB client (endpoint and region from the environment, as the AWS CLI's): scan-sized
+    timeouts, botocore's standard retries with backoff."""
+    from chalicelib.dynamodb import dynamodb_client
+
+    return dynamodb_client(
+        max_pool_connections,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        max_attempts=MAX_ATTEMPTS,
+    )
+
+
+def settled_counts(page: PageResult, correct_before: int | None = None) -> Counts:
+    """What a page adds to the backfill's counts, so that every item is counted once: all of it when it finished;
+    when it is to be scanned again (failed writes, or a stop), only the units it consumed: its items are counted
+    when it is redone, and its failures are counted only if the run ends with them (`failed_left`). A redone page
+    whose first attempt found `correct_before` items correct counts the ones it finds correct beyond those as fixed:
+    its earlier attempts wrote them (a write that timed out may still have been applied)."""
+    if page.retry:
+        return Counts(read_units=page.counts.read_units, write_units=page.counts.write_units)
+    counts = Counts()
+    counts.add(page.counts)
+    carried = max(0, counts.already_correct - correct_before) if correct_before is not None else 0
+    counts.already_correct -= carried
+    counts.to_write += carried
+    counts.written += carried
+    return counts
 
 
 @dataclass
@@ -58,12 +99,18 @@ def run_local(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> Counts:
-    """Backfill the unfinished segments on this machine, `threads` at a time; what this run did."""
+    """Backfill the unfinished segments on this machine, `threads` at a time; what this run did, its `failed` the
+    writes still failing on the pages it leaves to redo. An error a segment can't get past (after botocore's
+    retries) stops every segment at its next page, and is raised once they have."""
     stop = stop or threading.Event()
     # One budget shared by every thread; its waits end when the run is stopped.
     limited = worker.limited(options.read_units, options.write_units, stop)
     this_run = Counts()
     lock = threading.Lock()
+    failed_left: dict[int, int] = {}
+    """Per segment, the failed writes of the page it stands at (0 once a page finishes)."""
+    correct_before: dict[int, int] = {}
+    """Per segment that is redoing a page: the items its first attempt found already correct."""
 
     def segment(number: int) -> None:
         pages = 0
@@ -72,10 +119,15 @@ def run_local(
         def on_page(page: PageResult, result: SegmentResult) -> None:
             nonlocal pages
             pages += 1
-            counts = page.finished_counts()  # a page to be redone is counted when it is redone, not twice
+            counts = settled_counts(page, correct_before.get(number))
             checkpoint.record(result, counts)
             with lock:
                 this_run.add(counts)
+                failed_left[number] = page.counts.failed if page.retry else 0
+            if page.retry:
+                correct_before.setdefault(number, page.counts.already_correct)
+            else:
+                correct_before.pop(number, None)
             if progress is not None:
                 progress.add(counts)
 
@@ -91,6 +143,9 @@ def run_local(
                     return
                 if attempt + 1 < SEGMENT_ATTEMPTS:
                     stop.wait(2**attempt)
+        except Exception:
+            stop.set()  # the others stop at their next page; the checkpoint keeps where each stands
+            raise
         finally:
             own.close()
 
@@ -107,12 +162,13 @@ def run_local(
             raise
         for future in futures:
             future.result()
+    this_run.failed = sum(failed_left.values())
     return this_run
 
 
-def stage_settings(stage: str) -> Settings:
+def stage_settings(stage: str, project_dir: Path = ROOT) -> Settings:
     """The stage's settings as its sweep function sees them (the domain overrides decide the same way)."""
-    return Settings.from_environ(function_environment(stage, FUNCTION_NAME))
+    return Settings.from_environ(function_environment(stage, FUNCTION_NAME, project_dir))
 
 
 def local_worker(settings: Settings, client: Any, write_concurrency: int) -> SegmentWorker:

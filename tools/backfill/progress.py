@@ -44,22 +44,27 @@ class Progress:
             self._bar.close()
 
 
-def summary(totals: Counts, checkpoint: Checkpoint, seconds: float, interrupted: bool) -> str:
-    """The closing report: counts, rates, and what is left (never a key)."""
+def summary(totals: Counts, checkpoint: Checkpoint, seconds: float, interrupted: bool, failed_left: int = 0) -> str:
+    """The closing report: counts, rates, and what is left (never a key). Every item of a finished page is counted
+    once, as already correct, fixed, superseded or rejected; `failed_left` counts the writes still failing on the
+    pages left to redo (their other items are counted when those pages are)."""
     left = checkpoint.unfinished()
     lines = [
         f"backfill of {checkpoint.table_name}{' (dry run)' if checkpoint.dry_run else ''}: "
         f"{checkpoint.total_segments - len(left)}/{checkpoint.total_segments} segments done",
-        f"  scanned          {totals.scanned}",
+        f"  scanned          {totals.scanned}   (each item once: already correct + "
+        f"{'would write' if checkpoint.dry_run else 'needed a write'})",
         f"  already correct  {totals.already_correct}",
-        f"  {'would write' if checkpoint.dry_run else 'needed a write'}      {totals.to_write}",
+        f"  {'would write' if checkpoint.dry_run else 'needed a write':<17}{totals.to_write}"
+        + ("" if checkpoint.dry_run else "   (fixed + superseded + rejected)"),
     ]
     if not checkpoint.dry_run:
         lines += [
-            f"  written          {totals.written}",
-            f"  superseded       {totals.superseded}   (changed since the scan: the stream handler has them)",
-            f"  failed           {totals.failed}",
-            f"  rejected         {totals.rejected}",
+            f"  fixed            {totals.written}",
+            f"  superseded       {totals.superseded}   (changed or gone since the scan: the stream handler has them)",
+            f"  rejected         {totals.rejected}   (refused by DynamoDB: a retry can't succeed)",
+            f"  failed           {failed_left}   (writes still failing on the pages left to redo: they are scanned "
+            "again on resume)",
         ]
     lines.append(f"  read units       {totals.read_units:.1f}   write units {totals.write_units:.1f}")
     if seconds > 0:
