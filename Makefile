@@ -50,7 +50,7 @@ domains: deps
 policies: deps
 	$(BIN)/python -m tools.stage policies
 
-# Backfill existing items: `make backfill ARGS="run --table Users --stage dev --segments 8"` (or `fanout ...`).
+# Backfill existing items: `make backfill ARGS="run --table Users --stage dev --segments 8"` (or `urgent --stage S`).
 # Points at AWS, or at DynamoDB Local with AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:8000 (see docs/backfill.md).
 .PHONY: backfill backfill-bench
 backfill: deps

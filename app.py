@@ -16,7 +16,7 @@ from chalicelib.config import (
     Settings,
     failure_queue_name,
 )
-from chalicelib.runtime import audit, audit_for, backfill_segment, backfill_worker_for, processor_for, reconciler_for
+from chalicelib.runtime import processor_for, reconciler_for, sweep, sweep_for
 
 # Powertools owns the "email-checker" logger (structured JSON); Chalice would add a second, plain-text handler to it.
 app = Chalice(app_name="email-checker", configure_logs=False)
@@ -50,10 +50,8 @@ if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not CLI_MODE:
     # In Lambda, build the function's clients, domain list and Powertools in the init phase, not in the first batch's
     # time budget. Tests and the CLI import this module without it, so importing it stays cheap.
     _name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
-    if _name.endswith("-backfill_segment"):
-        backfill_worker_for(SETTINGS)
-    elif _name.endswith("-audit_invariant") or "-AuditInvariant-" in _name:  # deploy, package
-        audit_for(SETTINGS)
+    if _name.endswith("-sweep_table") or "-SweepTable-" in _name:  # deploy, package
+        sweep_for(SETTINGS)
     elif _name.endswith("-reconcile_discarded_batches") or "-ReconcileDiscardedBatches-" in _name:  # deploy, package
         reconciler_for(SETTINGS)
     else:
@@ -73,14 +71,6 @@ def sync_is_personal_email(event: DynamoDBEvent) -> dict[str, Any]:
     return processor_for(Settings.from_environ(os.environ)).handle(event.to_dict(), event.context)
 
 
-@app.lambda_function(name="backfill_segment")
-def backfill_one_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Backfill one scan segment until the function's time runs low; where it stopped, for the next invocation."""
-    return backfill_segment(
-        Settings.from_environ(os.environ), event, context.get_remaining_time_in_millis, context.function_name
-    )
-
-
 # The stream's on-failure queue by name: `chalice deploy` subscribes to it in the deploying account and region (the
 # queue must exist first: `tools.stage enable-stream` or `queues` makes it); the packaged template's merge points
 # the event source at its own `StreamFailureQueue` instead.
@@ -90,15 +80,14 @@ def backfill_one_segment(event: dict[str, Any], context: Any) -> dict[str, Any]:
     maximum_concurrency=RECONCILER_MAXIMUM_CONCURRENCY,
 )
 def reconcile_discarded_batches(event: SQSEvent) -> None:
-    """Bring every item of a discarded batch under the invariant from its S3 on-failure object (the last resort, when
-    the batch's records can't be had: the table's locked backfill)."""
+    """Bring every item of a discarded batch under the invariant from its S3 on-failure object (when the batch's
+    records can't be had: an urgent pass of the sweep)."""
     handler = reconciler_for(Settings.from_environ(os.environ))
     for record in event:
         handler.handle(record.to_dict(), event.context.get_remaining_time_in_millis)
 
 
-@app.schedule(Rate(SETTINGS.audit_rate_minutes, unit=Rate.MINUTES), name="audit_invariant")
-def audit_invariant(event: CloudWatchEvent) -> dict[str, Any]:
-    """Check a bounded sample of the table against the invariant and fix what is wrong; counts for the metrics."""
-    report = audit(Settings.from_environ(os.environ), event.context.get_remaining_time_in_millis())
-    return report.summary()
+@app.schedule(Rate(SETTINGS.sweep_rate_minutes, unit=Rate.MINUTES), name="sweep_table")
+def sweep_table(event: CloudWatchEvent) -> dict[str, Any]:
+    """Work the sweep's pass over the whole table until the run's time is nearly up; where it stands, for the log."""
+    return sweep(Settings.from_environ(os.environ), event.context.get_remaining_time_in_millis).summary()

@@ -1,8 +1,8 @@
 """The backfill's segment worker: scan one segment of a parallel scan, decide each item as the handler would, and
 write only what violates the invariant, through the handler's own conditional writes (docs/design.md §1, §3).
 
-The same worker runs in the local command (tools/backfill/local.py, a thread per segment) and in the Lambda function
-`backfill_segment` (app.py), which works until its remaining time runs low and hands back where it stopped.
+The same worker (its `page`) runs in the scheduled sweep (chalicelib/sweep.py, a thread per segment) and in the
+local command (tools/backfill/local.py), which keeps its place in a checkpoint file.
 """
 
 from __future__ import annotations
@@ -28,11 +28,6 @@ from chalicelib.records import (
 
 # Scan reads in 4 KB units, eventually consistent at half a unit each; a write costs at least one 1 KB unit.
 READ_UNIT_BYTES = 4096
-DEFAULT_SAFETY_MARGIN_MS = 30_000
-# The longest a page is assumed to take before one has been timed (then the slowest measured page, if longer): an
-# invocation starts a page only when the margin plus this is left. 60 s covers a 1,000-item page whose writes are
-# paced at 16 units/s per segment; a page that still runs out of time stops its writes at the deadline and is redone.
-DEFAULT_PAGE_WORST_CASE_MS = 60_000
 
 
 class PayloadError(ValueError):
@@ -55,7 +50,7 @@ class Counts:
     rejected: int = 0
     read_units: float = 0.0
     write_units: float = 0.0
-    # `to_write` by kind (chalicelib.planner.Drift): what the audit reports.
+    # `to_write` by kind (chalicelib.planner.Drift).
     flag_wrong: int = 0
     flag_missing: int = 0
     flag_not_bool: int = 0
@@ -350,6 +345,11 @@ class SegmentWorker:
         self._new_gateway = new_gateway
         self._owns_gateway = False
 
+    @property
+    def attributes(self) -> AttributeNames:
+        """The e-mail and flag attribute names its reads and writes use."""
+        return self._gateway.attributes
+
     def limited(
         self,
         read_units_per_second: float | None,
@@ -455,64 +455,3 @@ class SegmentWorker:
             if page.retry or result.done:
                 break
         return result
-
-
-MAX_CONTINUATIONS_LIMIT = 10_000
-
-
-def next_payload(payload: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The payload that continues a self-continuing segment where this invocation stopped, or None when it is done,
-    isn't self-continuing (`continue_until_done`), or has used its `max_continuations`; PayloadError for bad counts.
-
-    The reconciler starts a backfill this way from inside AWS, where no fan-out command is watching: each segment
-    invocation re-invokes the function asynchronously with its continuation key, a bounded number of times.
-    """
-    if payload.get("continue_until_done") is not True:
-        return None
-    done, limit = payload.get("continuation", 0), payload.get("max_continuations", 0)
-    if type(done) is not int or type(limit) is not int or not 0 <= done <= limit <= MAX_CONTINUATIONS_LIMIT:
-        raise PayloadError(
-            f"continuation and max_continuations must be whole numbers, 0 <= continuation <= max <= "
-            f"{MAX_CONTINUATIONS_LIMIT}"
-        )
-    if result.get("done") or done >= limit:
-        return None
-    return {**payload, "start_key": result.get("last_evaluated_key"), "continuation": done + 1}
-
-
-def run_segment(
-    payload: Mapping[str, Any],
-    worker: SegmentWorker,
-    remaining_ms: Callable[[], int],
-) -> dict[str, Any]:
-    """The Lambda function's work: pages of the segment until less than the safety margin of its time is left."""
-    request = SegmentRequest.from_payload(payload)
-    margin = payload.get("safety_margin_ms", DEFAULT_SAFETY_MARGIN_MS)
-    if type(margin) is not int or margin < 0:
-        raise PayloadError("safety_margin_ms must be a whole number of milliseconds")
-    limits = [payload.get(name) for name in ("read_units_per_second", "write_units_per_second")]
-    if not all(limit is None or (type(limit) in (int, float) and limit > 0) for limit in limits):
-        raise PayloadError("read_units_per_second and write_units_per_second must be positive numbers or null")
-    worst = payload.get("page_worst_case_ms", DEFAULT_PAGE_WORST_CASE_MS)
-    if type(worst) is not int or worst < 0:
-        raise PayloadError("page_worst_case_ms must be a whole number of milliseconds")
-    worker = worker.limited(*limits)
-    slowest = {"ms": float(worst)}
-    started = {"at": time.monotonic()}
-
-    def note_page(_page: PageResult, _result: SegmentResult) -> None:
-        now = time.monotonic()
-        slowest["ms"] = max(slowest["ms"], (now - started["at"]) * 1000)
-        started["at"] = now
-
-    def fits() -> bool:
-        started["at"] = time.monotonic()
-        return remaining_ms() > margin + slowest["ms"]
-
-    # A page starts only when it fits (the margin plus the slowest page, measured or assumed, is still left); one that
-    # overruns anyway stops its writes at the margin (the deadline) and is redone by the next invocation.
-    deadline = Deadline.from_remaining_ms(remaining_ms(), margin / 1000)
-    result = worker.run(request, fits, note_page, deadline, first_page=False)
-    # Echoed so a coordinator can match a result to its invocation (asynchronous invocations may be delivered twice).
-    echoed = {name: payload[name] for name in ("run_id", "attempt") if name in payload}
-    return result.payload(table_name=request.table_name, **echoed)

@@ -6,9 +6,14 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from chalicelib.attributes import DEFAULT_ATTRIBUTES, AttributeNames, name_problem
 from chalicelib.domains import normalise_domain
+
+if TYPE_CHECKING:
+    from chalicelib.sweep import SweepConfig
 
 STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST")
 # Where a stage has no STREAM_ARN yet: lets tests and the local mapping import the app (the handler takes each
@@ -27,11 +32,6 @@ def failure_queue_name(app_name: str, stage: str) -> str:
 def dead_letter_queue_name(app_name: str, stage: str) -> str:
     """Where SQS moves an on-failure message the reconciler could not finish in its bounded number of receives."""
     return f"{failure_queue_name(app_name, stage)}-dead"
-
-
-def backfill_failure_queue_name(app_name: str, stage: str) -> str:
-    """The asynchronous backfill's on-failure destination on the `chalice deploy` path: a dropped segment lands here."""
-    return f"{app_name}-{stage}-backfill-failures"
 
 
 RECONCILER_MAXIMUM_CONCURRENCY = 5
@@ -77,6 +77,19 @@ def _int_setting(environ: Mapping[str, str], name: str, default: int, low: int, 
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number from {low} to {high}, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be from {low} to {high}, not {value}")
+    return value
+
+
+def _float_setting(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number from {low} to {high}, not {raw!r}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name} must be from {low} to {high}, not {value}")
     return value
@@ -129,22 +142,39 @@ class Settings:
     report_batch_item_failures: bool
     parallelization_factor: int = 1
     """Batches of one shard the event source mapping runs at once (Lambda's ParallelizationFactor, 1-10)."""
-    backfill_function_name: str = ""
-    """The backfill function the reconciler starts as its last resort, when a discarded batch's records can't be had."""
     failure_bucket: str = ""
     """The on-failure bucket, where the packaged stack names it; on the `chalice deploy` path it is derived from the
-    stream's ARN (`stage_failure_bucket_name`)."""
+    stream's ARN (`stage_failure_bucket_name`). It also holds the sweep's state."""
     email_attribute: str = DEFAULT_ATTRIBUTES.email
     """The attribute holding an item's e-mail address (read only; it may be a key attribute)."""
     flag_attribute: str = DEFAULT_ATTRIBUTES.flag
     """The attribute the handler sets to the derived flag and removes (never a key attribute)."""
 
-    audit_rate_minutes: int = 15
-    """Minutes between two runs of the scheduled audit (`audit_invariant`)."""
-    audit_sample_items: int = 1000
-    """Items each audit run reads at most (Scan's Limit; a page also stops at 1 MB)."""
-    audit_confirm_seconds: int = 20
-    """How long the audit waits before it reads an item that looked wrong again (the stream handler may have it)."""
+    sweep_period_hours: float = 168.0
+    """The sweep's bound: every item is checked at least once in this many hours (docs/operations.md)."""
+    sweep_rate_minutes: int = 15
+    """Minutes between two runs of the scheduled sweep (`sweep_table`)."""
+    sweep_segments: int = 8
+    """Segments of each pass, worked in parallel by one run."""
+    sweep_capacity_fraction: float = 0.2
+    """On a provisioned table: the share of its capacity the sweep uses at most."""
+    sweep_read_units: int = 1000
+    """On demand: read units per second the sweep uses at most (its urgent rate)."""
+    sweep_write_units: int = 500
+    """On demand: write units per second the sweep uses at most."""
+
+    def sweep_config(self) -> SweepConfig:
+        """The sweep's settings as chalicelib.sweep takes them."""
+        from chalicelib.sweep import SweepConfig  # boto's modules stay out of the app's import
+
+        return SweepConfig(
+            period=timedelta(hours=self.sweep_period_hours),
+            segments=self.sweep_segments,
+            capacity_fraction=self.sweep_capacity_fraction,
+            read_units=float(self.sweep_read_units),
+            write_units=float(self.sweep_write_units),
+            interval=timedelta(minutes=self.sweep_rate_minutes),
+        )
 
     @property
     def attributes(self) -> AttributeNames:
@@ -178,11 +208,13 @@ class Settings:
             write_concurrency=_int_setting(environ, "WRITE_CONCURRENCY", 16, 1, 128),
             report_batch_item_failures=_bool_setting(environ, "REPORT_BATCH_ITEM_FAILURES", False),
             parallelization_factor=_int_setting(environ, "PARALLELIZATION_FACTOR", 1, 1, 10),
-            backfill_function_name=environ.get("BACKFILL_FUNCTION_NAME", "").strip(),
             failure_bucket=environ.get("FAILURE_BUCKET", "").strip(),
             email_attribute=email_attribute,
             flag_attribute=flag_attribute,
-            audit_rate_minutes=_int_setting(environ, "AUDIT_RATE_MINUTES", 15, 1, 1440),
-            audit_sample_items=_int_setting(environ, "AUDIT_SAMPLE_ITEMS", 1000, 1, 10_000),
-            audit_confirm_seconds=_int_setting(environ, "AUDIT_CONFIRM_SECONDS", 20, 0, 300),
+            sweep_period_hours=_float_setting(environ, "SWEEP_PERIOD_HOURS", 168.0, 0.001, 8760.0),
+            sweep_rate_minutes=_int_setting(environ, "SWEEP_RATE_MINUTES", 15, 1, 1440),
+            sweep_segments=_int_setting(environ, "SWEEP_SEGMENTS", 8, 1, 64),
+            sweep_capacity_fraction=_float_setting(environ, "SWEEP_CAPACITY_FRACTION", 0.2, 0.01, 1.0),
+            sweep_read_units=_int_setting(environ, "SWEEP_READ_UNITS", 1000, 1, 1_000_000),
+            sweep_write_units=_int_setting(environ, "SWEEP_WRITE_UNITS", 500, 1, 1_000_000),
         )

@@ -6,26 +6,21 @@ message at a time). The object's records are decoded with the handler's own deco
 is decided from a consistent read of its current state with the handler's planner and conditional writes: old images
 are never replayed, the stream is never read, the table never scanned.
 
-Only when the batch's records can't be had (a pointer with no payload, an object gone or denied) does the table's
-backfill start, as a last resort: one rate-limited, self-continuing chain per table at a time, under the lock in
-chalicelib/backfill_lock.py (docs/design.md §6, docs/operations.md).
+Only when the batch's records can't be had (a pointer with no payload, an object gone, or denied for good) does it
+ask the sweep for an urgent pass, recording the batch's failure time in the sweep's state (chalicelib/sweep.py), and
+the message is finished: no waiting, no lock, no invocation (docs/design.md §6, docs/operations.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib import backfill_lock
-from chalicelib.backfill_lock import LockDecision, LockStore, iso, lock_body, lock_key
 from chalicelib.budget import ANSWER_MARGIN_SECONDS
 from chalicelib.deadline import Deadline
 from chalicelib.dynamodb import OutcomeTally, WriteOutcome
@@ -43,29 +38,11 @@ from chalicelib.records import ItemKey, MalformedRecord, decode_record, table_na
 
 RETRY_BASE_DELAY_SECONDS = 30
 MAX_RETRY_DELAY_SECONDS = 12 * 3600
-"""SQS's longest visibility timeout."""
+"""SQS's longest visibility timeout, counted from the receive: a message is never asked to wait longer."""
 LOGGED_RANGES = 20
-WAIT_BASE_DELAY_SECONDS = 15 * 60
-"""A message waiting for an older backfill run comes back after 15 min, doubling to 12 h: over the queue's 10
-receives that is about 64 h, longer than a default run's lock (1 TB: ~58 h), so it is not dead-lettered first."""
 ACCESS_DENIED_RECEIVES = 3
-"""An object the reconciler may not read is asked for again this many times (a policy being deployed), then given
-up for the backfill."""
-
-BACKFILL_READ_UNITS_PER_SECOND = 1000
-BACKFILL_WRITE_UNITS_PER_SECOND = 500
-"""The last resort's rates: the backfill command's on-demand defaults (docs/backfill.md), small next to on-demand's
-12,000 RCU / 4,000 WCU a table serves from the start; one chain never reads a partition faster than its 3,000 RCU."""
-BACKFILL_MIN_CONTINUATIONS = 200
-BACKFILL_INVOCATION_SECONDS = 900
-"""The backfill function's timeout (its longest invocation): the unit of the lock's lifetime."""
-BACKFILL_EFFECTIVE_SECONDS = 810
-"""What an invocation scans for: its 900 s less the 30 s safety margin and a 60 s page (chalicelib/backfill.py)."""
-BACKFILL_EVENT_AGE_SECONDS = 3600
-"""How long a backfill invocation may wait in Lambda's asynchronous queue, retries included: its
-MaximumEventAgeInSeconds on both deploy paths (tools/failure_handling.py sets it from here)."""
-BYTES_PER_READ_UNIT = 8192
-"""An eventually consistent Scan reads 8 KB per read unit (4 KB at half a unit)."""
+"""An object the reconciler may not read is asked for again this many times (a policy being deployed), then left
+to the sweep's urgent pass. (With s3:ListBucket granted, a deleted object answers 404, not 403.)"""
 
 
 class Outcome(StrEnum):
@@ -73,18 +50,13 @@ class Outcome(StrEnum):
 
     RECONCILED = "reconciled"
     TEST_EVENT = "test_event"
-    BACKFILL_COVERED = "backfill_covered"
-    """A run that started after the batch was discarded holds the table's lock: it covers the batch."""
-    BACKFILL_STARTED = "backfill_started"
+    SWEEP_REQUESTED = "sweep_requested"
+    """The batch's records can't be had: an urgent pass of the sweep is recorded, and covers the batch."""
     UNUSABLE = "unusable"
-    BACKFILL_WAITING = "backfill_waiting"
-    """A run that started before the discard holds the lock: the message comes back when it may have ended."""
     RETRY = "retry"
 
 
 _SEVERITY = {outcome: rank for rank, outcome in enumerate(Outcome)}
-KEPT = frozenset({Outcome.RETRY, Outcome.BACKFILL_WAITING})
-"""Outcomes that leave the message in the queue, to come back after its delay."""
 
 
 @dataclass(slots=True)
@@ -104,11 +76,8 @@ class Report:
     rejected: int = 0
     reason: str | None = None
     """Why the outcome is what it is when it isn't plain (an error code, "no_payload", "deadline")."""
-    backfill_segments: int = 0
     ranges: list[str] = field(default_factory=list)
     """Each discarded batch's `shard:start..end` (sequence numbers only), for the operator."""
-    retry_in_seconds: int | None = None
-    """The delay a waiting message asks for (otherwise the growing retry delay)."""
 
     def escalate(self, outcome: Outcome, reason: str | None = None) -> None:
         """Take `outcome` if it is graver than the one so far (a message of many objects ends as its worst)."""
@@ -123,7 +92,6 @@ class Report:
             "failed": self.failed,
             "rejected": self.rejected,
             "reason": self.reason,
-            "backfill_segments": self.backfill_segments,
             "ranges": self.ranges[:LOGGED_RANGES],
         }
 
@@ -132,13 +100,6 @@ def retry_delay_seconds(receive_count: int) -> int:
     """How long a message that could not be finished waits before its next try: doubling from 30 s, at most 12 h."""
     doublings = min(max(0, receive_count - 1), 16)  # 30 s * 2**16 is far past the cap already
     return min(RETRY_BASE_DELAY_SECONDS * 2**doublings, MAX_RETRY_DELAY_SECONDS)
-
-
-def wait_delay_seconds(receive_count: int, until_expiry: timedelta) -> int:
-    """How long a message waits for an older run: doubling from 15 min, at most 12 h, never past the lock's expiry."""
-    doublings = min(max(0, receive_count - 1), 16)
-    delay = min(WAIT_BASE_DELAY_SECONDS * 2**doublings, MAX_RETRY_DELAY_SECONDS)
-    return max(1, min(delay, math.ceil(until_expiry.total_seconds()) + 1))
 
 
 def queue_url_from_arn(queue_arn: str) -> str:
@@ -166,123 +127,30 @@ def tally(report: Report, outcomes: Sequence[WriteOutcome]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class BackfillPlan:
-    """A table's last-resort backfill: its key names and how long its one chain may run."""
-
-    table_name: str
-    key_names: tuple[str, ...]
-    max_continuations: int
-
-    @property
-    def lock_lifetime(self) -> timedelta:
-        """How long the run may hold the table's lock."""
-        return backfill_lock.lifetime(self.max_continuations, BACKFILL_INVOCATION_SECONDS, BACKFILL_EVENT_AGE_SECONDS)
-
-
-def continuations_for(table_size_bytes: int, read_units_per_second: float = BACKFILL_READ_UNITS_PER_SECOND) -> int:
-    """Continuations enough for one chain to scan the table at the read rate, with half again as headroom."""
-    per_invocation = read_units_per_second * BYTES_PER_READ_UNIT * BACKFILL_EFFECTIVE_SECONDS
-    needed = math.ceil(1.5 * max(0, table_size_bytes) / per_invocation)
-    from chalicelib.backfill import MAX_CONTINUATIONS_LIMIT
-
-    return min(MAX_CONTINUATIONS_LIMIT, max(BACKFILL_MIN_CONTINUATIONS, needed))
-
-
-def plan_backfill(dynamodb: Any, table_name: str) -> BackfillPlan | None:
-    """The table's backfill from DescribeTable (key names, size); None when the table itself is gone."""
-    try:
-        table = dynamodb.describe_table(TableName=table_name)["Table"]
-    except ClientError as error:
-        if _error_code(error) == "ResourceNotFoundException":
-            return None
-        raise
-    schema = sorted(table["KeySchema"], key=lambda part: part["KeyType"] != "HASH")
-    key_names = tuple(part["AttributeName"] for part in schema)
-    return BackfillPlan(table_name, key_names, continuations_for(int(table.get("TableSizeBytes", 0))))
-
-
-def backfill_payload(plan: BackfillPlan, run_id: str, lock: Mapping[str, Any]) -> dict[str, Any]:
-    """The first payload of the run's one self-continuing, rate-limited chain; it carries the lock to release."""
-    from chalicelib.backfill import SegmentRequest
-
-    return SegmentRequest(plan.table_name, plan.key_names, 0, 1).payload(
-        run_id=run_id,
-        continue_until_done=True,
-        continuation=0,
-        max_continuations=plan.max_continuations,
-        read_units_per_second=BACKFILL_READ_UNITS_PER_SECOND,
-        write_units_per_second=BACKFILL_WRITE_UNITS_PER_SECOND,
-        lock=dict(lock),
-    )
-
-
-class Backfill(Protocol):
-    """How the reconciler plans and starts a table's backfill."""
-
-    def plan(self, table_name: str) -> BackfillPlan | None:
-        """The table's plan; None when the table is gone."""
-
-    def start(self, payload: Mapping[str, Any]) -> None:
-        """Start the chain with its first payload."""
-
-
-class LambdaBackfill:
-    """The backfill function, started asynchronously (InvocationType Event)."""
-
-    def __init__(self, lambda_client: Any, dynamodb: Any, function_name: str | None) -> None:
-        self._lambda = lambda_client
-        self._dynamodb = dynamodb
-        self._function_name = function_name
-
-    def plan(self, table_name: str) -> BackfillPlan | None:
-        """The table's plan from DescribeTable."""
-        return plan_backfill(self._dynamodb, table_name)
-
-    def start(self, payload: Mapping[str, Any]) -> None:
-        """Invoke the backfill function once; it continues itself."""
-        if not self._function_name:
-            raise ValueError("BACKFILL_FUNCTION_NAME is not set: the reconciler can't start the backfill")
-        self._lambda.invoke(
-            FunctionName=self._function_name, InvocationType="Event", Payload=json.dumps(payload).encode()
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class Context:
-    """One message's circumstances: its deadline, receive count, id and the time."""
+    """One message's circumstances: its deadline, receive count and the time."""
 
     deadline: Deadline
     receives: int = 1
-    run_id: str = "reconciler"
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
 class Reconciler:
-    """Brings a discarded batch's items under the invariant from its S3 object, or starts the table's backfill."""
+    """Brings a discarded batch's items under the invariant from its S3 object, or asks the sweep for an urgent
+    pass when the batch's records can't be had."""
 
-    def __init__(
-        self,
-        gateway: Any,
-        classify: Classify,
-        s3: Any,
-        backfill: Backfill,
-        stage_table: str | None = None,
-        lock_bucket: str | None = None,
-    ) -> None:
+    def __init__(self, gateway: Any, classify: Classify, s3: Any, sweep: Any | None) -> None:
         self._gateway = gateway
         self._classify = classify
         self._s3 = s3
-        self._backfill = backfill
-        self._stage_table = stage_table
-        """The stage's table (from its stream ARN): whose backfill an object that can't be read starts."""
-        self._lock_bucket = lock_bucket
-        """Where a record that came with no bucket (an SQS or SNS pointer) takes its lock."""
+        self._sweep = sweep
+        """The stage's sweep state (chalicelib.sweep.StateStore); None where the stage has no bucket to hold it."""
 
     def handle(self, message: Message, context: Context) -> Report:
         """Every object (or the record) of one message, into one report."""
         report = Report()
         if message.record is not None:
-            self._record(message.record, self._lock_bucket, context, report)
+            self._record(message.record, context, report)
         for ref in message.objects:
             report.objects += 1
             self._object(ref, context, report)
@@ -298,23 +166,20 @@ class Reconciler:
             if not (gone or denied):
                 report.escalate(Outcome.RETRY, code)
                 return
-            if self._stage_table is None:
-                report.escalate(Outcome.RETRY, f"{code}: no STREAM_ARN, so no table to backfill")
-                return
-            self._fall_back(self._stage_table, ref.created_at, ref.bucket, f"object_{code}", context, report)
+            self._request_sweep(ref.created_at, f"object_{code}", context, report)
             return
         try:
             record = parse_object(body)
         except Unusable as problem:
             report.escalate(Outcome.UNUSABLE, str(problem))
             return
-        self._record(record, ref.bucket, context, report)
+        self._record(record, context, report)
 
-    def _record(self, record: FailureRecord, bucket: str | None, context: Context, report: Report) -> None:
+    def _record(self, record: FailureRecord, context: Context, report: Report) -> None:
         report.ranges.append(f"{record.shard_id}:{record.start_sequence_number}..{record.end_sequence_number}")
         if record.payload_records is None:
             why = "payload_unusable" if record.payload_problem else "no_payload"
-            self._fall_back(record.table_name, record.failed_at, bucket, why, context, report)
+            self._request_sweep(record.failed_at, why, context, report)
             return
         keys = self._decode(record.payload_records, report)
         self.fix(keys, context.deadline, report)
@@ -354,70 +219,18 @@ class Reconciler:
         if report.failed:
             report.escalate(Outcome.RETRY, "deadline" if deadline.expired() else "failed")
 
-    def _fall_back(
-        self,
-        table_name: str,
-        failed_at: datetime | None,
-        bucket: str | None,
-        why: str,
-        context: Context,
-        report: Report,
-    ) -> None:
-        """The batch's keys can't be known: the table's backfill, once per table at a time (the lock decides)."""
-        if bucket is None:
-            report.escalate(Outcome.RETRY, f"{why}: no bucket for the backfill lock (FAILURE_BUCKET)")
+    def _request_sweep(self, failed_at: datetime | None, why: str, context: Context, report: Report) -> None:
+        """The batch's keys can't be known: record an urgent pass (one that starts after the failure covers every item
+        the batch held); the message is then finished."""
+        if self._sweep is None:
+            report.escalate(Outcome.RETRY, f"{why}: no bucket for the sweep's state (FAILURE_BUCKET)")
             return
         try:
-            self._lock_and_start(LockStore(self._s3, bucket), table_name, failed_at, why, context, report)
-        except (ClientError, BotoCoreError, ValueError) as error:
-            report.escalate(Outcome.RETRY, f"{why}: {_error_code(error)}")
-
-    def _lock_and_start(
-        self,
-        store: LockStore,
-        table_name: str,
-        failed_at: datetime | None,
-        why: str,
-        context: Context,
-        report: Report,
-    ) -> None:
-        plan = self._backfill.plan(table_name)
-        if plan is None:
-            report.escalate(Outcome.RECONCILED, "table_gone")  # nothing left to fix
-            return
-        for _ in range(3):  # a lock released or taken over between our put and our read: look again
-            now = context.now()
-            held = store.read(table_name)
-            decision = backfill_lock.decide(held, failed_at, now)
-            if decision is LockDecision.COVERED:
-                report.escalate(Outcome.BACKFILL_COVERED, f"{why}: run {held.run_id} started after the failure")
-                return
-            if decision is LockDecision.WAIT:
-                report.escalate(Outcome.BACKFILL_WAITING, f"{why}: run {held.run_id} started before the failure")
-                report.retry_in_seconds = wait_delay_seconds(context.receives, held.expires_at - now)
-                return
-            expires = now + plan.lock_lifetime
-            etag = store.create(table_name, lock_body(context.run_id, now, expires), replacing=held)
-            if etag is not None:
-                self._start(store, plan, context.run_id, etag, expires, why, report)
-                return
-        report.escalate(Outcome.RETRY, f"{why}: the lock kept changing")
-
-    def _start(
-        self, store: LockStore, plan: BackfillPlan, run_id: str, etag: str, expires: datetime, why: str, report: Report
-    ) -> None:
-        lock = {"bucket": store.bucket, "key": lock_key(plan.table_name), "etag": etag, "expires_at": iso(expires)}
-        try:
-            self._backfill.start(backfill_payload(plan, run_id, lock))
-        except (ClientError, BotoCoreError, ValueError) as error:
-            # Not started: the lock is put back as a lapsed one (a put on its ETag, which the role may do), so the
-            # next try takes it again and never reads it as a run that covers this batch.
-            with contextlib.suppress(ClientError, BotoCoreError):
-                store.lapse(plan.table_name, etag)
+            self._sweep.request_urgent(failed_at or context.now())
+        except (ClientError, BotoCoreError, RuntimeError, ValueError) as error:
             report.escalate(Outcome.RETRY, f"{why}: {_error_code(error)}")
             return
-        report.backfill_segments = 1
-        report.escalate(Outcome.BACKFILL_STARTED, why)
+        report.escalate(Outcome.SWEEP_REQUESTED, why)
 
 
 MARGIN_SECONDS = ANSWER_MARGIN_SECONDS + 3.0
@@ -426,9 +239,7 @@ METRICS = {
     "ReconcilerMessages": lambda report: 1,
     "ReconcilerItemsFixed": lambda report: report.fixed,
     "ReconcilerFailed": lambda report: int(report.outcome is Outcome.RETRY),
-    "ReconcilerBackfillFallbacks": lambda report: int(report.outcome is Outcome.BACKFILL_STARTED),
-    "ReconcilerBackfillCovered": lambda report: int(report.outcome is Outcome.BACKFILL_COVERED),
-    "ReconcilerBackfillWaiting": lambda report: int(report.outcome is Outcome.BACKFILL_WAITING),
+    "ReconcilerSweepRequests": lambda report: int(report.outcome is Outcome.SWEEP_REQUESTED),
     "ReconcilerUnusable": lambda report: int(report.outcome is Outcome.UNUSABLE),
     "ReconcilerTestEvents": lambda report: int(report.outcome is Outcome.TEST_EVENT),
     "ReconcilerMalformedRecords": lambda report: report.malformed,
@@ -467,21 +278,21 @@ class MessageHandler:
             report = Report(outcome=Outcome.TEST_EVENT, reason="s3:TestEvent")
             self._finish(report, where)
             return report
-        context = Context(deadline, receives, run_id=f"reconciler-{message.get('messageId', '')}")
+        context = Context(deadline, receives)
         try:
             report = self._reconciler.handle(parsed, context)
         except Exception as error:  # anything unexpected: counted, logged and retried like an unfinished message
             report = Report(outcome=Outcome.RETRY, reason=type(error).__name__)
-        if report.outcome in KEPT:
-            where["retry_in_seconds"] = self._push_back(message, receives, report.retry_in_seconds)
+        if report.outcome is Outcome.RETRY:
+            where["retry_in_seconds"] = self._push_back(message, receives)
         self._finish(report, where)
-        if report.outcome in KEPT:
+        if report.outcome is Outcome.RETRY:
             raise ReconcileIncomplete(f"message not finished ({report.outcome.value}); it comes back later")
         return report
 
-    def _push_back(self, message: Mapping[str, Any], receives: int, asked: int | None) -> int | None:
-        """Delay the message's next delivery (the asked delay, or its growing backoff); None if SQS refused."""
-        delay = asked if asked is not None else retry_delay_seconds(receives)
+    def _push_back(self, message: Mapping[str, Any], receives: int) -> int | None:
+        """Delay the message's next delivery by its growing backoff; None if SQS refused."""
+        delay = retry_delay_seconds(receives)
         try:
             self._sqs.change_message_visibility(
                 QueueUrl=queue_url_from_arn(str(message.get("eventSourceARN", ""))),

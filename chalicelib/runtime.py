@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import UNBOUND_STREAM_ARN, Settings, stage_failure_bucket_name
 
 if TYPE_CHECKING:
-    from chalicelib.audit import Auditor, AuditReport
-    from chalicelib.backfill import SegmentWorker
     from chalicelib.domains import EmailClassifier
     from chalicelib.processor import StreamProcessor
     from chalicelib.reconciler import MessageHandler
+    from chalicelib.sweep import RunReport, StateStore, Sweeper
 
 SERVICE = "email-checker"
 METRICS_NAMESPACE = "EmailChecker"
@@ -54,34 +51,45 @@ def metrics_for(settings: Settings) -> Any:
 
 
 FAILURE_BUCKET_VARIABLE = "FAILURE_BUCKET"
-"""The packaged stack's on-failure bucket (Settings.failure_bucket): where a pointer that came with no bucket (an SQS
-or SNS destination's record) takes the backfill lock; on the `chalice deploy` path the name is derived from the
-stream's ARN. Objects' own notifications name their bucket."""
+"""The packaged stack's on-failure bucket (Settings.failure_bucket), which holds the sweep's state; on the `chalice
+deploy` path the name is derived from the stream's ARN."""
+
+
+def state_bucket(settings: Settings) -> str:
+    """The stage's on-failure bucket, where the sweep's state lives."""
+    # SERVICE is also the Chalice app's name, which the `chalice deploy` path's bucket is named after.
+    return settings.failure_bucket or stage_failure_bucket_name(
+        SERVICE, settings.stage, settings.stream_arn or UNBOUND_STREAM_ARN
+    )
+
+
+def state_store(settings: Settings, s3: Any) -> StateStore:
+    """The stage's sweep state object."""
+    from chalicelib.sweep import StateStore
+
+    return StateStore(s3, state_bucket(settings))
 
 
 @lru_cache(maxsize=4)
 def reconciler_for(settings: Settings) -> MessageHandler:
     """The stage's failure-queue consumer, built on first use: the on-failure object read from S3, the handler's
-    reads, planner and writes, and the locked backfill as the last resort. It never reads the stream."""
+    reads, planner and writes, and the sweep's urgent request as the last resort. It never reads the stream."""
 
     import boto3
     from aws_lambda_powertools import Logger
 
     from chalicelib.dynamodb import DynamoDBGateway, client_config
-    from chalicelib.reconciler import LambdaBackfill, MessageHandler, Reconciler, stage_table_name
+    from chalicelib.reconciler import MessageHandler, Reconciler
 
     session = boto3.session.Session()
     client = dynamodb_client(settings)
     config = client_config(max_pool_connections=settings.write_concurrency)
+    s3 = session.client("s3", config=config)
     reconciler = Reconciler(
         gateway=DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
         classify=classifier_for(settings).is_personal_email,
-        s3=session.client("s3", config=config),
-        backfill=LambdaBackfill(session.client("lambda", config=config), client, settings.backfill_function_name),
-        stage_table=stage_table_name(settings.stream_arn),
-        # SERVICE is also the Chalice app's name, which the `chalice deploy` path's bucket is named after.
-        lock_bucket=settings.failure_bucket
-        or stage_failure_bucket_name(SERVICE, settings.stage, settings.stream_arn or UNBOUND_STREAM_ARN),
+        s3=s3,
+        sweep=state_store(settings, s3),
     )
     return MessageHandler(
         reconciler,
@@ -111,96 +119,77 @@ def dynamodb_client(settings: Settings) -> Any:
     return new_client(settings.write_concurrency)
 
 
+SWEEP_READ_TIMEOUT_SECONDS = 20.0
+"""A Scan page of 1 MB is not the handler's 100-key read: the sweep's clients wait longer before retrying."""
+
+
 @lru_cache(maxsize=4)
-def backfill_worker_for(settings: Settings) -> SegmentWorker:
-    """The stage's backfill segment worker, built on first use: same classification and writes as the handler."""
+def sweep_for(settings: Settings) -> Sweeper:
+    """The stage's sweep, built on first use: the backfill's page, the handler's planner and conditional writes,
+    segments in threads, the state in the on-failure bucket."""
+    import boto3
+    from botocore.config import Config
+
     from chalicelib.backfill import SegmentWorker
+    from chalicelib.budget import CONNECT_TIMEOUT_SECONDS, MAX_ATTEMPTS
     from chalicelib.dynamodb import DynamoDBGateway
+    from chalicelib.reconciler import stage_table_name
+    from chalicelib.sweep import Sweeper
 
-    client = dynamodb_client(settings)
-    return SegmentWorker(
-        client,
-        DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
-        classifier_for(settings).is_personal_email,
+    table = stage_table_name(settings.stream_arn)
+    if table is None:
+        raise ValueError("the sweep needs the stage's STREAM_ARN (its table)")
+    session = boto3.session.Session()
+    segments = settings.sweep_segments
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+        max_pool_connections=segments * (settings.write_concurrency + 1),
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=SWEEP_READ_TIMEOUT_SECONDS,
+        tcp_keepalive=True,
     )
+    client = session.client("dynamodb", config=config)
+
+    def new_gateway() -> DynamoDBGateway:
+        return DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency)
+
+    worker = SegmentWorker(client, new_gateway(), classifier_for(settings).is_personal_email, new_gateway=new_gateway)
+    store = state_store(settings, session.client("s3", config=config))
+    return Sweeper(client, worker, store, table, settings.sweep_config())
 
 
-@lru_cache(maxsize=4)
-def audit_for(settings: Settings) -> Auditor:
-    """The stage's audit, built on first use: the backfill's page, the handler's reads, planner and writes, on a
-    random sample of the stage's table; the table's key schema is read on its first run and kept."""
-    from chalicelib.audit import Auditor
-    from chalicelib.dynamodb import DynamoDBGateway
-
-    client = dynamodb_client(settings)
-    return Auditor(
-        client,
-        DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
-        classifier_for(settings).is_personal_email,
-        settings.stream_arn,
-        settings.audit_sample_items,
-        settings.audit_confirm_seconds,
-    )
+SWEEP_METRICS = {
+    "SweepItemsChecked": lambda report: report.counts.scanned,
+    "SweepItemsFixed": lambda report: report.counts.written,
+    "SweepWritesFailed": lambda report: report.counts.failed,
+    "SweepPassesFinished": lambda report: report.passes_finished,
+    "SweepPassOverdue": lambda report: int(report.pass_overdue),
+    "SweepUrgentOverdue": lambda report: int(report.urgent_overdue),
+    "SweepSuperseded": lambda report: int(report.outcome == "superseded"),
+}
 
 
-def audit(settings: Settings, remaining_ms: int) -> AuditReport:
-    """One run of the scheduled audit, with its summary line and metrics."""
-    from chalicelib.audit import run_audit
+def sweep(settings: Settings, remaining_ms: Any) -> RunReport:
+    """One scheduled run of the sweep, with its summary line and metrics; a run that fails is logged (the error's type
+    and code), counted (SweepRunFailed, SweepStateWriteErrors) and raised, so Lambda counts it too."""
+    from chalicelib.sweep import StateWriteError, error_code
 
-    return run_audit(audit_for(settings), remaining_ms, settings.stage, _service_logger(), metrics_for(settings))
-
-
-def backfill_segment(
-    settings: Settings,
-    payload: Mapping[str, Any],
-    remaining_ms: Callable[[], int],
-    function_name: str | None = None,
-    lambda_client: Any = None,
-) -> dict[str, Any]:
-    """Run one invocation of the backfill function and log its counts (segment numbers and counts only); a
-    self-continuing segment that isn't done re-invokes `function_name` asynchronously from where it stopped."""
-    from chalicelib.backfill import next_payload, run_segment
-    from chalicelib.backfill_lock import finish_chain
-
+    logger, metrics = _service_logger(), metrics_for(settings)
     try:
-        result = run_segment(payload, backfill_worker_for(settings), remaining_ms)
-        following = next_payload(payload, result)
-    except Exception:
-        finish_chain(payload, None, False, _s3_client, _service_logger())  # a locked run's lock is left to expire
+        report = sweep_for(settings).run(remaining_ms)
+    except Exception as error:
+        logger.error("sweep failed", extra={"stage": settings.stage, "error": error_code(error)})
+        metrics.add_metric(name="SweepRunFailed", unit="Count", value=1)
+        metrics.add_metric(name="SweepStateWriteErrors", unit="Count", value=int(isinstance(error, StateWriteError)))
+        metrics.flush_metrics()
         raise
-    _service_logger().info(
-        "backfill segment",
-        extra={
-            "stage": settings.stage,
-            "segment": result["segment"],
-            "total_segments": result["total_segments"],
-            "done": result["done"],
-            "attempt": result.get("attempt"),
-            "run_id": payload.get("run_id"),
-            "continuation": payload.get("continuation"),
-            "continues": following is not None and bool(function_name),
-            **result["counts"],
-        },
-    )
-    if following is not None and function_name:
-        client = lambda_client if lambda_client is not None else _lambda_client()
-        client.invoke(FunctionName=function_name, InvocationType="Event", Payload=json.dumps(following).encode())
-    finish_chain(payload, result, following is not None and bool(function_name), _s3_client, _service_logger())
-    return result
-
-
-@lru_cache(maxsize=1)
-def _lambda_client() -> Any:
-    import boto3
-
-    return boto3.session.Session().client("lambda")
-
-
-@lru_cache(maxsize=1)
-def _s3_client() -> Any:
-    import boto3
-
-    return boto3.session.Session().client("s3")
+    logger.info("sweep run", extra={"stage": settings.stage, **report.summary()})
+    for name, value in SWEEP_METRICS.items():
+        metrics.add_metric(name=name, unit="Count", value=value(report))
+    metrics.add_metric(name="SweepRunFailed", unit="Count", value=0)
+    metrics.add_metric(name="SweepStateWriteErrors", unit="Count", value=0)
+    metrics.flush_metrics()
+    return report
 
 
 @lru_cache(maxsize=1)

@@ -63,11 +63,14 @@ class _StageTimeoutLambdaClient(TestLambdaClient):
         super().__init__(app, config)
         self._overrides = overrides
 
-    def invoke(self, function_name: str, payload: Any = None) -> InvokeResponse:
-        """Call the function under its stage's environment with a Lambda-like context."""
+    def invoke(self, function_name: str, payload: Any = None, max_runtime_ms: int | None = None) -> InvokeResponse:
+        """Call the function under its stage's environment with a Lambda-like context (its remaining time the
+        function's timeout, or `max_runtime_ms`: a local run cut short)."""
         scoped = self._config.scope(self._config.chalice_stage, function_name)
         context = LambdaContext(
-            function_name, memory_size=scoped.lambda_memory_size, max_runtime_ms=scoped.lambda_timeout * 1000
+            function_name,
+            memory_size=scoped.lambda_memory_size,
+            max_runtime_ms=max_runtime_ms or scoped.lambda_timeout * 1000,
         )
         with self._patched_env_vars({**scoped.environment_variables, **self._overrides}):
             return InvokeResponse(payload=self._app.handler_map[function_name](payload or {}, context))

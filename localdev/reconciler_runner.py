@@ -1,6 +1,6 @@
 """The reconciler run locally: the failure queue (moto's SQS), fed by the on-failure bucket's ObjectCreated
-notifications (moto's S3 sends them as S3 does), consumed as Lambda's SQS event source consumes it, and a local Lambda
-Invoke endpoint for the backfill it may start.
+notifications (moto's S3 sends them as S3 does), consumed as Lambda's SQS event source consumes it, and the sweep on
+its schedule, as EventBridge invokes it.
 
 - `ReconcilerRunner` receives one message at a time (batch size 1, short polls), hands it to the app's
   `reconcile_discarded_batches` through `chalice.test.Client` in the SQS event Lambda builds (messageId,
@@ -9,46 +9,55 @@ Invoke endpoint for the backfill it may start.
   leaves it when it raises, so it comes back when its visibility timeout ends (the one the reconciler set with
   ChangeMessageVisibility, or the queue's), and the queue's RedrivePolicy moves it to the dead-letter queue after
   maxReceiveCount receives, as SQS does.
-- `LocalLambda` answers Lambda's Invoke API on a loopback port: an asynchronous (`Event`) invocation of one of the
-  app's functions is queued and run by one worker thread through the same test client, retried twice if it raises
-  (Lambda's default for asynchronous invocations, here without the delay). The reconciler's backfill fallback and a
-  backfill segment's own continuation reach it through AWS_ENDPOINT_URL_LAMBDA, so a self-continuing backfill goes
-  on locally.
+- `LocalSchedule` is EventBridge's rule for the scheduled sweep `sweep_table`: every `every` seconds (the stage's
+  SWEEP_RATE_MINUTES, or shorter by `make run`'s flag), one call with the scheduled event Lambda hands over, never
+  two at once (reserved concurrency 1). A local run is cut short (`run_seconds` after the sweep's margin) so the
+  stream handler, which shares the test client's lock, waits seconds, not the function's 15 minutes.
 
 Every client the functions build finds its local engine through the endpoint variables botocore honours
-(`environment`): DynamoDB on DynamoDB Local, SQS and S3 on moto, Lambda here. Where this differs from
-Lambda: one message and one function call at a time (Lambda runs several pollers and concurrent invocations); the
-calls share one lock with the stream handler's, since the test client swaps os.environ for each call; asynchronous
-invocations still queued when the runner stops are dropped (Lambda's queue keeps them).
+(`environment`): DynamoDB on DynamoDB Local, SQS and S3 on moto. Where this differs from Lambda: one message and one
+function call at a time (Lambda runs several pollers and concurrent invocations); the calls share one lock with the
+stream handler's, since the test client swaps os.environ for each call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import queue
-import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from chalicelib.backfill_lock import CHAIN_ENDED_EARLY, RUN_FINISHED
 from chalicelib.runtime import SERVICE
 from localdev.events import json_round_trip
 
 ROOT = Path(__file__).resolve().parent.parent
 RECONCILER_FUNCTION = "reconcile_discarded_batches"
-ASYNC_ATTEMPTS = 3
-"""Lambda runs an asynchronous invocation that raised twice more (MaximumRetryAttempts' default, 2)."""
+SWEEP_FUNCTION = "sweep_table"
 SQS_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp")
-_INVOKE_PATH = re.compile(r"/2015-03-31/functions/(?P<name>[^/]+)/invocations")
+LOCAL_RUN_SECONDS = 3.0
+"""What a local sweep run works for after the sweep's margin (chalicelib.sweep.MARGIN_SECONDS)."""
+
+
+def scheduled_event(region: str, rule_arn: str) -> dict[str, Any]:
+    """EventBridge's scheduled event (EventBridge User Guide, "Amazon EventBridge events": scheduled events)."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": rule_arn.split(":")[4],
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": [rule_arn],
+        "detail": {},
+    }
 
 
 class LocalFunctions:
@@ -66,7 +75,12 @@ class LocalFunctions:
         self.quiet = quiet
         self.lock = lock or threading.Lock()
         self._client = _StageTimeoutClient(app, stage_name=stage, project_dir=str(project_dir))
+        self._client.overrides = {}  # its own: the Lambda test client keeps a reference to it
         self.names = frozenset(app.handler_map)
+
+    def override(self, **variables: str) -> None:
+        """Variables set on every function over the stage's (as a deploy sets STREAM_ARN: here, the table followed)."""
+        self._client.overrides.update(variables)
 
     def resolve(self, function_name: str) -> str | None:
         """The app's function a Lambda function name or ARN means (deployed `APP-STAGE-NAME` or the bare name)."""
@@ -74,141 +88,72 @@ class LocalFunctions:
         name = name.removeprefix(f"{self.app_name}-{self.stage}-")
         return name if name in self.names else None
 
-    def call(self, function_name: str, event: dict[str, Any]) -> Any:
-        """Invoke one of the app's functions with the event, through JSON as across Lambda's boundary; what it
-        returns (raises what it raises)."""
+    def call(self, function_name: str, event: dict[str, Any], max_runtime_ms: int | None = None) -> Any:
+        """Invoke one of the app's functions with the event, through JSON as across Lambda's boundary (with
+        `max_runtime_ms`, a run cut short); what it returns (raises what it raises)."""
         event = json_round_trip(event)
         with self.lock:
             sink = io.StringIO() if self.quiet else None
             with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext():
-                return self._client.lambda_.invoke(function_name, event).payload
+                return self._client.lambda_.invoke(function_name, event, max_runtime_ms).payload
 
 
-class LocalLambda:
-    """Lambda's Invoke API for the app's functions on a loopback port; asynchronous invocations only (a synchronous
-    one from inside a function would wait for the lock its caller holds)."""
+class LocalSchedule:
+    """The sweep's EventBridge rule: `sweep_table` every `every` seconds with the scheduled event, one run at a time,
+    each cut to `run_seconds` of work; a run that raises is counted and the next one resumes (as on AWS)."""
 
     def __init__(
-        self, functions: LocalFunctions, on_result: Callable[[str, dict[str, Any], Any], None] | None = None
+        self,
+        functions: LocalFunctions,
+        every: float,
+        on_result: Callable[[Any], None] | None = None,
+        run_seconds: float = LOCAL_RUN_SECONDS,
     ) -> None:
-        self._functions = functions
-        self._on_result = on_result
-        self._pending: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-        self._busy = 0
-        self._busy_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self.invocations = 0
-        self.errors = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _InvokeHandler)
-        self._server.daemon_threads = True
-        self._server.local_lambda = self  # type: ignore[attr-defined]
-        host, port = self._server.server_address[:2]
-        self.endpoint = f"http://{host}:{port}"
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, name="local-lambda-http", daemon=True),
-            threading.Thread(target=self._work, name="local-lambda-worker", daemon=True),
-        ]
+        from chalicelib.sweep import MARGIN_SECONDS
 
-    def start(self) -> LocalLambda:
-        """Answer invocations and run them."""
-        for thread in self._threads:
-            thread.start()
+        self.functions = functions
+        self.every = every
+        self._on_result = on_result
+        self._run_ms = int((MARGIN_SECONDS + run_seconds) * 1000)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="local-schedule", daemon=True)
+        self.runs = 0
+        self.errors = 0
+        self._rule = f"arn:aws:events:us-east-1:000000000000:rule/{functions.app_name}-{functions.stage}-sweep"
+
+    def start(self) -> LocalSchedule:
+        """Run on the schedule until `stop`."""
+        self._thread.start()
         return self
 
-    def invoke(
-        self, FunctionName: str, InvocationType: str = "RequestResponse", Payload: bytes | str = b""
-    ) -> dict[str, int]:
-        """Queue an asynchronous invocation (boto3's `invoke`); LookupError for a function the app doesn't have,
-        ValueError for another invocation type."""
-        name = self._functions.resolve(FunctionName)
-        if name is None:
-            raise LookupError(f"no function {FunctionName} in the app")
-        if InvocationType != "Event":
-            raise ValueError("only asynchronous (Event) invocations run locally")
-        event = json.loads(Payload or b"{}")
-        with self._busy_lock:
-            self._busy += 1
-        self._pending.put((name, event))
-        return {"StatusCode": 202}
-
-    def idle(self) -> bool:
-        """No invocation queued or running."""
-        with self._busy_lock:
-            return self._busy == 0
-
-    def _work(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                name, event = self._pending.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            try:
-                for attempt in range(ASYNC_ATTEMPTS):
-                    self.invocations += 1
-                    try:
-                        result = self._functions.call(name, event)
-                    except Exception as error:  # Lambda would retry it, then drop it (no destination here)
-                        self.errors += 1
-                        result = error
-                        if attempt + 1 < ASYNC_ATTEMPTS and not self._stopping.is_set():
-                            continue
-                    if self._on_result is not None:
-                        self._on_result(name, event, result)
-                    break
-            finally:
-                with self._busy_lock:
-                    self._busy -= 1
-
-    def stop(self) -> int:
-        """Finish the invocation in hand, stop answering; the number of queued invocations dropped."""
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=60)
-        return self._pending.qsize()
-
-
-class _InvokeHandler(BaseHTTPRequestHandler):
-    """POST /2015-03-31/functions/NAME/invocations, as Lambda's REST API takes it."""
-
-    def do_POST(self) -> None:
-        """One Invoke request."""
-        local: LocalLambda = self.server.local_lambda  # type: ignore[attr-defined]
-        match = _INVOKE_PATH.fullmatch(urlsplit(self.path).path)
-        payload = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if match is None:
-            return self._error(404, "UnknownOperationException", "not an Invoke request")
-        invocation_type = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+    def run_once(self) -> Any:
+        """One run now, as the rule fires it: what the function returned, or the exception it raised."""
+        self.runs += 1
         try:
-            response = local.invoke(unquote(match["name"]), invocation_type, payload)
-        except LookupError as problem:
-            return self._error(404, "ResourceNotFoundException", str(problem))
-        except ValueError as problem:
-            return self._error(400, "InvalidParameterValueException", str(problem))
-        self.send_response(response["StatusCode"])
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-        return None
+            result = self.functions.call(SWEEP_FUNCTION, scheduled_event("us-east-1", self._rule), self._run_ms)
+        except Exception as error:  # Lambda counts it (Errors); the next run resumes from the state kept
+            self.errors += 1
+            result = error
+        if self._on_result is not None:
+            self._on_result(result)
+        return result
 
-    def _error(self, status: int, code: str, message: str) -> None:
-        body = json.dumps({"Type": "User", "message": message}).encode()
-        self.send_response(status)
-        self.send_header("x-amzn-ErrorType", code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def _loop(self) -> None:
+        while not self._stopping.wait(self.every):
+            self.run_once()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the runner prints one line per message itself."""
+    def stop(self) -> None:
+        """Finish the run in hand and stop firing."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
 
 
 class ReportCollector(logging.Handler):
-    """The structured fields of the reconciler's "reconciler message" lines and the backfill's "backfill segment" and
-    lock lines, as an operator reads them (counts and sequence numbers only)."""
+    """The structured fields of the reconciler's "reconciler message" lines and the sweep's "sweep run" lines, as an
+    operator reads them (counts and sequence numbers only)."""
 
-    MESSAGES = ("reconciler message", "backfill segment", RUN_FINISHED, CHAIN_ENDED_EARLY)
+    MESSAGES = ("reconciler message", "sweep run")
     IGNORED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
     def __init__(self) -> None:
@@ -340,10 +285,10 @@ class ReconcilerRunner:
                 stop.wait(1.0)
         return self.stats
 
-    def drain(self, local_lambda: LocalLambda | None = None, timeout: float = 60.0) -> RunnerStats:
-        """Poll until the queue holds nothing and the local Lambda has nothing left to run."""
+    def drain(self, timeout: float = 60.0) -> RunnerStats:
+        """Poll until the queue holds nothing."""
         deadline = time.monotonic() + timeout
-        while self.in_queue() or (local_lambda is not None and not local_lambda.idle()):
+        while self.in_queue():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the on-failure queue was not empty within {timeout:.0f} s")
             if not self.poll(wait_seconds=0):
@@ -370,7 +315,7 @@ def describe_message(record: dict[str, Any], report: dict[str, Any], kept: str) 
         if name in report
     )
     reason = f" ({report['reason']})" if report.get("reason") else ""
-    extra = ", backfill started" if report.get("backfill_segments") else ""
+    extra = ", urgent sweep requested" if report.get("outcome") == "sweep_requested" else ""
     back = f", back in {report['retry_in_seconds']} s" if report.get("retry_in_seconds") else ""
     return (
         f"[{time.strftime('%H:%M:%S')}] reconciler message {record['messageId']} "
@@ -379,48 +324,39 @@ def describe_message(record: dict[str, Any], report: dict[str, Any], kept: str) 
     )
 
 
-def describe_backfill(name: str, event: dict[str, Any], result: Any) -> str:
-    """One line per local backfill invocation: its segment, whether it is done, its counts."""
+def describe_sweep(result: Any) -> str:
+    """One line per local sweep run: its pass, mode, percent and counts (no key, no value)."""
     if isinstance(result, Exception):
-        return f"[{time.strftime('%H:%M:%S')}] {name} failed: {type(result).__name__}"
-    shown = ("scanned", "written", "already_correct", "superseded", "failed", "rejected")
-    counts = ", ".join(
-        f"{result['counts'][name]} {name.replace('_', ' ')}" for name in shown if name in (result.get("counts") or {})
-    )
+        return f"[{time.strftime('%H:%M:%S')}] sweep run failed: {type(result).__name__}"
     return (
-        f"[{time.strftime('%H:%M:%S')}] {name} segment {result.get('segment')}/{result.get('total_segments')} "
-        f"(continuation {event.get('continuation')}): {'done' if result.get('done') else 'continues'}: {counts}"
+        f"[{time.strftime('%H:%M:%S')}] sweep pass {result.get('pass')} ({result.get('mode')}, "
+        f"{result.get('percent')}%): {result.get('scanned')} checked, {result.get('written')} fixed, "
+        f"{result.get('failed')} failed; {result.get('outcome')}"
     )
 
 
-def environment(moto_endpoint: str, lambda_endpoint: str, bucket: str = "") -> dict[str, str]:
-    """The variables that point the reconciler's SQS and S3 clients at moto, its Lambda client (and a backfill
-    segment's continuation) at `LocalLambda`, and name the on-failure bucket (the lock's, for a pointer that came
-    with none); DynamoDB's come from `localdev.dynamodb_local.endpoint_environment`."""
+def environment(moto_endpoint: str, bucket: str = "") -> dict[str, str]:
+    """The variables that point the reconciler's and the sweep's SQS and S3 clients at moto and name the on-failure
+    bucket (which holds the sweep's state); DynamoDB's come from `localdev.dynamodb_local.endpoint_environment`."""
     from chalicelib.runtime import FAILURE_BUCKET_VARIABLE
 
-    variables = {
-        "AWS_ENDPOINT_URL_SQS": moto_endpoint,
-        "AWS_ENDPOINT_URL_S3": moto_endpoint,
-        "AWS_ENDPOINT_URL_LAMBDA": lambda_endpoint,
-    }
+    variables = {"AWS_ENDPOINT_URL_SQS": moto_endpoint, "AWS_ENDPOINT_URL_S3": moto_endpoint}
     return variables | ({FAILURE_BUCKET_VARIABLE: bucket} if bucket else {})
 
 
 @dataclass
 class LocalReconciler:
-    """The running pieces: the runner, the local Lambda, and what they log."""
+    """The running pieces: the runner, the sweep's schedule, and what they log."""
 
     runner: ReconcilerRunner
-    local_lambda: LocalLambda
+    schedule: LocalSchedule
     collector: ReportCollector
     environment: dict[str, str]
 
-    def close(self) -> int:
-        """Stop the local Lambda and stop collecting; the number of asynchronous invocations dropped."""
-        dropped = self.local_lambda.stop()
+    def close(self) -> None:
+        """Stop the schedule and stop collecting."""
+        self.schedule.stop()
         logging.getLogger(SERVICE).removeHandler(self.collector)
-        return dropped
 
 
 def start_reconciler(
@@ -432,18 +368,22 @@ def start_reconciler(
     quiet: bool = True,
     lock: threading.Lock | None = None,
     on_line: Callable[[str], None] | None = None,
+    sweep_every: float | None = None,
     project_dir: Path = ROOT,
 ) -> LocalReconciler:
-    """The runner for the stage's on-failure queue and the local Lambda, started; the caller applies
-    `environment` to os.environ before the first message (the functions' clients are built from it)."""
+    """The runner for the stage's on-failure queue and the sweep's schedule (every `sweep_every` seconds; None: not
+    started, `schedule.run_once()` fires it); the caller applies `environment` to os.environ before the first message
+    (the functions' clients are built from it)."""
     functions = LocalFunctions(stage=stage, quiet=quiet, lock=lock, project_dir=project_dir)
     collector = ReportCollector()
     logging.getLogger(SERVICE).addHandler(collector)
 
-    def on_result(name: str, event: dict[str, Any], result: Any) -> None:
+    def on_result(result: Any) -> None:
         if on_line is not None:
-            on_line(describe_backfill(name, event, result))
+            on_line(describe_sweep(result))
 
-    local_lambda = LocalLambda(functions, on_result).start()
+    schedule = LocalSchedule(functions, sweep_every or 0.0, on_result)
+    if sweep_every:
+        schedule.start()
     runner = ReconcilerRunner(sqs, queue_url, functions, collector, on_line)
-    return LocalReconciler(runner, local_lambda, collector, environment(moto_endpoint, local_lambda.endpoint, bucket))
+    return LocalReconciler(runner, schedule, collector, environment(moto_endpoint, bucket))

@@ -332,8 +332,10 @@ def run(args: argparse.Namespace) -> int:
             quiet=not args.verbose,
             lock=one_at_a_time,
             on_line=lambda line: print(line, file=console, flush=True),
+            sweep_every=args.sweep_every or settings.sweep_rate_minutes * 60,
         )
         cleanup.callback(reconciler.close)
+        reconciler.schedule.functions.override(STREAM_ARN=stream_arn)  # the sweep's table: the one followed
         os.environ.update(reconciler.environment)
         streams = session.client("dynamodbstreams", endpoint_url=endpoint)
         mappings: list[LocalEventSourceMapping] = []
@@ -378,6 +380,10 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws s3 ls --recursive --region {REGION} "
             f"--endpoint-url {failures.endpoint} s3://{failures.bucket}/"
+        )
+        print(
+            f"the sweep runs every {reconciler.schedule.every:g} s, as its schedule would (--sweep-every SECONDS for "
+            f"another); its state: s3://{failures.bucket}/sweep/state.json"
         )
         moved = f" (port {moved_from} was taken: this one is on {endpoint})" if moved_from else ""
         print(f"try, from another terminal{moved}:")
@@ -425,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", help="follow an already running DynamoDB Local instead of starting one")
     parser.add_argument("--checkpoints", type=Path, default=STATE_DIR / "checkpoints.json")
     parser.add_argument("--verbose", action="store_true", help="also print the handler's JSON log lines and metrics")
+    parser.add_argument(
+        "--sweep-every", type=float, help="seconds between the sweep's runs (default: the stage's SWEEP_RATE_MINUTES)"
+    )
     args = parser.parse_args(argv)
     with lifecycle.handle_signals():
         # Imported once the handlers are in place (boto3 takes a while): a Ctrl-C while it loads exits cleanly too.

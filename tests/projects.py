@@ -42,25 +42,21 @@ def stage_entry(app_name: str, stage: str, stream_arn: str = "", **variables: st
         "WRITE_CONCURRENCY": "16",
         "REPORT_BATCH_ITEM_FAILURES": "false",
         "PARALLELIZATION_FACTOR": "1",
-        "BACKFILL_FUNCTION_NAME": f"{app_name}-{stage}-{project_files.BACKFILL}",
         "EMAIL_ATTRIBUTE": EMAIL,
         "FLAG_ATTRIBUTE": FLAG,
-        "AUDIT_RATE_MINUTES": "15",
-        "AUDIT_SAMPLE_ITEMS": "1000",
-        "AUDIT_CONFIRM_SECONDS": "20",
+        "SWEEP_PERIOD_HOURS": "168",
+        "SWEEP_RATE_MINUTES": "15",
+        "SWEEP_SEGMENTS": "8",
+        "SWEEP_CAPACITY_FRACTION": "0.2",
+        "SWEEP_READ_UNITS": "1000",
+        "SWEEP_WRITE_UNITS": "500",
     }
     functions = {
-        project_files.BACKFILL: {
-            "iam_policy_file": f"policy-{stage}-backfill.json",
-            "lambda_timeout": 900,
-            "lambda_memory_size": 512,
-            "reserved_concurrency": 8,
-        },
         project_files.RECONCILER: {"iam_policy_file": f"policy-{stage}-reconciler.json", "lambda_timeout": 120},
-        project_files.AUDIT: {
-            "iam_policy_file": f"policy-{stage}-audit.json",
-            "lambda_timeout": 60,
-            "lambda_memory_size": 256,
+        project_files.SWEEP: {
+            "iam_policy_file": f"policy-{stage}-sweep.json",
+            "lambda_timeout": 900,
+            "lambda_memory_size": 1024,
             "reserved_concurrency": 1,
         },
     }

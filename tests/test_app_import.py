@@ -18,8 +18,7 @@ from chalicelib import domains, runtime
 print(json.dumps({
     "domain_list_loaded": domains.default_personal_domains.cache_info().currsize,
     "processors": runtime.processor_for.cache_info().currsize,
-    "backfill_workers": runtime.backfill_worker_for.cache_info().currsize,
-    "audits": runtime.audit_for.cache_info().currsize,
+    "sweeps": runtime.sweep_for.cache_info().currsize,
     "heavy_modules": sorted(m for m in ("boto3", "aws_lambda_powertools") if m in sys.modules),
 }))
 """
@@ -36,20 +35,15 @@ def import_app(**variables: str) -> dict:
 
 def test_in_lambda_the_stream_handlers_processor_is_built_at_import():
     state = import_app(AWS_LAMBDA_FUNCTION_NAME="email-checker-dev-sync_is_personal_email")
-    assert state["processors"] == 1 and state["backfill_workers"] == 0 and state["domain_list_loaded"] == 1
+    assert state["processors"] == 1 and state["sweeps"] == 0 and state["domain_list_loaded"] == 1
     assert state["heavy_modules"] == ["aws_lambda_powertools", "boto3"]
 
 
-def test_in_lambda_the_backfill_function_builds_only_its_worker():
-    state = import_app(AWS_LAMBDA_FUNCTION_NAME="email-checker-dev-backfill_segment")
-    assert state["processors"] == 0 and state["backfill_workers"] == 1 and state["audits"] == 0
-
-
-@pytest.mark.parametrize("name", ["email-checker-dev-audit_invariant", "stack-AuditInvariant-AbC123"])
-def test_in_lambda_the_audit_builds_its_auditor_and_no_processor(name):
+@pytest.mark.parametrize("name", ["email-checker-dev-sweep_table", "stack-SweepTable-AbC123"])
+def test_in_lambda_the_sweep_builds_its_sweeper_and_no_processor(name):
     arn = "arn:aws:dynamodb:us-east-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
     state = import_app(AWS_LAMBDA_FUNCTION_NAME=name, STREAM_ARN=arn)
-    assert state["audits"] == 1 and state["processors"] == 0 and state["domain_list_loaded"] == 1
+    assert state["sweeps"] == 1 and state["processors"] == 0 and state["domain_list_loaded"] == 1
 
 
 def test_outside_lambda_importing_the_app_builds_nothing_and_imports_no_sdk():
@@ -57,7 +51,6 @@ def test_outside_lambda_importing_the_app_builds_nothing_and_imports_no_sdk():
     assert state == {
         "domain_list_loaded": 0,
         "processors": 0,
-        "backfill_workers": 0,
-        "audits": 0,
+        "sweeps": 0,
         "heavy_modules": [],
     }

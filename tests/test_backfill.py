@@ -31,9 +31,7 @@ from tests.oracle import expected_flag
 from tests.projects import STAGE
 from tests.reliability import EMAILS, Model, Op, perform, scan, violations
 from tests.test_reliability import follow, report, run_clients, settle
-from tests.transports import ChaliceInvoker
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch
-from tools.backfill.fanout import FanoutOptions, InvocationFailed, fan_out
 from tools.backfill.local import Options, local_worker, run_local, stage_settings
 from tools.backfill.ratelimit import ON_DEMAND_READ_UNITS, ON_DEMAND_WRITE_UNITS, rate_limits
 from tools.backfill.table import TableFacts, table_facts
@@ -369,50 +367,6 @@ def test_a_backfill_racing_clients_and_the_handler_leaves_no_violation(engine, m
     assert counts.scanned >= len(keys) - 40  # at least every item no client touched
 
 
-class FlakyInvoker:
-    """The Chalice invoker, but the first invocation fails before it starts (as a throttled one would)."""
-
-    def __init__(self, inner: ChaliceInvoker) -> None:
-        self.inner = inner
-        self.refused = 0
-
-    def invoke(self, payload):
-        if not self.refused:
-            self.refused += 1
-            raise InvocationFailed("TooManyRequestsException")
-        return self.inner.invoke(payload)
-
-
-def test_the_fan_out_through_the_function_backfills_every_segment(make_table, project, log_sink, tmp_path):
-    table = make_table(stream=False)
-    model = Model()
-    keys = populate(table.client, table, 120, model)
-    needed = len(violations(scan(table.client, table.name), model, keys))
-    calls = Calls(table.client)  # the function has its own client: this one must see no writes
-    invoker = ChaliceInvoker(STAGE, project)
-    path = tmp_path / "fanout.json"
-    # The test client gives the function 3 s: no margin, and a page assumed to take 0.1 s until one is timed.
-    fanout = FanoutOptions(concurrency=2, safety_margin_ms=0, page_worst_case_ms=100, max_invocations=2)
-    options = Options(page_size=10)
-    first = fan_out(invoker, facts_of(table), Checkpoint.open(path, table.name, 4, False), options, fanout)
-    assert invoker.invocations == first.invocations == 2 and first.counts.pages >= 2
-
-    checkpoint = Checkpoint.open(path, table.name, 4, False)  # resumed from the file
-    flaky = FlakyInvoker(ChaliceInvoker(STAGE, project))
-    fanout = FanoutOptions(concurrency=3, safety_margin_ms=0, page_worst_case_ms=100, backoff_base_s=0.01)
-    rest = fan_out(flaky, facts_of(table), checkpoint, options, fanout)
-    assert checkpoint.unfinished() == [] and rest.given_up == {}
-    assert violations(scan(table.client, table.name), model, keys) == []
-    totals = checkpoint.totals()
-    assert (totals.scanned, totals.written) == (120, needed), "a page was counted twice"
-    assert first.counts.scanned + rest.counts.scanned == 120 and calls.count == 0
-    # The refused invocation was invoked again from the same key.
-    assert flaky.refused == 1 and flaky.inner.invocations == rest.invocations - 1
-    lines = [line for line in log_sink.records() if line.get("message") == "backfill segment"]
-    assert len(lines) == invoker.invocations + flaky.inner.invocations
-    assert not any(key in log_sink.getvalue() for key in keys) and "gmail" not in log_sink.getvalue()
-
-
 def test_counts_add_and_survive_json():
     counts = Counts(pages=1, scanned=10, written=3, read_units=1.5)
     counts.add(Counts.from_dict(json.loads(json.dumps(counts.to_dict()))))
@@ -426,25 +380,3 @@ def test_the_benchmark_measures_a_fresh_table(engine):
     assert (result["segments"], result["items"]) == (2, 60)
     assert result["scanned_per_second"] == result["fixed_per_second"] > 0 and result["rescan_per_second"] > 0
     assert not [name for name in engine.client().list_tables()["TableNames"] if name.startswith("Bench-")]
-
-
-def test_an_invocation_works_while_its_time_lasts_and_hands_back_where_it_stopped(make_table, settings):
-    from chalicelib.backfill import run_segment
-
-    table = make_table(stream=False)
-    model = Model()
-    keys = populate(table.client, table, 50, model)
-    worker = local_worker(settings, table.client, 4)
-    payload = SegmentRequest(table.name, ("Id",), 0, 1, page_size=10).payload(run_id="r", attempt=1)
-    # Milliseconds left when asked (the deadline, then before each page): three pages fit, then time is short.
-    left = iter([60_000, 60_000, 60_000, 60_000, 100])
-    timing = {"safety_margin_ms": 1000, "page_worst_case_ms": 500}
-    first = run_segment({**payload, **timing}, worker, lambda: next(left))
-    assert (first["counts"]["pages"], first["done"], first["run_id"], first["attempt"]) == (3, False, "r", 1)
-    assert json.loads(json.dumps(first)) == first  # what Lambda hands back is JSON
-    rest = run_segment({**payload, "start_key": first["last_evaluated_key"], **timing}, worker, lambda: 60_000)
-    assert rest["done"] and rest["last_evaluated_key"] is None
-    assert first["counts"]["scanned"] + rest["counts"]["scanned"] == 50
-    assert violations(scan(table.client, table.name), model, keys) == []
-    with pytest.raises(PayloadError, match="safety_margin_ms"):
-        run_segment({**payload, "safety_margin_ms": -1}, worker, lambda: 60_000)

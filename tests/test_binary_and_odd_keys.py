@@ -12,11 +12,6 @@ from boto3.dynamodb.types import Binary, TypeDeserializer
 
 from localdev.events import to_wire
 from tests.projects import STAGE
-from tests.transports import ChaliceInvoker
-from tools.backfill.checkpoint import Checkpoint
-from tools.backfill.fanout import FanoutOptions, fan_out
-from tools.backfill.local import Options
-from tools.backfill.table import table_facts
 
 FLAG = "IsPersonalEmail"
 _deserialize = TypeDeserializer().deserialize
@@ -171,23 +166,27 @@ def test_the_backfill_command_on_a_table_keyed_by_email_or_binary(make_table, pr
 
 
 @pytest.mark.parametrize("keyed_by", ["Email", "binary"])
-def test_the_backfill_fanned_out_over_the_function_on_a_table_keyed_by_email_or_binary(
-    make_table, project, tmp_path, keyed_by
-):
-    """Through the Lambda function (Chalice's test client): the start keys cross the JSON boundary each page."""
+def test_the_sweep_on_a_table_keyed_by_email_or_binary(make_table, emulator, keyed_by):
+    """Through the sweep, whose state object keeps each segment's start key as JSON between pages and runs."""
+    from chalicelib import runtime
+    from chalicelib.backfill import SegmentWorker
+    from chalicelib.config import Settings
+    from chalicelib.dynamodb import DynamoDBGateway
+    from chalicelib.sweep import StateStore, SweepConfig, Sweeper
+
     table, keys, wanted = backfill_table(make_table, keyed_by)
-    facts = table_facts(table.client.describe_table(TableName=table.name)["Table"])
-    checkpoint = Checkpoint.open(tmp_path / "fanout.json", table.name, 2, dry_run=False)
-
-    counts = fan_out(
-        ChaliceInvoker(STAGE, project),
-        facts,
-        checkpoint,
-        Options(page_size=3),
-        FanoutOptions(concurrency=2, safety_margin_ms=0, page_worst_case_ms=100, max_failures=2),
-    ).counts
-
-    assert checkpoint.unfinished() == []
-    assert (counts.scanned, counts.failed, counts.rejected) == (len(keys), 0, 0)
+    s3 = emulator.client("s3")
+    bucket = f"odd-keys-{keyed_by.lower()}-{table.name.lower()[-10:]}"
+    s3.create_bucket(Bucket=bucket)
+    settings = Settings.from_environ({"PERSONAL_DOMAINS_ONLY": "gmail.com,outlook.com"})
+    gateway = DynamoDBGateway(table.client, settings.attributes)
+    worker = SegmentWorker(table.client, gateway, runtime.classifier_for(settings).is_personal_email)
+    store = StateStore(s3, bucket)
+    sweep = Sweeper(table.client, worker, store, table.name, SweepConfig(segments=2, page_items=3, margin_seconds=0))
+    runs = 0
+    while (store.load()[0] is None or store.load()[0].pass_number < 2) and runs < 20:
+        sweep.run(lambda: 60_000)
+        runs += 1
+    assert store.load()[0].pass_number == 2  # one whole pass, resumed from the keys kept in the state
     assert [(get(table, **key) or {}).get(FLAG) for key in keys] == wanted
     assert count(table) == len(keys)

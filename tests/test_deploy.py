@@ -22,7 +22,7 @@ from tools.deploy_guard import handler_timeout
 
 BUCKET = "email-checker-dev-failures-123456789012-us-east-1"  # moto's account, in the stream's region
 FUNCTION = "email-checker-dev-sync_is_personal_email"
-BACKFILL = "email-checker-dev-backfill_segment"
+SWEEP = "email-checker-dev-sweep_table"
 RECONCILER = "email-checker-dev-reconcile_discarded_batches"
 
 # The tests' own stages (tests/projects.py), named as the expectations below spell them.
@@ -64,9 +64,6 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert int(failures["VisibilityTimeout"]) == failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS
     assert (dead["SqsManagedSseEnabled"], dead["MessageRetentionPeriod"]) == ("true", "1209600")
     assert json.loads(dead["Policy"]) == failure_handling.https_only_queue_policy(dead["QueueArn"])
-    backfill_failures_url = sqs.get_queue_url(QueueName="email-checker-dev-backfill-failures")["QueueUrl"]
-    backfill_failures = sqs.get_queue_attributes(QueueUrl=backfill_failures_url, AttributeNames=["All"])["Attributes"]
-    assert backfill_failures["SqsManagedSseEnabled"] == "true"
     # ... and the on-failure bucket, whose notifications the failure queue lets in (from this bucket only).
     bucket_arn = f"arn:aws:s3:::{BUCKET}"
     assert json.loads(failures["Policy"]) == failure_bucket.failure_queue_policy(
@@ -116,21 +113,21 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
         Settings.from_environ(dev_stage["environment_variables"]).starting_position,
     )
     assert "FunctionResponseTypes" not in mapping and "DestinationConfig" not in mapping
-    # The backfill function has a role of its own: only it may Scan, and the handler's role can't.
-    backfill = lambda_client.get_function_configuration(FunctionName=BACKFILL)
-    assert backfill["Timeout"] == dev_stage["lambda_functions"][stage.BACKFILL]["lambda_timeout"]
-    backfill_role = backfill["Role"].rsplit("/", 1)[1]
-    assert backfill_role != role_name
-    backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
-    assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn)
+    # The sweep has a role of its own: only it may Scan, and the handler's role can't.
+    sweep = lambda_client.get_function_configuration(FunctionName=SWEEP)
+    assert sweep["Timeout"] == dev_stage["lambda_functions"][stage.SWEEP]["lambda_timeout"]
+    sweep_role = sweep["Role"].rsplit("/", 1)[1]
+    assert sweep_role != role_name
+    sweep_policy = iam.get_role_policy(RoleName=sweep_role, PolicyName=sweep_role)["PolicyDocument"]
+    assert sweep_policy == stage.sweep_policy_document("email-checker", "dev", stream_arn)
     assert "dynamodb:Scan" not in json.dumps(attached)
-    assert lambda_client.list_event_source_mappings(FunctionName=backfill["FunctionArn"])["EventSourceMappings"] == []
+    assert lambda_client.list_event_source_mappings(FunctionName=sweep["FunctionArn"])["EventSourceMappings"] == []
     # The reconciler: its own role and policy, subscribed to the on-failure queue one message at a time.
     reconciler = lambda_client.get_function_configuration(FunctionName=RECONCILER)
     assert reconciler["Timeout"] == failure_handling.RECONCILER_TIMEOUT_SECONDS
-    assert reconciler["Environment"]["Variables"]["BACKFILL_FUNCTION_NAME"] == BACKFILL
+    assert "BACKFILL_FUNCTION_NAME" not in reconciler["Environment"]["Variables"]
     reconciler_role = reconciler["Role"].rsplit("/", 1)[1]
-    assert reconciler_role not in (role_name, backfill_role)
+    assert reconciler_role not in (role_name, sweep_role)
     reconciler_policy = iam.get_role_policy(RoleName=reconciler_role, PolicyName=reconciler_role)["PolicyDocument"]
     assert reconciler_policy == stage.reconciler_policy_document("email-checker", "dev", stream_arn)
     [consumer] = lambda_client.list_event_source_mappings(FunctionName=reconciler["FunctionArn"])["EventSourceMappings"]
@@ -148,10 +145,6 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     expected = failure_handling.mapping_failure_handling(bucket_arn)
     assert {key: mapping[key] for key in expected} == expected
     assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": bucket_arn}}
-    # The backfill's asynchronous invocations: retried, aged out within the hour, failed ones kept in its queue.
-    invoke_config = lambda_client.get_function_event_invoke_config(FunctionName=BACKFILL, Qualifier="$LATEST")
-    expected_invoke = failure_handling.backfill_invoke_config(backfill_failures["QueueArn"])
-    assert {key: invoke_config[key] for key in expected_invoke} == expected_invoke
     assert (mapping["EventSourceArn"], mapping["BatchSize"]) == (stream_arn, batch_size)
     variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
     assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
@@ -212,13 +205,10 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     repaired = stage_tool(project_copy, "status", "--stage", "dev", env=aws_environment)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
 
-    # 4. The backfill function: reserved concurrency, and a send permission on its own failure queue only.
-    reserved = lambda_client.get_function_concurrency(FunctionName=BACKFILL)["ReservedConcurrentExecutions"]
-    assert reserved == dev_stage["lambda_functions"][stage.BACKFILL]["reserved_concurrency"]
-    backfill_policy = iam.get_role_policy(RoleName=backfill_role, PolicyName=backfill_role)["PolicyDocument"]
-    assert backfill_policy == stage.backfill_policy_document("email-checker", "dev", stream_arn)
-    [send] = [s for s in backfill_policy["Statement"] if "sqs:SendMessage" in s["Action"]]
-    assert send["Resource"] == backfill_failures["QueueArn"]
+    # 4. The sweep: one run at a time, and no send, no invoke, no delete anywhere.
+    reserved = lambda_client.get_function_concurrency(FunctionName=SWEEP)["ReservedConcurrentExecutions"]
+    assert reserved == dev_stage["lambda_functions"][stage.SWEEP]["reserved_concurrency"] == 1
+    assert not [s for s in sweep_policy["Statement"] if {"sqs:SendMessage", "lambda:InvokeFunction"} & set(s["Action"])]
 
     # cleanup refuses while the stage is deployed: the mapping would lose its destination.
     early = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=aws_environment)
@@ -247,7 +237,6 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     for name in (
         "email-checker-dev-stream-failures",
         "email-checker-dev-stream-failures-dead",
-        "email-checker-dev-backfill-failures",
         f"bucket     {BUCKET}",
         "alarm      email-checker-dev-Errors",
         "dashboard  email-checker-dev",
@@ -256,7 +245,7 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert other_stage_alarm not in listed.stdout
     cleaned = stage_tool(project_copy, "cleanup", "--stage", "dev", "--yes", env=aws_environment)
     assert cleaned.returncode == 0, cleaned.stderr
-    assert f"deleted {4 + len(alarms.ALARMS) + 1} resource(s) of stage dev" in cleaned.stdout
+    assert f"deleted {3 + len(alarms.ALARMS) + 1} resource(s) of stage dev" in cleaned.stdout
     assert not [url for url in sqs.list_queues().get("QueueUrls", []) if "/email-checker-dev-" in url]
     assert BUCKET not in [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
     remaining = cloudwatch.describe_alarms(AlarmNamePrefix="email-checker-dev-")["MetricAlarms"]

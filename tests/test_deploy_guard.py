@@ -62,7 +62,7 @@ def test_a_bound_stage_passes_with_its_own_destinations(chalice_dir):
     # The files grant on the stage's own bucket and queue only, from bind on: nothing is added after a deploy.
     assert f"{BUCKET_ARN}/aws/lambda/*" in (chalice_dir / "policy-prod.json").read_text()
     assert "sqs:SendMessage" not in (chalice_dir / "policy-prod.json").read_text()
-    assert "email-checker-prod-backfill-failures" in (chalice_dir / "policy-prod-backfill.json").read_text()
+    assert f"{BUCKET_ARN}/sweep/state.json" in (chalice_dir / "policy-prod-sweep.json").read_text()
 
 
 def grant(chalice_dir, name, action, resource, **extra):
@@ -76,7 +76,7 @@ def grant(chalice_dir, name, action, resource, **extra):
     ("name", "action", "resource", "shown"),
     [
         ("policy-prod.json", ["sqs:SendMessage"], "*", "sqs:SendMessage on *"),
-        ("policy-prod-backfill.json", "sqs:SendMessage", QUEUE_ARN.replace("prod", "dev"), "dev-stream-failures"),
+        ("policy-prod-sweep.json", "sqs:SendMessage", QUEUE_ARN.replace("prod", "dev"), "dev-stream-failures"),
         ("policy-prod.json", ["sqs:*"], ["arn:aws:sqs:eu-west-1:123456789012:other"], ":other"),
         ("policy-prod.json", ["s3:PutObject"], "*", "s3:PutObject on *"),
         ("policy-prod-reconciler.json", ["s3:Put*"], "arn:aws:s3:::someone-else/*", "someone-else/*"),
@@ -154,7 +154,7 @@ def test_a_stream_arn_changed_without_bind_is_refused(chalice_dir):
     hand_edit(chalice_dir, OTHER_ARN)
     message = deploy_refusal(chalice_dir.parent, "prod", OTHER_ARN)
     assert message is not None and "\n" not in message
-    assert "stage prod" in message and "policy-prod.json" in message and "policy-prod-backfill.json" in message
+    assert "stage prod" in message and "policy-prod.json" in message and "policy-prod-sweep.json" in message
     assert "policy-prod-reconciler.json" in message
     assert "arn:aws:dynamodb:eu-west-1:123456789012:table/Users" in message  # what the stale files grant on
     assert f"`python -m tools.stage bind --stage prod --stream-arn {OTHER_ARN}`" in message
@@ -168,14 +168,14 @@ def test_the_unbound_placeholder_policies_are_refused_for_a_real_stream(chalice_
     assert message is not None and "table/unbound" in message and "tools.stage bind --stage prod" in message
 
 
-def test_a_stale_backfill_policy_alone_is_refused(chalice_dir):
+def test_a_stale_sweep_policy_alone_is_refused(chalice_dir):
     configure(chalice_dir, STREAM_ARN=ARN)
     handler_policy = (chalice_dir / "policy-prod.json").read_text()
     configure(chalice_dir, STREAM_ARN=OTHER_ARN)
     (chalice_dir / "policy-prod.json").write_text(handler_policy)  # only the handler's file brought back to ARN
     message = deploy_refusal(chalice_dir.parent, "prod", ARN)
     assert message is not None
-    assert ".chalice/policy-prod-backfill.json" in message and ".chalice/policy-prod.json" not in message
+    assert ".chalice/policy-prod-sweep.json" in message and ".chalice/policy-prod.json" not in message
 
 
 def test_a_stale_reconciler_policy_alone_is_refused(chalice_dir):
@@ -239,13 +239,13 @@ def test_chalice_package_refuses_a_hand_edited_stream_arn_until_bind(project_cop
     assert (variables["STAGE"], variables["STREAM_ARN"]) == ("prod", ARN)
 
 
-def test_chalice_package_refuses_a_stage_whose_backfill_policy_alone_is_stale(project_copy, tmp_path):
+def test_chalice_package_refuses_a_stage_whose_sweep_policy_alone_is_stale(project_copy, tmp_path):
     assert stage_tool(project_copy, "bind", "--stage", "prod", "--stream-arn", ARN).returncode == 0
-    stale = stage.backfill_policy_document("email-checker", "prod", OTHER_ARN)
-    stage.write_json(project_copy / ".chalice" / "policy-prod-backfill.json", stale)
+    stale = stage.sweep_policy_document("email-checker", "prod", OTHER_ARN)
+    stage.write_json(project_copy / ".chalice" / "policy-prod-sweep.json", stale)
     refused = chalice(project_copy, "package", "--stage", "prod", str(tmp_path / "out"))
     assert refused.returncode != 0
-    assert ".chalice/policy-prod-backfill.json" in refused.stderr
+    assert ".chalice/policy-prod-sweep.json" in refused.stderr
     assert ".chalice/policy-prod.json" not in refused.stderr
     assert "tools.stage bind --stage prod" in refused.stderr and "Traceback" not in refused.stderr
 

@@ -156,18 +156,3 @@ def test_update_mapping_waits_for_the_role_to_reach_the_bucket_too():
     with stubber:
         assert failure_handling.update_mapping(client, UUID, settings, sleep=slept.append)["UUID"] == UUID
     assert slept == [2]
-
-
-def test_the_backfill_async_invocations_end_in_its_failure_queue_within_an_hour():
-    config = failure_handling.backfill_invoke_config("arn:aws:sqs:eu-west-1:123456789012:q")
-    assert config["DestinationConfig"] == {"OnFailure": {"Destination": "arn:aws:sqs:eu-west-1:123456789012:q"}}
-    # Lambda's bounds: 0-2 retries, 60 s to 6 h of age; the queue keeps a failed event longer than Lambda keeps trying.
-    assert 0 <= config["MaximumRetryAttempts"] <= 2
-    assert 60 <= config["MaximumEventAgeInSeconds"] <= 6 * 3600
-    assert config["MaximumEventAgeInSeconds"] < failure_handling.BACKFILL_FAILURE_RETENTION_SECONDS
-    # The same keys put_function_event_invoke_config takes (botocore's model says so).
-    import botocore.session
-
-    model = botocore.session.get_session().get_service_model("lambda")
-    members = model.operation_model("PutFunctionEventInvokeConfig").input_shape.members
-    assert set(config) <= set(members)

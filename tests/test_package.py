@@ -20,7 +20,8 @@ from tests.projects import (
 )
 from tools import alarms, failure_handling, merge_template
 from tools.deploy_guard import handler_timeout
-from tools.stage import BACKFILL, HANDLER, TABLE_WRITE_ACTION
+from tools.project import SWEEP
+from tools.stage import HANDLER, TABLE_WRITE_ACTION
 
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 TABLE_ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
@@ -59,7 +60,7 @@ def sam_to_cloudformation():
     def run(template):
         template = json.loads(json.dumps(template))
         # `aws cloudformation package` uploads deployment.zip and puts its S3 location here; SAM insists on one.
-        for function in ("SyncIsPersonalEmail", "BackfillSegment", "ReconcileDiscardedBatches", "AuditInvariant"):
+        for function in ("SyncIsPersonalEmail", "ReconcileDiscardedBatches", "SweepTable"):
             template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
         return transform(template, {}, NoManagedPolicies())
 
@@ -123,10 +124,6 @@ def test_the_table_comes_from_the_schema_with_pitr_and_encryption():
 def test_the_packaged_stack_holds_every_setting(stack_with_table):
     template, _ = stack_with_table
     resources = template["Resources"]
-    # The backfill's failure queue comes from its own change; its alarm comes with it.
-    queue_alarms_without_their_queue = (
-        set() if "BackfillFailureQueue" in resources else {"BackfillFailureQueueMessages"}
-    )
     assert set(resources) == {
         "SyncIsPersonalEmail",
         "SyncIsPersonalEmailRole",
@@ -134,24 +131,18 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
         "StreamFailureQueue",
         "StreamFailureQueuePolicy",
         "SyncIsPersonalEmailLogGroup",
-        "BackfillSegment",
-        "BackfillSegmentRole",
-        "BackfillSegmentLogGroup",
         "Dashboard",
-        *(alarm.logical_id for alarm in alarms.ALARMS if alarm.key not in queue_alarms_without_their_queue),
+        *(alarm.logical_id for alarm in alarms.ALARMS),
         "ReconcileDiscardedBatches",
         "ReconcileDiscardedBatchesRole",
         "ReconcileDiscardedBatchesLogGroup",
         "StreamFailureDeadLetterQueue",
         "StreamFailureDeadLetterQueuePolicy",
-        "AuditInvariant",
-        "AuditInvariantRole",
-        "AuditInvariantLogGroup",
+        "SweepTable",
+        "SweepTableRole",
+        "SweepTableLogGroup",
         "StreamFailureBucket",
         "StreamFailureBucketPolicy",
-        "BackfillFailureQueue",
-        "BackfillFailureQueuePolicy",
-        "BackfillSegmentEventInvokeConfig",
     }
     assert template["Parameters"]["UsersTableStreamArn"]["Default"] == "CREATE"
     assert template["Parameters"]["Stage"]["Default"] == "prod"
@@ -204,49 +195,23 @@ def test_the_packaged_stack_holds_every_setting(stack_with_table):
     assert resources["SyncIsPersonalEmailLogGroup"]["Properties"]["RetentionInDays"] == 30
 
 
-def test_the_backfill_function_has_reserved_concurrency_and_an_asynchronous_failure_queue(stack_with_table):
+def test_the_sweep_runs_on_its_schedule_alone_with_its_state_in_the_bucket(stack_with_table):
     template, _ = stack_with_table
     resources = template["Resources"]
-    function = resources["BackfillSegment"]["Properties"]
-    assert function["Handler"] == "app.backfill_one_segment"
-    backfill = CONFIG["stages"]["prod"]["lambda_functions"][BACKFILL]
-    assert (function["Timeout"], function["Role"]) == (
-        backfill["lambda_timeout"],
-        {"Fn::GetAtt": ["BackfillSegmentRole", "Arn"]},
+    function = resources["SweepTable"]["Properties"]
+    assert function["Handler"] == "app.sweep_table"
+    sweep = CONFIG["stages"]["prod"]["lambda_functions"][SWEEP]
+    assert (function["Timeout"], function["MemorySize"], function["Role"]) == (
+        sweep["lambda_timeout"],
+        sweep["lambda_memory_size"],
+        {"Fn::GetAtt": ["SweepTableRole", "Arn"]},
     )
-    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "BackfillSegmentLogGroup"}}
-    assert "Events" not in function  # invoked by the fan-out only
-    # Reserved so a backfill can't take the concurrency the stream handler needs.
-    assert function["ReservedConcurrentExecutions"] == backfill["reserved_concurrency"]
-    # The reconciler starts it asynchronously: a failed or expired invocation goes to its own queue, never lost.
-    assert not [name for name in resources if "Results" in name]
-    invoke_config = resources["BackfillSegmentEventInvokeConfig"]
-    assert invoke_config["Type"] == "AWS::Lambda::EventInvokeConfig"
-    assert invoke_config["Properties"] == {
-        "FunctionName": {"Ref": "BackfillSegment"},
-        "Qualifier": "$LATEST",
-        "MaximumRetryAttempts": failure_handling.BACKFILL_RETRY_ATTEMPTS,
-        "MaximumEventAgeInSeconds": failure_handling.BACKFILL_EVENT_AGE_SECONDS,
-        "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["BackfillFailureQueue", "Arn"]}}},
-    }
-    [skip] = [
-        each for each in resources["BackfillSegment"]["Metadata"]["checkov"]["skip"] if each["id"] == "CKV_AWS_116"
-    ]
-    assert "BackfillFailureQueue" in skip["comment"]
-    assert resources["BackfillFailureQueue"]["Properties"] == {
-        "SqsManagedSseEnabled": True,
-        "MessageRetentionPeriod": 1_209_600,
-    }
-    statements = resources["BackfillSegmentRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-    sends = [s for s in statements if any(action.startswith("sqs:") for action in s["Action"])]
-    assert sends == [
-        {
-            "Sid": "ReportFailedSegments",
-            "Effect": "Allow",
-            "Action": ["sqs:SendMessage"],
-            "Resource": {"Fn::GetAtt": ["BackfillFailureQueue", "Arn"]},
-        }
-    ]
+    # One run at a time: a second would only lose its claim on the state.
+    assert function["ReservedConcurrentExecutions"] == 1
+    assert function["Environment"]["Variables"]["FAILURE_BUCKET"] == {"Ref": "StreamFailureBucket"}
+    [event] = function["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"].startswith("rate(")
+    assert not [name for name in resources if "Backfill" in name or "Audit" in name]
 
 
 def test_the_on_failure_bucket_is_private_encrypted_versioned_expiring_and_notifies_the_failure_queue(
@@ -267,7 +232,15 @@ def test_the_on_failure_bucket_is_private_encrypted_versioned_expiring_and_notif
     )
     assert properties["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
     assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
-    expire, markers = properties["LifecycleConfiguration"]["Rules"]
+    expire, states, markers = properties["LifecycleConfiguration"]["Rules"]
+    # Only failure objects expire; the sweep's state never does, and its earlier versions go after a day.
+    assert expire["Prefix"] == "aws/lambda/"
+    assert states == {
+        "Id": "remove-old-sweep-states",
+        "Prefix": "sweep/state.json",
+        "Status": "Enabled",
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+    }
     assert expire["ExpirationInDays"] == expire["NoncurrentVersionExpiration"]["NoncurrentDays"]
     assert expire["ExpirationInDays"] == {"Ref": "FailureObjectRetentionDays"}
     assert template["Parameters"]["FailureObjectRetentionDays"]["Default"] == 14  # the stage's default
@@ -283,7 +256,7 @@ def test_the_on_failure_bucket_is_private_encrypted_versioned_expiring_and_notif
     }
     skipped = {skip["id"] for skip in bucket["Metadata"]["checkov"]["skip"]}
     assert skipped == {"CKV_AWS_18"}  # access logging; each skip has its reason
-    for queue in ("StreamFailureQueue", "StreamFailureDeadLetterQueue", "BackfillFailureQueue"):
+    for queue in ("StreamFailureQueue", "StreamFailureDeadLetterQueue"):
         [queue_skip] = resources[queue]["Metadata"]["checkov"]["skip"]
         assert queue_skip["id"] == "CKV_AWS_27" and "SqsManagedSseEnabled" in queue_skip["comment"]
     assert all(len(skip["comment"]) > 20 for skip in bucket["Metadata"]["checkov"]["skip"])
@@ -333,19 +306,17 @@ def test_every_alarm_reads_back_from_the_packaged_template_as_defined(stack_with
     # The targets as the packaged stack resolves them: the handler, its queue, the stage parameter, the service.
     # The reconciler's dead-letter queue's alarm comes with the queue.
     dead_letter_queue = "StreamFailureDeadLetterQueue" in resources
-    backfill_failure_queue = "BackfillFailureQueue" in resources
     targets = {
         "function": "<SyncIsPersonalEmail>",
         "failure_queue": "<StreamFailureQueue.QueueName>",
         "dead_letter_queue": "<StreamFailureDeadLetterQueue.QueueName>" if dead_letter_queue else None,
         "reconciler_function": "<ReconcileDiscardedBatches>",
-        "backfill_function": "<BackfillSegment>",
-        "backfill_failure_queue": "<BackfillFailureQueue.QueueName>" if backfill_failure_queue else None,
+        "sweep_function": "<SweepTable>",
         "service": "email-checker",
         "stage": "prod",
     }
     expected = alarms.alarms_for(targets)
-    assert len(expected) == len(alarms.ALARMS) - (not dead_letter_queue) - (not backfill_failure_queue)
+    assert len(expected) == len(alarms.ALARMS) - (not dead_letter_queue)
     assert {name for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"} == {
         alarm.logical_id for alarm in expected
     }
@@ -375,11 +346,13 @@ def test_every_alarm_reads_back_from_the_packaged_template_as_defined(stack_with
         "Malformed",
         "BatchErrors",
         "OutOfTime",
-        "ReconcilerBackfillFallbacks",
+        "ReconcilerSweepRequests",
         "ReconcilerFailed",
         "ReconcilerUnusable",
-        "AuditDrift",
-        "AuditFailed",
+        "SweepPassOverdue",
+        "SweepUrgentOverdue",
+        "SweepRunFailed",
+        "SweepStateWriteErrors",
         "AccessDenied",
         "FlagInKey",
     }
@@ -399,7 +372,7 @@ def test_the_reconciler_consumes_the_failure_queue_which_redrives_to_its_dead_le
     assert function["Role"] == {"Fn::GetAtt": ["ReconcileDiscardedBatchesRole", "Arn"]}
     assert function["Timeout"] == failure_handling.RECONCILER_TIMEOUT_SECONDS
     assert function["LoggingConfig"] == {"LogGroup": {"Ref": "ReconcileDiscardedBatchesLogGroup"}}
-    assert function["Environment"]["Variables"]["BACKFILL_FUNCTION_NAME"] == {"Ref": "BackfillSegment"}
+    assert "BACKFILL_FUNCTION_NAME" not in function["Environment"]["Variables"]  # it starts nothing
     # Chalice's event source (named after the `chalice deploy` path's queue) now reads the stack's own queue.
     assert function["Events"] == {
         "ReconcileDiscardedBatchesSqsEventSource": {
@@ -427,10 +400,6 @@ def test_the_reconciler_consumes_the_failure_queue_which_redrives_to_its_dead_le
     assert resources["StreamFailureDeadLetterQueuePolicy"]["Properties"]["Queues"] == [
         {"Ref": "StreamFailureDeadLetterQueue"}
     ]
-    # The backfill function has a name the continuation permission can state without a circular reference.
-    assert resources["BackfillSegment"]["Properties"]["FunctionName"] == {
-        "Fn::Sub": "${AWS::StackName}-backfill_segment"
-    }
 
 
 @pytest.mark.parametrize(
@@ -457,37 +426,34 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<SyncIsPersonalEmailLogGroup.Arn>"),
     }
     assert all(statement["Effect"] == "Allow" for statement in document["Statement"])
-    # The backfill function scans with its own role, on the table alone (the audit too: tests/test_audit.py).
-    [backfill] = template["Resources"]["BackfillSegmentRole"]["Properties"]["Policies"]
+    # The sweep scans with its own role, on the table alone, and keeps its state: GetObject for the ETag, PutObject
+    # with If-Match/If-None-Match, ListBucket so a missing state answers 404 (S3 API Reference, GetObject).
+    state = ["s3:GetObject", "s3:PutObject"], "<StreamFailureBucket.Arn>/sweep/state.json"
+    [sweep] = template["Resources"]["SweepTableRole"]["Properties"]["Policies"]
     document = resolve(
-        backfill["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
+        sweep["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
     )
-    backfill_arn = {
-        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:"
-        "${AWS::StackName}-backfill_segment"
-    }
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
-        "BackfillTheTable": (["dynamodb:Scan", "dynamodb:PartiQLUpdate"], table),
-        "ContinueTheSegment": (["lambda:InvokeFunction"], backfill_arn),
-        "ReleaseTheBackfillLock": (["s3:DeleteObject"], "<StreamFailureBucket.Arn>/backfill-lock/*"),
-        "ReportFailedSegments": (["sqs:SendMessage"], "<BackfillFailureQueue.Arn>"),
-        "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<BackfillSegmentLogGroup.Arn>"),
+        "SweepTheTable": (["dynamodb:DescribeTable", "dynamodb:Scan", "dynamodb:PartiQLUpdate"], table),
+        "KeepTheSweepState": state,
+        "FindTheFailureBucket": (["s3:ListBucket"], "<StreamFailureBucket.Arn>"),
+        "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<SweepTableLogGroup.Arn>"),
     }
-    # The reconciler: read the failure object, fix its items, consume its queue, hold the backfill lock and start
-    # the backfill; nothing on the stream.
+    # The reconciler: read the failure object, fix its items, consume its queue, record an urgent sweep; nothing on
+    # the stream, no Invoke.
     [reconciler] = template["Resources"]["ReconcileDiscardedBatchesRole"]["Properties"]["Policies"]
     document = resolve(
         reconciler["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
     )
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
-        "ReconcileTheItems": (["dynamodb:BatchGetItem", TABLE_WRITE_ACTION, "dynamodb:DescribeTable"], table),
+        "ReconcileTheItems": (["dynamodb:BatchGetItem", TABLE_WRITE_ACTION], table),
         "ReadDiscardedBatches": (["s3:GetObject"], "<StreamFailureBucket.Arn>/aws/lambda/*"),
-        "HoldTheBackfillLock": (["s3:GetObject", "s3:PutObject"], "<StreamFailureBucket.Arn>/backfill-lock/*"),
+        "KeepTheSweepState": state,
+        "FindTheFailureBucket": (["s3:ListBucket"], "<StreamFailureBucket.Arn>"),
         "ConsumeTheFailureQueue": (
             ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"],
             "<StreamFailureQueue.Arn>",
         ),
-        "StartTheBackfill": (["lambda:InvokeFunction"], backfill_arn),
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<ReconcileDiscardedBatchesLogGroup.Arn>"),
     }
 

@@ -1,6 +1,6 @@
 """The reconciler: a discarded batch's S3 on-failure object (moto's S3, its notification on moto's SQS), its records
 decoded and its items brought under the invariant from their current state on DynamoDB Local; every recorded
-on-failure variant parsed; the locked backfill as the last resort."""
+on-failure variant parsed; the sweep's urgent request when the records can't be had."""
 
 from __future__ import annotations
 
@@ -17,30 +17,25 @@ import boto3
 import botocore.session
 import pytest
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
 
 from chalicelib import runtime
-from chalicelib.backfill_lock import HeldLock, LockDecision, decide, lock_body, lock_key
 from chalicelib.config import Settings
 from chalicelib.deadline import Deadline
 from chalicelib.dynamodb import DynamoDBGateway
 from chalicelib.on_failure import MessageKind, Unusable, parse_message, parse_object
 from chalicelib.reconciler import (
-    BACKFILL_READ_UNITS_PER_SECOND,
-    BACKFILL_WRITE_UNITS_PER_SECOND,
     Context,
     MessageHandler,
     Outcome,
     ReconcileIncomplete,
     Reconciler,
-    continuations_for,
     queue_url_from_arn,
     retry_delay_seconds,
-    wait_delay_seconds,
 )
 from chalicelib.records import DEFAULT_ATTRIBUTES, decode_record
 from chalicelib.runtime import SERVICE, classifier_for, metrics_for
+from chalicelib.sweep import StateStore
 from localdev.mapping import S3FailureDestination
 from localdev.run import start_failure_bucket
 from tests.faults import fail_statements
@@ -97,7 +92,7 @@ def test_every_recorded_on_failure_variant_parses_or_is_named_unusable(path):
     inner = json.loads(body["Message"]) if copied["kind"] == "sqs_body_sns" else body
     assert message.kind is (MessageKind.SNS_RECORD if copied["kind"] == "sqs_body_sns" else MessageKind.RECORD)
     record = message.record
-    assert record.payload_records is None  # a pointer: the backfill's last resort
+    assert record.payload_records is None  # a pointer: the sweep's urgent pass
     assert record.stream_arn == inner["DDBStreamBatchInfo"]["streamArn"] and record.table_name
     assert record.function_error == inner["responseContext"]["functionError"]  # null after a partial-failure report
     assert record.condition == inner["requestContext"]["condition"]
@@ -164,33 +159,12 @@ def test_a_body_of_no_known_shape_is_unusable_and_named(body, names):
 
 
 def test_the_delays_and_the_queue_url():
+    # Never past SQS's 12-hour visibility cap (counted from the receive, so asking more would fail).
     assert [retry_delay_seconds(n) for n in (1, 2, 3, 12, 100)] == [30, 60, 120, 43200, 43200]
-    far = timedelta(days=9)
-    assert [wait_delay_seconds(n, far) for n in (1, 2, 7, 8)] == [900, 1800, 43200, 43200]
-    assert sum(wait_delay_seconds(n, far) for n in range(1, 11)) > 63 * 3600  # the queue's 10 receives
-    assert wait_delay_seconds(5, timedelta(seconds=40)) == 41  # never past the lock's expiry
     assert (
         queue_url_from_arn("arn:aws:sqs:eu-west-1:123456789012:q")
         == "https://sqs.eu-west-1.amazonaws.com/123456789012/q"
     )
-
-
-def test_the_lock_decision():
-    now = datetime(2026, 12, 4, 10, tzinfo=UTC)
-    held = HeldLock("r", started_at=now - timedelta(hours=1), expires_at=now + timedelta(hours=5), etag='"e"')
-    assert decide(None, now, now) is LockDecision.START
-    assert decide(held, now - timedelta(hours=2), now) is LockDecision.COVERED  # discarded before the run started
-    assert decide(held, now - timedelta(minutes=30), now) is LockDecision.WAIT  # after: the run may have passed it
-    assert decide(held, None, now) is LockDecision.WAIT  # no timestamp: never assumed covered
-    lapsed = HeldLock("r", now - timedelta(days=3), now - timedelta(seconds=1), '"e"')
-    assert decide(lapsed, now, now) is LockDecision.START
-
-
-def test_one_chain_is_sized_to_scan_the_table_at_its_rate():
-    assert continuations_for(0) == 200
-    # 1 TB at 1,000 read units/s of 8 KB each, 810 s an invocation: 150.7 invocations, half again as headroom.
-    assert continuations_for(10**12) == 227
-    assert continuations_for(10**15) == 10_000
 
 
 # --- against DynamoDB Local and moto's S3 and SQS ---
@@ -385,7 +359,7 @@ def test_a_discarded_batch_whose_range_is_gone_is_fixed_from_its_s3_object_alone
     assert "gmail" not in json.dumps(line) and '"p"' not in json.dumps(line)  # no attribute values, no keys
     [emf] = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
     assert (emf["ReconcilerMessages"], emf["ReconcilerItemsFixed"], emf["ReconcilerFailed"]) == ([1.0], [4.0], [0.0])
-    assert emf["ReconcilerMalformedRecords"] == [1.0] and emf["ReconcilerBackfillFallbacks"] == [0.0]
+    assert emf["ReconcilerMalformedRecords"] == [1.0] and emf["ReconcilerSweepRequests"] == [0.0]
     assert emf["stage"] == STAGE and emf["service"] == SERVICE
 
 
@@ -404,36 +378,18 @@ def test_binary_and_composite_keys_are_fixed_from_the_payload(engine, make_table
     assert get(table, Pk=b"\x00\xff", Sk=2)["IsPersonalEmail"] is False
 
 
-class Backfills:
-    """The backfill function as the reconciler sees it: DescribeTable for the plan, each started payload kept."""
-
-    def __init__(self, engine) -> None:
-        from chalicelib.reconciler import LambdaBackfill
-
-        self._planner = LambdaBackfill(None, engine.client(), "unused")
-        self.started: list[dict[str, Any]] = []
-
-    def plan(self, table_name):
-        return self._planner.plan(table_name)
-
-    def start(self, payload):
-        self.started.append(json.loads(json.dumps(payload)))
-
-
-def reconciler(engine, aws, backfills=None, gateway_client=None, stage_table=None) -> Reconciler:
+def reconciler(engine, aws, gateway_client=None, s3=None) -> Reconciler:
     return Reconciler(
         gateway=DynamoDBGateway(gateway_client or engine.client(), DEFAULT_ATTRIBUTES),
         classify=classifier_for(Settings.from_environ({})).is_personal_email,
-        s3=aws.s3,
-        backfill=backfills or Backfills(engine),
-        stage_table=stage_table,
-        lock_bucket=aws.bucket,
+        s3=s3 or aws.s3,
+        sweep=StateStore(aws.s3, aws.bucket),
     )
 
 
-def handler(engine, aws, backfills, **options) -> MessageHandler:
+def handler(engine, aws, **options) -> MessageHandler:
     return MessageHandler(
-        reconciler(engine, aws, backfills, **options),
+        reconciler(engine, aws, **options),
         sqs=aws.sqs,
         logger=Logger(service=SERVICE),
         metrics=metrics_for(Settings.from_environ({"STAGE": "dev"})),
@@ -441,7 +397,7 @@ def handler(engine, aws, backfills, **options) -> MessageHandler:
 
 
 def pointer(table, at: str) -> str:
-    """An SQS destination's record for the table (no payload): the backfill's case."""
+    """An SQS destination's record for the table (no payload): the sweep's case."""
     body = vector("a15")["body"]
     body["DDBStreamBatchInfo"]["streamArn"] = table.stream_arn
     body["timestamp"] = at
@@ -452,110 +408,46 @@ def iso_ms(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def test_two_gone_range_messages_start_one_rate_limited_backfill(engine, make_table, aws, log_sink, capsys):
+def test_two_pointer_messages_each_record_an_urgent_sweep_and_are_finished(engine, make_table, aws, log_sink, capsys):
     table = make_table(keys=(("Org", "S"), ("Id", "N")))
-    backfills = Backfills(engine)
-    handle = handler(engine, aws, backfills).handle
-    before = iso_ms(datetime.now(UTC) - timedelta(seconds=5))
-    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=pointer(table, before))
-    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=pointer(table, before))
+    handle = handler(engine, aws).handle
+    first_failure = datetime.now(UTC) - timedelta(seconds=30)
+    second_failure = first_failure + timedelta(seconds=10)
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=pointer(table, iso_ms(second_failure)))
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=pointer(table, iso_ms(first_failure)))
     first, second = aws.lambda_records()
 
-    assert handle(first, lambda: 60_000).outcome is Outcome.BACKFILL_STARTED
-    assert handle(second, lambda: 60_000).outcome is Outcome.BACKFILL_COVERED  # its failure predates the run
+    # Each returns (Lambda deletes it): no wait, no raise, no lock, no invocation.
+    assert handle(first, lambda: 60_000).outcome is Outcome.SWEEP_REQUESTED
+    assert handle(second, lambda: 60_000).outcome is Outcome.SWEEP_REQUESTED
 
-    [payload] = backfills.started
-    assert (payload["table_name"], payload["key_names"], payload["total_segments"]) == (table.name, ["Org", "Id"], 1)
-    assert payload["read_units_per_second"] == BACKFILL_READ_UNITS_PER_SECOND
-    assert payload["write_units_per_second"] == BACKFILL_WRITE_UNITS_PER_SECOND
-    assert payload["continue_until_done"] is True and payload["max_continuations"] == 200
-    lock = aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))
-    held = json.loads(lock["Body"].read())
-    assert payload["lock"] == {
-        "bucket": aws.bucket,
-        "key": lock_key(table.name),
-        "etag": lock["ETag"],
-        "expires_at": held["expires_at"],
-    }
-    assert held["run_id"] == payload["run_id"] == "reconciler-0f8b3c2e"
+    state, _ = StateStore(aws.s3, aws.bucket).load()
+    # The later failure is kept: a pass that starts after it covers both batches.
+    assert state.urgent_since == second_failure.replace(microsecond=second_failure.microsecond // 1000 * 1000)
+    assert state.urgent_requests == 1 and state.pass_number == 0
+    assert [o["Key"] for o in aws.s3.list_objects_v2(Bucket=aws.bucket)["Contents"]] == ["sweep/state.json"]
     lines = [r for r in log_sink.records() if r.get("message") == "reconciler message"]
-    assert [line["outcome"] for line in lines] == ["backfill_started", "backfill_covered"]
+    assert [line["outcome"] for line in lines] == ["sweep_requested", "sweep_requested"]
     assert lines[0]["reason"] == "no_payload" and lines[0]["kind"] == "record"
     emf = [json.loads(out) for out in capsys.readouterr().out.splitlines() if '"ReconcilerMessages"' in out]
-    assert [m["ReconcilerBackfillFallbacks"] for m in emf] == [[1.0], [0.0]]
-    assert [m["ReconcilerBackfillCovered"] for m in emf] == [[0.0], [1.0]]
+    assert [m["ReconcilerSweepRequests"] for m in emf] == [[1.0], [1.0]]
 
 
-def test_a_failure_after_a_held_run_started_waits_for_it_then_starts_a_new_run(engine, make_table, aws, log_sink):
-    table = make_table()
-    now = datetime.now(UTC)
-    older = lock_body("older-run", now - timedelta(hours=1), now + timedelta(hours=2))
-    aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=older, IfNoneMatch="*")
-    backfills = Backfills(engine)
-    handle = handler(engine, aws, backfills).handle
-    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=pointer(table, iso_ms(now - timedelta(minutes=5))))
-    [message] = aws.lambda_records()
-
-    with pytest.raises(ReconcileIncomplete):
-        handle(message, lambda: 60_000)
-
-    assert backfills.started == []
-    line = log_sink.records()[-1]
-    assert (line["outcome"], line["retry_in_seconds"]) == ("backfill_waiting", 900)
-    assert aws.messages() == [], "pushed back: invisible for its delay"
-    # The older run ends (its last invocation deletes the lock): the message, back, starts a new run.
-    aws.s3.delete_object(Bucket=aws.bucket, Key=lock_key(table.name))
-    assert handle({**message, "attributes": {"ApproximateReceiveCount": "2"}}, lambda: 60_000).outcome is (
-        Outcome.BACKFILL_STARTED
-    )
-    assert len(backfills.started) == 1
-
-
-def test_a_lapsed_lock_is_taken_over_and_an_unusable_one_too(engine, make_table, aws):
-    table = make_table()
-    now = datetime.now(UTC)
-    lapsed = lock_body("dead-chain", now - timedelta(days=3), now - timedelta(seconds=1))
-    aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=lapsed)
-    backfills = Backfills(engine)
-    report = reconciler(engine, aws, backfills).handle(
-        parse_message(pointer(table, iso_ms(now))), Context(Deadline.after(60), run_id="new-run")
-    )
-    assert report.outcome is Outcome.BACKFILL_STARTED
-    assert json.loads(aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))["Body"].read())["run_id"] == (
-        "new-run"
-    )
-    aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=b"not a lock")
-    report = reconciler(engine, aws, backfills).handle(
-        parse_message(pointer(table, iso_ms(now))), Context(Deadline.after(60))
-    )
-    assert report.outcome is Outcome.BACKFILL_STARTED and len(backfills.started) == 2
-
-
-def test_an_object_gone_from_the_bucket_starts_the_stage_tables_backfill(engine, make_table, aws):
-    table = make_table()
-    backfills = Backfills(engine)
+def test_an_object_gone_from_the_bucket_records_an_urgent_sweep(engine, make_table, aws):
     key = "aws/lambda/9e1c/shardId-1/2026/12/04/2026-12-04T09.00.00-3f2a"
     message = parse_message(s3_notification(aws.bucket, key))
-    report = reconciler(engine, aws, backfills, stage_table=table.name).handle(message, Context(Deadline.after(60)))
-    assert (report.outcome, report.reason) == (Outcome.BACKFILL_STARTED, "object_NoSuchKey")
-    assert [payload["table_name"] for payload in backfills.started] == [table.name]
+    report = reconciler(engine, aws).handle(message, Context(Deadline.after(60)))
+    assert (report.outcome, report.reason) == (Outcome.SWEEP_REQUESTED, "object_NoSuchKey")
+    # The request is the object's creation time (the notification's eventTime), not the time it was handled.
+    assert StateStore(aws.s3, aws.bucket).load()[0].urgent_since == message.objects[0].created_at
 
 
-def test_an_object_that_is_denied_is_retried_then_given_up_for_the_backfill(engine, make_table, aws):
+def test_an_object_that_is_denied_is_retried_then_given_up_for_the_sweep(engine, make_table, aws):
     """AccessDenied: an error moto's S3 can't be made to answer on demand (it enforces no IAM), so Stubber answers
-    the object's GetObject; the lock is moto's."""
-    table = make_table()
+    the object's GetObject; the state is moto's."""
     denying = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     s3 = denying.client("s3")
-    backfills = Backfills(engine)
-    reconciling = Reconciler(
-        DynamoDBGateway(engine.client(), DEFAULT_ATTRIBUTES),
-        classifier_for(Settings.from_environ({})).is_personal_email,
-        _DeniedGet(s3, aws.s3),
-        backfills,
-        stage_table=table.name,
-        lock_bucket=aws.bucket,
-    )
+    reconciling = reconciler(engine, aws, s3=_DeniedGet(s3, aws.s3))
     message = parse_message(s3_notification(aws.bucket, "aws/lambda/9e1c/shardId-1/2026/12/04/2026-12-04T09.00.00-3f"))
     outcomes = []
     with Stubber(s3) as stub:
@@ -563,8 +455,23 @@ def test_an_object_that_is_denied_is_retried_then_given_up_for_the_backfill(engi
             stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
             report = reconciling.handle(message, Context(Deadline.after(60), receives=receives))
             outcomes.append((report.outcome, report.reason))
-    assert outcomes == [(Outcome.RETRY, "AccessDenied")] * 2 + [(Outcome.BACKFILL_STARTED, "object_AccessDenied")]
-    assert [payload["table_name"] for payload in backfills.started] == [table.name]
+    assert outcomes == [(Outcome.RETRY, "AccessDenied")] * 2 + [(Outcome.SWEEP_REQUESTED, "object_AccessDenied")]
+
+
+def test_a_state_that_cant_be_written_is_a_retry_and_never_a_request(engine, make_table, aws):
+    table = make_table()
+    s3 = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").client("s3")
+    broken = Reconciler(
+        DynamoDBGateway(engine.client(), DEFAULT_ATTRIBUTES),
+        classifier_for(Settings.from_environ({})).is_personal_email,
+        s3,
+        StateStore(s3, aws.bucket),
+    )
+    with Stubber(s3) as stub:
+        stub.add_client_error("get_object", "NoSuchKey", http_status_code=404)
+        stub.add_client_error("put_object", "AccessDenied", http_status_code=403)
+        report = broken.handle(parse_message(pointer(table, iso_ms(datetime.now(UTC)))), Context(Deadline.after(60)))
+    assert (report.outcome, report.reason) == (Outcome.RETRY, "no_payload: AccessDenied")
 
 
 class _DeniedGet:
@@ -609,7 +516,7 @@ def test_failing_writes_put_the_message_back_with_a_growing_delay_and_raise(
     remove = fail_statements(client, lambda statement: "InternalServerError")
     try:
         with pytest.raises(ReconcileIncomplete):
-            handler(engine, aws, Backfills(engine), gateway_client=client).handle(
+            handler(engine, aws, gateway_client=client).handle(
                 {**message, "attributes": {"ApproximateReceiveCount": "3"}}, lambda: 60_000
             )
     finally:
@@ -632,135 +539,6 @@ def test_a_deadline_that_passes_before_the_items_are_read_is_a_retry(engine, mak
     report = reconciler(engine, aws).handle(parse_message(message["body"]), Context(Deadline.after(0)))
     assert report.outcome is Outcome.RETRY and report.fixed == 0
     assert "IsPersonalEmail" not in get(table, Id="a")
-
-
-# --- the backfill chain releases the lock ---
-
-
-def backfill_settings() -> Settings:
-    return Settings.from_environ({"STAGE": "dev"})
-
-
-def stubbed(service: str) -> tuple[Any, Stubber]:
-    client = boto3.session.Session(region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x").client(
-        service
-    )
-    return client, Stubber(client)
-
-
-def test_the_chains_last_invocation_releases_the_lock_and_an_early_end_leaves_it(
-    engine, make_table, aws, log_sink, monkeypatch
-):
-    from chalicelib.runtime import backfill_segment
-
-    table = make_table()
-    put(table, Id="a", Email="a@gmail.com")
-    backfills = Backfills(engine)
-    reconciler(engine, aws, backfills).handle(
-        parse_message(pointer(table, iso_ms(datetime.now(UTC)))), Context(Deadline.after(60))
-    )
-    [payload] = backfills.started
-    monkeypatch.setattr(runtime, "_s3_client", lambda: aws.s3)
-
-    # Continuations used up before the table is done: the lock stays (to expire), and a line says so.
-    cut_short = {**payload, "page_size": 1, "continuation": 5, "max_continuations": 5}
-    left = iter([10_000_000, 10_000_000])
-    result = backfill_segment(backfill_settings(), cut_short, lambda: next(left, 0), "bf", stubbed("lambda")[0])
-    assert result["done"] is False
-    assert aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))
-    line = log_sink.records()[-1]
-    assert line["message"].startswith("backfill chain ended before the table was done")
-    assert (line["reason"], line["lock_expires_at"]) == ("continuations used up", payload["lock"]["expires_at"])
-
-    # The run's last invocation (the segment done) deletes its own lock.
-    result = backfill_segment(backfill_settings(), payload, lambda: 10_000_000, "bf", stubbed("lambda")[0])
-    assert result["done"] is True and get(table, Id="a")["IsPersonalEmail"] is True
-    assert aws.s3.list_objects_v2(Bucket=aws.bucket, Prefix="backfill-lock/").get("KeyCount") == 0
-    assert log_sink.records()[-1]["lock_released"] is True
-
-
-def test_an_invocation_that_raises_leaves_the_lock_and_says_so(engine, make_table, aws, log_sink, monkeypatch):
-    from chalicelib.runtime import backfill_segment
-
-    table = make_table()
-    backfills = Backfills(engine)
-    reconciler(engine, aws, backfills).handle(
-        parse_message(pointer(table, iso_ms(datetime.now(UTC)))), Context(Deadline.after(60))
-    )
-    [payload] = backfills.started
-    failing = {**payload, "table_name": f"{table.name}-gone"}  # the Scan fails
-    monkeypatch.setattr(runtime, "_s3_client", lambda: pytest.fail("a failed invocation must not touch the lock"))
-    with pytest.raises(Exception, match="ResourceNotFoundException"):
-        backfill_segment(backfill_settings(), failing, lambda: 10_000_000, "bf", stubbed("lambda")[0])
-    line = log_sink.records()[-1]
-    assert (line["message"], line["reason"], line["run_id"]) == (
-        "backfill chain ended before the table was done; the lock is left to expire",
-        "error",
-        payload["run_id"],
-    )
-    assert aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))
-
-
-def test_a_chain_never_releases_a_newer_runs_lock(engine, make_table, aws):
-    from chalicelib.backfill_lock import release
-
-    table = make_table()
-    first = aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=b"{}", IfNoneMatch="*")["ETag"]
-    aws.s3.put_object(Bucket=aws.bucket, Key=lock_key(table.name), Body=b'{"newer": 1}', IfMatch=first)
-    assert release(aws.s3, {"bucket": aws.bucket, "key": lock_key(table.name), "etag": first}) is False
-    assert aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))["Body"].read() == b'{"newer": 1}'
-
-
-def test_a_self_continuing_segment_invokes_itself_from_where_it_stopped(engine, make_table):
-    from chalicelib.backfill import SegmentRequest
-    from chalicelib.runtime import backfill_segment
-
-    table = make_table()
-    for name in ("a", "b", "c"):
-        put(table, Id=name, Email=f"{name}@gmail.com")
-    lambda_client, lambda_stub = stubbed("lambda")
-    lambda_stub.add_response(
-        "invoke", {"StatusCode": 202}, {"FunctionName": "bf", "InvocationType": "Event", "Payload": ANY}
-    )
-    invoked: list[dict[str, Any]] = []
-    lambda_client.meta.events.register(
-        "before-parameter-build.lambda.Invoke", lambda params, **_: invoked.append(params)
-    )
-    payload = SegmentRequest(table.name, ("Id",), 0, 1, page_size=1).payload(
-        run_id="r", continue_until_done=True, continuation=0, max_continuations=5
-    )
-
-    with lambda_stub:
-        # Time for one page (asked for the deadline, then before the page), then out: a page starts only if it fits.
-        left = iter([10_000_000, 10_000_000])
-        result = backfill_segment(backfill_settings(), payload, lambda: next(left, 0), "bf", lambda_client)
-    lambda_stub.assert_no_pending_responses()
-
-    assert result["done"] is False and result["counts"]["written"] == 1
-    [call] = invoked
-    following = json.loads(call["Payload"])
-    assert following["continuation"] == 1 and following["start_key"] == result["last_evaluated_key"]
-    assert {k: v for k, v in following.items() if k not in ("continuation", "start_key")} == {
-        k: v for k, v in payload.items() if k not in ("continuation", "start_key")
-    }
-    with Stubber(lambda_client) as silent:  # no responses queued: any invoke would fail the test
-        final = backfill_segment(backfill_settings(), following, lambda: 10_000_000, "bf", lambda_client)
-        silent.assert_no_pending_responses()
-    assert final["done"] is True and final["counts"]["written"] == 2
-    assert all(get(table, Id=name)["IsPersonalEmail"] is True for name in ("a", "b", "c"))
-
-
-def test_a_segment_stops_continuing_at_its_bound_and_without_the_flag():
-    from chalicelib.backfill import PayloadError, next_payload
-
-    unfinished = {"done": False, "last_evaluated_key": {"Id": {"S": "k"}}}
-    assert next_payload({"continue_until_done": True, "continuation": 5, "max_continuations": 5}, unfinished) is None
-    assert next_payload({"segment": 0}, unfinished) is None  # the local fan-out's payloads don't continue
-    assert (
-        next_payload({"continue_until_done": True, "continuation": 0, "max_continuations": 5}, {"done": True}) is None
-    )
-    with pytest.raises(PayloadError):
-        next_payload({"continue_until_done": True, "continuation": 6, "max_continuations": 5}, unfinished)
 
 
 @pytest.mark.parametrize(
@@ -789,45 +567,3 @@ def test_the_reconciler_is_built_in_the_init_phase_of_its_own_function(engine, f
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == (["1", "0"] if built == "reconciler" else ["0", "1"])
-
-
-class FailingBackfills(Backfills):
-    """The backfill function refusing its first `failures` invocations (throttled), then starting."""
-
-    def __init__(self, engine, failures: int) -> None:
-        super().__init__(engine)
-        self.failures = failures
-
-    def start(self, payload):
-        if self.failures:
-            self.failures -= 1
-            raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "x"}}, "Invoke")
-        super().start(payload)
-
-
-def test_a_backfill_that_could_not_start_is_never_read_as_covering_the_batch(engine, make_table, aws):
-    table = make_table()
-    backfills = FailingBackfills(engine, failures=1)
-    message = parse_message(pointer(table, iso_ms(datetime.now(UTC))))
-    first = reconciler(engine, aws, backfills).handle(message, Context(Deadline.after(60), run_id="first"))
-    assert (first.outcome, backfills.started) == (Outcome.RETRY, [])
-    # The lock is left lapsed (a put on its ETag: the reconciler may put, not delete), so the next receive starts.
-    second = reconciler(engine, aws, backfills).handle(message, Context(Deadline.after(60), run_id="second"))
-    assert second.outcome is Outcome.BACKFILL_STARTED and len(backfills.started) == 1
-    assert json.loads(aws.s3.get_object(Bucket=aws.bucket, Key=lock_key(table.name))["Body"].read())["run_id"] == (
-        "second"
-    )
-
-
-def test_a_missing_lock_answered_403_is_taken_with_the_conditional_put():
-    """Without s3:ListBucket, S3 answers GetObject on a missing key with 403 (moto enforces no IAM: Stubber)."""
-    from chalicelib.backfill_lock import LockStore
-
-    s3 = botocore.session.get_session().create_client("s3", region_name="us-east-1")
-    with Stubber(s3) as stub:
-        stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
-        stub.add_response("put_object", {"ETag": '"e1"'})
-        store = LockStore(s3, "bucket")
-        assert store.read("Users") is None
-        assert store.create("Users", b"{}") == '"e1"'
-        stub.assert_no_pending_responses()

@@ -2,7 +2,7 @@
 discarded by the local mapping (the deployed settings, fewer retries) to the on-failure bucket on moto's S3, whose
 ObjectCreated notifications reach the failure queue on moto's SQS; the reconciler, fed by the local SQS event source,
 brings every item of each object's payload under the invariant from its current state, with the stream gone; a
-pointer with no payload falls back to the table's locked backfill, run by the local Lambda."""
+pointer with no payload records an urgent pass, which the sweep on its local schedule makes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import pytest
 
 from chalicelib import dynamodb, runtime
-from chalicelib.backfill import SegmentRequest
 from localdev.invoker import ChaliceInvoker
 from localdev.mapping import LocalEventSourceMapping, MappingStats, serialized
 from localdev.reconciler_runner import LocalReconciler, start_reconciler
@@ -89,11 +88,9 @@ def local(engine, project, monkeypatch):
             monkeypatch.setenv(name, value)
         # A fresh execution environment: the functions' clients are built from these endpoints, not an earlier test's.
         runtime.reconciler_for.cache_clear()
-        runtime._lambda_client.cache_clear()
-        runtime._s3_client.cache_clear()
-        cleanup.callback(runtime._s3_client.cache_clear)
-        cleanup.callback(runtime._lambda_client.cache_clear)
+        runtime.sweep_for.cache_clear()
         cleanup.callback(runtime.reconciler_for.cache_clear)
+        cleanup.callback(runtime.sweep_for.cache_clear)
         yield Local(failures, reconciler, lock)
 
 
@@ -209,7 +206,7 @@ def test_a_discarded_batch_is_reconciled_through_the_queue(
     calls = AllCalls(monkeypatch)
     runtime.reconciler_for.cache_clear()
 
-    runner_stats = local.reconciler.runner.drain(local.reconciler.local_lambda, timeout=30)
+    runner_stats = local.reconciler.runner.drain(timeout=30)
 
     items = scan(table.client, table.name)
     assert violations(items, model, KEYS) == []
@@ -226,10 +223,10 @@ def test_a_discarded_batch_is_reconciled_through_the_queue(
     assert calls.calls.count("s3.GetObject") == len(lines)
     emf = emf_lines(capsys.readouterr().out)
     assert len(emf) == len(lines) and sum(m["ReconcilerItemsFixed"][0] for m in emf) == 2
-    assert local.reconciler.local_lambda.invocations == 0
+    assert local.reconciler.schedule.runs == 0
 
 
-def test_a_pointer_with_no_payload_ends_in_a_locked_local_backfill_that_releases_its_lock(
+def test_a_pointer_with_no_payload_is_finished_at_once_and_the_scheduled_sweep_fixes_the_table(
     engine, make_table, local, deployed_invoker, monkeypatch, capsys
 ):
     monkeypatch.setattr(dynamodb, "STATEMENT_BACKOFF_SECONDS", 0.001)
@@ -245,47 +242,27 @@ def test_a_pointer_with_no_payload_ends_in_a_locked_local_backfill_that_releases
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps(stats.failure_records[0]))
     capsys.readouterr()
 
-    runner_stats = local.reconciler.runner.drain(local.reconciler.local_lambda, timeout=45)
+    runner_stats = local.reconciler.runner.drain(timeout=45)
 
-    assert runner_stats.outcomes == ["backfill_started"] and runner_stats.deleted == 1
+    assert runner_stats.outcomes == ["sweep_requested"] and runner_stats.deleted == 1
     line = next(line for line in local.reconciler.collector.lines if line["message"] == "reconciler message")
-    assert (line["reason"], line["backfill_segments"]) == ("no_payload", 1)
-    segments = [line for line in local.reconciler.collector.lines if line["message"] == "backfill segment"]
-    assert [(line["segment"], line["total_segments"], line["done"]) for line in segments] == [(0, 1, True)]
-    [finished] = [line for line in local.reconciler.collector.lines if line["message"] == "backfill run finished"]
-    assert finished["lock_released"] is True and objects(local.failures, "backfill-lock/") == []
-    assert local.reconciler.local_lambda.errors == 0
+    assert line["reason"] == "no_payload"
+    assert violations(scan(table.client, table.name), model, KEYS) != []  # nothing fixed yet: the sweep does it
+    emf = emf_lines(capsys.readouterr().out)
+    [emf] = emf
+    assert emf["ReconcilerSweepRequests"] == [1.0] and emf["ReconcilerFailed"] == [0.0]
+    # The sweep's table is the one followed, as `make run` binds it.
+    local.reconciler.schedule.functions.override(STREAM_ARN=table.stream_arn)
+    for _ in range(5):
+        result = local.reconciler.schedule.run_once()
+        assert not isinstance(result, Exception), result
+        if result["passes_finished"]:
+            break
+    assert result["mode"] == "urgent" and local.reconciler.schedule.errors == 0
     items = scan(table.client, table.name)
     assert violations(items, model, KEYS) == []
     assert set(items) == {key for key, item in model.items.items() if item is not None}
-    emf = emf_lines(capsys.readouterr().out)
-    [emf] = emf
-    assert emf["ReconcilerBackfillFallbacks"] == [1.0] and emf["ReconcilerFailed"] == [0.0]
     assert local.queued() == 0
-
-
-def test_a_self_continuing_backfill_segment_continues_through_the_local_lambda(engine, make_table, local):
-    table = make_table()
-    model = Model()
-    for op in ITEMS[:5]:
-        perform(table.client, table.name, op, model)
-    payload = SegmentRequest(table.name, ("Id",), 0, 1).payload(
-        run_id="continuing", continue_until_done=True, continuation=0, max_continuations=200
-    )
-    # One item a page at one write a second, and a safety margin of all but 1.5 s of the function's 900 s: a page
-    # starts only while the margin and the slowest page (~1 s, waiting for the rate) still fit, so an invocation does
-    # one or two pages and hands the rest to the next.
-    payload |= {"page_size": 1, "write_units_per_second": 1, "safety_margin_ms": 898_500, "page_worst_case_ms": 0}
-
-    local.reconciler.local_lambda.invoke(
-        FunctionName=f"{APP_NAME}-{STAGE}-backfill_segment", InvocationType="Event", Payload=json.dumps(payload)
-    )
-    local.reconciler.runner.drain(local.reconciler.local_lambda, timeout=30)
-
-    segments = [line for line in local.reconciler.collector.lines if line["message"] == "backfill segment"]
-    assert [line["continuation"] for line in segments] == list(range(len(segments)))
-    assert len(segments) >= 2 and segments[-1]["done"] and not any(line["done"] for line in segments[:-1])
-    assert violations(scan(table.client, table.name), model, [op.key for op in ITEMS[:5]]) == []
 
 
 def test_a_message_whose_handling_fails_comes_back_after_the_delay_and_ends_in_the_dead_letter_queue(

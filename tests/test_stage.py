@@ -10,8 +10,6 @@ from chalicelib.config import Settings
 from tests.projects import OTHER_STAGE, STAGE, chalice, fixture_config, project_config, stage_tool, unused_stage_name
 from tools import stage
 from tools.deploy_guard import handler_timeout
-from tools.policies import audit_policy_document
-from tools.project import AUDIT
 
 ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
 
@@ -22,44 +20,34 @@ def test_policy_files_are_what_the_stage_stream_arn_gives(checked_project):
     for name in config["stages"]:
         on_disk = json.loads((chalice_dir / config["stages"][name]["iam_policy_file"]).read_text())
         assert on_disk == stage.expected_policy(config, name), "run `make policies`"
-        backfill = json.loads((chalice_dir / stage.backfill_policy_file(config, name)).read_text())
-        assert backfill == stage.expected_backfill_policy(config, name), "run `make policies`"
+        sweep = json.loads((chalice_dir / stage.sweep_policy_file(config, name)).read_text())
+        assert sweep == stage.expected_sweep_policy(config, name), "run `make policies`"
         reconciler = json.loads((chalice_dir / stage.reconciler_policy_file(config, name)).read_text())
         assert reconciler == stage.expected_reconciler_policy(config, name), "run `make policies`"
 
 
-def test_the_backfill_policy_scans_and_writes_the_table_only():
-    policy = stage.backfill_policy_document("email-checker", "prod", ARN)
+def test_the_sweep_policy_scans_and_writes_the_table_and_keeps_its_state_only():
+    policy = stage.sweep_policy_document("email-checker", "prod", ARN)
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
-    assert by_sid["BackfillTheTable"]["Action"] == ["dynamodb:Scan", stage.TABLE_WRITE_ACTION]
-    assert by_sid["BackfillTheTable"]["Resource"] == table
-    assert all("backfill_segment" in r for r in by_sid["WriteLogs"]["Resource"])
-    # A segment the reconciler started continues itself: it may invoke itself, and nothing else.
-    assert by_sid["ContinueTheSegment"] == {
-        "Sid": "ContinueTheSegment",
-        "Effect": "Allow",
-        "Action": ["lambda:InvokeFunction"],
-        "Resource": "arn:aws:lambda:eu-west-1:123456789012:function:email-checker-prod-backfill_segment",
-    }
-    # It releases the reconciler's lock, and nothing else in the bucket.
+    assert by_sid["SweepTheTable"]["Action"] == ["dynamodb:DescribeTable", "dynamodb:Scan", stage.TABLE_WRITE_ACTION]
+    assert by_sid["SweepTheTable"]["Resource"] == table
+    assert all("sweep_table" in r for r in by_sid["WriteLogs"]["Resource"])
+    # Its state and nothing else in the bucket: GetObject for the ETag, PutObject with If-Match/If-None-Match, and
+    # ListBucket so that a missing state answers 404, not 403 (S3 API Reference, GetObject, "Permissions").
     bucket = "arn:aws:s3:::email-checker-prod-failures-123456789012-eu-west-1"
-    assert (by_sid["ReleaseTheBackfillLock"]["Action"], by_sid["ReleaseTheBackfillLock"]["Resource"]) == (
-        ["s3:DeleteObject"],
-        f"{bucket}/backfill-lock/*",
+    assert (by_sid["KeepTheSweepState"]["Action"], by_sid["KeepTheSweepState"]["Resource"]) == (
+        ["s3:GetObject", "s3:PutObject"],
+        f"{bucket}/sweep/state.json",
     )
-    # Lambda sends its failed asynchronous invocations to its own queue with its role.
-    assert (by_sid["ReportFailedSegments"]["Action"], by_sid["ReportFailedSegments"]["Resource"]) == (
-        ["sqs:SendMessage"],
-        "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-backfill-failures",
+    assert (by_sid["FindTheFailureBucket"]["Action"], by_sid["FindTheFailureBucket"]["Resource"]) == (
+        ["s3:ListBucket"],
+        bucket,
     )
-    assert set(by_sid) == {
-        "BackfillTheTable",
-        "ContinueTheSegment",
-        "ReleaseTheBackfillLock",
-        "ReportFailedSegments",
-        "WriteLogs",
-    }
+    assert set(by_sid) == {"SweepTheTable", "KeepTheSweepState", "FindTheFailureBucket", "WriteLogs"}
+    # Nothing invokes, sends or deletes: no chain, no lock.
+    actions = json.dumps(policy)
+    assert "lambda:" not in actions and "sqs:" not in actions and "Delete" not in actions
     # The stream handler's policy never gains Scan.
     handler = stage.policy_document("email-checker", "prod", ARN)
     assert not any("dynamodb:Scan" in statement["Action"] for statement in handler["Statement"])
@@ -94,21 +82,24 @@ def test_policy_is_least_privilege_on_known_arns():
         assert all(r.startswith("arn:aws:") and "123456789012" in r and "*" not in r.split("/")[0] for r in resources)
 
 
-def test_the_reconciler_policy_reads_the_failure_object_fixes_items_consumes_its_queue_and_starts_the_backfill():
+def test_the_reconciler_policy_reads_the_failure_object_fixes_items_consumes_its_queue_and_asks_for_a_sweep():
     policy = stage.reconciler_policy_document("email-checker", "prod", ARN)
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
-    assert by_sid["ReconcileTheItems"]["Action"] == [
-        "dynamodb:BatchGetItem",
-        stage.TABLE_WRITE_ACTION,
-        "dynamodb:DescribeTable",
-    ]
+    assert by_sid["ReconcileTheItems"]["Action"] == ["dynamodb:BatchGetItem", stage.TABLE_WRITE_ACTION]
     assert by_sid["ReconcileTheItems"]["Resource"] == table
     bucket = "arn:aws:s3:::email-checker-prod-failures-123456789012-eu-west-1"
     assert by_sid["ReadDiscardedBatches"]["Action"] == ["s3:GetObject"]
     assert by_sid["ReadDiscardedBatches"]["Resource"] == f"{bucket}/aws/lambda/*"
-    assert by_sid["HoldTheBackfillLock"]["Action"] == ["s3:GetObject", "s3:PutObject"]
-    assert by_sid["HoldTheBackfillLock"]["Resource"] == f"{bucket}/backfill-lock/*"
+    assert by_sid["KeepTheSweepState"]["Action"] == ["s3:GetObject", "s3:PutObject"]
+    assert by_sid["KeepTheSweepState"]["Resource"] == f"{bucket}/sweep/state.json"
+    # A gone on-failure object answers 404 (told from a denied one) only with ListBucket.
+    assert by_sid["FindTheFailureBucket"] == {
+        "Sid": "FindTheFailureBucket",
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket"],
+        "Resource": bucket,
+    }
     assert by_sid["ConsumeTheFailureQueue"]["Resource"] == (
         "arn:aws:sqs:eu-west-1:123456789012:email-checker-prod-stream-failures"
     )
@@ -118,29 +109,26 @@ def test_the_reconciler_policy_reads_the_failure_object_fixes_items_consumes_its
         "sqs:GetQueueAttributes",
         "sqs:ChangeMessageVisibility",
     }
-    assert by_sid["StartTheBackfill"]["Action"] == ["lambda:InvokeFunction"]
-    assert by_sid["StartTheBackfill"]["Resource"] == (
-        "arn:aws:lambda:eu-west-1:123456789012:function:email-checker-prod-backfill_segment"
-    )
     assert all("reconcile_discarded_batches" in r for r in by_sid["WriteLogs"]["Resource"])
     assert set(by_sid) == {
         "ReconcileTheItems",
         "ReadDiscardedBatches",
-        "HoldTheBackfillLock",
+        "KeepTheSweepState",
+        "FindTheFailureBucket",
         "ConsumeTheFailureQueue",
-        "StartTheBackfill",
         "WriteLogs",
     }
-    # Neither Scan nor sending nor the stream: the reconciler fixes the keys the object holds, the backfill scans.
+    # Neither Scan nor sending nor invoking nor the stream: the reconciler fixes the keys the object holds, the sweep
+    # scans.
     actions = json.dumps(policy)
-    assert "dynamodb:Scan" not in actions and "sqs:SendMessage" not in actions
+    assert "dynamodb:Scan" not in actions and "sqs:SendMessage" not in actions and "lambda:" not in actions
     assert "dynamodb:GetRecords" not in actions and "/stream/" not in actions
 
 
 def test_every_policy_writes_with_the_one_write_action():
     documents = [
         stage.policy_document("a", "b", ARN),
-        stage.backfill_policy_document("a", "b", ARN),
+        stage.sweep_policy_document("a", "b", ARN),
         stage.reconciler_policy_document("a", "b", ARN),
     ]
     writes = [
@@ -162,9 +150,7 @@ def test_the_reconciler_timeout_fits_the_queue_visibility_timeout():
         assert function["lambda_timeout"] == failure_handling.RECONCILER_TIMEOUT_SECONDS
         # Lambda refuses an SQS event source whose visibility timeout is below the function's timeout.
         assert function["lambda_timeout"] <= failure_handling.FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS
-        assert config["stages"][name]["environment_variables"]["BACKFILL_FUNCTION_NAME"] == (
-            f"{config['app_name']}-{name}-{stage.BACKFILL}"
-        )
+        assert "BACKFILL_FUNCTION_NAME" not in config["stages"][name]["environment_variables"]
 
 
 @pytest.mark.parametrize("bad", ["", "arn:aws:dynamodb:eu-west-1:1:table/Users", "arn:aws:sqs:eu-west-1:1:q"])
@@ -204,7 +190,7 @@ def test_bind_then_package_gives_the_function_and_its_mapping(project_copy, tmp_
     [policy] = template["Resources"]["SyncIsPersonalEmailRole"]["Properties"]["Policies"]
     assert policy["PolicyDocument"] == stage.policy_document("email-checker", OTHER_STAGE, ARN)
     # Memory and reserved concurrency, at whichever level the config sets them, reach each function.
-    for logical_id, function_name in (("SyncIsPersonalEmail", stage.HANDLER), ("BackfillSegment", stage.BACKFILL)):
+    for logical_id, function_name in (("SyncIsPersonalEmail", stage.HANDLER), ("SweepTable", stage.SWEEP)):
         packaged = template["Resources"][logical_id]["Properties"]
         assert packaged["MemorySize"] == chalice_setting(config, OTHER_STAGE, function_name, "lambda_memory_size", 128)
         reserved = chalice_setting(config, OTHER_STAGE, function_name, "reserved_concurrency", None)
@@ -220,11 +206,11 @@ def chalice_setting(config, stage_name, function, key, default):
     return next((level[key] for level in levels if key in level), default)
 
 
-def test_a_stage_without_the_backfill_policy_file_is_named():
+def test_a_stage_without_the_sweep_policy_file_is_named():
     config = fixture_config()
     del config["stages"][STAGE]["lambda_functions"]
-    with pytest.raises(ValueError, match=r"lambda_functions\.backfill_segment\.iam_policy_file"):
-        stage.backfill_policy_file(config, STAGE)
+    with pytest.raises(ValueError, match=r"lambda_functions\.sweep_table\.iam_policy_file"):
+        stage.sweep_policy_file(config, STAGE)
     with pytest.raises(ValueError, match=r"lambda_functions\.reconcile_discarded_batches\.iam_policy_file"):
         stage.reconciler_policy_file(config, STAGE)
 
@@ -272,12 +258,11 @@ def test_a_new_stage_copies_every_setting_and_makes_the_names_its_own():
         expected = json.loads(json.dumps(copied))
         expected["iam_policy_file"] = "policy-qa-2.json"
         functions = expected["lambda_functions"]
-        functions[stage.BACKFILL]["iam_policy_file"] = "policy-qa-2-backfill.json"
         functions[stage.RECONCILER]["iam_policy_file"] = "policy-qa-2-reconciler.json"
-        functions[AUDIT]["iam_policy_file"] = "policy-qa-2-audit.json"
+        functions[stage.SWEEP]["iam_policy_file"] = "policy-qa-2-sweep.json"
         variables = expected["environment_variables"]
         del variables["FAILURE_QUEUE_ARN"]  # the source's deployed queue, written by apply-failure-handling
-        variables.update(STAGE="qa-2", STREAM_ARN=ARN, BACKFILL_FUNCTION_NAME="email-checker-qa-2-backfill_segment")
+        variables.update(STAGE="qa-2", STREAM_ARN=ARN)
         assert entry == expected
         assert config["stages"][source] == copied  # the source is left as it was
 
@@ -291,12 +276,10 @@ def test_add_stage_writes_the_stage_and_its_policies_and_it_deploys(project_copy
     assert config["stages"][name]["environment_variables"]["STREAM_ARN"] == ARN
     chalice_dir = project_copy / ".chalice"
     assert json.loads((chalice_dir / f"policy-{name}.json").read_text()) == stage.expected_policy(config, name)
-    backfill = json.loads((chalice_dir / f"policy-{name}-backfill.json").read_text())
-    assert backfill == stage.expected_backfill_policy(config, name)
     reconciler = json.loads((chalice_dir / f"policy-{name}-reconciler.json").read_text())
     assert reconciler == stage.expected_reconciler_policy(config, name)
-    audit = json.loads((chalice_dir / f"policy-{name}-audit.json").read_text())
-    assert audit == audit_policy_document(config["app_name"], name, ARN)
+    sweep = json.loads((chalice_dir / f"policy-{name}-sweep.json").read_text())
+    assert sweep == stage.expected_sweep_policy(config, name)
     # The deploy guard accepts it as it is: `chalice package` makes its stack, its functions named after it.
     packaged = chalice(project_copy, "package", "--stage", name, str(tmp_path / "out"))
     assert packaged.returncode == 0, packaged.stderr

@@ -14,8 +14,7 @@ FUNCTION = "function"
 FAILURE_QUEUE = "failure_queue"
 DEAD_LETTER_QUEUE = "dead_letter_queue"
 RECONCILER_FUNCTION = "reconciler_function"
-BACKFILL_FUNCTION = "backfill_function"
-BACKFILL_FAILURE_QUEUE = "backfill_failure_queue"
+SWEEP_FUNCTION = "sweep_function"
 STAGE = "stage"
 LAMBDA = "AWS/Lambda"
 SQS = "AWS/SQS"
@@ -111,7 +110,8 @@ ALARMS: tuple[Alarm, ...] = (
         "Maximum",
         1,
         1,
-        "The reconciler gave up on a discarded batch. Read the message, fix the cause, redrive it, or run a backfill.",
+        "The reconciler gave up on a discarded batch. Read the message, fix the cause, redrive it, or ask for an "
+        "urgent sweep (`python -m tools.backfill urgent`).",
     ),
     Alarm(
         "DestinationDeliveryFailures",
@@ -122,7 +122,7 @@ ALARMS: tuple[Alarm, ...] = (
         1,
         1,
         "Lambda discarded a batch and could not write it to the on-failure bucket: those changes are lost to the "
-        "reconciler. Check the role's s3:PutObject and s3:ListBucket and the bucket, then run a backfill.",
+        "reconciler. Check the role's s3:PutObject and s3:ListBucket and the bucket, then ask for an urgent sweep.",
     ),
     Alarm(
         "Errors",
@@ -154,10 +154,11 @@ ALARMS: tuple[Alarm, ...] = (
     ),
     _custom("OutOfTime", 3, "Batches have run out of time for 15 minutes: lower BATCH_SIZE or raise the timeout."),
     _custom(
-        "ReconcilerBackfillFallbacks",
+        "ReconcilerSweepRequests",
         1,
-        "The reconciler could not have a discarded batch's records (no payload, object gone or denied) and started "
-        "the table's backfill, its last resort: watch it finish.",
+        "The reconciler could not have a discarded batch's records (no payload, object gone or denied) and asked the "
+        "sweep for an urgent pass: follow it with `python -m tools.backfill urgent` or `status` (its estimated end).",
+        ONE_MINUTE,
     ),
     _custom(
         "ReconcilerFailed",
@@ -188,42 +189,43 @@ ALARMS: tuple[Alarm, ...] = (
         "is failing or not running. Read its errors and ReconcilerFailed.",
         ONE_MINUTE,
     ),
+    _custom(
+        "SweepPassOverdue",
+        1,
+        "The sweep's pass is older than 1.5 x SWEEP_PERIOD_HOURS: drift may go unfound longer than the bound. Read the "
+        "'sweep run' lines (rate, percent): raise SWEEP_READ_UNITS or the capacity fraction, or look for failed runs.",
+        ONE_MINUTE,
+    ),
+    _custom(
+        "SweepUrgentOverdue",
+        1,
+        "An urgent request is older than its estimate (two passes at the urgent rates): the sweep is throttled, "
+        "failing or not running. Read its 'sweep run' and 'sweep failed' lines and SweepRunFailed.",
+        ONE_MINUTE,
+    ),
+    _custom(
+        "SweepRunFailed",
+        1,
+        "A sweep run failed (its table, its role, throttling past retries): the pass did not advance. Read its "
+        "'sweep failed' line (the error's code); the next scheduled run resumes from the last page kept.",
+        ONE_MINUTE,
+    ),
     Alarm(
-        "BackfillEventsDropped",
+        "SweepErrors",
         LAMBDA,
-        "AsyncEventsDropped",
-        (("FunctionName", BACKFILL_FUNCTION),),
+        "Errors",
+        (("FunctionName", SWEEP_FUNCTION),),
         "Sum",
         1,
         1,
-        "An asynchronous backfill segment was dropped (errors or throttling past its retries and event age): the "
-        "table's scan stopped there. Read the backfill failure queue's message and run the backfill again.",
-        ONE_MINUTE,
-    ),
-    Alarm(
-        "BackfillFailureQueueMessages",
-        SQS,
-        "ApproximateNumberOfMessagesVisible",
-        (("QueueName", BACKFILL_FAILURE_QUEUE),),
-        "Maximum",
-        1,
-        1,
-        "A failed asynchronous backfill segment is in the backfill's failure queue: its payload says where the scan "
-        "stopped. Fix the cause and run the backfill again.",
+        "A sweep run raised or timed out: read its log group. The next scheduled run resumes from the last page kept.",
         ONE_MINUTE,
     ),
     _custom(
-        "AuditDrift",
+        "SweepStateWriteErrors",
         1,
-        "The scheduled audit found items whose flag is not derived from their e-mail (and fixed them): something "
-        "writes around the handler or drops records (a filter, IAM, a bug). Find it.",
-        ONE_MINUTE,
-    ),
-    _custom(
-        "AuditFailed",
-        1,
-        "A scheduled audit run failed (its table, its role, throttling): the invariant is not being checked. Read its "
-        "'audit failed' line (the error's type and code).",
+        "S3 refused a write of the sweep's state (sweep/state.json in the on-failure bucket) for another reason than "
+        "a lost race: check the sweep role's s3:PutObject and s3:GetObject on it, the bucket and its policy.",
         ONE_MINUTE,
     ),
     _custom(

@@ -17,27 +17,25 @@ from typing import Any
 from chalicelib.runtime import SERVICE
 from tools.alarm_catalog import (
     ALARMS,
-    BACKFILL_FAILURE_QUEUE,
-    BACKFILL_FUNCTION,
     CUSTOM_DIMENSIONS,
     DEAD_LETTER_QUEUE,
     FAILURE_QUEUE,
     FUNCTION,
     RECONCILER_FUNCTION,
     STAGE,
+    SWEEP_FUNCTION,
     Alarm,
 )
 
 # Re-exported: the roles and definitions both paths and status read from here.
 __all__ = [
     "ALARMS",
-    "BACKFILL_FAILURE_QUEUE",
-    "BACKFILL_FUNCTION",
     "DEAD_LETTER_QUEUE",
     "FAILURE_QUEUE",
     "FUNCTION",
     "RECONCILER_FUNCTION",
     "STAGE",
+    "SWEEP_FUNCTION",
     "Alarm",
 ]
 

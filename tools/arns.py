@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from chalicelib.config import UNBOUND_STREAM_ARN, backfill_failure_queue_name, failure_bucket_name, failure_queue_name
+from chalicelib.config import UNBOUND_STREAM_ARN, failure_bucket_name, failure_queue_name
 
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
@@ -49,22 +49,10 @@ def function_arns(app_name: str, stage: str, stream_arn: str, function: str) -> 
     return table_arn, log_group
 
 
-def deployed_function_arn(app_name: str, stage: str, stream_arn: str, function: str) -> str:
-    """A `chalice deploy`ed function's ARN (`<app>-<stage>-<function>`), in the stage's stream's region and account."""
-    partition, region, account, _ = split_stream_arn(stream_arn)
-    return f"arn:{partition}:lambda:{region}:{account}:function:{app_name}-{stage}-{function}"
-
-
 def failure_queue_arn(app_name: str, stage: str, stream_arn: str) -> str:
     """The `chalice deploy` path's on-failure queue ARN: its name, in the stream's region and account."""
     partition, region, account, _ = split_stream_arn(stream_arn)
     return f"arn:{partition}:sqs:{region}:{account}:{failure_queue_name(app_name, stage)}"
-
-
-def backfill_failure_queue_arn(app_name: str, stage: str, stream_arn: str) -> str:
-    """The `chalice deploy` path's backfill failure queue ARN, in the stream's region and account."""
-    partition, region, account, _ = split_stream_arn(stream_arn)
-    return f"arn:{partition}:sqs:{region}:{account}:{backfill_failure_queue_name(app_name, stage)}"
 
 
 def stage_failure_bucket(app_name: str, stage: str, stream_arn: str) -> tuple[str, str]:

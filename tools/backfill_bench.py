@@ -32,14 +32,18 @@ EMAILS = ("someone@gmail.com", "someone@example.com", "someone@outlook.com", "so
 BATCH = 25
 
 
-def fill(client: Any, table_name: str, items: int, email_attribute: str) -> None:
-    """Write `items` items without the flag, 25 to a BatchWriteItem, from a few threads."""
+def fill(client: Any, table_name: str, items: int, email_attribute: str, padding: int = 0) -> None:
+    """Write `items` items without the flag (with `padding` bytes of another attribute), 25 to a BatchWriteItem, from
+    a few threads."""
+    extra = {"Profile": {"S": "x" * padding}} if padding else {}
 
     def write(start: int) -> None:
         requests = [
             {"PutRequest": {"Item": {"Id": {"S": f"user-{i:09d}"}, email_attribute: {"S": EMAILS[i % len(EMAILS)]}}}}
             for i in range(start, min(start + BATCH, items))
         ]
+        for request in requests:
+            request["PutRequest"]["Item"].update(extra)
         pending = {table_name: requests}
         while pending:
             pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}

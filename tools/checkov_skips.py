@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.audit_template import AUDIT_FUNCTION, AUDIT_LOG_GROUP
+from tools.sweep_template import SWEEP_FUNCTION, SWEEP_LOG_GROUP
 from tools.template_parts import (
-    BACKFILL_FAILURE_QUEUE,
-    BACKFILL_FUNCTION,
-    BACKFILL_LOG_GROUP,
     DEAD_LETTER_QUEUE,
     FAILURE_BUCKET,
     FUNCTION,
@@ -55,11 +52,6 @@ SQS_INVOKED = (
     "Invoked synchronously by its SQS event source, where a dead-letter queue never applies: a message it can't "
     "finish goes to the queue's redrive dead-letter queue (StreamFailureDeadLetterQueue).",
 )
-ASYNC_DESTINATION = (
-    "CKV_AWS_116",
-    "Its asynchronous failures go to an on-failure destination (BackfillFailureQueue, through its EventInvokeConfig), "
-    "which keeps the whole request, as a dead-letter queue would; this check reads only DeadLetterQueue.",
-)
 SHARD_BOUNDED = (
     "CKV_AWS_115",
     "Unreserved on purpose: a stream runs at most open shards x ParallelizationFactor at once, so its concurrency is "
@@ -73,8 +65,8 @@ BUCKET_ACCESS_LOGS = (
 )
 SCHEDULED = (
     "CKV_AWS_116",
-    "Invoked by its schedule: a failed run is retried by Lambda, counted (AuditFailed, alarmed) and superseded by the "
-    "next run, which samples afresh; a dead-letter queue would keep an empty scheduled event.",
+    "Invoked by its schedule: a failed run is retried by Lambda, counted (SweepRunFailed, SweepErrors, alarmed) and "
+    "resumed by the next run from the state it kept; a dead-letter queue would keep an empty scheduled event.",
 )
 SQS_SCALED = (
     "CKV_AWS_115",
@@ -91,15 +83,12 @@ TABLE_KEY = (
 SKIPS: dict[str, tuple[tuple[str, str], ...]] = {
     FUNCTION: (STREAM_INVOKED, NO_VPC, SHARD_BOUNDED, ENVIRONMENT_KEY),
     RECONCILER_FUNCTION: (SQS_INVOKED, NO_VPC, ENVIRONMENT_KEY, SQS_SCALED),
-    AUDIT_FUNCTION: (SCHEDULED, NO_VPC, ENVIRONMENT_KEY),
-    AUDIT_LOG_GROUP: (LOG_KEY,),
-    BACKFILL_FUNCTION: (NO_VPC, ENVIRONMENT_KEY, ASYNC_DESTINATION),
+    SWEEP_FUNCTION: (SCHEDULED, NO_VPC, ENVIRONMENT_KEY),
+    SWEEP_LOG_GROUP: (LOG_KEY,),
     LOG_GROUP: (LOG_KEY,),
     RECONCILER_LOG_GROUP: (LOG_KEY,),
-    BACKFILL_LOG_GROUP: (LOG_KEY,),
     QUEUE: (SQS_MANAGED_ENCRYPTION,),
     DEAD_LETTER_QUEUE: (SQS_MANAGED_ENCRYPTION,),
-    BACKFILL_FAILURE_QUEUE: (SQS_MANAGED_ENCRYPTION,),
     FAILURE_BUCKET: (BUCKET_ACCESS_LOGS,),
     TABLE: (TABLE_KEY,),
 }

@@ -3,7 +3,7 @@ STREAM_ARN gives, may send (sqs:SendMessage) or write objects (s3:PutObject) onl
 bucket, and the stage must not switch REPORT_BATCH_ITEM_FAILURES on itself.
 
 A STREAM_ARN edited by hand (without `tools.stage bind`) leaves `.chalice/policy-<stage>.json`,
-`policy-<stage>-backfill.json`, `policy-<stage>-reconciler.json` and `policy-<stage>-audit.json` granting on another
+`policy-<stage>-reconciler.json` and `policy-<stage>-sweep.json` granting on another
 table while the mapping reads the new stream: AWS would refuse the deploy or deny every write, and moto (which
 doesn't enforce IAM) would not notice. app.py imports this module only in Chalice's CLI mode; it is never part of
 the deployment package.
@@ -19,17 +19,15 @@ from typing import Any
 
 from chalicelib.budget import budget_problem
 from chalicelib.config import ConfigError, Settings, dead_letter_queue_name, failure_queue_name
-from tools.arns import backfill_failure_queue_arn, split_stream_arn, stage_failure_bucket
+from tools.arns import split_stream_arn, stage_failure_bucket
 from tools.failure_handling import filter_refusal
 from tools.policies import (
-    audit_policy_document,
-    audit_policy_file,
-    backfill_policy_document,
-    backfill_policy_file,
     handler_policy_file,
     policy_document,
     reconciler_policy_document,
     reconciler_policy_file,
+    sweep_policy_document,
+    sweep_policy_file,
 )
 from tools.project import HANDLER, stage_names
 
@@ -73,7 +71,7 @@ def destination_refusal(chalice_dir: Path, names: list[str], app_name: str, stag
     queues = {
         f"arn:{partition}:sqs:{region}:{account}:{name}"
         for name in (failure_queue_name(app_name, stage), dead_letter_queue_name(app_name, stage))
-    } | {backfill_failure_queue_arn(app_name, stage, stream_arn)}
+    }
     bucket_name, bucket_arn = stage_failure_bucket(app_name, stage, stream_arn)
     checks = (
         (SEND, lambda r: r in queues, "queues"),
@@ -178,18 +176,16 @@ def deploy_refusal(project_dir: Path | str, stage: str, stream_arn: str) -> str 
         return refusal
     app_name = config["app_name"]
     try:
-        backfill_file = backfill_policy_file(config, stage)
         reconciler_file = reconciler_policy_file(config, stage)
-        audit_file = audit_policy_file(config, stage)
+        sweep_file = sweep_policy_file(config, stage)
     except ValueError as problem:
         return str(problem)
     if refusal := report_mode_refusal(config, stage):
         return refusal
     checks = [
         (handler_policy_file(config, stage), policy_document(app_name, stage, stream_arn)),
-        (backfill_file, backfill_policy_document(app_name, stage, stream_arn)),
         (reconciler_file, reconciler_policy_document(app_name, stage, stream_arn)),
-        (audit_file, audit_policy_document(app_name, stage, stream_arn)),
+        (sweep_file, sweep_policy_document(app_name, stage, stream_arn)),
     ]
     stale = {name: reason for name, expected in checks if (reason := stale_policy(chalice_dir / name, expected))}
     if not stale:

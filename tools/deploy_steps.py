@@ -1,6 +1,6 @@
 """The AWS calls around `chalice deploy` and `chalice delete`: bind a stage to a stream (turning it on), make the
-stage's queues and on-failure bucket, give the deployed mapping its failure handling (and the backfill its
-asynchronous failure handling), alarms and dashboard, and delete everything the steps made."""
+stage's queues and on-failure bucket, give the deployed mapping its failure handling, alarms and dashboard, and
+delete everything the steps made."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from typing import Any
 
 import boto3
 
-from chalicelib.config import Settings, backfill_failure_queue_name, dead_letter_queue_name, failure_queue_name
+from chalicelib.config import Settings, dead_letter_queue_name, failure_queue_name
 from tools import alarms, failure_handling
 from tools.arns import split_stream_arn, stage_stream_arn
 from tools.policies import write_policies
 from tools.project import (
-    BACKFILL,
     CONFIG,
     DEPLOYED_DIR,
     HANDLER,
     RECONCILER,
     ROOT,
+    SWEEP,
     load_config,
     require_stage,
     stage_variables,
@@ -118,8 +118,7 @@ def monitoring_targets(app_name: str, stage: str, function_name: str) -> dict[st
         alarms.FAILURE_QUEUE: failure_queue_name(app_name, stage),
         alarms.DEAD_LETTER_QUEUE: dead_letter_queue_name(app_name, stage),
         alarms.RECONCILER_FUNCTION: f"{app_name}-{stage}-{RECONCILER}",
-        alarms.BACKFILL_FUNCTION: f"{app_name}-{stage}-{BACKFILL}",
-        alarms.BACKFILL_FAILURE_QUEUE: backfill_failure_queue_name(app_name, stage),
+        alarms.SWEEP_FUNCTION: f"{app_name}-{stage}-{SWEEP}",
         **alarms.service_targets(stage),
     }
 
@@ -156,7 +155,6 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> StageResour
     variables = stage_variables(config, stage)
     deployed = deployed_resources(stage)
     stream_arn = bound_stream_arn(config, stage)
-    backfill = deployed_resources(stage, BACKFILL).get("lambda_function")
     session = boto3.session.Session()
     made = ensure_stage_resources(session, config["app_name"], stage, stream_arn, variables)
     lambda_client = session.client("lambda")
@@ -170,13 +168,6 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> StageResour
     lambda_client.update_function_configuration(
         FunctionName=function_arn, Environment={"Variables": {**environment, **failure_handling.DEPLOYED_FUNCTION}}
     )
-    if backfill:
-        invoke_config = failure_handling.backfill_invoke_config(made.backfill_failure_queue_arn)
-        failure_handling.with_role_propagation(
-            lambda: lambda_client.put_function_event_invoke_config(
-                FunctionName=backfill["lambda_arn"], Qualifier="$LATEST", **invoke_config
-            )
-        )
     prefix = f"{config['app_name']}-{stage}"
     targets = monitoring_targets(config["app_name"], stage, function_arn.rsplit(":", 1)[1])
     cloudwatch = session.client("cloudwatch")

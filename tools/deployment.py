@@ -10,18 +10,16 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tools import alarms
-from tools.audit_template import AUDIT_FUNCTION
 from tools.deploy_steps import monitoring_targets
 from tools.merge_template import DEAD_LETTER_QUEUE, FUNCTION, QUEUE
-from tools.project import AUDIT, BACKFILL, DEPLOYED_DIR, HANDLER, RECONCILER, ROOT
-from tools.template_parts import BACKFILL_FUNCTION, RECONCILER_FUNCTION
+from tools.project import DEPLOYED_DIR, HANDLER, RECONCILER, ROOT, SWEEP
+from tools.template_parts import RECONCILER_FUNCTION, SWEEP_FUNCTION
 
 # The app's functions by Chalice name, with the logical ids `chalice package` gives them.
 LOGICAL_IDS = {
     HANDLER: FUNCTION,
     RECONCILER: RECONCILER_FUNCTION,
-    BACKFILL: BACKFILL_FUNCTION,
-    AUDIT: AUDIT_FUNCTION,
+    SWEEP: SWEEP_FUNCTION,
 }
 
 

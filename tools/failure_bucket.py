@@ -3,8 +3,8 @@ for CloudFormation (the merge template), whose shapes differ.
 
 Lambda writes a discarded batch's record, with the batch's records in its `payload`, to
 `aws/lambda/<mapping UUID>/<shardId>/YYYY/MM/DD/...` (the key layout real AWS was recorded writing); an ObjectCreated
-notification for that prefix goes to the stage's failure queue, which the reconciler consumes. The backfill
-fallback's once-per-table lock lives under `backfill-lock/`.
+notification for that prefix goes to the stage's failure queue, which the reconciler consumes. The sweep's state is
+the one object `sweep/state.json` (chalicelib/sweep.py).
 
 Choices (docs/deploy.md lists them):
 - encryption: S3-managed keys (SSE-S3, AES256), stated explicitly. A customer-managed KMS key would let a key policy
@@ -13,9 +13,11 @@ Choices (docs/deploy.md lists them):
 - public access: all four blocks on, ACLs disabled (bucket owner enforced), TLS-only bucket policy;
 - versioning on: an object is the only copy of a discarded batch's records, so an overwrite or a delete (a script, a
   role gone wrong) keeps the earlier version until the lifecycle removes it;
-- lifecycle: objects expire after the stage's FAILURE_OBJECT_RETENTION_DAYS (default 14, the failure queue's
-  retention, so no message outlives its object), earlier versions the same number of days after they stop being
-  current, expired delete markers and unfinished uploads are removed.
+- lifecycle: failure objects (under `aws/lambda/` only) expire after the stage's FAILURE_OBJECT_RETENTION_DAYS
+  (default 14, the failure queue's retention, so no message outlives its object), their earlier versions the same
+  number of days after they stop being current; the sweep's state never expires, and each of its earlier versions
+  (one per page written) goes a day after it stops being current; expired delete markers and unfinished uploads are
+  removed.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chalicelib.backfill_lock import LOCK_PREFIX as LOCK_PREFIX  # re-exported for the policies
 from chalicelib.on_failure import OBJECT_PREFIX as FAILURE_PREFIX
+from chalicelib.sweep import STATE_KEY as STATE_KEY  # re-exported for the policies
 from tools.failure_handling import deny_without_tls, https_only_queue_policy
 
 RETENTION_SETTING = "FAILURE_OBJECT_RETENTION_DAYS"
@@ -41,7 +43,9 @@ PUBLIC_ACCESS_BLOCK = {
 }
 OWNERSHIP = {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
 EXPIRE_RULE = "expire-failure-records"
+STATE_VERSIONS_RULE = "remove-old-sweep-states"
 DELETE_MARKER_RULE = "remove-expired-delete-markers"
+STATE_VERSION_DAYS = 1
 
 
 def retention_days(variables: Mapping[str, str]) -> int:
@@ -96,20 +100,25 @@ def api_encryption() -> dict[str, Any]:
 
 def api_lifecycle(days: int) -> dict[str, Any]:
     """put_bucket_lifecycle_configuration's LifecycleConfiguration."""
-    whole_bucket = {"Prefix": ""}
     return {
         "Rules": [
             {
                 "ID": EXPIRE_RULE,
-                "Filter": whole_bucket,
+                "Filter": {"Prefix": FAILURE_PREFIX},
                 "Status": "Enabled",
                 "Expiration": {"Days": days},
                 "NoncurrentVersionExpiration": {"NoncurrentDays": days},
                 "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": INCOMPLETE_UPLOAD_DAYS},
             },
             {
+                "ID": STATE_VERSIONS_RULE,
+                "Filter": {"Prefix": STATE_KEY},
+                "Status": "Enabled",
+                "NoncurrentVersionExpiration": {"NoncurrentDays": STATE_VERSION_DAYS},
+            },
+            {
                 "ID": DELETE_MARKER_RULE,
-                "Filter": whole_bucket,
+                "Filter": {"Prefix": ""},
                 "Status": "Enabled",
                 "Expiration": {"ExpiredObjectDeleteMarker": True},
             },
@@ -148,10 +157,17 @@ def cloudformation_properties(bucket_name: Any, queue_arn: Any, days: Any) -> di
             "Rules": [
                 {
                     "Id": EXPIRE_RULE,
+                    "Prefix": FAILURE_PREFIX,
                     "Status": "Enabled",
                     "ExpirationInDays": days,
                     "NoncurrentVersionExpiration": {"NoncurrentDays": days},
                     "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": INCOMPLETE_UPLOAD_DAYS},
+                },
+                {
+                    "Id": STATE_VERSIONS_RULE,
+                    "Prefix": STATE_KEY,
+                    "Status": "Enabled",
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": STATE_VERSION_DAYS},
                 },
                 {"Id": DELETE_MARKER_RULE, "Status": "Enabled", "ExpiredObjectDeleteMarker": True},
             ]

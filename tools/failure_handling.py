@@ -1,9 +1,8 @@
-"""The event source mapping's failure handling and filter, and the backfill's asynchronous failure handling: one
-definition for both deploy paths and the local mapping.
+"""The event source mapping's failure handling and filter: one definition for both deploy paths and the local
+mapping.
 
 The keys are the Lambda API's parameter names, which are also the CloudFormation/SAM property names, so the same
-dictionary is merged into the packaged template's DynamoDB event and passed to `update_event_source_mapping` (and
-for the backfill, to `put_function_event_invoke_config` and an AWS::Lambda::EventInvokeConfig).
+dictionary is merged into the packaged template's DynamoDB event and passed to `update_event_source_mapping`.
 
 Why these numbers (Lambda developer guide, "Retain discarded records for a DynamoDB event source in Lambda",
 https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html, and "Configuring partial batch response
@@ -28,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
-
-from chalicelib.reconciler import BACKFILL_EVENT_AGE_SECONDS as BACKFILL_EVENT_AGE_SECONDS  # one value for both
 
 BISECT_BATCH_ON_FUNCTION_ERROR = True
 MAXIMUM_RETRY_ATTEMPTS = 100
@@ -61,13 +58,6 @@ DEAD_LETTER_RETENTION_SECONDS = 1_209_600
 # Lambda refuses an SQS event source whose visibility timeout is below the function's timeout; AWS recommends six
 # times it, so a message isn't redelivered while Lambda still retries a throttled invocation.
 FAILURE_QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * RECONCILER_TIMEOUT_SECONDS
-# The backfill's asynchronous invocations (the reconciler's fallback starts it with InvocationType Event; a segment
-# continues itself the same way). A failed one is retried twice (Lambda's most; every write is idempotent and the
-# event holds the segment's position); one that waits an hour for the backfill's reserved concurrency is not left to
-# Lambda's 6 hours: either way the event goes to the backfill failure queue (a queue of its own, so its alarm means
-# "a backfill chain ended" and nothing redrives it into the reconciler), kept 14 days, to be resumed by hand.
-BACKFILL_RETRY_ATTEMPTS = 2
-BACKFILL_FAILURE_RETENTION_SECONDS = 1_209_600
 
 
 def filter_criteria() -> dict[str, Any]:
@@ -115,15 +105,6 @@ def mapping_failure_handling(failure_destination_arn: Any, parallelization_facto
         "MetricsConfig": METRICS_CONFIG,
         "FilterCriteria": filter_criteria(),
         "ParallelizationFactor": parallelization_factor,
-    }
-
-
-def backfill_invoke_config(failure_queue_arn: Any) -> dict[str, Any]:
-    """The backfill function's asynchronous-invocation settings: retries, event age and the failure queue."""
-    return {
-        "MaximumRetryAttempts": BACKFILL_RETRY_ATTEMPTS,
-        "MaximumEventAgeInSeconds": BACKFILL_EVENT_AGE_SECONDS,
-        "DestinationConfig": {"OnFailure": {"Destination": failure_queue_arn}},
     }
 
 

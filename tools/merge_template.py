@@ -15,14 +15,10 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
   the log group that really exists whatever name CloudFormation gives the function;
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
   `chalice deploy` gets, on the ARNs this stack resolves;
-- for the backfill function `backfill_segment`: its own role policy (Scan and PartiQLUpdate on the table, invoke
-  itself to continue a segment the reconciler started, release the fallback's lock), its log group, a name derived
-  from the stack's (so that self-invocation permission can name it without a circular reference: stack names up to
-  47 characters), and its asynchronous invocations' retries, age and failure queue `BackfillFailureQueue`;
 - for the reconciler `reconcile_discarded_batches`: its SQS event source pointed at `StreamFailureQueue` (Chalice
   names the `chalice deploy` path's queue), the queue's visibility timeout and redrive policy to the dead-letter
-  queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the backfill function's name;
-- for the scheduled audit `audit_invariant`: its role policy, log group, table and stage (tools/audit_template.py).
+  queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the bucket that holds the sweep's state;
+- for the scheduled sweep `sweep_table`: its role policy, log group, table, stage and bucket (tools/sweep_template.py).
 """
 
 from __future__ import annotations
@@ -32,16 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from tools import failure_handling
-from tools.audit_template import audit_resources
 from tools.checkov_skips import with_checkov_skips
-from tools.policies import LOG_WRITES, backfill_statements, policy_statements, reconciler_statements
+from tools.policies import LOG_WRITES, policy_statements, reconciler_statements
 from tools.project import ROOT, write_json
+from tools.sweep_template import sweep_resources
 from tools.template_parts import (
-    BACKFILL_FAILURE_QUEUE,
-    BACKFILL_FUNCTION,
-    BACKFILL_FUNCTION_NAME,
-    BACKFILL_LOG_GROUP,
-    BACKFILL_ROLE,
     CREATE,
     CREATES_TABLE,
     DASHBOARD,
@@ -66,7 +57,6 @@ from tools.template_parts import (
     STREAM_PARAMETER,
     TABLE,
     TOPIC_PARAMETER,
-    backfill_failure_resources,
     failure_bucket_resources,
     monitoring_resources,
     queue_resources,
@@ -77,7 +67,6 @@ from tools.template_parts import (
 
 # Re-exported: the names the packaging step, status and tests read from here.
 __all__ = [
-    "BACKFILL_FAILURE_QUEUE",
     "CREATE",
     "DEAD_LETTER_QUEUE",
     "EVENT_SOURCE",
@@ -112,9 +101,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
     )
     queue_arn = {"Fn::GetAtt": [QUEUE, "Arn"]}
     bucket_arn = {"Fn::GetAtt": [FAILURE_BUCKET, "Arn"]}
-    backfill_arn = {
-        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:" + BACKFILL_FUNCTION_NAME
-    }
     # The queue's policy is the bucket's part: it also lets the bucket's notifications in.
     failure_queue = queue_resources(QUEUE, QUEUE_POLICY, failure_handling.FAILURE_QUEUE_RETENTION_SECONDS)
     failure_queue.pop(QUEUE_POLICY)
@@ -144,7 +130,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                 DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_POLICY, failure_handling.DEAD_LETTER_RETENTION_SECONDS
             ),
             **failure_bucket_resources(),
-            **backfill_failure_resources(),
             LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
             ROLE: {
                 "Properties": {
@@ -166,35 +151,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     ]
                 }
             },
-            BACKFILL_LOG_GROUP: {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": LOG_RETENTION_DAYS}},
-            BACKFILL_ROLE: {
-                "Properties": {
-                    "Policies": [
-                        {
-                            "PolicyName": f"{BACKFILL_ROLE}Policy",
-                            "PolicyDocument": {
-                                "Version": "2012-10-17",
-                                "Statement": backfill_statements(
-                                    table_arn,
-                                    LOG_WRITES,
-                                    {"Fn::GetAtt": [BACKFILL_LOG_GROUP, "Arn"]},
-                                    backfill_arn,
-                                    bucket_arn,
-                                    {"Fn::GetAtt": [BACKFILL_FAILURE_QUEUE, "Arn"]},
-                                ),
-                            },
-                        }
-                    ]
-                }
-            },
-            BACKFILL_FUNCTION: {
-                "Properties": {
-                    "FunctionName": {"Fn::Sub": BACKFILL_FUNCTION_NAME},
-                    "LoggingConfig": {"LogGroup": {"Ref": BACKFILL_LOG_GROUP}},
-                    # Every function gets the stage's variables; the backfill names its table in each payload.
-                    "Environment": {"Variables": {"STREAM_ARN": stream_arn}},
-                },
-            },
             RECONCILER_LOG_GROUP: {
                 "Type": "AWS::Logs::LogGroup",
                 "Properties": {"RetentionInDays": LOG_RETENTION_DAYS},
@@ -210,7 +166,6 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                                     table_arn,
                                     queue_arn,
                                     bucket_arn,
-                                    backfill_arn,
                                     LOG_WRITES,
                                     {"Fn::GetAtt": [RECONCILER_LOG_GROUP, "Arn"]},
                                 ),
@@ -225,8 +180,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     "Environment": {
                         "Variables": {
                             "STREAM_ARN": stream_arn,
-                            "BACKFILL_FUNCTION_NAME": {"Ref": BACKFILL_FUNCTION},
-                            # Where the backfill lock lives for an on-failure record that names no bucket.
+                            # Where the sweep's state lives (its urgent request).
                             "FAILURE_BUCKET": {"Ref": FAILURE_BUCKET},
                             # Its metrics carry the stage the alarms watch, as the handler's do.
                             "STAGE": {"Ref": STAGE_PARAMETER},
@@ -237,7 +191,7 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                     "Events": {RECONCILER_EVENT_SOURCE: {"Properties": {"Queue": {"Fn::Sub": f"${{{QUEUE}.Arn}}"}}}},
                 }
             },
-            **audit_resources(table_arn, stream_arn),
+            **sweep_resources(table_arn, stream_arn),
             FUNCTION: {
                 "Properties": {
                     "LoggingConfig": {"LogGroup": {"Ref": LOG_GROUP}},
@@ -265,10 +219,9 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
             "StreamFailureQueueUrl": {"Value": {"Ref": QUEUE}},
             "StreamFailureDeadLetterQueueUrl": {"Value": {"Ref": DEAD_LETTER_QUEUE}},
             "StreamFailureBucketName": {"Value": {"Ref": FAILURE_BUCKET}},
-            "BackfillFailureQueueUrl": {"Value": {"Ref": BACKFILL_FAILURE_QUEUE}},
             "ReconcilerFunctionName": {"Value": {"Ref": RECONCILER_FUNCTION}},
             "FunctionLogGroup": {"Value": {"Ref": LOG_GROUP}},
-            "BackfillFunctionName": {"Value": {"Ref": BACKFILL_FUNCTION}},
+            "SweepFunctionName": {"Value": {"Ref": "SweepTable"}},
             "DashboardName": {"Value": {"Ref": DASHBOARD}},
         },
     }

@@ -10,7 +10,7 @@ from typing import Any
 
 from tools.arns import split_stream_arn
 from tools.policies import write_policies
-from tools.project import BACKFILL, CHALICE_DIR, CONFIG, RECONCILER, load_config, write_json
+from tools.project import CHALICE_DIR, CONFIG, RECONCILER, SWEEP, load_config, write_json
 
 # Lower case, digits and hyphens: the stage's name is part of its functions', roles', queues', alarms' and bucket's
 # names, and S3 bucket names allow nothing else.
@@ -22,7 +22,7 @@ DEPLOY_WRITTEN = ("FAILURE_QUEUE_ARN",)
 
 def longest_stage_name(config: dict[str, Any], source: str) -> int:
     """The longest stage name whose function and role names stay within Lambda's and IAM's 64 characters."""
-    functions = {BACKFILL, RECONCILER, *config["stages"][source].get("lambda_functions", {})}
+    functions = {RECONCILER, SWEEP, *config["stages"][source].get("lambda_functions", {})}
     return LAMBDA_NAME_LIMIT - len(f"{config['app_name']}--{max(functions, key=len)}")
 
 
@@ -62,9 +62,9 @@ def new_stage_entry(config: dict[str, Any], name: str, source: str, stream_arn: 
     for key in DEPLOY_WRITTEN:
         variables.pop(key, None)
     for key, value in variables.items():
-        # A resource name of the source stage (`<app>-<source>-...`, e.g. BACKFILL_FUNCTION_NAME) becomes the new one's.
+        # A resource name of the source stage (`<app>-<source>-...`) becomes the new one's.
         variables[key] = value.replace(f"{app_name}-{source}-", f"{app_name}-{name}-")
-    variables.update(STAGE=name, STREAM_ARN=stream_arn, BACKFILL_FUNCTION_NAME=f"{app_name}-{name}-{BACKFILL}")
+    variables.update(STAGE=name, STREAM_ARN=stream_arn)
     return entry
 
 

@@ -7,16 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools.arns import (
-    backfill_failure_queue_arn,
-    deployed_function_arn,
-    failure_queue_arn,
-    function_arns,
-    stage_failure_bucket,
-    stage_stream_arn,
-)
-from tools.failure_bucket import FAILURE_PREFIX, LOCK_PREFIX, objects
-from tools.project import AUDIT, BACKFILL, CHALICE_DIR, HANDLER, RECONCILER, write_json
+from tools.arns import failure_queue_arn, function_arns, stage_failure_bucket, stage_stream_arn
+from tools.failure_bucket import FAILURE_PREFIX, STATE_KEY, objects
+from tools.project import CHALICE_DIR, HANDLER, RECONCILER, SWEEP, write_json
 
 TABLE_WRITE_ACTION = "dynamodb:PartiQLUpdate"
 LOG_WRITES = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -93,74 +86,48 @@ def policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any
     }
 
 
-def backfill_statements(
-    table_arn: Any,
-    log_actions: list[str],
-    log_resources: Any,
-    own_arn: Any,
-    failure_bucket_arn: Any,
-    segment_failure_queue_arn: Any,
-) -> list[dict[str, Any]]:
-    """The backfill function's least-privilege statements: scan and fix the table, continue a self-continuing
-    segment (the reconciler's fallback) by invoking itself (`own_arn`), release the fallback's lock, and the
-    asynchronous failure destination (Lambda sends a failed invocation to it with the function's role)."""
+def state_statements(failure_bucket_arn: Any) -> list[dict[str, Any]]:
+    """Read and conditionally write the sweep's state object (GetObject for its ETag, PutObject with If-Match or
+    If-None-Match), and ListBucket so that a missing object answers 404, not 403 (S3 API Reference, GetObject,
+    "Permissions"): the reconciler tells an on-failure object that is gone from one it is denied the same way."""
     return [
         {
-            "Sid": "BackfillTheTable",
+            "Sid": "KeepTheSweepState",
             "Effect": "Allow",
-            "Action": ["dynamodb:Scan", TABLE_WRITE_ACTION],
-            "Resource": table_arn,
-        },
-        {"Sid": "ContinueTheSegment", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": own_arn},
-        {
-            "Sid": "ReleaseTheBackfillLock",
-            "Effect": "Allow",
-            "Action": ["s3:DeleteObject"],
-            "Resource": objects(failure_bucket_arn, LOCK_PREFIX),
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": state_object(failure_bucket_arn),
         },
         {
-            "Sid": "ReportFailedSegments",
+            "Sid": "FindTheFailureBucket",
             "Effect": "Allow",
-            "Action": ["sqs:SendMessage"],
-            "Resource": segment_failure_queue_arn,
+            "Action": ["s3:ListBucket"],
+            "Resource": failure_bucket_arn,
         },
-        {"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources},
     ]
 
 
-def backfill_policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
-    """The `chalice deploy` backfill function's policy, on the table named by the stage's stream ARN."""
-    table_arn, log_group = function_arns(app_name, stage, stream_arn, BACKFILL)
-    return {
-        "Version": "2012-10-17",
-        "Statement": backfill_statements(
-            table_arn,
-            ["logs:CreateLogGroup", *LOG_WRITES],
-            [log_group, f"{log_group}:log-stream:*"],
-            deployed_function_arn(app_name, stage, stream_arn, BACKFILL),
-            stage_failure_bucket(app_name, stage, stream_arn)[1],
-            backfill_failure_queue_arn(app_name, stage, stream_arn),
-        ),
-    }
+def state_object(failure_bucket_arn: Any) -> Any:
+    """The ARN of the sweep's state object; a string or an intrinsic."""
+    if isinstance(failure_bucket_arn, str):
+        return f"{failure_bucket_arn}/{STATE_KEY}"
+    return {"Fn::Join": ["", [failure_bucket_arn, f"/{STATE_KEY}"]]}
 
 
 def reconciler_statements(
     table_arn: Any,
     reconciler_queue_arn: Any,
     failure_bucket_arn: Any,
-    backfill_function_arn: Any,
     log_actions: list[str],
     log_resources: Any,
 ) -> list[dict[str, Any]]:
     """The reconciler's least-privilege statements: consume the on-failure queue, read the failure object it names,
-    read and fix the object's items, and (the last resort) take the table's backfill lock and start the backfill.
+    read and fix the object's items, and (when the records can't be had) record an urgent pass in the sweep's state.
     Nothing on the stream: the object holds the batch's records."""
     return [
         {
             "Sid": "ReconcileTheItems",
             "Effect": "Allow",
-            # DescribeTable: the key names a backfill payload carries.
-            "Action": ["dynamodb:BatchGetItem", TABLE_WRITE_ACTION, "dynamodb:DescribeTable"],
+            "Action": ["dynamodb:BatchGetItem", TABLE_WRITE_ACTION],
             "Resource": table_arn,
         },
         {
@@ -169,14 +136,7 @@ def reconciler_statements(
             "Action": ["s3:GetObject"],
             "Resource": objects(failure_bucket_arn, FAILURE_PREFIX),
         },
-        {
-            # No s3:ListBucket: a GetObject of a lock that doesn't exist answers 403, not 404 (take it with a
-            # conditional PutObject, If-None-Match).
-            "Sid": "HoldTheBackfillLock",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject"],
-            "Resource": objects(failure_bucket_arn, LOCK_PREFIX),
-        },
+        *state_statements(failure_bucket_arn),
         {
             "Sid": "ConsumeTheFailureQueue",
             "Effect": "Allow",
@@ -187,12 +147,6 @@ def reconciler_statements(
                 "sqs:ChangeMessageVisibility",
             ],
             "Resource": reconciler_queue_arn,
-        },
-        {
-            "Sid": "StartTheBackfill",
-            "Effect": "Allow",
-            "Action": ["lambda:InvokeFunction"],
-            "Resource": backfill_function_arn,
         },
         {"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources},
     ]
@@ -207,7 +161,6 @@ def reconciler_policy_document(app_name: str, stage: str, stream_arn: str) -> di
             table_arn,
             failure_queue_arn(app_name, stage, stream_arn),
             stage_failure_bucket(app_name, stage, stream_arn)[1],
-            deployed_function_arn(app_name, stage, stream_arn, BACKFILL),
             ["logs:CreateLogGroup", *LOG_WRITES],
             [log_group, f"{log_group}:log-stream:*"],
         ),
@@ -219,9 +172,9 @@ def expected_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
     return policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
 
 
-def expected_backfill_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The policy a stage's backfill policy file must hold, from its STREAM_ARN."""
-    return backfill_policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
+def expected_sweep_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The policy a stage's sweep policy file must hold, from its STREAM_ARN."""
+    return sweep_policy_document(config["app_name"], stage, stage_stream_arn(config, stage))
 
 
 def expected_reconciler_policy(config: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -232,11 +185,6 @@ def expected_reconciler_policy(config: dict[str, Any], stage: str) -> dict[str, 
 def handler_policy_file(config: dict[str, Any], stage: str) -> str:
     """The stream handler's policy file name in the stage's config."""
     return config["stages"][stage].get("iam_policy_file", f"policy-{stage}.json")
-
-
-def backfill_policy_file(config: dict[str, Any], stage: str) -> str:
-    """The backfill function's policy file name in the stage's config; ValueError naming the key if it is missing."""
-    return _function_policy_file(config, stage, BACKFILL, "backfill")
 
 
 def reconciler_policy_file(config: dict[str, Any], stage: str) -> str:
@@ -255,16 +203,14 @@ def _function_policy_file(config: dict[str, Any], stage: str, function: str, suf
 
 
 def write_policies(config: dict[str, Any], chalice_dir: Path = CHALICE_DIR) -> list[Path]:
-    """Regenerate every stage's policy files (handler, backfill, reconciler, audit) in `chalice_dir` from its
-    STREAM_ARN."""
+    """Regenerate every stage's policy files (handler, reconciler, sweep) in `chalice_dir` from its STREAM_ARN."""
     written = []
     for stage in config["stages"]:
         stream_arn = stage_stream_arn(config, stage)
         for file_name, document in (
             (handler_policy_file, policy_document),
-            (backfill_policy_file, backfill_policy_document),
             (reconciler_policy_file, reconciler_policy_document),
-            (audit_policy_file, audit_policy_document),
+            (sweep_policy_file, sweep_policy_document),
         ):
             path = chalice_dir / file_name(config, stage)
             write_json(path, document(config["app_name"], stage, stream_arn))
@@ -272,28 +218,32 @@ def write_policies(config: dict[str, Any], chalice_dir: Path = CHALICE_DIR) -> l
     return written
 
 
-def audit_statements(table_arn: Any, log_actions: list[str], log_resources: Any) -> list[dict[str, Any]]:
-    """The scheduled audit's least-privilege statements: the key schema, a sample of the table, a second read of
-    what looked wrong, and the fixes."""
+def sweep_statements(
+    table_arn: Any, failure_bucket_arn: Any, log_actions: list[str], log_resources: Any
+) -> list[dict[str, Any]]:
+    """The scheduled sweep's least-privilege statements: the table's key schema, size and capacity, its pages
+    (eventually consistent Scan), the fixes (conditional PartiQL updates), and its state object."""
     return [
         {
-            "Sid": "AuditTheTable",
+            "Sid": "SweepTheTable",
             "Effect": "Allow",
-            "Action": ["dynamodb:DescribeTable", "dynamodb:Scan", "dynamodb:BatchGetItem", TABLE_WRITE_ACTION],
+            "Action": ["dynamodb:DescribeTable", "dynamodb:Scan", TABLE_WRITE_ACTION],
             "Resource": table_arn,
         },
+        *state_statements(failure_bucket_arn),
         {"Sid": "WriteLogs", "Effect": "Allow", "Action": log_actions, "Resource": log_resources},
     ]
 
 
-def audit_policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
-    """The `chalice deploy` audit function's policy, on the table named by the stage's stream ARN."""
-    table_arn, log_group = function_arns(app_name, stage, stream_arn, AUDIT)
+def sweep_policy_document(app_name: str, stage: str, stream_arn: str) -> dict[str, Any]:
+    """The `chalice deploy` sweep function's policy, on the table and bucket the stage's stream ARN names."""
+    table_arn, log_group = function_arns(app_name, stage, stream_arn, SWEEP)
     log_actions = ["logs:CreateLogGroup", *LOG_WRITES]
-    statements = audit_statements(table_arn, log_actions, [log_group, f"{log_group}:log-stream:*"])
+    bucket_arn = stage_failure_bucket(app_name, stage, stream_arn)[1]
+    statements = sweep_statements(table_arn, bucket_arn, log_actions, [log_group, f"{log_group}:log-stream:*"])
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def audit_policy_file(config: dict[str, Any], stage: str) -> str:
-    """The audit function's policy file name in the stage's config; ValueError naming the key if it is missing."""
-    return _function_policy_file(config, stage, AUDIT, "audit")
+def sweep_policy_file(config: dict[str, Any], stage: str) -> str:
+    """The sweep function's policy file name in the stage's config; ValueError naming the key if it is missing."""
+    return _function_policy_file(config, stage, SWEEP, "sweep")

@@ -15,9 +15,8 @@ CONFIG = CHALICE_DIR / "config.json"
 DEPLOYED_DIR = CHALICE_DIR / "deployed"
 # The app's functions, as app.py names them.
 HANDLER = "sync_is_personal_email"
-BACKFILL = "backfill_segment"
 RECONCILER = "reconcile_discarded_batches"
-AUDIT = "audit_invariant"
+SWEEP = "sweep_table"
 # What Chalice and the stage tools need in a scratch copy of the project (tests, the moto trial).
 PROJECT_PATHS = ("app.py", "chalicelib", "requirements.txt", ".chalice", "tools", "deploy", "schema")
 

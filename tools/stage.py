@@ -6,7 +6,7 @@ python -m tools.stage add-stage --stage staging [--from dev] [--stream-arn ARN] 
 python -m tools.stage bind --stage dev --stream-arn arn:aws:dynamodb:...:table/Users/stream/2026-...
 python -m tools.stage policies         # regenerate every .chalice/policy-<stage>.json
 python -m tools.stage apply-failure-handling --stage prod [--alarm-topic-arn ARN]   # after `chalice deploy`: queues,
-                                       # bucket, mapping settings, the backfill's async config, env, alarms, dashboard
+                                       # bucket, mapping settings, env, alarms, dashboard
 python -m tools.stage status --stage prod [--stack-name STACK]   # what is deployed vs what it should be; exit 1 if not
 python -m tools.stage merge-template   # regenerate deploy/merge-template.json from schema/users-table.json
 python -m tools.stage package --stage prod [--create-table] out/   # `chalice package` with the merge template
@@ -14,10 +14,9 @@ python -m tools.stage cleanup --stage dev    # after `chalice delete`: the queue
 
 python -m tools.stage queues --stage dev   # the stage's queues and on-failure bucket (before `chalice deploy`)
 
-Each stage has four policy files: `policy-<stage>.json` for the stream handler, `policy-<stage>-backfill.json` for
-the backfill function (`lambda_functions.backfill_segment` in the stage's config), `policy-<stage>-reconciler.json`
-for the on-failure queue's consumer `reconcile_discarded_batches`, and `policy-<stage>-audit.json` for the scheduled
-audit `audit_invariant`; only the backfill and the audit can Scan.
+Each stage has three policy files: `policy-<stage>.json` for the stream handler, `policy-<stage>-reconciler.json`
+for the on-failure queue's consumer `reconcile_discarded_batches`, and `policy-<stage>-sweep.json` for the scheduled
+sweep `sweep_table` (`lambda_functions.sweep_table` in the stage's config); only the sweep can Scan.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from pathlib import Path
 
 # The commands' parts, each in its module; re-exported so `tools.stage.<name>` keeps working for their callers.
 from chalicelib.config import dead_letter_queue_name, failure_queue_name
-from tools.arns import deployed_function_arn, failure_queue_arn, function_arns, split_stream_arn, stage_stream_arn
+from tools.arns import failure_queue_arn, function_arns, split_stream_arn, stage_stream_arn
 from tools.deploy_steps import (
     STREAM_VIEW_TYPE,
     apply_failure_handling,
@@ -47,28 +46,27 @@ from tools.packaging import PACKAGED_PATHS, package
 from tools.policies import (
     LOG_WRITES,
     TABLE_WRITE_ACTION,
-    backfill_policy_document,
-    backfill_policy_file,
-    backfill_statements,
-    expected_backfill_policy,
     expected_policy,
     expected_reconciler_policy,
+    expected_sweep_policy,
     handler_policy_file,
     policy_document,
     policy_statements,
     reconciler_policy_document,
     reconciler_policy_file,
     reconciler_statements,
+    sweep_policy_document,
+    sweep_policy_file,
     write_policies,
 )
 from tools.project import (
-    BACKFILL,
     CHALICE_DIR,
     CONFIG,
     DEPLOYED_DIR,
     HANDLER,
     RECONCILER,
     ROOT,
+    SWEEP,
     UnknownStage,
     load_config,
     require_stage,
@@ -78,15 +76,54 @@ from tools.project import (
 )
 
 __all__ = [
-    "BACKFILL", "CHALICE_DIR", "CONFIG", "DEPLOYED_DIR", "HANDLER", "LOG_WRITES", "PACKAGED_PATHS", "RECONCILER",
-    "ROOT", "STREAM_VIEW_TYPE", "TABLE_WRITE_ACTION", "UnknownStage", "apply_failure_handling", "ask",
-    "backfill_policy_document", "backfill_policy_file", "backfill_statements", "bind", "cleanup",
-    "dead_letter_queue_name", "deployed_function_arn", "deployed_resources", "enable_stream", "ensure_failure_queue",
-    "ensure_reconciler_queues", "ensure_stage_queues", "expected_backfill_policy", "expected_policy",
-    "expected_reconciler_policy", "failure_queue_arn", "failure_queue_name", "function_arns", "handler_policy_file",
-    "load_config", "main", "monitoring_targets", "package", "policy_document", "policy_statements",
-    "reconciler_policy_document", "reconciler_policy_file", "reconciler_statements", "require_stage", "run",
-    "split_stream_arn", "stage_names", "stage_queues", "stage_stream_arn", "stage_variables", "write_json",
+    "CHALICE_DIR",
+    "CONFIG",
+    "DEPLOYED_DIR",
+    "HANDLER",
+    "LOG_WRITES",
+    "PACKAGED_PATHS",
+    "RECONCILER",
+    "ROOT",
+    "STREAM_VIEW_TYPE",
+    "SWEEP",
+    "TABLE_WRITE_ACTION",
+    "UnknownStage",
+    "apply_failure_handling",
+    "ask",
+    "bind",
+    "cleanup",
+    "dead_letter_queue_name",
+    "deployed_resources",
+    "enable_stream",
+    "ensure_failure_queue",
+    "ensure_reconciler_queues",
+    "ensure_stage_queues",
+    "expected_policy",
+    "expected_reconciler_policy",
+    "expected_sweep_policy",
+    "failure_queue_arn",
+    "failure_queue_name",
+    "function_arns",
+    "handler_policy_file",
+    "load_config",
+    "main",
+    "monitoring_targets",
+    "package",
+    "policy_document",
+    "policy_statements",
+    "reconciler_policy_document",
+    "reconciler_policy_file",
+    "reconciler_statements",
+    "require_stage",
+    "run",
+    "split_stream_arn",
+    "stage_names",
+    "stage_queues",
+    "stage_stream_arn",
+    "stage_variables",
+    "sweep_policy_document",
+    "sweep_policy_file",
+    "write_json",
     "write_policies",
 ]  # fmt: skip
 

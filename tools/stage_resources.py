@@ -1,5 +1,5 @@
 """What a stage's deploy steps create beside `chalice deploy` (which `chalice delete` leaves): the failure queue, its
-dead-letter queue, the backfill failure queue and the on-failure bucket, made or brought up to date; and `cleanup`,
+dead-letter queue and the on-failure bucket, made or brought up to date; and `cleanup`,
 which lists them with the stage's alarms and dashboard and deletes them all."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.config import backfill_failure_queue_name, dead_letter_queue_name, failure_queue_name
+from chalicelib.config import dead_letter_queue_name, failure_queue_name
 from tools import alarms, failure_bucket, failure_handling
 from tools.arns import split_stream_arn, stage_failure_bucket
 from tools.template_parts import FAILURE_BUCKET
@@ -25,7 +25,6 @@ class StageResources:
 
     failure_queue_arn: str
     dead_letter_queue_arn: str
-    backfill_failure_queue_arn: str
     bucket_name: str
     bucket_arn: str
 
@@ -120,12 +119,9 @@ def ensure_stage_resources(
     sqs = session.client("sqs", region_name=region)
     bucket_name, bucket_arn = stage_failure_bucket(app_name, stage, stream_arn)
     queue_arn, dead_letter_arn = ensure_reconciler_queues(sqs, app_name, stage, bucket_arn, account)
-    backfill_arn = ensure_failure_queue(
-        sqs, backfill_failure_queue_name(app_name, stage), failure_handling.BACKFILL_FAILURE_RETENTION_SECONDS
-    )
     days = failure_bucket.retention_days(variables)
     ensure_failure_bucket(session.client("s3", region_name=region), bucket_name, region, queue_arn, days)
-    return StageResources(queue_arn, dead_letter_arn, backfill_arn, bucket_name, bucket_arn)
+    return StageResources(queue_arn, dead_letter_arn, bucket_name, bucket_arn)
 
 
 def failure_destination_arn(session: Any, app_name: str, stage: str, stream_arn: str, stack_name: str | None) -> str:
@@ -165,11 +161,7 @@ class Leftovers:
 
 def stage_queue_names(app_name: str, stage: str) -> tuple[str, ...]:
     """The names of the queues the deploy steps make for a stage."""
-    return (
-        failure_queue_name(app_name, stage),
-        dead_letter_queue_name(app_name, stage),
-        backfill_failure_queue_name(app_name, stage),
-    )
+    return (failure_queue_name(app_name, stage), dead_letter_queue_name(app_name, stage))
 
 
 def find_leftovers(session: Any, app_name: str, stage: str, stream_arn: str) -> Leftovers:

@@ -4,7 +4,8 @@ Reads either path: `chalice deploy`'s .chalice/deployed/<stage>.json, or a Cloud
 Prints the mapping's state and each failure-handling setting against tools/failure_handling.py, filter included
 (drift: e.g. a mapping a later `chalice deploy` recreated without FunctionResponseTypes or destination), the stream's
 open shards x ParallelizationFactor against the handler's concurrency (tools/sizing.py), the iterator age, both
-queues' depths, the alarms in ALARM, the reconciler's last outcome and each function's log group. Exit status 1 on
+queues' depths, the alarms in ALARM, the reconciler's last outcome and newest line, the sweep's pass (from its state
+object) and each function's log group. Exit status 1 on
 drift, a stream the handler can't cover, an alarm or messages waiting; 2, in one line, when nothing is deployed.
 """
 
@@ -27,8 +28,11 @@ from tools.arns import stage_stream_arn
 from tools.deployment import Deployment, from_chalice_deploy, from_stack
 from tools.project import HANDLER, RECONCILER, load_config, stage_variables
 from tools.stage_resources import failure_destination_arn
+from tools.sweep_view import sweep_line
 
-RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerBackfillFallbacks")
+RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerSweepRequests")
+LOG_PAGES = 20
+"""Pages of a day's matching log events read to find the newest (FilterLogEvents answers oldest first)."""
 RECONCILER_LINE = "reconciler message"
 FIXES = {"FilterCriteria": " (Lambda may drop records the handler needs: run apply-failure-handling)"}
 LABEL_WIDTH = 18
@@ -209,19 +213,31 @@ def check_reconciler(status: Status, session: Any, stage: str, deployment: Deplo
         if point:
             parts.append(f"{metric} {point['Sum']:g} at {point['Timestamp']:%Y-%m-%d %H:%M}Z")
     status.add("reconciler", "; ".join(parts) if parts else "no datapoints in the last 24 h")
-    group = deployment.log_groups.get(RECONCILER)
+    newest = newest_line(session.client("logs"), deployment.log_groups.get(RECONCILER), RECONCILER_LINE)
+    if newest:
+        status.add("", f"  last line: {newest[:200]}")
+
+
+def newest_line(logs: Any, group: str | None, text: str, now: datetime | None = None) -> str | None:
+    """The newest of the last day's log events holding `text`: FilterLogEvents answers oldest first, so every page
+    (at most LOG_PAGES) is read and the latest kept."""
+    if not group:
+        return None
+    start = int(((now or datetime.now(UTC)) - timedelta(days=1)).timestamp() * 1000)
+    newest: dict[str, Any] | None = None
     try:
-        events = (
-            session.client("logs").filter_log_events(
-                logGroupName=group, filterPattern=f'"{RECONCILER_LINE}"', limit=50
-            )["events"]
-            if group
-            else []
+        pages = logs.get_paginator("filter_log_events").paginate(
+            logGroupName=group, filterPattern=f'"{text}"', startTime=start
         )
+        for number, page in enumerate(pages):
+            for event in page.get("events", []):
+                if newest is None or event["timestamp"] >= newest["timestamp"]:
+                    newest = event
+            if number + 1 >= LOG_PAGES:
+                break
     except ClientError:
-        events = []
-    if events:
-        status.add("", f"  last line: {max(events, key=lambda e: e['timestamp'])['message'].strip()[:200]}")
+        return None
+    return newest["message"].strip() if newest else None
 
 
 def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
@@ -255,6 +271,7 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
     )
     check_alarms(status, cloudwatch, deployment)
     check_reconciler(status, session, stage, deployment)
+    status.add("sweep", sweep_line(session.client("s3"), destination))
     for function, group in deployment.log_groups.items():
         status.add("logs" if function == next(iter(deployment.log_groups)) else "", f"{function}: {group}")
     return status

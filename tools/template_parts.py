@@ -1,6 +1,5 @@
 """The merge template's parts: the logical ids Chalice gives the functions and the ids of what the template adds,
-the table's properties from the schema, queues, the on-failure bucket, the backfill's asynchronous failure handling,
-and the alarms and dashboard."""
+the table's properties from the schema, queues, the on-failure bucket, and the alarms and dashboard."""
 
 from __future__ import annotations
 
@@ -25,11 +24,7 @@ DASHBOARD = "Dashboard"
 CREATE = "CREATE"
 CREATES_TABLE = "CreateUsersTable"
 LOG_RETENTION_DAYS = 30
-# The backfill function `backfill_segment` and what it needs.
-BACKFILL_FUNCTION = "BackfillSegment"
-BACKFILL_ROLE = "BackfillSegmentRole"
-BACKFILL_LOG_GROUP = "BackfillSegmentLogGroup"
-BACKFILL_FUNCTION_NAME = "${AWS::StackName}-backfill_segment"
+SWEEP_FUNCTION = "SweepTable"
 # The reconciler `reconcile_discarded_batches` and its dead-letter queue.
 RECONCILER_FUNCTION = "ReconcileDiscardedBatches"
 RECONCILER_ROLE = "ReconcileDiscardedBatchesRole"
@@ -41,10 +36,6 @@ DEAD_LETTER_QUEUE_POLICY = "StreamFailureDeadLetterQueuePolicy"
 FAILURE_BUCKET = "StreamFailureBucket"
 FAILURE_BUCKET_POLICY = "StreamFailureBucketPolicy"
 RETENTION_PARAMETER = "FailureObjectRetentionDays"
-# Where the backfill's failed asynchronous invocations go.
-BACKFILL_FAILURE_QUEUE = "BackfillFailureQueue"
-BACKFILL_FAILURE_QUEUE_POLICY = "BackfillFailureQueuePolicy"
-BACKFILL_INVOKE_CONFIG = "BackfillSegmentEventInvokeConfig"
 # The bucket's name can't come from the bucket (the failure queue's policy names it, and the bucket's notification
 # needs that policy first): the stack's own id gives a name that is global, lower case and fits 63 characters.
 STACK_UUID = {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
@@ -162,29 +153,11 @@ def failure_bucket_resources() -> dict[str, Any]:
     }
 
 
-def backfill_failure_resources() -> dict[str, Any]:
-    """The backfill's failure queue and its asynchronous-invocation config (retries, event age, the queue)."""
-    return {
-        **queue_resources(
-            BACKFILL_FAILURE_QUEUE, BACKFILL_FAILURE_QUEUE_POLICY, failure_handling.BACKFILL_FAILURE_RETENTION_SECONDS
-        ),
-        BACKFILL_INVOKE_CONFIG: {
-            "Type": "AWS::Lambda::EventInvokeConfig",
-            "Properties": {
-                "FunctionName": {"Ref": BACKFILL_FUNCTION},
-                "Qualifier": "$LATEST",
-                **failure_handling.backfill_invoke_config({"Fn::GetAtt": [BACKFILL_FAILURE_QUEUE, "Arn"]}),
-            },
-        },
-    }
-
-
 def monitoring_resources(resources: dict[str, Any]) -> dict[str, Any]:
     """The alarms (tools/alarms.py) and the dashboard on this stack's function and queues."""
     functions = {alarms.FUNCTION: FUNCTION, alarms.RECONCILER_FUNCTION: RECONCILER_FUNCTION}
-    functions[alarms.BACKFILL_FUNCTION] = BACKFILL_FUNCTION
+    functions[alarms.SWEEP_FUNCTION] = SWEEP_FUNCTION
     queues = {alarms.FAILURE_QUEUE: QUEUE, alarms.DEAD_LETTER_QUEUE: DEAD_LETTER_QUEUE}
-    queues[alarms.BACKFILL_FAILURE_QUEUE] = BACKFILL_FAILURE_QUEUE
     # A queue another part of the template adds gets its alarm once it is there.
     targets = {
         **{role: {"Ref": logical_id} for role, logical_id in functions.items()},

@@ -1,4 +1,5 @@
-"""The backfill's command line: `python -m tools.backfill run|fanout --table T --stage S ...`."""
+"""The backfill's command line: `python -m tools.backfill run --table T --stage S ...` (from this machine) and
+`python -m tools.backfill urgent --stage S` (the deployed sweep: ask for an urgent pass and follow it)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ import time
 from pathlib import Path
 
 from chalicelib.records import attribute_conflict
-from tools.backfill import fanout as fanout_module
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch, default_checkpoint_path
 from tools.backfill.local import (
     DEFAULT_PAGE_SIZE,
-    FUNCTION_NAME,
     Options,
     backfill_client,
     local_worker,
@@ -27,10 +26,10 @@ from tools.backfill.ratelimit import rate_limits
 from tools.backfill.table import table_facts
 
 DOC = """Backfill: bring every existing item of a users table under the invariant (items written before the stream
-existed, or whose records aged out of it), from this machine or fanned out over the Lambda function.
+existed, or whose records aged out of it), from this machine, or by the deployed sweep's urgent pass.
 
     python -m tools.backfill run --table Users --stage prod --segments 8 [--dry-run] [--read-units 200 ...]
-    python -m tools.backfill fanout --table Users --stage prod --segments 64   # synchronous invocations
+    python -m tools.backfill urgent --stage prod [--no-follow]   # the deployed sweep: an urgent pass, followed
 
 Docs: docs/backfill.md. Output holds counts and segment numbers only; the checkpoint file holds one key per segment
 (a key may be an e-mail address): keep it as private as the table.
@@ -43,7 +42,11 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m tools.backfill", description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = top.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "backfill from this machine"), ("fanout", "backfill with the Lambda function")):
+    urgent = commands.add_parser("urgent", help="ask the deployed sweep for an urgent pass and follow it")
+    urgent.add_argument("--stage", required=True, help="the Chalice stage whose sweep (and bucket) to use")
+    urgent.add_argument("--no-follow", action="store_true", help="ask, print the pass, and return")
+    urgent.add_argument("--poll-seconds", type=float, default=60.0, help="how often to read the pass (default 60)")
+    for name, text in (("run", "backfill from this machine"),):
         command = commands.add_parser(name, help=text)
         command.add_argument("--table", required=True, help="the users table's name")
         command.add_argument(
@@ -61,26 +64,9 @@ def parser() -> argparse.ArgumentParser:
             "--capacity-fraction", type=float, help="a fraction of a provisioned table's capacity (default 0.2)"
         )
         command.add_argument("--no-progress", action="store_true", help="no progress bar (the summary still prints)")
-        if name == "run":
-            command.add_argument("--threads", type=int, help="segments worked at once (default: --segments, max 32)")
-            command.add_argument("--write-concurrency", type=int, default=8, help="writes in flight per segment")
-            command.add_argument("--max-pages", type=int, help="stop each segment after this many pages")
-        else:
-            command.add_argument("--function-name", help="default: <app>-<stage>-backfill_segment")
-            command.add_argument(
-                "--concurrency",
-                type=int,
-                default=fanout_module.DEFAULT_CONCURRENCY,
-                help="segments invoked at once (default: the function's reserved concurrency, 8)",
-            )
-            command.add_argument("--safety-margin-ms", type=int, default=30_000, help="time each invocation keeps")
-            command.add_argument(
-                "--max-failures",
-                type=int,
-                default=fanout_module.MAX_FAILURES,
-                help="invocations in a row without progress before a segment is given up",
-            )
-            command.add_argument("--max-invocations", type=int, help="stop starting invocations after this many")
+        command.add_argument("--threads", type=int, help="segments worked at once (default: --segments, max 32)")
+        command.add_argument("--write-concurrency", type=int, default=8, help="writes in flight per segment")
+        command.add_argument("--max-pages", type=int, help="stop each segment after this many pages")
     return top
 
 
@@ -98,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     try:
+        if args.command == "urgent":
+            from tools.backfill.urgent import request_and_follow
+
+            return request_and_follow(args.stage, not args.no_follow, args.poll_seconds)
         return backfill(args)
     except (ValueError, CheckpointMismatch) as problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -116,23 +106,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def backfill(args: argparse.Namespace) -> int:
-    """`run` or `fanout`: open the checkpoint, run, print the summary; 0 when every segment is done."""
+    """`run`: open the checkpoint, run, print the summary; 0 when every segment is done."""
     if args.segments < 1 or args.segments > 1_000_000:
         raise ValueError("--segments must be from 1 to 1000000")
     if args.page_size < 1:
         raise ValueError("--page-size must be at least 1")
-    local = args.command == "run"
-    if not local and (args.concurrency < 1 or args.max_failures < 1):
-        raise ValueError("--concurrency and --max-failures must be at least 1")
     settings = stage_settings(args.stage)
-    threads = min(args.threads or args.segments, 32) if local else 1
-    client = backfill_client(threads * (args.write_concurrency if local else 1) + threads)
+    threads = min(args.threads or args.segments, 32)
+    client = backfill_client(threads * args.write_concurrency + threads)
     facts = table_facts(client.describe_table(TableName=args.table)["Table"])
     conflict = attribute_conflict(facts.key_names, settings.attributes)
     if conflict:
         raise ValueError(f"stage {args.stage}: {conflict}")
     read_units, write_units = rate_limits(facts, args.read_units, args.write_units, args.capacity_fraction)
-    options = Options(args.dry_run, args.page_size, read_units, write_units, getattr(args, "max_pages", None))
+    options = Options(args.dry_run, args.page_size, read_units, write_units, args.max_pages)
     path = args.checkpoint or default_checkpoint_path(args.table, args.dry_run)
     checkpoint = Checkpoint.open(path, facts.name, args.segments, args.dry_run)
     checkpoint.save()
@@ -150,27 +137,18 @@ def backfill(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     interrupted = False
-    given_up: dict[int, str] = {}
     failed_left = 0
     stopped_by: str | None = None
     try:
-        if local:
-            worker = local_worker(settings, client, args.write_concurrency)
-            try:
-                failed_left = run_local(worker, facts, checkpoint, options, threads, progress, stop).failed
-            except Exception as error:
-                from tools.errors import describe
+        worker = local_worker(settings, client, args.write_concurrency)
+        try:
+            failed_left = run_local(worker, facts, checkpoint, options, threads, progress, stop).failed
+        except Exception as error:
+            from tools.errors import describe
 
-                stopped_by = describe(error)  # a timeout, throttling or an engine gone, past every retry: one line
-                if stopped_by is None:
-                    raise
-        else:
-            invoker = fanout_module.LambdaInvoker(fanout_module.lambda_client(), function_name(args))
-            fanout = fanout_module.FanoutOptions(
-                args.concurrency, args.safety_margin_ms, max_failures=args.max_failures,
-                max_invocations=args.max_invocations,
-            )  # fmt: skip
-            given_up = fanout_module.fan_out(invoker, facts, checkpoint, options, fanout, progress, stop).given_up
+            stopped_by = describe(error)  # a timeout, throttling or an engine gone, past every retry: one line
+            if stopped_by is None:
+                raise
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -180,19 +158,4 @@ def backfill(args: argparse.Namespace) -> int:
     print(f"checkpoint: {path} (holds keys: keep it private)")
     if stopped_by is not None:
         raise Stopped(stopped_by)
-    if given_up:
-        reasons = sorted(set(given_up.values()))
-        print(
-            f"error: gave up on segment(s) {', '.join(map(str, sorted(given_up)))} after {args.max_failures} "
-            f"invocations in a row without progress (last: {'; '.join(reasons)}); their checkpoints are kept: "
-            "fix the cause and run the same command again",
-            file=sys.stderr,
-        )
     return 0 if not checkpoint.unfinished() and not failed_left else 1
-
-
-def function_name(args: argparse.Namespace) -> str:
-    """The deployed backfill function: --function-name, or Chalice's name for it in the stage."""
-    from tools.project import load_config
-
-    return args.function_name or f"{load_config()['app_name']}-{args.stage}-{FUNCTION_NAME}"

@@ -16,7 +16,8 @@ from tools.backfill.progress import Progress
 from tools.backfill.table import TableFacts
 from tools.project import ROOT, function_environment
 
-FUNCTION_NAME = "backfill_segment"
+FUNCTION_NAME = "sweep_table"
+"""The deployed function whose settings a local run takes (the same domain overrides and attribute names)."""
 # Items per Scan page (Limit): small enough that the progress bar moves and a crash redoes little, large enough that
 # a page's writes keep the write pool busy. (A 1 MB page of small items can hold tens of thousands.)
 DEFAULT_PAGE_SIZE = 1000
@@ -66,7 +67,7 @@ def settled_counts(page: PageResult, correct_before: int | None = None) -> Count
 
 @dataclass
 class Options:
-    """How a backfill runs (what both the local run and the fan-out take)."""
+    """How a local backfill runs."""
 
     dry_run: bool = False
     page_size: int | None = None
@@ -166,7 +167,7 @@ def run_local(
 
 
 def stage_settings(stage: str, project_dir: Path = ROOT) -> Settings:
-    """The stage's settings as its backfill function sees them (the domain overrides decide the same way)."""
+    """The stage's settings as its sweep function sees them (the domain overrides decide the same way)."""
     return Settings.from_environ(function_environment(stage, FUNCTION_NAME, project_dir))
 
 
