@@ -68,10 +68,15 @@ def pytest_runtest_protocol(item, nextitem):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under `--dist loadgroup`, a test with no xdist_group of its own runs in its module's worker: a module's
-    module-scoped fixtures (moto's server, a packaged stack, a `make run`) are then made once, not once per worker."""
+    """Under `--dist loadgroup`, a test with no xdist_group of its own that uses a module-scoped fixture (moto's
+    server, a packaged stack, a `make run`) runs in its module's worker, so the fixture is made once, not once per
+    worker; every other test goes to whichever worker is free."""
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        definitions = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in (definitions.name2fixturedefs.values() if definitions else ()) for d in defs}
+        if scopes & {"module", "class"}:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__.rsplit(".", 1)[-1]))
 
 
