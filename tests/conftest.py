@@ -258,6 +258,15 @@ def project_copy(tmp_path):
     return copy_project(tmp_path / "project")
 
 
+@pytest.fixture
+def port_8000():
+    """Port 8000 for this test alone among every test process (tests/projects.py's port_8000_alone)."""
+    from tests.projects import port_8000_alone
+
+    with port_8000_alone():
+        yield
+
+
 @pytest.fixture(scope="session")
 def documented_runs(tmp_path_factory):
     """The docs' marked commands, each run once in a fresh clone (tests using it are in xdist group GROUP)."""

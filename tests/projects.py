@@ -4,10 +4,14 @@ local commands."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +88,23 @@ def fixture_config(stages: dict[str, dict[str, Any]] | None = None) -> dict[str,
         if stages is not None
         else {STAGE: stage_entry(APP_NAME, STAGE), OTHER_STAGE: stage_entry(APP_NAME, OTHER_STAGE)},
     }
+
+
+# One file for every test process on this machine: port 8000 is the machine's, not a worker's.
+PORT_8000_LOCK = Path(tempfile.gettempdir()) / "email-checker-tests-port-8000.lock"
+
+
+@contextlib.contextmanager
+def port_8000_alone() -> Iterator[None]:
+    """Hold port 8000 (`make run`'s preferred port) for the test that uses it, against every other test process: two
+    `make run`s starting at once could both bind it (DynamoDB Local's Jetty reuses the address), and each would then
+    talk to the other's engine. Released when the test ends, or when its process dies."""
+    with PORT_8000_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def named_stages(*names: str) -> dict[str, Any]:

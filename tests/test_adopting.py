@@ -13,11 +13,10 @@ import signal
 import subprocess
 
 import boto3
-import pytest
 
 from tests.adopter import EMAIL, EU_STREAM, FLAG, adopter_project
 from tests.documented import run_verbatim, shell_blocks
-from tests.projects import ROOT, project_config, without_aws
+from tests.projects import ROOT, port_8000_alone, project_config, without_aws
 from tools.trial import drop_test_events
 
 PAGE = ROOT / "docs" / "adopting.md"
@@ -63,8 +62,6 @@ def follow_until_the_first_write(command: str, project, environment: dict[str, s
     return "".join(lines) + rest
 
 
-# Its `make run` prefers port 8000, as the tests of a taken port 8000 do: one worker for all of them.
-@pytest.mark.xdist_group("make-run-8000")
 def test_the_adopting_page_runs_verbatim_on_a_two_part_key_and_names_of_its_own(emulator, tmp_path):
     project = adopter_project(tmp_path / "project", {"prod-eu": EU_STREAM}, with_localdev=True)
     emulator.client("dynamodb").create_table(
@@ -81,7 +78,8 @@ def test_the_adopting_page_runs_verbatim_on_a_two_part_key_and_names_of_its_own(
     outputs = {}
     for command in commands:
         if command.startswith(".venv/bin/python -m localdev.run"):
-            outputs[command] = follow_until_the_first_write(command, project, without_aws(tmp_path))
+            with port_8000_alone():  # its `make run` prefers 8000
+                outputs[command] = follow_until_the_first_write(command, project, without_aws(tmp_path))
             continue
         if re.search(r"tools\.stage status\b", command):
             drop_test_events(emulator, "email-checker", STAGE)  # moto runs no reconciler (see tools/trial.py)

@@ -101,7 +101,7 @@ def test_the_commands_marked_to_run_run_verbatim_in_a_fresh_clone(documented_run
 
 
 @pytest.mark.xdist_group(GROUP)
-def test_the_tour_make_run_then_one_write_through_the_aws_cli(documented_runs):
+def test_the_tour_make_run_then_one_write_through_the_aws_cli(documented_runs, port_8000):
     fresh_clone = documented_runs.clone
     tour = (ROOT / "README.md").read_text()
     [write] = [c for _, commands in shell_blocks(ROOT / "README.md") for c in commands if c.startswith("AWS_")]

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from localdev.dynamodb_local import DynamoDBLocal, EngineFailed, free_port, last_error, port_is_free
-from tests.projects import copy_project, named_stages, project_config, stage_tool, unused_stage_name, without_aws
+from tests.projects import (
+    copy_project,
+    named_stages,
+    port_8000_alone,
+    project_config,
+    stage_tool,
+    unused_stage_name,
+    without_aws,
+)
 from tools.merge_template import STREAM_ARN_PATTERN
 from tools.stage import split_stream_arn
 
@@ -248,7 +256,7 @@ def port_8000_taken():
 
     from localdev.run import PREFERRED_PORT
 
-    with socket.socket() as listener:
+    with port_8000_alone(), socket.socket() as listener:
         # SO_REUSEADDR, as the engine and make run's probe set it: an earlier test's connections to 8000 may still be in
         # TIME_WAIT, which fails a plain bind although nothing listens (then make run would take the port after all).
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
