@@ -45,7 +45,9 @@ class Counts:
     """Items that violated the invariant when scanned (in a dry run: what would be written)."""
     written: int = 0
     superseded: int = 0
-    """A conditional write found the item changed or gone: the stream handler owns it from there."""
+    """A conditional write found the item changed since the scan: the stream handler owns it from there."""
+    gone: int = 0
+    """A conditional write found the item deleted since the scan (a consistent read after the failed condition)."""
     failed: int = 0
     rejected: int = 0
     read_units: float = 0.0
@@ -422,8 +424,25 @@ class SegmentWorker:
                     self._write_limit.take(len(chunk))
                 if self._stop is not None and self._stop.is_set():
                     return PageResult(counts, response.get("LastEvaluatedKey"), retry=True)
-                tally(self._gateway.apply(chunk, deadline), counts)
+                outcomes = self._gateway.apply(chunk, deadline)
+                tally(outcomes, counts)
+                self._count_gone(chunk, outcomes, counts, deadline)
         return PageResult(counts, response.get("LastEvaluatedKey"), retry=counts.failed > 0)
+
+    def _count_gone(
+        self, writes: Sequence[Write], outcomes: Sequence[WriteOutcome], counts: Counts, deadline: Deadline
+    ) -> None:
+        """Tell the superseded writes whose item is gone from those whose item changed: one consistent read of their
+        keys (rare: a condition fails only when a client wrote the item since the scan). An unread key stays
+        superseded."""
+        failed_condition = [w.key for w, o in zip(writes, outcomes, strict=True) if o is WriteOutcome.SUPERSEDED]
+        if not failed_condition:
+            return
+        read = self._gateway.read_states(failed_condition, deadline)
+        gone = sum(1 for key in failed_condition if key in read.states and read.states[key] is None)
+        counts.superseded -= gone
+        counts.gone += gone
+        counts.read_units += len(failed_condition)  # consistent reads of at most 4 KB each
 
     def run(
         self,

@@ -330,6 +330,7 @@ class RunReport:
             "to_write": self.counts.to_write,
             "written": self.counts.written,
             "superseded": self.counts.superseded,
+            "gone": self.counts.gone,
             "failed": self.counts.failed,
             "rejected": self.counts.rejected,
             "pages": self.counts.pages,

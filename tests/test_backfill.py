@@ -247,6 +247,25 @@ def test_a_page_scanned_again_writes_only_what_is_still_wrong(make_table, settin
     assert (again.counts.to_write, again.counts.already_correct, calls.count) == (0, 30, first.counts.written)
 
 
+def test_an_item_deleted_since_the_scan_counts_as_gone_and_one_changed_as_superseded(make_table, settings):
+    table = make_table(stream=False)
+    for name in ("fixed-1", "fixed-2", "deleted", "changed"):  # each needs a write: a personal address, no flag
+        table.client.put_item(TableName=table.name, Item={"Id": {"S": name}, "Email": {"S": f"{name}@gmail.com"}})
+    meddled = []
+
+    def between_the_scan_and_the_writes(**_):
+        if not meddled:  # a client deletes one item and changes another's e-mail before the writes land
+            meddled.append(True)
+            table.client.delete_item(TableName=table.name, Key={"Id": {"S": "deleted"}})
+            table.client.put_item(TableName=table.name, Item={"Id": {"S": "changed"}, "Email": {"S": "c@example.com"}})
+
+    table.client.meta.events.register("before-call.dynamodb.BatchExecuteStatement", between_the_scan_and_the_writes)
+    counts = local_worker(settings, table.client, 4).page(SegmentRequest(table.name, ("Id",), 0, 1), None).counts
+    assert (counts.scanned, counts.to_write) == (4, 4)
+    assert (counts.written, counts.superseded, counts.gone, counts.failed) == (2, 1, 1, 0)
+    assert table.client.get_item(TableName=table.name, Key={"Id": {"S": "deleted"}}).get("Item") is None  # not back
+
+
 def test_failed_writes_stop_the_segment_at_the_page_that_must_be_redone(make_table, settings):
     table = make_table(stream=False)
     populate(table.client, table, 40, Model())

@@ -51,13 +51,13 @@ def flags(table) -> dict[tuple[str, int], bool | None]:
 
 def summary_numbers(output: str) -> dict[str, int]:
     """The summary's counts by label."""
-    labels = ("scanned", "already correct", "needed a write", "fixed", "superseded", "rejected", "failed")
+    labels = ("scanned", "already correct", "needed a write", "fixed", "superseded", "gone", "rejected", "failed")
     return {label: int(re.search(rf"^  {label} +(\d+)", output, re.M).group(1)) for label in labels}
 
 
 def assert_adds_up(numbers: dict[str, int]) -> None:
     assert numbers["scanned"] == numbers["already correct"] + numbers["needed a write"]
-    assert numbers["needed a write"] == numbers["fixed"] + numbers["superseded"] + numbers["rejected"]
+    assert numbers["needed a write"] == numbers["fixed"] + numbers["superseded"] + numbers["gone"] + numbers["rejected"]
 
 
 @pytest.fixture

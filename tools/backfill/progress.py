@@ -28,7 +28,10 @@ class Progress:
         """The counts after the bar."""
         c = self._counts
         written = f"would write {c.to_write}" if self._dry_run else f"written {c.written}"
-        return f"{written}, already correct {c.already_correct}, superseded {c.superseded}, failed {c.failed}"
+        return (
+            f"{written}, already correct {c.already_correct}, superseded {c.superseded}, gone {c.gone}, "
+            f"failed {c.failed}"
+        )
 
     def add(self, counts: Counts) -> None:
         """Count a page."""
@@ -46,7 +49,7 @@ class Progress:
 
 def summary(totals: Counts, checkpoint: Checkpoint, seconds: float, interrupted: bool, failed_left: int = 0) -> str:
     """The closing report: counts, rates, and what is left (never a key). Every item of a finished page is counted
-    once, as already correct, fixed, superseded or rejected; `failed_left` counts the writes still failing on the
+    once, as already correct, fixed, superseded, gone or rejected; `failed_left` counts the writes still failing on the
     pages left to redo (their other items are counted when those pages are)."""
     left = checkpoint.unfinished()
     lines = [
@@ -56,12 +59,13 @@ def summary(totals: Counts, checkpoint: Checkpoint, seconds: float, interrupted:
         f"{'would write' if checkpoint.dry_run else 'needed a write'})",
         f"  already correct  {totals.already_correct}",
         f"  {'would write' if checkpoint.dry_run else 'needed a write':<17}{totals.to_write}"
-        + ("" if checkpoint.dry_run else "   (fixed + superseded + rejected)"),
+        + ("" if checkpoint.dry_run else "   (fixed + superseded + gone + rejected)"),
     ]
     if not checkpoint.dry_run:
         lines += [
             f"  fixed            {totals.written}",
-            f"  superseded       {totals.superseded}   (changed or gone since the scan: the stream handler has them)",
+            f"  superseded       {totals.superseded}   (changed since the scan: the stream handler has them)",
+            f"  gone             {totals.gone}   (deleted since the scan: nothing to write)",
             f"  rejected         {totals.rejected}   (refused by DynamoDB: a retry can't succeed)",
             f"  failed           {failed_left}   (writes still failing on the pages left to redo: they are scanned "
             "again on resume)",
