@@ -18,6 +18,7 @@ from chalicelib.dynamodb import DynamoDBGateway, WriteOutcome
 from chalicelib.planner import Action, Write
 from chalicelib.processor import StreamProcessor
 from chalicelib.records import AttributeNames, ItemState, attribute_conflict, item_key
+from chalicelib.sweep import table_facts
 from localdev.events import StreamEventFactory, to_wire
 from localdev.mapping import LocalEventSourceMapping
 from tests.projects import STAGE, backfill_tool, copy_project
@@ -25,7 +26,6 @@ from tests.reliability import EMAILS, Layout, Model, Op, perform, scan, violatio
 from tests.test_reliability import follow, report, run_clients, settle
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.local import Options, local_worker, run_local
-from tools.backfill.table import table_facts
 
 ADOPTER = AttributeNames(email="email", flag="is_personal")
 ADOPTER_KEYS = (("tenant", "S"), ("member_no", "N"))

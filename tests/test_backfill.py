@@ -25,6 +25,7 @@ from chalicelib.backfill import (
 from chalicelib.dynamodb import DynamoDBGateway, WriteOutcome
 from chalicelib.records import DEFAULT_ATTRIBUTES
 from chalicelib.runtime import classifier_for
+from chalicelib.sweep import TableFacts, table_facts
 from localdev.events import to_wire
 from localdev.mapping import LocalEventSourceMapping
 from tests.oracle import expected_flag
@@ -34,7 +35,6 @@ from tests.test_reliability import follow, report, run_clients, settle
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch
 from tools.backfill.local import Options, local_worker, run_local, stage_settings
 from tools.backfill.ratelimit import ON_DEMAND_READ_UNITS, ON_DEMAND_WRITE_UNITS, rate_limits
-from tools.backfill.table import TableFacts, table_facts
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +103,11 @@ def test_the_token_bucket_waits_for_what_was_taken():
 
 
 def test_rate_limits_from_units_or_a_fraction_of_provisioned_capacity():
-    provisioned = TableFacts("T", ("Id",), 10, read_capacity=400, write_capacity=100)
+    provisioned = TableFacts("T", ("Id",), size_bytes=0, item_count=10, read_capacity=400, write_capacity=100)
     assert rate_limits(provisioned, None, None, None) == (80, 20)  # a fifth of the capacity by default
     assert rate_limits(provisioned, None, None, 0.25) == (100, 25)
     assert rate_limits(provisioned, 50, None, 0.5) == (50, 50)
-    on_demand = TableFacts("T", ("Id",), 10, read_capacity=0, write_capacity=0)
+    on_demand = TableFacts("T", ("Id",), size_bytes=0, item_count=10, read_capacity=0, write_capacity=0)
     with pytest.raises(ValueError, match="on-demand"):
         rate_limits(on_demand, None, None, 0.5)
     assert rate_limits(on_demand, None, None, None) == (ON_DEMAND_READ_UNITS, ON_DEMAND_WRITE_UNITS)
@@ -124,9 +124,10 @@ def test_key_schema_comes_hash_first_from_describe_table():
             "BillingModeSummary": {"BillingMode": "PAY_PER_REQUEST"},
             "ProvisionedThroughput": {"ReadCapacityUnits": 0, "WriteCapacityUnits": 0},
             "ItemCount": 7,
+            "TableSizeBytes": 700,
         }
     )
-    assert facts == TableFacts("T", ("Pk", "Sk"), 7, 0, 0)
+    assert facts == TableFacts("T", ("Pk", "Sk"), size_bytes=700, item_count=7, read_capacity=0, write_capacity=0)
 
 
 def test_the_payload_round_trips_binary_keys_and_refuses_bad_fields():

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.dynamodb import dynamodb_client
+from chalicelib.sweep import table_facts
 from localdev.walkthrough import walkthrough_settings
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.local import DEFAULT_PAGE_SIZE, Options, local_worker, run_local
-from tools.backfill.table import table_facts
 from tools.project import ROOT
 
 EMAILS = ("someone@gmail.com", "someone@example.com", "someone@outlook.com", "someone@corp.example.org")

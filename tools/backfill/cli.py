@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from chalicelib.records import attribute_conflict
+from chalicelib.sweep import table_facts
 from tools.backfill.checkpoint import Checkpoint, CheckpointMismatch, default_checkpoint_path
 from tools.backfill.local import (
     DEFAULT_PAGE_SIZE,
@@ -23,7 +24,6 @@ from tools.backfill.local import (
 )
 from tools.backfill.progress import Progress, summary
 from tools.backfill.ratelimit import rate_limits
-from tools.backfill.table import table_facts
 
 DOC = """Backfill: bring every existing item of a users table under the invariant (items written before the stream
 existed, or whose records aged out of it), from this machine, or by the deployed sweep's urgent pass.

@@ -11,9 +11,9 @@ from typing import Any
 
 from chalicelib.backfill import Counts, PageResult, SegmentRequest, SegmentResult, SegmentWorker
 from chalicelib.config import Settings
+from chalicelib.sweep import TableFacts
 from tools.backfill.checkpoint import Checkpoint
 from tools.backfill.progress import Progress
-from tools.backfill.table import TableFacts
 from tools.project import ROOT, function_environment
 
 FUNCTION_NAME = "sweep_table"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.backfill.table import TableFacts
+from chalicelib.sweep import TableFacts
 
 # Without --read-units/--write-units/--capacity-fraction a provisioned table is backfilled at this fraction of its
 # capacity: the live traffic keeps the other 80 % (the handler's writes included), and a 20 % scan of a table at its
