@@ -35,6 +35,7 @@ from chalicelib.on_failure import (
 )
 from chalicelib.planner import Classify, decide
 from chalicelib.records import ItemKey, MalformedRecord, decode_record, table_name_from_stream_arn
+from chalicelib.sweep import error_code
 
 RETRY_BASE_DELAY_SECONDS = 30
 MAX_RETRY_DELAY_SECONDS = 12 * 3600
@@ -111,12 +112,6 @@ def queue_url_from_arn(queue_arn: str) -> str:
     return f"https://sqs.{parts[3]}.{suffix}/{parts[4]}/{parts[5]}"
 
 
-def _error_code(error: Exception) -> str:
-    if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code", "")) or type(error).__name__
-    return type(error).__name__
-
-
 def tally(report: Report, outcomes: Sequence[WriteOutcome]) -> None:
     """Count the writes' outcomes into the report."""
     tallied = OutcomeTally.of(outcomes)
@@ -160,7 +155,7 @@ class Reconciler:
         try:
             body = self._s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
         except (ClientError, BotoCoreError) as error:
-            code = _error_code(error)
+            code = error_code(error)
             gone = code in ("NoSuchKey", "404")  # S3 reads its writes: a key the notification named was deleted
             denied = code in ("AccessDenied", "403") and context.receives >= ACCESS_DENIED_RECEIVES
             if not (gone or denied):
@@ -228,7 +223,7 @@ class Reconciler:
         try:
             self._sweep.request_urgent(failed_at or context.now())
         except (ClientError, BotoCoreError, RuntimeError, ValueError) as error:
-            report.escalate(Outcome.RETRY, f"{why}: {_error_code(error)}")
+            report.escalate(Outcome.RETRY, f"{why}: {error_code(error)}")
             return
         report.escalate(Outcome.SWEEP_REQUESTED, why)
 

@@ -128,11 +128,9 @@ def sweep_for(settings: Settings) -> Sweeper:
     """The stage's sweep, built on first use: the backfill's page, the handler's planner and conditional writes,
     segments in threads, the state in the on-failure bucket."""
     import boto3
-    from botocore.config import Config
 
     from chalicelib.backfill import SegmentWorker
-    from chalicelib.budget import CONNECT_TIMEOUT_SECONDS, MAX_ATTEMPTS
-    from chalicelib.dynamodb import DynamoDBGateway
+    from chalicelib.dynamodb import DynamoDBGateway, client_config
     from chalicelib.reconciler import stage_table_name
     from chalicelib.sweep import Sweeper
 
@@ -141,13 +139,7 @@ def sweep_for(settings: Settings) -> Sweeper:
         raise ValueError("the sweep needs the stage's STREAM_ARN (its table)")
     session = boto3.session.Session()
     segments = settings.sweep_segments
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
-        max_pool_connections=segments * (settings.write_concurrency + 1),
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        read_timeout=SWEEP_READ_TIMEOUT_SECONDS,
-        tcp_keepalive=True,
-    )
+    config = client_config(segments * (settings.write_concurrency + 1), read_timeout=SWEEP_READ_TIMEOUT_SECONDS)
     client = session.client("dynamodb", config=config)
 
     def new_gateway() -> DynamoDBGateway:

@@ -47,6 +47,13 @@ CONFLICTS = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"
 """A conditional put that lost: another writer changed the object (412), or was changing it at the time (409)."""
 MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 URGENT_ATTEMPTS = 5
+DEFAULT_CAPACITY_FRACTION = 0.2
+"""On a provisioned table, the share of its capacity the sweep (and by default the backfill command) may use: the
+live traffic keeps the rest, the handler's writes included."""
+ON_DEMAND_READ_UNITS = 1000.0
+"""On an on-demand table, the most read units per second by default: small against its initial 12,000 RCU."""
+ON_DEMAND_WRITE_UNITS = 500.0
+"""On an on-demand table, the most write units per second by default: small against its initial 4,000 WCU."""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -253,11 +260,11 @@ class SweepConfig:
 
     period: timedelta = timedelta(hours=168)
     segments: int = 8
-    capacity_fraction: float = 0.2
+    capacity_fraction: float = DEFAULT_CAPACITY_FRACTION
     """On a provisioned table: the share of its read and write capacity the sweep may use at most."""
-    read_units: float = 1000.0
+    read_units: float = ON_DEMAND_READ_UNITS
     """On demand: the most read units per second the sweep uses (the urgent rate)."""
-    write_units: float = 500.0
+    write_units: float = ON_DEMAND_WRITE_UNITS
     page_items: int | None = None
     """Scan's Limit (None: DynamoDB's 1 MB pages)."""
     interval: timedelta = timedelta(minutes=15)
@@ -392,7 +399,7 @@ class Sweeper:
         if etag is None:
             report.outcome = "superseded"
             return report
-        holder = _Holder(self._store, state, etag)
+        holder = _Holder(self._store, state, etag, self._now)
         try:
             self._work(holder, facts, rates, deadline, report)
         except StateLost:
@@ -495,8 +502,9 @@ def _written(store: StateStore, state: SweepState, etag: str | None) -> str | No
 class _Holder:
     """The run's copy of the state and its ETag; every page's result is written back under one lock."""
 
-    def __init__(self, store: StateStore, state: SweepState, etag: str) -> None:
+    def __init__(self, store: StateStore, state: SweepState, etag: str, now: Callable[[], datetime]) -> None:
         self._store = store
+        self._now = now
         self.state = state
         self._etag = etag
         self._lock = threading.Lock()
@@ -516,7 +524,7 @@ class _Holder:
                 cursor.done = page.last_evaluated_key is None
             state.counts.add(counts)
             report.counts.add(counts)
-            now = datetime.now(UTC)
+            now = self._now()
             state.updated_at = now
             if state.finished:
                 state.finish_pass(now)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from chalicelib.sweep import TableFacts
+# Without --read-units/--write-units/--capacity-fraction the backfill takes the sweep's defaults: a fraction of a
+# provisioned table's capacity (the live traffic keeps the rest, and a 20 % scan of a table at its usual load stays
+# clear of throttling), or on demand, where unlimited would let a parallel scan reach the table's (or account's)
+# throughput limits and throttle the application, units small against an on-demand table's initial capacity.
+from chalicelib.sweep import DEFAULT_CAPACITY_FRACTION, ON_DEMAND_READ_UNITS, ON_DEMAND_WRITE_UNITS, TableFacts
 
-# Without --read-units/--write-units/--capacity-fraction a provisioned table is backfilled at this fraction of its
-# capacity: the live traffic keeps the other 80 % (the handler's writes included), and a 20 % scan of a table at its
-# usual load stays clear of throttling. An on-demand table has no capacity to take a fraction of: see ON_DEMAND_*.
-DEFAULT_CAPACITY_FRACTION = 0.2
-# On demand, unlimited would let a parallel scan reach the table's (or account's) throughput limits and throttle the
-# application; these defaults are small against on-demand's initial 4,000 WCU / 12,000 RCU a table: raise them.
-ON_DEMAND_READ_UNITS = 1000.0
-ON_DEMAND_WRITE_UNITS = 500.0
+__all__ = ["DEFAULT_CAPACITY_FRACTION", "ON_DEMAND_READ_UNITS", "ON_DEMAND_WRITE_UNITS", "rate_limits"]
 
 
 def rate_limits(
