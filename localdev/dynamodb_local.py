@@ -248,10 +248,15 @@ def key_schema(keys: list[str]) -> tuple[list[dict[str, str]], list[dict[str, st
     return definitions, [{"AttributeName": d["AttributeName"], "KeyType": roles[i]} for i, d in enumerate(definitions)]
 
 
-def describe_key(table: dict[str, Any]) -> str:
-    """A table's key as DescribeTable (or CreateTable's input) gives it, in the --key syntax: `tenant:S member_no:N`."""
+def key_attributes(table: dict[str, Any]) -> list[tuple[str, str]]:
+    """A table's key as DescribeTable (or CreateTable's input) gives it: (name, type), hash then range."""
     types = {spec["AttributeName"]: spec["AttributeType"] for spec in table["AttributeDefinitions"]}
-    return " ".join(f"{key['AttributeName']}:{types[key['AttributeName']]}" for key in table["KeySchema"])
+    return [(key["AttributeName"], types[key["AttributeName"]]) for key in table["KeySchema"]]
+
+
+def describe_key(table: dict[str, Any]) -> str:
+    """A table's key in the --key syntax: `tenant:S member_no:N`."""
+    return " ".join(f"{name}:{kind}" for name, kind in key_attributes(table))
 
 
 def table_definition(keys: list[str] | None = None, **overrides: Any) -> dict[str, Any]:

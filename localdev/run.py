@@ -200,11 +200,9 @@ def start_engine(
 
 def describe_table(table: dict[str, Any]) -> str:
     """A table's key and stream, from DescribeTable: `key tenant (S) + member_no (N), stream NEW_AND_OLD_IMAGES`."""
-    from localdev.dynamodb_local import describe_key, stream_arn_of
+    from localdev.dynamodb_local import key_attributes, stream_arn_of
 
-    key = " + ".join(
-        f"{name} ({kind})" for name, _, kind in (part.rpartition(":") for part in describe_key(table).split())
-    )
+    key = " + ".join(f"{name} ({kind})" for name, kind in key_attributes(table))
     view = table.get("StreamSpecification", {}).get("StreamViewType") if stream_arn_of(table) else None
     return f"key {key}, " + (f"stream {view}" if view else "no stream")
 

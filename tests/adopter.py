@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.projects import ADOPTER_EMAIL, ADOPTER_FLAG, APP_NAME, copy_project, fixture_config, stage_entry
+from tests.projects import ADOPTER_EMAIL, ADOPTER_FLAG, adopter_stages, copy_project, fixture_config
 
 EMAIL, FLAG = ADOPTER_EMAIL, ADOPTER_FLAG
 EU_STREAM = "arn:aws:dynamodb:eu-west-1:123456789012:table/Members/stream/2026-01-01T00:00:00.000"
@@ -15,6 +15,4 @@ EU_STREAM = "arn:aws:dynamodb:eu-west-1:123456789012:table/Members/stream/2026-0
 def adopter_project(target: Path, stages: dict[str, str], with_localdev: bool = False) -> Path:
     """A project copy whose config holds only `stages` (name: STREAM_ARN, "" for unbound) with the adopter's names,
     policy files generated; with `with_localdev`, what the local commands need too."""
-    names = {"EMAIL_ATTRIBUTE": EMAIL, "FLAG_ATTRIBUTE": FLAG}
-    entries = {name: stage_entry(APP_NAME, name, arn, **names) for name, arn in stages.items()}
-    return copy_project(target, fixture_config(entries), local=with_localdev)
+    return copy_project(target, fixture_config(adopter_stages(stages)), local=with_localdev)

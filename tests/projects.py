@@ -122,14 +122,15 @@ ADOPTER_STAGES = {
 ADOPTER_EMAIL, ADOPTER_FLAG = "email", "is_personal"
 
 
+def adopter_stages(stages: dict[str, str], **variables: str) -> dict[str, Any]:
+    """Stage entries for `stages` (name: STREAM_ARN, "" for unbound) with the adopter's attribute names."""
+    names = {"EMAIL_ATTRIBUTE": ADOPTER_EMAIL, "FLAG_ATTRIBUTE": ADOPTER_FLAG, **variables}
+    return {name: stage_entry(APP_NAME, name, arn, **names) for name, arn in stages.items()}
+
+
 def adopter_config() -> dict[str, Any]:
     """The adopter's config (ADOPTER_STAGES, bound; names ADOPTER_EMAIL/ADOPTER_FLAG; batch 300, 1024 MB)."""
-    stages = {
-        name: stage_entry(
-            APP_NAME, name, arn, EMAIL_ATTRIBUTE=ADOPTER_EMAIL, FLAG_ATTRIBUTE=ADOPTER_FLAG, BATCH_SIZE="300"
-        )
-        for name, arn in ADOPTER_STAGES.items()
-    }
+    stages = adopter_stages(ADOPTER_STAGES, BATCH_SIZE="300")
     for entry in stages.values():
         entry["lambda_functions"]["sync_is_personal_email"] = {"reserved_concurrency": 20}
     return {**fixture_config(stages), "lambda_memory_size": 1024}
