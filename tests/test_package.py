@@ -434,7 +434,10 @@ def test_the_role_is_least_privilege_on_the_resolved_arns(stack_with_table, para
         sweep["PolicyDocument"], {"UsersTableStreamArn": parameter}, {"CreateUsersTable": parameter == "CREATE"}
     )
     assert {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]} == {
-        "SweepTheTable": (["dynamodb:DescribeTable", "dynamodb:Scan", "dynamodb:PartiQLUpdate"], table),
+        "SweepTheTable": (
+            ["dynamodb:DescribeTable", "dynamodb:Scan", "dynamodb:PartiQLUpdate", "dynamodb:BatchGetItem"],
+            table,
+        ),
         "KeepTheSweepState": state,
         "FindTheFailureBucket": (["s3:ListBucket"], "<StreamFailureBucket.Arn>"),
         "WriteLogs": (["logs:CreateLogStream", "logs:PutLogEvents"], "<SweepTableLogGroup.Arn>"),

@@ -30,7 +30,12 @@ def test_the_sweep_policy_scans_and_writes_the_table_and_keeps_its_state_only():
     policy = stage.sweep_policy_document("email-checker", "prod", ARN)
     by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
     table = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users"
-    assert by_sid["SweepTheTable"]["Action"] == ["dynamodb:DescribeTable", "dynamodb:Scan", stage.TABLE_WRITE_ACTION]
+    assert by_sid["SweepTheTable"]["Action"] == [
+        "dynamodb:DescribeTable",
+        "dynamodb:Scan",
+        stage.TABLE_WRITE_ACTION,
+        "dynamodb:BatchGetItem",
+    ]
     assert by_sid["SweepTheTable"]["Resource"] == table
     assert all("sweep_table" in r for r in by_sid["WriteLogs"]["Resource"])
     # Its state and nothing else in the bucket: GetObject for the ETag, PutObject with If-Match/If-None-Match, and

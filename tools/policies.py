@@ -222,12 +222,14 @@ def sweep_statements(
     table_arn: Any, failure_bucket_arn: Any, log_actions: list[str], log_resources: Any
 ) -> list[dict[str, Any]]:
     """The scheduled sweep's least-privilege statements: the table's key schema, size and capacity, its pages
-    (eventually consistent Scan), the fixes (conditional PartiQL updates), and its state object."""
+    (eventually consistent Scan), the fixes (conditional PartiQL updates), the consistent read that tells an item
+    gone since its page from one changed (BatchGetItem, only of the keys whose write condition failed), and its state
+    object."""
     return [
         {
             "Sid": "SweepTheTable",
             "Effect": "Allow",
-            "Action": ["dynamodb:DescribeTable", "dynamodb:Scan", TABLE_WRITE_ACTION],
+            "Action": ["dynamodb:DescribeTable", "dynamodb:Scan", TABLE_WRITE_ACTION, "dynamodb:BatchGetItem"],
             "Resource": table_arn,
         },
         *state_statements(failure_bucket_arn),
