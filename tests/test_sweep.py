@@ -460,3 +460,50 @@ def test_the_sweep_settings_are_read_and_checked():
 
     with pytest.raises(ConfigError, match="SWEEP_PERIOD_HOURS"):
         Settings.from_environ({"SWEEP_PERIOD_HOURS": "forever"})
+
+
+def test_every_call_a_sweep_makes_is_one_its_role_grants(engine, emulator, make_table, bucket, monkeypatch):
+    """moto and DynamoDB Local check no IAM: the calls of a run that meets a deleted and a changed item (the read that
+    tells them apart included) are each matched against the sweep's generated policy."""
+    from tests.test_reconciler import AllCalls
+    from tools.policies import TABLE_WRITE_ACTION, sweep_policy_document
+
+    table = make_table()
+    fill(table, 30)
+    calls = AllCalls(monkeypatch)
+    meddled = []
+
+    def between_the_scan_and_the_writes(**_: Any) -> None:
+        if not meddled:
+            meddled.append(True)
+            table.client.delete_item(TableName=table.name, Key={"Id": {"S": "user-00001"}})
+            table.client.update_item(
+                TableName=table.name,
+                Key={"Id": {"S": "user-00002"}},
+                UpdateExpression="SET #e = :e",
+                ExpressionAttributeNames={"#e": EMAIL},
+                ExpressionAttributeValues={":e": {"S": "changed@example.org"}},
+            )
+
+    run = sweeper(
+        engine,
+        emulator,
+        table,
+        bucket,
+        SweepConfig(segments=1, margin_seconds=0.5),
+        {"before-call.dynamodb.BatchExecuteStatement": between_the_scan_and_the_writes},
+    )
+    report = run.run(lambda: 60_000)
+    assert (report.counts.gone, report.counts.superseded) == (1, 1)  # the read that needs BatchGetItem was made
+
+    arn = "arn:aws:dynamodb:eu-west-1:123456789012:table/Users/stream/2026-01-01T00:00:00.000"
+    granted = {
+        action for statement in sweep_policy_document("email-checker", "qa", arn)["Statement"] for action in
+        (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    }  # fmt: skip
+    actions = {
+        TABLE_WRITE_ACTION if call == "dynamodb.BatchExecuteStatement" else call.replace(".", ":", 1)
+        for call in calls.calls  # the sweep's clients only: the meddling one was made before
+    }
+    assert {"dynamodb:BatchGetItem", "s3:PutObject"} <= actions
+    assert actions <= granted, actions - granted
