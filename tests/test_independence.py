@@ -4,6 +4,8 @@ committed `.chalice/` for its own setup (tests/conftest.py's guard fails one tha
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -15,9 +17,22 @@ from tools.project import UnknownStage, chosen_stage
 
 
 def run(project, module: str, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *arguments], cwd=project, capture_output=True, text=True, timeout=120
+    """Run one of the project's commands in `project`, in its own process group: one that outlives 120 s (a command
+    that should have stopped at once, and started its engine instead) gets SIGTERM, which stops what it started."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *arguments],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_the_guard_sees_a_read_of_the_committed_config_and_a_command_run_in_the_checkout():
