@@ -79,12 +79,14 @@ def sync_is_personal_email(event: DynamoDBEvent) -> dict[str, Any]:
     batch_size=1,
     maximum_concurrency=RECONCILER_MAXIMUM_CONCURRENCY,
 )
-def reconcile_discarded_batches(event: SQSEvent) -> None:
+def reconcile_discarded_batches(event: SQSEvent) -> dict[str, Any] | None:
     """Bring every item of a discarded batch under the invariant from its S3 on-failure object (when the batch's
-    records can't be had: an urgent pass of the sweep)."""
-    handler = reconciler_for(Settings.from_environ(os.environ))
-    for record in event:
-        handler.handle(record.to_dict(), event.context.get_remaining_time_in_millis)
+    records can't be had: an urgent pass of the sweep); name the messages to come back later."""
+    settings = Settings.from_environ(os.environ)
+    messages = [record.to_dict() for record in event]
+    return reconciler_for(settings).answer(
+        messages, event.context.get_remaining_time_in_millis, settings.report_batch_item_failures
+    )
 
 
 @app.schedule(Rate(SETTINGS.sweep_rate_minutes, unit=Rate.MINUTES), name="sweep_table")

@@ -140,6 +140,8 @@ class Settings:
     personal_domains_remove: frozenset[str]
     write_concurrency: int
     report_batch_item_failures: bool
+    """This function's event source mapping reports batch item failures (FunctionResponseTypes): set by the deploy
+    paths on the stream handler and the reconciler once their mappings do; off, a failure raises instead."""
     parallelization_factor: int = 1
     """Batches of one shard the event source mapping runs at once (Lambda's ParallelizationFactor, 1-10)."""
     failure_bucket: str = ""

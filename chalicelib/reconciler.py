@@ -242,7 +242,8 @@ METRICS = {
 
 
 class ReconcileIncomplete(RuntimeError):
-    """Raised after a message's visibility was pushed back: Lambda leaves it in the queue for a later try."""
+    """Raised, where the event source can't be told which messages to keep, after the unfinished messages'
+    visibility was pushed back: Lambda leaves the batch in the queue for a later try."""
 
 
 class MessageHandler:
@@ -254,8 +255,25 @@ class MessageHandler:
         self._logger = logger
         self._metrics = metrics
 
+    def answer(
+        self, messages: Iterable[Mapping[str, Any]], remaining_ms: Callable[[], int], report_item_failures: bool
+    ) -> dict[str, Any] | None:
+        """Every message of an SQS event; Lambda's partial batch response naming the unfinished ones when the event
+        source reports item failures (nothing raised: a message that comes back later is routine), else
+        ReconcileIncomplete after the batch if any is unfinished."""
+        unfinished = [
+            message.get("messageId")
+            for message in messages
+            if self.handle(message, remaining_ms).outcome is Outcome.RETRY
+        ]
+        if report_item_failures:
+            return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in unfinished]}
+        if unfinished:
+            raise ReconcileIncomplete(f"{len(unfinished)} message(s) not finished; they come back later")
+        return None
+
     def handle(self, message: Mapping[str, Any], remaining_ms: Callable[[], int]) -> Report:
-        """Handle one SQS record (Lambda's shape); raise ReconcileIncomplete when it must come back later."""
+        """Handle one SQS record (Lambda's shape): its report; one to retry was pushed back first."""
         deadline = Deadline.from_remaining_ms(remaining_ms(), MARGIN_SECONDS)
         where: dict[str, Any] = {"message_id": message.get("messageId")}
         receives = _receive_count(message)
@@ -281,8 +299,6 @@ class MessageHandler:
         if report.outcome is Outcome.RETRY:
             where["retry_in_seconds"] = self._push_back(message, receives)
         self._finish(report, where)
-        if report.outcome is Outcome.RETRY:
-            raise ReconcileIncomplete(f"message not finished ({report.outcome.value}); it comes back later")
         return report
 
     def _push_back(self, message: Mapping[str, Any], receives: int) -> int | None:

@@ -5,10 +5,15 @@ its schedule, as EventBridge invokes it.
 - `ReconcilerRunner` receives one message at a time (batch size 1, short polls), hands it to the app's
   `reconcile_discarded_batches` through `chalice.test.Client` in the SQS event Lambda builds (messageId,
   receiptHandle, body, attributes with ApproximateReceiveCount, eventSourceARN, ...), with the stage's environment
-  and a context holding the function's configured timeout; it deletes the message when the function returns and
-  leaves it when it raises, so it comes back when its visibility timeout ends (the one the reconciler set with
-  ChangeMessageVisibility, or the queue's), and the queue's RedrivePolicy moves it to the dead-letter queue after
-  maxReceiveCount receives, as SQS does.
+  and a context holding the function's configured timeout. As the deployed event source, it reports batch item
+  failures (FunctionResponseTypes ReportBatchItemFailures, tools/failure_handling.RECONCILER_MAPPING, and the
+  function's REPORT_BATCH_ITEM_FAILURES on): a message the function names in `batchItemFailures` is left, one it
+  doesn't is deleted; a response naming no message of the batch, or an `itemIdentifier` that is empty, null or
+  unknown, leaves the whole batch, as does a function that raises (Lambda developer guide, "Handling errors for an
+  SQS event source in Lambda", https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-errorhandling.html).
+  Without the response type, whatever the function returns deletes the batch. A message left comes back when its
+  visibility timeout ends (the one the reconciler set with ChangeMessageVisibility, or the queue's), and the queue's
+  RedrivePolicy moves it to the dead-letter queue after maxReceiveCount receives, as SQS does.
 - `LocalSchedule` is EventBridge's rule for the scheduled sweep `sweep_table`: every `every` seconds (the stage's
   SWEEP_RATE_MINUTES, or shorter by `make run`'s flag), one call with the scheduled event Lambda hands over, never
   two at once (reserved concurrency 1). A local run is cut short (`run_seconds` after the sweep's margin) so the
@@ -180,10 +185,26 @@ class RunnerStats:
 
     received: int = 0
     deleted: int = 0
-    """Messages the function finished (returned): deleted, as Lambda deletes them."""
+    """Messages the function finished: deleted, as Lambda deletes them."""
     failed: int = 0
     """Deliveries that raised: the message stays and comes back after its visibility timeout."""
+    reported: int = 0
+    """Messages the function named in its partial batch response: they stay, with no function error."""
     outcomes: list[str] = field(default_factory=list)
+
+
+def reported_failures(response: Any, message_ids: list[str]) -> set[str]:
+    """The messages of a batch a function's answer leaves in the queue, as Lambda reads a partial batch response:
+    none for no list or an empty one, the whole batch for an `itemIdentifier` that is empty, null or unknown."""
+    failures = response.get("batchItemFailures") if isinstance(response, dict) else None
+    if not failures:
+        return set()
+    if not isinstance(failures, list):
+        return set(message_ids)
+    named = [failure.get("itemIdentifier") if isinstance(failure, dict) else None for failure in failures]
+    if any(identifier not in message_ids for identifier in named):
+        return set(message_ids)
+    return set(named)
 
 
 def sqs_event_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
@@ -214,6 +235,7 @@ class ReconcilerRunner:
         on_line: Callable[[str], None] | None = None,
         function_name: str = RECONCILER_FUNCTION,
         wait_seconds: int = 1,
+        report_batch_item_failures: bool = True,
     ) -> None:
         self._sqs = sqs
         self.queue_url = queue_url
@@ -225,6 +247,8 @@ class ReconcilerRunner:
         self._on_line = on_line
         self.function_name = function_name
         self.wait_seconds = wait_seconds
+        self.report_batch_item_failures = report_batch_item_failures
+        """The event source's FunctionResponseTypes holds ReportBatchItemFailures (the deployed one does)."""
         self.stats = RunnerStats()
 
     def poll(self, wait_seconds: int | None = None) -> int:
@@ -244,14 +268,18 @@ class ReconcilerRunner:
         record = sqs_event_record(message, self.queue_arn)
         seen = len(self._collector.lines) if self._collector else 0
         try:
-            self._functions.call(self.function_name, {"Records": [record]})
+            response = self._functions.call(self.function_name, {"Records": [record]})
         except Exception as error:  # Lambda leaves the message: it comes back when its visibility timeout ends
             self.stats.failed += 1
             kept = f"left in the queue ({type(error).__name__})"
         else:
-            self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-            self.stats.deleted += 1
-            kept = "deleted"
+            if self.report_batch_item_failures and reported_failures(response, [record["messageId"]]):
+                self.stats.reported += 1
+                kept = "left in the queue (reported)"
+            else:
+                self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+                self.stats.deleted += 1
+                kept = "deleted"
         lines = [
             line
             for line in (self._collector.lines[seen:] if self._collector else [])
@@ -370,11 +398,17 @@ def start_reconciler(
     on_line: Callable[[str], None] | None = None,
     sweep_every: float | None = None,
     project_dir: Path = ROOT,
+    report_batch_item_failures: bool = True,
 ) -> LocalReconciler:
     """The runner for the stage's on-failure queue and the sweep's schedule (every `sweep_every` seconds; None: not
     started, `schedule.run_once()` fires it); the caller applies `environment` to os.environ before the first message
-    (the functions' clients are built from it)."""
+    (the functions' clients are built from it). With `report_batch_item_failures`, as deployed: the event source
+    reports batch item failures and the functions run with the deployed REPORT_BATCH_ITEM_FAILURES."""
+    from tools.failure_handling import DEPLOYED_FUNCTION
+
     functions = LocalFunctions(stage=stage, quiet=quiet, lock=lock, project_dir=project_dir)
+    if report_batch_item_failures:
+        functions.override(**DEPLOYED_FUNCTION)
     collector = ReportCollector()
     logging.getLogger(SERVICE).addHandler(collector)
 
@@ -385,5 +419,7 @@ def start_reconciler(
     schedule = LocalSchedule(functions, sweep_every or 0.0, on_result)
     if sweep_every:
         schedule.start()
-    runner = ReconcilerRunner(sqs, queue_url, functions, collector, on_line)
+    runner = ReconcilerRunner(
+        sqs, queue_url, functions, collector, on_line, report_batch_item_failures=report_batch_item_failures
+    )
     return LocalReconciler(runner, schedule, collector, environment(moto_endpoint, bucket))

@@ -149,6 +149,12 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     variables = lambda_client.get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
     assert variables["REPORT_BATCH_ITEM_FAILURES"] == "true"
     assert variables["STREAM_ARN"] == stream_arn  # the rest of the environment is kept
+    # The reconciler's event source reports batch item failures, and its function answers so (no raise on a retry).
+    consumer = lambda_client.get_event_source_mapping(UUID=consumer["UUID"])
+    assert consumer["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert (consumer["EventSourceArn"], consumer["BatchSize"]) == (failures["QueueArn"], 1)
+    answering = lambda_client.get_function_configuration(FunctionName=RECONCILER)["Environment"]["Variables"]
+    assert answering["REPORT_BATCH_ITEM_FAILURES"] == "true" and answering["STREAM_ARN"] == stream_arn
     attached = iam.get_role_policy(RoleName=role_name, PolicyName=role_name)["PolicyDocument"]
     assert attached == stage.policy_document("email-checker", "dev", stream_arn)
     config = json.loads((project_copy / ".chalice" / "config.json").read_text())
@@ -194,7 +200,13 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert "messages waiting: email-checker-dev-stream-failures" in drifted.stdout
     assert "drift: function REPORT_BATCH_ITEM_FAILURES" in drifted.stdout  # the function answers nobody reads
     sqs.purge_queue(QueueUrl=queue_url)
-    # Running it again repairs the mapping, and gives the alarms a topic to notify.
+    # The reconciler's event source losing its response type: its function's answers would delete every message.
+    lambda_client.update_event_source_mapping(UUID=consumer["UUID"], FunctionResponseTypes=[])
+    unreported = stage_tool(project_copy, "status", "--stage", "dev", env=aws_environment)
+    assert unreported.returncode == 1, unreported.stdout + unreported.stderr
+    assert "drift: reconciler FunctionResponseTypes" in unreported.stdout
+    assert "drift: reconciler REPORT_BATCH_ITEM_FAILURES" in unreported.stdout
+    # Running it again repairs the mappings, and gives the alarms a topic to notify.
     topic = "arn:aws:sns:us-east-1:123456789012:email-checker-alarms"
     again = stage_tool(
         project_copy, "apply-failure-handling", "--stage", "dev", "--alarm-topic-arn", topic, env=aws_environment
@@ -204,6 +216,9 @@ def test_enable_stream_then_deploy_apply_failure_handling_and_delete(emulator, a
     assert [(a["AlarmActions"], a["OKActions"]) for a in notified] == [([topic], [topic])] * len(alarms.ALARMS)
     repaired = stage_tool(project_copy, "status", "--stage", "dev", env=aws_environment)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert lambda_client.get_event_source_mapping(UUID=consumer["UUID"])["FunctionResponseTypes"] == [
+        "ReportBatchItemFailures"
+    ]
 
     # 4. The sweep: one run at a time, and no send, no invoke, no delete anywhere.
     reserved = lambda_client.get_function_concurrency(FunctionName=SWEEP)["ReservedConcurrentExecutions"]
@@ -329,6 +344,25 @@ def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_
                     **settings,
                 },
             },
+            "ReconcileDiscardedBatches": {
+                "Type": "AWS::Lambda::Function",
+                "Properties": {
+                    "Runtime": "python3.11",
+                    "Handler": "index.handler",
+                    "Role": role,
+                    "Code": {"ZipFile": "def handler(event, context):\n    return {}\n"},
+                    "Environment": {"Variables": {"REPORT_BATCH_ITEM_FAILURES": "true"}},
+                },
+            },
+            "ReconcileDiscardedBatchesSqsEventSource": {
+                "Type": "AWS::Lambda::EventSourceMapping",
+                "Properties": {
+                    "FunctionName": {"Ref": "ReconcileDiscardedBatches"},
+                    "EventSourceArn": {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]},
+                    "BatchSize": 1,
+                    **failure_handling.RECONCILER_MAPPING,
+                },
+            },
         },
     }
     cloudformation = emulator.client("cloudformation")
@@ -351,3 +385,4 @@ def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_
         project_copy, "status", "--stage", "prod", "--stack-name", "email-checker-prod", env=aws_environment
     )
     assert drifted.returncode == 1 and "drift: function REPORT_BATCH_ITEM_FAILURES" in drifted.stdout
+    assert "drift: reconciler" not in drifted.stdout  # the stack's reconciler and its SQS event source agree

@@ -373,6 +373,9 @@ def test_the_reconciler_consumes_the_failure_queue_which_redrives_to_its_dead_le
     assert function["Timeout"] == failure_handling.RECONCILER_TIMEOUT_SECONDS
     assert function["LoggingConfig"] == {"LogGroup": {"Ref": "ReconcileDiscardedBatchesLogGroup"}}
     assert "BACKFILL_FUNCTION_NAME" not in function["Environment"]["Variables"]  # it starts nothing
+    # It names the messages to come back later in its answer (no Lambda Errors for a retry), as its event source
+    # reports them.
+    assert function["Environment"]["Variables"]["REPORT_BATCH_ITEM_FAILURES"] == "true"
     # Chalice's event source (named after the `chalice deploy` path's queue) now reads the stack's own queue.
     assert function["Events"] == {
         "ReconcileDiscardedBatchesSqsEventSource": {
@@ -383,6 +386,7 @@ def test_the_reconciler_consumes_the_failure_queue_which_redrives_to_its_dead_le
                 "MaximumBatchingWindowInSeconds": 0,
                 # The reconcilers a burst of discarded batches runs at once (AWS's cap for an SQS event source).
                 "ScalingConfig": {"MaximumConcurrency": RECONCILER_MAXIMUM_CONCURRENCY},
+                "FunctionResponseTypes": ["ReportBatchItemFailures"],
             },
         }
     }
@@ -475,6 +479,7 @@ def test_cfn_lint_passes_on_the_packaged_and_the_transformed_template(stack_with
     [mapping] = [m for m in mappings if m["Properties"]["FunctionName"] == {"Ref": "SyncIsPersonalEmail"}]
     [consumer] = [m for m in mappings if m["Properties"]["FunctionName"] == {"Ref": "ReconcileDiscardedBatches"}]
     assert consumer["Properties"]["EventSourceArn"] == {"Fn::Sub": "${StreamFailureQueue.Arn}"}
+    assert consumer["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     expected = failure_handling.mapping_failure_handling({"Fn::GetAtt": ["StreamFailureBucket", "Arn"]})
     assert {key: mapping["Properties"][key] for key in expected} == expected
     assert "dynamodb:GetRecords" not in json.dumps(cloudformation["Resources"]["ReconcileDiscardedBatchesRole"])

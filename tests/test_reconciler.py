@@ -504,27 +504,60 @@ def test_s3s_test_event_and_unusable_bodies_are_counted_and_deleted(engine, aws,
     ]
 
 
-def test_failing_writes_put_the_message_back_with_a_growing_delay_and_raise(
-    engine, make_table, stream_records, aws, log_sink
+@pytest.mark.parametrize("reporting", [True, False], ids=["reported", "raised"])
+def test_failing_writes_put_the_message_back_with_a_growing_delay(
+    engine, make_table, stream_records, aws, log_sink, reporting
 ):
+    """With the event source reporting batch item failures the message is named in the answer, nothing raised (no
+    Lambda Errors for a routine retry); without, the function raises so Lambda keeps it."""
     table = make_table()
     put(table, Id="a", Email="a@gmail.com")
     records = stream_records(table)
     S3FailureDestination(aws.s3, aws.bucket)(invocation_record(table, records), {"Records": records})
     [message] = aws.lambda_records()
+    message = {**message, "messageId": "the-unfinished-one", "attributes": {"ApproximateReceiveCount": "3"}}
     client = engine.client()
     remove = fail_statements(client, lambda statement: "InternalServerError")
     try:
-        with pytest.raises(ReconcileIncomplete):
-            handler(engine, aws, gateway_client=client).handle(
-                {**message, "attributes": {"ApproximateReceiveCount": "3"}}, lambda: 60_000
-            )
+        answering = handler(engine, aws, gateway_client=client)
+        if reporting:
+            answer = answering.answer([message], lambda: 60_000, report_item_failures=True)
+            assert answer == {"batchItemFailures": [{"itemIdentifier": "the-unfinished-one"}]}
+        else:
+            with pytest.raises(ReconcileIncomplete):
+                answering.answer([message], lambda: 60_000, report_item_failures=False)
     finally:
         remove()
     line = log_sink.records()[-1]
     assert (line["outcome"], line["failed"], line["retry_in_seconds"], line["reason"]) == ("retry", 1, 120, "failed")
     assert "IsPersonalEmail" not in get(table, Id="a")
     assert aws.messages() == [], "pushed back on moto's SQS"
+
+
+@pytest.mark.parametrize("reporting", ["true", "false"])
+def test_the_function_names_only_its_unfinished_messages_when_its_event_source_reports_them(
+    engine, aws, project, reporting
+):
+    """Through the app's function: a batch of a finished message (S3's test event) and one whose object can't be
+    read (its bucket doesn't exist: a retry). REPORT_BATCH_ITEM_FAILURES is what the deploy paths set once the
+    mapping reports; the answer then names only the unfinished message; off, the batch raises."""
+    from app import app
+    from localdev.invoker import _StageTimeoutClient
+
+    [test_event] = [m for m in aws.messages() if "s3:TestEvent" in m["Body"]]
+    finished = {**sqs_record(test_event["Body"], aws.queue_arn), "messageId": "finished"}
+    missing = s3_notification("no-such-bucket", "aws/lambda/x/shardId-1/2026/12/04/2026-12-04T09.00.00-1")
+    unfinished = {**sqs_record(missing, aws.queue_arn), "messageId": "unfinished"}
+    with _StageTimeoutClient(app, stage_name=STAGE, project_dir=str(project)) as client:
+        client.overrides = {"REPORT_BATCH_ITEM_FAILURES": reporting}
+        if reporting == "true":
+            answer = client.lambda_.invoke(FUNCTION, {"Records": [finished, unfinished]}).payload
+            assert answer == {"batchItemFailures": [{"itemIdentifier": "unfinished"}]}
+            assert client.lambda_.invoke(FUNCTION, {"Records": [finished]}).payload == {"batchItemFailures": []}
+        else:
+            with pytest.raises(ReconcileIncomplete):
+                client.lambda_.invoke(FUNCTION, {"Records": [finished, unfinished]})
+            assert client.lambda_.invoke(FUNCTION, {"Records": [finished]}).payload is None
 
 
 def test_a_deadline_that_passes_before_the_items_are_read_is_a_retry(engine, make_table, stream_records, aws):

@@ -16,7 +16,7 @@ import pytest
 from chalicelib import dynamodb, runtime
 from localdev.invoker import ChaliceInvoker
 from localdev.mapping import LocalEventSourceMapping, MappingStats, serialized
-from localdev.reconciler_runner import LocalReconciler, start_reconciler
+from localdev.reconciler_runner import LocalReconciler, reported_failures, start_reconciler
 from localdev.run import FailureQueue, start_failure_queue
 from tests.faults import fail_statements
 from tests.projects import APP_NAME, STAGE
@@ -265,11 +265,14 @@ def test_a_pointer_with_no_payload_is_finished_at_once_and_the_scheduled_sweep_f
     assert local.queued() == 0
 
 
+@pytest.mark.parametrize("reporting", [True, False], ids=["reported", "raised"])
 def test_a_message_whose_handling_fails_comes_back_after_the_delay_and_ends_in_the_dead_letter_queue(
-    engine, make_table, local, monkeypatch
+    engine, make_table, local, monkeypatch, reporting
 ):
-    """Lambda's SQS semantics: not deleted when the function raises, back once the visibility the reconciler set
-    ends, with a growing receive count; after maxReceiveCount receives, SQS moves it to the dead-letter queue."""
+    """Lambda's SQS semantics: not deleted when the function names it in its partial batch response (as deployed:
+    no function error) or, where the event source doesn't report item failures, raises; back once the visibility
+    the reconciler set ends, with a growing receive count; after maxReceiveCount receives, SQS moves it to the
+    dead-letter queue."""
     from chalicelib import reconciler
 
     delays = []
@@ -289,10 +292,14 @@ def test_a_message_whose_handling_fails_comes_back_after_the_delay_and_ends_in_t
     body = json.loads(s3_notification("no-such-bucket", "aws/lambda/x/shardId-1/2026/12/04/2026-12-04T09.00.00-1"))
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
     runner = local.reconciler.runner
+    if not reporting:
+        runner.report_batch_item_failures = False
+        local.reconciler.schedule.functions.override(REPORT_BATCH_ITEM_FAILURES="false")
 
     runner.drain(timeout=30)
 
-    assert runner.stats.received == 3 and runner.stats.failed == 3 and runner.stats.deleted == 0
+    kept = (runner.stats.reported, runner.stats.failed)
+    assert runner.stats.received == 3 and kept == ((3, 0) if reporting else (0, 3)) and runner.stats.deleted == 0
     assert delays == [1, 2, 3], "the reconciler saw the receive count grow"
     assert set(runner.stats.outcomes) == {"retry"}
     [moved] = sqs.receive_message(QueueUrl=local.failures.dead_letter_url)["Messages"]
@@ -307,3 +314,25 @@ def dead_letter_arn(local: Local) -> str:
     return local.failures.sqs.get_queue_attributes(
         QueueUrl=local.failures.dead_letter_url, AttributeNames=["QueueArn"]
     )["Attributes"]["QueueArn"]
+
+
+@pytest.mark.parametrize(
+    ("response", "kept"),
+    [
+        # Lambda developer guide, "Handling errors for an SQS event source in Lambda": a complete success.
+        (None, set()),
+        ({}, set()),
+        ({"batchItemFailures": []}, set()),
+        ({"batchItemFailures": None}, set()),
+        # Only the named message comes back.
+        ({"batchItemFailures": [{"itemIdentifier": "b"}]}, {"b"}),
+        # A complete failure: an empty, null or unknown identifier, a bad key name, a response of the wrong shape.
+        ({"batchItemFailures": [{"itemIdentifier": ""}]}, {"a", "b"}),
+        ({"batchItemFailures": [{"itemIdentifier": None}]}, {"a", "b"}),
+        ({"batchItemFailures": [{"itemIdentifier": "c"}]}, {"a", "b"}),
+        ({"batchItemFailures": [{"foo": "b"}]}, {"a", "b"}),
+        ({"batchItemFailures": "b"}, {"a", "b"}),
+    ],
+)
+def test_the_local_event_source_reads_a_partial_batch_response_as_lambda_does(response, kept):
+    assert reported_failures(response, ["a", "b"]) == kept

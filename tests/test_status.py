@@ -81,7 +81,10 @@ def stack_template(role: str) -> dict:
                 "Type": "AWS::Lambda::Function",
                 "Properties": {**function, "Environment": {"Variables": {"REPORT_BATCH_ITEM_FAILURES": "true"}}},
             },
-            "ReconcileDiscardedBatches": {"Type": "AWS::Lambda::Function", "Properties": function},
+            "ReconcileDiscardedBatches": {
+                "Type": "AWS::Lambda::Function",
+                "Properties": {**function, "Environment": {"Variables": {"REPORT_BATCH_ITEM_FAILURES": "true"}}},
+            },
             # Listed first: the reconciler's SQS mapping is also in the stack.
             "AReconcilerSqsEventSource": {
                 "Type": "AWS::Lambda::EventSourceMapping",
@@ -89,6 +92,7 @@ def stack_template(role: str) -> dict:
                     "FunctionName": {"Ref": "ReconcileDiscardedBatches"},
                     "EventSourceArn": {"Fn::GetAtt": ["StreamFailureQueue", "Arn"]},
                     "BatchSize": 1,
+                    **failure_handling.RECONCILER_MAPPING,
                 },
             },
             "SyncIsPersonalEmailDynamodbEventSource": {

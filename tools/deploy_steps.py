@@ -99,11 +99,12 @@ def enable_stream(stage: str, table_name: str) -> str:
 
 def deployed_resources(stage: str, function: str = HANDLER) -> dict[str, dict[str, Any]]:
     """What `chalice deploy` recorded for one of the stage's functions, by resource type (iam_role, lambda_function,
-    dynamodb_event); Chalice names them `<function>`, `<function>_role` and `<function>-dynamodb-event-source`."""
+    dynamodb_event, sqs_event); Chalice names them `<function>`, `<function>_role` and
+    `<function>-dynamodb-event-source` or `<function>-sqs-event-source`."""
     record = DEPLOYED_DIR / f"{stage}.json"
     if not record.exists():
         raise ValueError(f"stage {stage!r} has no {record.relative_to(ROOT)}: run `chalice deploy --stage {stage}`")
-    names = {function, f"{function}_role", f"{function}-dynamodb-event-source"}
+    names = {function, f"{function}_role", f"{function}-dynamodb-event-source", f"{function}-sqs-event-source"}
     return {
         resource["resource_type"]: resource
         for resource in json.loads(record.read_text())["resources"]
@@ -147,33 +148,44 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> StageResour
     since the reconciler's SQS event source names the queue). The policy files, which every `chalice deploy`
     attaches, already grant on them: they are derived from the stage's STREAM_ARN.
 
-    REPORT_BATCH_ITEM_FAILURES is switched on in the deployed function only, once the mapping reports partial
-    failures: the stage keeps it off, so a later `chalice deploy` (which may create a new mapping without
-    FunctionResponseTypes) falls back to raising, never to answers nobody reads.
+    REPORT_BATCH_ITEM_FAILURES is switched on in each deployed function (the stream handler, the reconciler) only once
+    its mapping reports partial failures: the stage keeps it off, so a later `chalice deploy` (which resets the
+    functions' environment, and may create a new mapping without FunctionResponseTypes) falls back to raising, never
+    to answers nobody reads.
     """
     config = load_config()
     variables = stage_variables(config, stage)
     deployed = deployed_resources(stage)
+    reconciler = deployed_resources(stage, RECONCILER)
     stream_arn = bound_stream_arn(config, stage)
     session = boto3.session.Session()
     made = ensure_stage_resources(session, config["app_name"], stage, stream_arn, variables)
     lambda_client = session.client("lambda")
-    uuid = deployed["dynamodb_event"]["event_uuid"]
     factor = Settings.from_environ(variables).parallelization_factor
-    settings = failure_handling.mapping_failure_handling(made.bucket_arn, factor)
-    failure_handling.update_mapping(lambda_client, uuid, settings)
-    failure_handling.wait_for_partial_failures(lambda_client, uuid)
+    for resources, event, settings in (
+        (deployed, "dynamodb_event", failure_handling.mapping_failure_handling(made.bucket_arn, factor)),
+        (reconciler, "sqs_event", failure_handling.RECONCILER_MAPPING),
+    ):
+        report_partial_failures(lambda_client, resources[event]["event_uuid"], resources["lambda_function"], settings)
     function_arn = deployed["lambda_function"]["lambda_arn"]
-    environment = lambda_client.get_function_configuration(FunctionName=function_arn)["Environment"]["Variables"]
-    lambda_client.update_function_configuration(
-        FunctionName=function_arn, Environment={"Variables": {**environment, **failure_handling.DEPLOYED_FUNCTION}}
-    )
     prefix = f"{config['app_name']}-{stage}"
     targets = monitoring_targets(config["app_name"], stage, function_arn.rsplit(":", 1)[1])
     cloudwatch = session.client("cloudwatch")
     alarms.put_alarms(cloudwatch, prefix, targets, alarm_topic_arn)
     alarms.put_dashboard(cloudwatch, prefix, targets, session.region_name)
     return made
+
+
+def report_partial_failures(lambda_client: Any, uuid: str, function: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Give one mapping its settings, wait until it reports batch item failures, then switch its function's
+    REPORT_BATCH_ITEM_FAILURES on (keeping the rest of its environment)."""
+    failure_handling.update_mapping(lambda_client, uuid, settings)
+    failure_handling.wait_for_partial_failures(lambda_client, uuid)
+    function_arn = function["lambda_arn"]
+    environment = lambda_client.get_function_configuration(FunctionName=function_arn)["Environment"]["Variables"]
+    lambda_client.update_function_configuration(
+        FunctionName=function_arn, Environment={"Variables": {**environment, **failure_handling.DEPLOYED_FUNCTION}}
+    )
 
 
 def stage_queues(stage: str) -> list[str]:

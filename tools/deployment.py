@@ -34,11 +34,15 @@ class Deployment:
     source: str
     function_name: str
     mapping_uuid: str | None
+    """The stream handler's event source mapping."""
     failure_queue: str
     dead_letter_queue: str
     alarm_names: list[str]
     log_groups: dict[str, str] = field(default_factory=dict)
     """Each of the app's functions (Chalice name) by the log group it really writes to."""
+    reconciler_name: str | None = None
+    reconciler_mapping_uuid: str | None = None
+    """The reconciler's SQS event source mapping."""
 
 
 def not_deployed(stage: str, why: str) -> NotDeployed:
@@ -67,6 +71,8 @@ def from_chalice_deploy(app_name: str, stage: str) -> Deployment:
         source=f"chalice deploy (.chalice/deployed/{stage}.json)",
         function_name=function_name,
         mapping_uuid=resources.get(f"{HANDLER}-dynamodb-event-source", {}).get("event_uuid"),
+        reconciler_name=names[RECONCILER] if RECONCILER in resources else None,
+        reconciler_mapping_uuid=resources.get(f"{RECONCILER}-sqs-event-source", {}).get("event_uuid"),
         failure_queue=targets[alarms.FAILURE_QUEUE],
         dead_letter_queue=targets[alarms.DEAD_LETTER_QUEUE],
         alarm_names=[alarms.alarm_name(prefix, alarm) for alarm in alarms.alarms_for(targets)],
@@ -75,11 +81,11 @@ def from_chalice_deploy(app_name: str, stage: str) -> Deployment:
     )
 
 
-def stream_mapping(lambda_client: Any, uuids: list[str]) -> str | None:
-    """The one of the mappings whose source is a DynamoDB stream (the stack also has the reconciler's SQS one)."""
+def mapping_by_source(lambda_client: Any, uuids: list[str], service: str) -> str | None:
+    """The one of the stack's mappings whose source is a DynamoDB stream (`dynamodb`) or an SQS queue (`sqs`)."""
     for uuid in uuids:
         source = lambda_client.get_event_source_mapping(UUID=uuid).get("EventSourceArn", "")
-        if ":dynamodb:" in source and "/stream/" in source:
+        if f":{service}:" in source and (service != "dynamodb" or "/stream/" in source):
             return uuid
     return None
 
@@ -107,7 +113,7 @@ def from_stack(session: Any, stack_name: str) -> Deployment:
     return Deployment(
         source=f"CloudFormation stack {stack_name}",
         function_name=physical[FUNCTION],
-        mapping_uuid=stream_mapping(lambda_client, mappings),
+        mapping_uuid=mapping_by_source(lambda_client, mappings, "dynamodb"),
         # A queue's physical id is its URL; the name is its last part.
         failure_queue=physical.get(QUEUE, "").rsplit("/", 1)[-1],
         dead_letter_queue=physical.get(DEAD_LETTER_QUEUE, "").rsplit("/", 1)[-1],
@@ -117,4 +123,6 @@ def from_stack(session: Any, stack_name: str) -> Deployment:
             function: real_log_group(lambda_client, name, physical.get(f"{LOGICAL_IDS[function]}LogGroup"))
             for function, name in names.items()
         },
+        reconciler_name=names.get(RECONCILER),
+        reconciler_mapping_uuid=mapping_by_source(lambda_client, mappings, "sqs"),
     )

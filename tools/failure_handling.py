@@ -53,6 +53,12 @@ MAPPING_POLL_SECONDS = 5
 # receives SQS moves it to the dead-letter queue, kept as long as SQS allows. A dead-letter queue's retention counts
 # from the original enqueue time, so it must be no shorter than the source queue's.
 RECONCILER_TIMEOUT_SECONDS = 120
+# The reconciler's SQS event source reports batch item failures: a message to come back later is named in the
+# function's answer, not raised, so it is no Lambda `Errors` (which stay for a crash or a timeout) and Lambda doesn't
+# scale the polling down for it (Lambda developer guide, "Handling errors for an SQS event source in Lambda",
+# https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-errorhandling.html). As for the stream handler, the
+# function answers so only once its mapping does (DEPLOYED_FUNCTION): a mapping that doesn't would delete the message.
+RECONCILER_MAPPING = {"FunctionResponseTypes": [REPORT_BATCH_ITEM_FAILURES]}
 RECONCILER_MAX_RECEIVES = 10
 DEAD_LETTER_RETENTION_SECONDS = 1_209_600
 # Lambda refuses an SQS event source whose visibility timeout is below the function's timeout; AWS recommends six

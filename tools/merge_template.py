@@ -16,7 +16,8 @@ Chalice deep-merges this into its SAM template: dictionaries merge key by key, a
 - the role's policy (it replaces the policy file Chalice would attach): the same least-privilege statements as
   `chalice deploy` gets, on the ARNs this stack resolves;
 - for the reconciler `reconcile_discarded_batches`: its SQS event source pointed at `StreamFailureQueue` (Chalice
-  names the `chalice deploy` path's queue), the queue's visibility timeout and redrive policy to the dead-letter
+  names the `chalice deploy` path's queue) and reporting batch item failures, with the function's partial-failure
+  mode switched on to match, the queue's visibility timeout and redrive policy to the dead-letter
   queue `StreamFailureDeadLetterQueue`, its role policy, its log group and the bucket that holds the sweep's state;
 - for the scheduled sweep `sweep_table`: its role policy, log group, table, stage and bucket (tools/sweep_template.py).
 """
@@ -184,11 +185,19 @@ def base_merge_template(schema: dict[str, Any]) -> dict[str, Any]:
                             "FAILURE_BUCKET": {"Ref": FAILURE_BUCKET},
                             # Its metrics carry the stage the alarms watch, as the handler's do.
                             "STAGE": {"Ref": STAGE_PARAMETER},
+                            **failure_handling.DEPLOYED_FUNCTION,
                         }
                     },
                     # Chalice points the event source at the `chalice deploy` path's queue name, as an `Fn::Sub`;
                     # the merge is key by key, so only another `Fn::Sub` replaces it: the stack's own queue's ARN.
-                    "Events": {RECONCILER_EVENT_SOURCE: {"Properties": {"Queue": {"Fn::Sub": f"${{{QUEUE}.Arn}}"}}}},
+                    "Events": {
+                        RECONCILER_EVENT_SOURCE: {
+                            "Properties": {
+                                "Queue": {"Fn::Sub": f"${{{QUEUE}.Arn}}"},
+                                **failure_handling.RECONCILER_MAPPING,
+                            }
+                        }
+                    },
                 }
             },
             **sweep_resources(table_arn, stream_arn),

@@ -4,7 +4,8 @@ Reads either path: `chalice deploy`'s .chalice/deployed/<stage>.json, or a Cloud
 Prints the mapping's state and each failure-handling setting against tools/failure_handling.py, filter included
 (drift: e.g. a mapping a later `chalice deploy` recreated without FunctionResponseTypes or destination), the stream's
 open shards x ParallelizationFactor against the handler's concurrency (tools/sizing.py), the iterator age, both
-queues' depths, the alarms in ALARM, the reconciler's last outcome and newest line, the sweep's pass (from its state
+queues' depths, the alarms in ALARM, the reconciler's event source (reporting batch item failures, as its function
+answers), its last outcome and newest line, the sweep's pass (from its state
 object) and each function's log group. Exit status 1 on
 drift, a stream the handler can't cover, an alarm or messages waiting; 2, in one line, when nothing is deployed.
 """
@@ -130,16 +131,46 @@ def check_mapping(
         shown = json.dumps(normalized(key, got)) if key == "FilterCriteria" else json.dumps(got)
         text = f"  {key:<28}{shown}" + ("" if same else f"  DRIFT (want {json.dumps(normalized(key, want))})")
         status.add("", text, None if same else f"drift: {key}" + FIXES.get(key, ""))
-    variables = lambda_client.get_function_configuration(FunctionName=deployment.function_name)
+    check_partial_failures(status, lambda_client, "function", deployment.function_name, mapping)
+    return mapping
+
+
+def check_partial_failures(
+    status: Status, lambda_client: Any, role: str, function_name: str, mapping: dict[str, Any], label: str | None = None
+) -> None:
+    """The function answers with partial batch responses exactly when its mapping reports them, and it does (on a
+    line of its own, or indented under `label`'s)."""
+    variables = lambda_client.get_function_configuration(FunctionName=function_name)
     partial = (variables.get("Environment") or {}).get("Variables", {}).get("REPORT_BATCH_ITEM_FAILURES", "")
     reports = failure_handling.REPORT_BATCH_ITEM_FAILURES in (mapping.get("FunctionResponseTypes") or [])
     same = (partial == "true") == reports and reports
     status.add(
-        "function",
-        f"{deployment.function_name}  REPORT_BATCH_ITEM_FAILURES={partial or '(unset)'}" + ("" if same else "  DRIFT"),
-        None if same else "drift: function REPORT_BATCH_ITEM_FAILURES",
+        role if label is None else label,
+        ("" if label is None else "  ")
+        + f"{function_name}  REPORT_BATCH_ITEM_FAILURES={partial or '(unset)'}"
+        + ("" if same else "  DRIFT"),
+        None if same else f"drift: {role} REPORT_BATCH_ITEM_FAILURES",
     )
-    return mapping
+
+
+def check_reconciler_mapping(status: Status, lambda_client: Any, deployment: Deployment) -> None:
+    """The reconciler's SQS event source: Enabled, reporting batch item failures, its function answering so."""
+    if not (deployment.reconciler_name and deployment.reconciler_mapping_uuid):
+        status.add("reconciler", "no function or no event source found", "drift: no reconciler event source")
+        return
+    mapping = lambda_client.get_event_source_mapping(UUID=deployment.reconciler_mapping_uuid)
+    state = mapping.get("State")
+    types = normalized("FunctionResponseTypes", mapping.get("FunctionResponseTypes"))
+    want = normalized("FunctionResponseTypes", failure_handling.RECONCILER_MAPPING["FunctionResponseTypes"])
+    drift = [f"drift: reconciler mapping {state}"] if state != "Enabled" else []
+    drift += ["drift: reconciler FunctionResponseTypes"] if types != want else []
+    status.add(
+        "reconciler",
+        f"{deployment.reconciler_mapping_uuid}  {state}  FunctionResponseTypes {json.dumps(types)}"
+        + ("  DRIFT" if drift else ""),
+        "; ".join(drift) or None,
+    )
+    check_partial_failures(status, lambda_client, "reconciler", deployment.reconciler_name, mapping, label="")
 
 
 def check_sizing(status: Status, session: Any, deployment: Deployment, mapping: dict[str, Any], stage: str) -> None:
@@ -212,7 +243,7 @@ def check_reconciler(status: Status, session: Any, stage: str, deployment: Deplo
         point = latest_datapoint(cloudwatch, METRICS_NAMESPACE, metric, dimensions, "Sum", 24)
         if point:
             parts.append(f"{metric} {point['Sum']:g} at {point['Timestamp']:%Y-%m-%d %H:%M}Z")
-    status.add("reconciler", "; ".join(parts) if parts else "no datapoints in the last 24 h")
+    status.add("", "  " + ("; ".join(parts) if parts else "no datapoints in the last 24 h"))
     newest = newest_line(session.client("logs"), deployment.log_groups.get(RECONCILER), RECONCILER_LINE)
     if newest:
         status.add("", f"  last line: {newest[:200]}")
@@ -270,6 +301,7 @@ def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
         f"{point['Maximum'] / 1000:.1f} s at {point['Timestamp']:%H:%M}Z" if point else "no data in the last hour",
     )
     check_alarms(status, cloudwatch, deployment)
+    check_reconciler_mapping(status, session.client("lambda"), deployment)
     check_reconciler(status, session, stage, deployment)
     status.add("sweep", sweep_line(session.client("s3"), destination))
     for function, group in deployment.log_groups.items():
