@@ -13,7 +13,7 @@ from botocore.stub import Stubber
 
 from chalicelib.backfill import Counts
 from chalicelib.sweep import StateStore, SweepState
-from tools.status import newest_line
+from tools.cloudwatch_reads import newest_line
 from tools.sweep_view import pass_line, sweep_line
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)

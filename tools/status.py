@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -26,14 +25,13 @@ from chalicelib.records import table_name_from_stream_arn
 from chalicelib.runtime import METRICS_NAMESPACE
 from tools import alarms, failure_handling, sizing
 from tools.arns import stage_stream_arn
+from tools.cloudwatch_reads import latest_datapoint, newest_line
 from tools.deployment import Deployment, from_chalice_deploy, from_stack
 from tools.project import HANDLER, RECONCILER, load_config, stage_variables
 from tools.stage_resources import failure_destination_arn
 from tools.sweep_view import sweep_line
 
 RECONCILER_METRICS = ("ReconcilerMessages", "ReconcilerItemsFixed", "ReconcilerFailed", "ReconcilerSweepRequests")
-LOG_PAGES = 20
-"""Pages of a day's matching log events read to find the newest (FilterLogEvents answers oldest first)."""
 RECONCILER_LINE = "reconciler message"
 FIXES = {"FilterCriteria": " (Lambda may drop records the handler needs: run apply-failure-handling)"}
 LABEL_WIDTH = 18
@@ -91,23 +89,6 @@ def queue_depth(sqs: Any, name: str) -> tuple[str | None, int, int]:
         int(attributes["ApproximateNumberOfMessages"]),
         int(attributes["ApproximateNumberOfMessagesNotVisible"]),
     )
-
-
-def latest_datapoint(
-    cloudwatch: Any, namespace: str, metric: str, dimensions: list[dict[str, str]], statistic: str, hours: int
-) -> dict[str, Any] | None:
-    """The most recent datapoint of a metric in the last `hours`, or None."""
-    now = datetime.now(UTC)
-    points = cloudwatch.get_metric_statistics(
-        Namespace=namespace,
-        MetricName=metric,
-        Dimensions=dimensions,
-        StartTime=now - timedelta(hours=hours),
-        EndTime=now,
-        Period=60 if hours <= 1 else 3600,
-        Statistics=[statistic],
-    )["Datapoints"]
-    return max(points, key=lambda point: point["Timestamp"]) if points else None
 
 
 def check_mapping(
@@ -247,28 +228,6 @@ def check_reconciler(status: Status, session: Any, stage: str, deployment: Deplo
     newest = newest_line(session.client("logs"), deployment.log_groups.get(RECONCILER), RECONCILER_LINE)
     if newest:
         status.add("", f"  last line: {newest[:200]}")
-
-
-def newest_line(logs: Any, group: str | None, text: str, now: datetime | None = None) -> str | None:
-    """The newest of the last day's log events holding `text`: FilterLogEvents answers oldest first, so every page
-    (at most LOG_PAGES) is read and the latest kept."""
-    if not group:
-        return None
-    start = int(((now or datetime.now(UTC)) - timedelta(days=1)).timestamp() * 1000)
-    newest: dict[str, Any] | None = None
-    try:
-        pages = logs.get_paginator("filter_log_events").paginate(
-            logGroupName=group, filterPattern=f'"{text}"', startTime=start
-        )
-        for number, page in enumerate(pages):
-            for event in page.get("events", []):
-                if newest is None or event["timestamp"] >= newest["timestamp"]:
-                    newest = event
-            if number + 1 >= LOG_PAGES:
-                break
-    except ClientError:
-        return None
-    return newest["message"].strip() if newest else None
 
 
 def collect(session: Any, stage: str, stack_name: str | None = None) -> Status:
