@@ -8,9 +8,11 @@ a second run at once either fails its claim or takes the pass over, and the firs
 stops; a run that dies loses at most the page each segment had in hand, which the next run reads again.
 
 Background: every item is checked at least once per period (SWEEP_PERIOD_HOURS): each run derives its read rate from
-the table's size, what this pass has read and the time left of the period. Urgent: the reconciler records the failure
-time of a batch whose records can't be had (`StateStore.request_urgent`); runs then go at the stage's limits until a
-pass that started after the latest request has finished (the pass in hand, then at most one more).
+the table's size, what this pass has read and the time left of the period, reads one interval's worth of it at the
+stage's limits and ends (so a small table's runs last seconds, not the function's whole timeout). Urgent: the
+reconciler records the failure time of a batch whose records can't be had (`StateStore.request_urgent`); runs then go
+at the stage's limits until a pass that started after the latest request has finished (the pass in hand, then at
+most one more).
 """
 
 from __future__ import annotations
@@ -281,6 +283,18 @@ class Rates:
     write: float
 
 
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """How one run reads: at the stage's limits, for at most `quota` read units (None: until its time is up)."""
+
+    pace: Rates
+    read_rate: float
+    """The read units per second the pass is kept at: the background's derived rate, or the urgent limit."""
+    average: float
+    """What that rate comes to over the schedule's interval (a run reads for part of it): the pass's progress."""
+    quota: float | None
+
+
 def limits(facts: TableFacts, config: SweepConfig) -> Rates:
     """The most the sweep may use: a fraction of a provisioned table's capacity, or the stage's on-demand limits."""
     if facts.read_capacity:
@@ -296,12 +310,12 @@ def pass_read_units(size_bytes: int) -> float:
     return size_bytes / BYTES_PER_READ_UNIT
 
 
-def background_read_rate(units_left: float, seconds_left: float, duty: float, cap: float) -> float:
-    """The read rate that finishes `units_left` within `seconds_left` when reading `duty` of the time, with headroom;
-    at least the floor, at most `cap` (the cap once the period is over)."""
-    if seconds_left <= 0 or duty <= 0:
+def background_read_rate(units_left: float, seconds_left: float, cap: float) -> float:
+    """The average read rate that finishes `units_left` within `seconds_left`, with headroom; at least the floor, at
+    most `cap` (the cap once the period is over)."""
+    if seconds_left <= 0:
         return cap
-    needed = RATE_HEADROOM * max(0.0, units_left) / (seconds_left * duty)
+    needed = RATE_HEADROOM * max(0.0, units_left) / seconds_left
     return min(cap, max(MIN_BACKGROUND_READ_UNITS, needed))
 
 
@@ -314,6 +328,8 @@ class RunReport:
     pass_number: int = 0
     mode: str = "background"
     read_units_per_second: float = 0.0
+    read_units_quota: float | None = None
+    """A background run's share of the pass (read at the stage's limits, then the run ends); None when urgent."""
     percent: float = 0.0
     passes_finished: int = 0
     counts: Counts = field(default_factory=Counts)
@@ -328,6 +344,7 @@ class RunReport:
             "pass": self.pass_number,
             "mode": self.mode,
             "read_units_per_second": round(self.read_units_per_second, 1),
+            "read_units_quota": None if self.read_units_quota is None else round(self.read_units_quota, 1),
             "percent": round(self.percent, 1),
             "passes_finished": self.passes_finished,
             "pass_overdue": self.pass_overdue,
@@ -391,49 +408,55 @@ class Sweeper:
         state.updated_at = now
         report = RunReport(pass_number=state.pass_number)
         duty = min(1.0, max(0.0, run_ms / 1000 - margin) / self._config.interval.total_seconds())
-        rates = self._rates(state, facts, duty, now)
+        plan = self._plan(state, facts, duty, now)
         report.mode = "urgent" if state.urgent else "background"
-        report.read_units_per_second = rates.read
-        state.estimated_end = self._estimated_end(state, facts, rates.read, duty, now)
+        report.read_units_per_second = plan.read_rate
+        report.read_units_quota = plan.quota
+        state.estimated_end = self._estimated_end(state, facts, plan.average, now)
         etag = _written(self._store, state, etag)  # the claim: fails if another run wrote since we read
         if etag is None:
             report.outcome = "superseded"
             return report
         holder = _Holder(self._store, state, etag, self._now)
         try:
-            self._work(holder, facts, rates, deadline, report)
+            self._work(holder, facts, plan, deadline, report)
         except StateLost:
             report.outcome = "superseded"
         self._finish(report, holder.state, facts, duty, now)
         return report
 
-    def _rates(self, state: SweepState, facts: TableFacts, duty: float, now: datetime) -> Rates:
+    def _plan(self, state: SweepState, facts: TableFacts, duty: float, now: datetime) -> RunPlan:
+        """Urgent: the stage's limits for the whole run. Background: the rate that keeps the period, as a quota of
+        one interval's worth read at the limits, so a run ends once it has read its share instead of being billed
+        for sleeping between pages."""
         cap = limits(facts, self._config)
         if state.urgent:
-            return cap
+            return RunPlan(cap, cap.read, cap.read * duty, None)
         assert state.started_at is not None
         seconds_left = (state.started_at + self._config.period - now).total_seconds()
         units_left = pass_read_units(facts.size_bytes) - state.counts.read_units
-        return Rates(background_read_rate(units_left, seconds_left, duty, cap.read), cap.write)
+        rate = background_read_rate(units_left, seconds_left, cap.read * duty)  # what runs of this length can read
+        return RunPlan(cap, rate, rate, rate * self._config.interval.total_seconds())
 
-    def _estimated_end(
-        self, state: SweepState, facts: TableFacts, read_rate: float, duty: float, now: datetime
-    ) -> datetime | None:
+    def _estimated_end(self, state: SweepState, facts: TableFacts, average: float, now: datetime) -> datetime | None:
         units_left = max(0.0, pass_read_units(facts.size_bytes) - state.counts.read_units)
-        if duty <= 0 or read_rate <= 0:
+        if average <= 0:
             return None
-        return now + timedelta(seconds=units_left / (read_rate * duty))
+        return now + timedelta(seconds=units_left / average)
 
-    def _work(self, holder: _Holder, facts: TableFacts, rates: Rates, deadline: Deadline, report: RunReport) -> None:
+    def _work(self, holder: _Holder, facts: TableFacts, plan: RunPlan, deadline: Deadline, report: RunReport) -> None:
         stop = threading.Event()
-        shared = self._worker.limited(rates.read, rates.write, stop)
+        shared = self._worker.limited(plan.pace.read, plan.pace.write, stop)
         slowest = [0.0]
         errors: list[BaseException] = []
+
+        def quota_left() -> bool:  # a page in hand may pass it: at most one page per segment over
+            return plan.quota is None or report.counts.read_units < plan.quota
 
         def segment(number: int) -> None:
             worker = shared.for_segment()
             try:
-                while not stop.is_set() and deadline.remaining() > slowest[0]:
+                while not stop.is_set() and deadline.remaining() > slowest[0] and quota_left():
                     cursor = holder.state.cursors[number]
                     request = SegmentRequest(
                         facts.name,

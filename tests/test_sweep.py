@@ -25,6 +25,8 @@ from chalicelib.config import Settings
 from chalicelib.dynamodb import DynamoDBGateway
 from chalicelib.reconciler import Outcome
 from chalicelib.sweep import (
+    BYTES_PER_READ_UNIT,
+    MIN_BACKGROUND_READ_UNITS,
     STATE_KEY,
     StateStore,
     SweepConfig,
@@ -406,6 +408,30 @@ def test_the_background_bound_every_item_is_checked_within_a_short_period(engine
         run.run(lambda: 3_000)
     assert state_of(emulator, bucket).pass_number == 2, "the pass did not finish within its period"
     assert set(seen) == set(expected)
+
+
+def test_a_background_run_reads_its_share_of_the_pass_then_ends(engine, emulator, make_table, bucket):
+    """A background run is not billed for sleeping: it reads one interval's worth of the pass's rate at the stage's
+    limits, then ends, though it had a minute left; the next runs go on from its cursors."""
+    table = make_table()
+    # About 600 KB, 68 read units, a week's period: the rate is the floor (10 units/s), and an interval of 2 s makes
+    # a share of 20 units, a third of the table.
+    expected = fill(table, 600, padding=900)
+    config = SweepConfig(segments=2, page_items=10, interval=timedelta(seconds=2), margin_seconds=0.2)
+    seen: Counter = Counter()
+    run = sweeper(engine, emulator, table, bucket, config, {"after-call.dynamodb.Scan": scanned_keys(seen)})
+    first = run.run(lambda: 60_000)
+    share = MIN_BACKGROUND_READ_UNITS * config.interval.total_seconds()
+    assert (first.mode, first.read_units_quota, first.passes_finished) == ("background", share, 0)
+    one_page_each = 2 * 10 * 1_000 / BYTES_PER_READ_UNIT * 2  # a page in hand may pass the share, with room
+    assert share <= first.counts.read_units <= share + one_page_each
+    runs = 1
+    while state_of(emulator, bucket).pass_number == 1:
+        report = run.run(lambda: 60_000)
+        assert report.counts.read_units <= share + one_page_each
+        runs += 1
+    assert 3 <= runs <= 5 and seen == Counter(dict.fromkeys(expected, 1))
+    assert wrong_items(table, expected) == []
 
 
 def test_a_conflicting_write_of_the_state_409_is_a_lost_write_and_the_urgent_request_reads_again():
