@@ -195,9 +195,14 @@ class RunnerStats:
 
 def reported_failures(response: Any, message_ids: list[str]) -> set[str]:
     """The messages of a batch a function's answer leaves in the queue, as Lambda reads a partial batch response:
-    none for no list or an empty one, the whole batch for an `itemIdentifier` that is empty, null or unknown."""
-    failures = response.get("batchItemFailures") if isinstance(response, dict) else None
-    if not failures:
+    none for no answer, no list or an empty one; the whole batch for an answer or a list of the wrong shape, or an
+    `itemIdentifier` that is empty, null or unknown."""
+    if response is None or response == {}:
+        return set()
+    if not isinstance(response, dict):
+        return set(message_ids)
+    failures = response.get("batchItemFailures")
+    if failures is None or failures == []:
         return set()
     if not isinstance(failures, list):
         return set(message_ids)

@@ -276,6 +276,25 @@ def test_apply_failure_handling_needs_a_deployed_stage(aws_environment, project_
     assert "chalice deploy --stage prod" in result.stderr
 
 
+def test_apply_failure_handling_needs_the_reconcilers_event_source_too(aws_environment, project_copy):
+    """A deploy record with the stream handler but not the reconciler's SQS event source: refused in one line before
+    anything is changed (the handler is not switched to partial answers alone)."""
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:email-checker-prod-sync_is_personal_email"
+    handler_only = [
+        {"name": "sync_is_personal_email", "resource_type": "lambda_function", "lambda_arn": arn},
+        {"name": "sync_is_personal_email-dynamodb-event-source", "resource_type": "dynamodb_event", "event_uuid": "u"},
+        {"name": "reconcile_discarded_batches", "resource_type": "lambda_function", "lambda_arn": arn + "-r"},
+    ]
+    deployed = project_copy / ".chalice" / "deployed"
+    deployed.mkdir(parents=True, exist_ok=True)
+    (deployed / "prod.json").write_text(json.dumps({"resources": handler_only, "schema_version": "2.0"}))
+    result = stage_tool(project_copy, "apply-failure-handling", "--stage", "prod", env=aws_environment)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert "lists no reconcile_discarded_batches with its event source" in line
+    assert "chalice deploy --stage prod" in line
+
+
 def test_enable_stream_reuses_a_stream_that_is_already_on(emulator, aws_environment, project_copy):
     dynamodb = emulator.client("dynamodb")
     created = dynamodb.create_table(

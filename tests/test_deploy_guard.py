@@ -111,15 +111,28 @@ def test_a_send_to_the_stage_own_queue_still_has_to_be_generated(chalice_dir):
 
 @pytest.mark.parametrize(
     ("scope", "value"),
-    [("stage", "true"), ("stage", "1"), ("stage-function", "yes"), ("top", "TRUE"), ("stage", "maybe")],
+    [
+        ("stage", "true"),
+        ("stage", "1"),
+        ("stage-function", "yes"),
+        ("top", "TRUE"),
+        ("stage", "maybe"),
+        ("stage-reconciler", "true"),
+        ("top-reconciler", "on"),
+    ],
 )
 def test_a_stage_that_switches_partial_failures_on_itself_is_refused(chalice_dir, scope, value):
+    """For the stream handler and the reconciler alike: a function answering a mapping that doesn't report partial
+    failures has its failed items (or unfinished messages) dropped."""
     configure(chalice_dir, STREAM_ARN=ARN)
     config = json.loads((chalice_dir / "config.json").read_text())
+    functions = config["stages"]["prod"]["lambda_functions"]
     target = {
         "stage": config["stages"]["prod"],
-        "stage-function": config["stages"]["prod"]["lambda_functions"].setdefault("sync_is_personal_email", {}),
+        "stage-function": functions.setdefault("sync_is_personal_email", {}),
         "top": config,
+        "stage-reconciler": functions.setdefault("reconcile_discarded_batches", {}),
+        "top-reconciler": config.setdefault("lambda_functions", {}).setdefault("reconcile_discarded_batches", {}),
     }[scope]
     target.setdefault("environment_variables", {})["REPORT_BATCH_ITEM_FAILURES"] = value
     stage.write_json(chalice_dir / "config.json", config)

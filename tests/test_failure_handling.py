@@ -156,3 +156,21 @@ def test_update_mapping_waits_for_the_role_to_reach_the_bucket_too():
     with stubber:
         assert failure_handling.update_mapping(client, UUID, settings, sleep=slept.append)["UUID"] == UUID
     assert slept == [2]
+
+
+def test_update_mapping_waits_for_a_mapping_still_being_created():
+    """Right after `chalice deploy` made it, a mapping may still be Creating: Lambda answers ResourceInUseException."""
+    client, stubber = lambda_stub()
+    stubber.add_client_error(
+        "update_event_source_mapping",
+        "ResourceInUseException",
+        "Cannot update the event source mapping because it is in use.",
+    )
+    stubber.add_response(
+        "update_event_source_mapping", {"UUID": UUID}, {"UUID": UUID, **failure_handling.RECONCILER_MAPPING}
+    )
+    slept = []
+    with stubber:
+        updated = failure_handling.update_mapping(client, UUID, failure_handling.RECONCILER_MAPPING, sleep=slept.append)
+    assert updated["UUID"] == UUID and slept == [2]
+    stubber.assert_no_pending_responses()

@@ -332,6 +332,9 @@ def dead_letter_arn(local: Local) -> str:
         ({"batchItemFailures": [{"itemIdentifier": "c"}]}, {"a", "b"}),
         ({"batchItemFailures": [{"foo": "b"}]}, {"a", "b"}),
         ({"batchItemFailures": "b"}, {"a", "b"}),
+        ({"batchItemFailures": {}}, {"a", "b"}),
+        (["b"], {"a", "b"}),
+        ("b", {"a", "b"}),
     ],
 )
 def test_the_local_event_source_reads_a_partial_batch_response_as_lambda_does(response, kept):

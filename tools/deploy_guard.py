@@ -29,7 +29,7 @@ from tools.policies import (
     sweep_policy_document,
     sweep_policy_file,
 )
-from tools.project import HANDLER, stage_names
+from tools.project import HANDLER, RECONCILER, stage_names
 
 SEND = "sqs:SendMessage"
 PUT_OBJECT = "s3:PutObject"
@@ -92,14 +92,15 @@ def destination_refusal(chalice_dir: Path, names: list[str], app_name: str, stag
 
 
 def report_mode_refusal(config: dict[str, Any], stage: str) -> str | None:
-    """Why the stage's config switches REPORT_BATCH_ITEM_FAILURES on for the handler itself, or None."""
+    """Why the stage's config switches REPORT_BATCH_ITEM_FAILURES on itself for a function whose mapping may not
+    report partial failures (the stream handler, the reconciler), or None."""
     stage_config = config["stages"][stage]
-    scopes = (
-        ("environment_variables", config),
-        (f"lambda_functions.{HANDLER}", config.get("lambda_functions", {}).get(HANDLER, {})),
-        (f"stages.{stage}", stage_config),
-        (f"stages.{stage}.lambda_functions.{HANDLER}", stage_config.get("lambda_functions", {}).get(HANDLER, {})),
-    )
+    scopes = [("environment_variables", config), (f"stages.{stage}", stage_config)]
+    for function in (HANDLER, RECONCILER):
+        scopes += [
+            (f"lambda_functions.{function}", config.get("lambda_functions", {}).get(function, {})),
+            (f"stages.{stage}.lambda_functions.{function}", stage_config.get("lambda_functions", {}).get(function, {})),
+        ]
     for where, scope in scopes:
         value = scope.get("environment_variables", {}).get(REPORT_SETTING)
         try:

@@ -157,6 +157,12 @@ def apply_failure_handling(stage: str, alarm_topic_arn: str = "") -> StageResour
     variables = stage_variables(config, stage)
     deployed = deployed_resources(stage)
     reconciler = deployed_resources(stage, RECONCILER)
+    for function, resources, event in ((HANDLER, deployed, "dynamodb_event"), (RECONCILER, reconciler, "sqs_event")):
+        if not {"lambda_function", event} <= set(resources):  # checked before anything is changed
+            raise ValueError(
+                f"stage {stage!r}'s deploy record lists no {function} with its event source: run "
+                f"`chalice deploy --stage {stage}` first"
+            )
     stream_arn = bound_stream_arn(config, stage)
     session = boto3.session.Session()
     made = ensure_stage_resources(session, config["app_name"], stage, stream_arn, variables)

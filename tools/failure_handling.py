@@ -124,17 +124,24 @@ def is_role_propagation_error(error: ClientError) -> bool:
     )
 
 
+def is_settling_error(error: ClientError) -> bool:
+    """Lambda refusing to update a mapping it is still creating or updating (ResourceInUseException, as right after
+    the `chalice deploy` that made it: Lambda API Reference, UpdateEventSourceMapping, Errors)."""
+    return error.response.get("Error", {}).get("Code") == "ResourceInUseException"
+
+
 def with_role_propagation(
     call: Callable[[], dict[str, Any]],
     sleep: Callable[[float], None] = time.sleep,
     delays: tuple[float, ...] = ROLE_PROPAGATION_DELAYS,
 ) -> dict[str, Any]:
-    """`call()`, retried with growing delays while Lambda says the role can't use the destination yet."""
+    """`call()`, retried with growing delays while Lambda says the role can't use the destination yet, or the mapping
+    is still settling."""
     for delay in delays:
         try:
             return call()
         except ClientError as error:
-            if not is_role_propagation_error(error):
+            if not (is_role_propagation_error(error) or is_settling_error(error)):
                 raise
         sleep(delay)
     return call()
