@@ -339,6 +339,13 @@ def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_
     schema = json.loads((project_copy / "schema" / "users-table.json").read_text())
     bucket_arn = {"Fn::GetAtt": ["StreamFailureBucket", "Arn"]}
     settings = failure_handling.mapping_failure_handling(bucket_arn)
+    answering = {  # a function with its partial-failure mode on, as the packaged stack deploys both
+        "Runtime": "python3.11",
+        "Handler": "index.handler",
+        "Role": role,
+        "Code": {"ZipFile": "def handler(event, context):\n    return {}\n"},
+        "Environment": {"Variables": {"REPORT_BATCH_ITEM_FAILURES": "true"}},
+    }
     template = {
         "Resources": {
             "UsersTable": {"Type": "AWS::DynamoDB::Table", "Properties": merge_template.table_properties(schema)},
@@ -346,13 +353,7 @@ def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_
             "StreamFailureBucket": {"Type": "AWS::S3::Bucket", "Properties": {}},
             "SyncIsPersonalEmail": {
                 "Type": "AWS::Lambda::Function",
-                "Properties": {
-                    "Runtime": "python3.11",
-                    "Handler": "index.handler",
-                    "Role": role,
-                    "Code": {"ZipFile": "def handler(event, context):\n    return {}\n"},
-                    "Environment": {"Variables": {"REPORT_BATCH_ITEM_FAILURES": "true"}},
-                },
+                "Properties": answering,
             },
             "SyncIsPersonalEmailDynamodbEventSource": {
                 "Type": "AWS::Lambda::EventSourceMapping",
@@ -365,13 +366,7 @@ def test_status_reads_a_cloudformation_stack(emulator, aws_environment, project_
             },
             "ReconcileDiscardedBatches": {
                 "Type": "AWS::Lambda::Function",
-                "Properties": {
-                    "Runtime": "python3.11",
-                    "Handler": "index.handler",
-                    "Role": role,
-                    "Code": {"ZipFile": "def handler(event, context):\n    return {}\n"},
-                    "Environment": {"Variables": {"REPORT_BATCH_ITEM_FAILURES": "true"}},
-                },
+                "Properties": answering,
             },
             "ReconcileDiscardedBatchesSqsEventSource": {
                 "Type": "AWS::Lambda::EventSourceMapping",
