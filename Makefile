@@ -58,7 +58,7 @@ backfill: deps
 
 # Backfill throughput by segment count on a DynamoDB Local it starts (20,000 items; build/backfill-bench.json).
 backfill-bench: deps check-java
-	@$(BIN)/python -m tools.backfill_bench $(ARGS)
+	@$(BIN)/python -m bench.backfill_bench $(ARGS)
 
 # Regenerate deploy/merge-template.json (the `chalice package --merge-template` file) from schema/users-table.json.
 .PHONY: merge-template

@@ -10,14 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import measure
+from bench import backfill_bench, measure
 from bench.memory import measure_at_sizes
 from bench.report import rows, targets
 from bench.sizes import QUOTA_VARIABLE, SHARD_TARGET_MB, Sizes, memory_sizes_for, stage_memory
 from bench.subjects import ROOT, environment, stage_environment
 from bench.workload import WALKTHROUGH_DOMAINS, mixed_workload
 from localdev.dynamodb_local import DynamoDBLocal, find_jar
-from tools import backfill_bench
 
 # No added latency (DynamoDB Local, CPU-bound on this machine) and a simulated in-region round trip (real DynamoDB).
 LATENCIES = (0.0, 0.005)

@@ -394,7 +394,7 @@ def test_counts_add_and_survive_json():
 
 
 def test_the_benchmark_measures_a_fresh_table(engine):
-    from tools.backfill_bench import measure
+    from bench.backfill_bench import measure
 
     result = measure(items=60, segments=2)
     assert (result["segments"], result["items"]) == (2, 60)

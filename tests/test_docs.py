@@ -21,7 +21,7 @@ from tests.documented import GROUP, PAGES, run_verbatim, shell_blocks
 from tests.projects import ROOT
 
 # Make targets whose recipe is one of our modules: their ARGS are that module's arguments.
-MAKE_MODULES = {"run": "localdev.run", "backfill": "tools.backfill", "backfill-bench": "tools.backfill_bench"}
+MAKE_MODULES = {"run": "localdev.run", "backfill": "tools.backfill", "backfill-bench": "bench.backfill_bench"}
 
 
 def project_command(command: str) -> list[str] | None:

@@ -235,7 +235,7 @@ def test_after_a_kill_9_the_engine_left_running_keeps_the_data_until_it_is_stopp
 
 def test_the_backfill_bench_stops_on_sigterm(tmp_path, here):
     process, marker, output = start(
-        ["tools.backfill_bench", "--items", "2000", "--segments", "1", "--out", str(tmp_path / "b.json")],
+        ["bench.backfill_bench", "--items", "2000", "--segments", "1", "--out", str(tmp_path / "b.json")],
         tmp_path,
         here,
     )

@@ -1,8 +1,8 @@
 """The sweep's throughput on DynamoDB Local and moto's S3: items per second one run checks, and the client CPU each
 item costs, by segment count; then the arithmetic for a pass over a large table at Lambda's memory sizes.
 
-    python -m tools.sweep_bench                          # 20,000 items of ~1 KB; 1, 4, 8 segments
-    python -m tools.sweep_bench --items 5000 --segments 8 --out build/sweep-bench.json
+    python -m bench.sweep_bench                          # 20,000 items of ~1 KB; 1, 4, 8 segments
+    python -m bench.sweep_bench --items 5000 --segments 8 --out build/sweep-bench.json
 
 Each segment count gets a fresh table (stream off) whose items all lack the flag (every item needs a write: the
 worst case), swept by one run at rates no table would allow (so the machine, not the rate limit, is measured); then
@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tools.backfill_bench import fill
+from bench.backfill_bench import fill
 
 PADDING = 950
 """Bytes of another attribute, so an item is about 1 KB (the issue's 1 TB = 10^9 items of 1 KB)."""
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from localdev.dynamodb_local import DynamoDBLocal
     from localdev.moto_server import MotoServer
 
-    parser = argparse.ArgumentParser(prog="python -m tools.sweep_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.sweep_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--segments", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--read-units", type=float, default=2000.0, help="the urgent read rate for the arithmetic")

@@ -1,7 +1,7 @@
 """Backfill throughput on DynamoDB Local: items per second scanned and fixed, by number of scan segments.
 
-    python -m tools.backfill_bench                      # 20,000 items; 1, 2, 4, 8 segments; build/backfill-bench.json
-    python -m tools.backfill_bench --items 2000 --segments 1 4 --out /tmp/bench.json
+    python -m bench.backfill_bench                      # 20,000 items; 1, 2, 4, 8 segments; build/backfill-bench.json
+    python -m bench.backfill_bench --items 2000 --segments 1 4 --out /tmp/bench.json
 
 Each segment count gets a fresh table (stream off) of items that all lack the flag, as items written before the
 trigger existed do, so every item scanned is also written; then the same backfill runs again over the fixed table
