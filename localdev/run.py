@@ -14,7 +14,8 @@ while this runs is noticed within a second: its new stream is followed from its 
 Write to the table with the AWS CLI or your own code and watch each batch's outcome: it prints the put-item command
 for the endpoint in use (port 8000 when free; when it is taken, another, said loudly; a --port that is taken is an
 error). Checkpoints are kept per shard, so a restart resumes after the last fully processed batch (at-least-once,
-like Lambda). One run per data directory and per checkpoint file: a second one is refused while the first runs.
+like Lambda). One run per data directory and per checkpoint file: a second one is refused while the first runs; two
+runs started together never take the same port (each claims its port with a lock file before it looks).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -167,21 +169,44 @@ def start_failure_queue(cleanup: ExitStack, app_name: str, stage: str) -> Failur
     return FailureQueue(endpoint, queue_url, sqs, dead_letter_url, bucket, s3)
 
 
+def port_lock_path(port: int) -> Path:
+    """The lock file by which one `make run` at a time claims a port for its engine (the user's own: another user's
+    file in the shared temporary directory could not be opened)."""
+    return Path(tempfile.gettempdir()) / f"email-checker-make-run-port-{port}-uid{os.getuid()}.lock"
+
+
+def claim_port(cleanup: ExitStack, port: int) -> bool:
+    """Whether this run may start DynamoDB Local on `port`: no other `make run` claims it and nothing listens there.
+    The claim is held until `cleanup` closes, so two runs started in the same second never both find it free."""
+    claim = ExitStack()
+    try:
+        claim.enter_context(lifecycle.exclusive(port_lock_path(port), "make run"))
+    except lifecycle.Locked:
+        return False
+    from localdev.dynamodb_local import port_is_free
+
+    if not port_is_free(port):
+        claim.close()
+        return False
+    cleanup.enter_context(claim)
+    return True
+
+
 def start_engine(
     cleanup: ExitStack, data_dir: Path, requested_port: int | None, lock: TextIO
 ) -> tuple[str, int | None]:
     """Start DynamoDB Local on `data_dir` (stopped when `cleanup` closes), holding `lock` too; (its endpoint, the
     preferred port it had to move from, if it did). A requested port that is taken is an error, not a move."""
-    from localdev.dynamodb_local import DynamoDBLocal, free_port, port_is_free
+    from localdev.dynamodb_local import DynamoDBLocal, free_port
 
-    if requested_port and not port_is_free(requested_port):
+    if requested_port and not claim_port(cleanup, requested_port):
         # Asked for by name: moving it would break whatever the user pointed at it.
         raise PortBusy(
             f"port {requested_port} is in use (a DynamoDB Local or `make run` still running?): choose another "
             f"--port, or follow what listens there with --endpoint http://127.0.0.1:{requested_port}"
         )
     port, moved_from = requested_port or PREFERRED_PORT, None
-    if not port_is_free(port):
+    if not requested_port and not claim_port(cleanup, port):
         moved_from, port = port, free_port()
         print(
             f"warning: port {moved_from} is in use (another DynamoDB Local or `make run`?), so DynamoDB Local "

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -122,6 +123,33 @@ def test_make_run_on_a_busy_port(engine, tmp_path, here):
         "localdev.run", "--port", str(engine.port), "--data-dir", str(tmp_path / "d"), env=dict(os.environ), cwd=here
     )
     assert_one_error_line(result, f"port {engine.port} is in use", f"--endpoint http://127.0.0.1:{engine.port}")
+
+
+def test_make_run_takes_no_port_another_make_run_has_claimed(tmp_path, here):
+    """Two `make run`s started in the same second: the first claims its port before it looks, so the second finds it
+    taken even while nothing listens there yet, and starts no engine on it."""
+    from localdev import lifecycle
+    from localdev.run import port_lock_path
+
+    port = free_port()
+    with lifecycle.exclusive(port_lock_path(port), "make run (this test, starting)"):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "localdev.run", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+            cwd=here,
+            env=without_aws(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own group: ended whole if it started an engine after all
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            stdout, stderr = process.communicate()
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    assert "starting DynamoDB Local" not in stdout
+    assert_one_error_line(result, f"port {port} is in use")
 
 
 def test_an_engine_on_a_taken_port_fails_in_one_line(engine):
