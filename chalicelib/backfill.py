@@ -97,58 +97,6 @@ class SegmentRequest:
     """Scan's Limit: items evaluated per page (None: DynamoDB's 1 MB pages)."""
     consistent_read: bool = False
 
-    def payload(self, **extra: Any) -> dict[str, Any]:
-        """The request as a JSON payload (for a Lambda invocation or a checkpoint)."""
-        return {
-            "table_name": self.table_name,
-            "key_names": list(self.key_names),
-            "segment": self.segment,
-            "total_segments": self.total_segments,
-            "start_key": key_to_json(self.start_key),
-            "dry_run": self.dry_run,
-            "page_size": self.page_size,
-            "consistent_read": self.consistent_read,
-            **extra,
-        }
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> SegmentRequest:
-        """Validate a JSON payload; PayloadError names the first bad field."""
-        if not isinstance(payload, Mapping):
-            raise PayloadError("the payload is not a JSON object")
-        table_name = payload.get("table_name")
-        key_names = payload.get("key_names")
-        segment, total = payload.get("segment"), payload.get("total_segments")
-        page_size = payload.get("page_size")
-        if not isinstance(table_name, str) or not table_name:
-            raise PayloadError("table_name must be a table's name")
-        if (
-            not isinstance(key_names, list)
-            or not 1 <= len(key_names) <= 2
-            or not all(isinstance(name, str) and name for name in key_names)
-        ):
-            raise PayloadError("key_names must list the table's one or two key attribute names")
-        if type(total) is not int or not 1 <= total <= 1_000_000:
-            raise PayloadError("total_segments must be a whole number from 1 to 1000000")
-        if type(segment) is not int or not 0 <= segment < total:
-            raise PayloadError("segment must be a whole number from 0 to total_segments - 1")
-        if page_size is not None and (type(page_size) is not int or page_size < 1):
-            raise PayloadError("page_size must be a positive whole number or null")
-        try:
-            start_key = key_from_json(payload.get("start_key"))
-        except (TypeError, ValueError, AttributeError):
-            raise PayloadError("start_key must be a key in DynamoDB JSON or null") from None
-        return cls(
-            table_name=table_name,
-            key_names=tuple(key_names),
-            segment=segment,
-            total_segments=total,
-            start_key=start_key,
-            dry_run=payload.get("dry_run") is True,
-            page_size=page_size,
-            consistent_read=payload.get("consistent_read") is True,
-        )
-
 
 @dataclass(slots=True)
 class PageResult:
@@ -176,17 +124,6 @@ class SegmentResult:
     last_evaluated_key: dict[str, Any] | None
     done: bool
     counts: Counts = field(default_factory=Counts)
-
-    def payload(self, **extra: Any) -> dict[str, Any]:
-        """The result as the Lambda function returns it (JSON)."""
-        return {
-            "segment": self.segment,
-            "total_segments": self.total_segments,
-            "last_evaluated_key": key_to_json(self.last_evaluated_key),
-            "done": self.done,
-            "counts": self.counts.to_dict(),
-            **extra,
-        }
 
 
 def key_to_json(key: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any] | None:
@@ -450,20 +387,17 @@ class SegmentWorker:
         keep_going: Callable[[], bool],
         on_page: Callable[[PageResult, SegmentResult], None] | None = None,
         deadline: Deadline = NO_DEADLINE,
-        first_page: bool = True,
     ) -> SegmentResult:
-        """Work through the segment from the request's start key while `keep_going()` says so (asked before every
-        page, the first too unless `first_page`). A page with failed writes (or writes cut off by `deadline`) ends
-        the run at that page's start, to be scanned again; its items are not counted (`finished_counts`).
+        """Work through the segment from the request's start key while `keep_going()` says so (asked after every
+        page: the first always runs). A page with failed writes (or writes cut off by `deadline`) ends the run at
+        that page's start, to be scanned again; its items are not counted (`finished_counts`).
         `on_page` sees each page and where the segment stands after it (the checkpoint to keep). PayloadError, before
         any read, when the request's key holds the flag attribute (a key can't be written)."""
         conflict = attribute_conflict(request.key_names, self._gateway.attributes)
         if conflict:
             raise PayloadError(conflict)
         result = SegmentResult(request.segment, request.total_segments, request.start_key, done=False)
-        first = first_page
-        while first or keep_going():
-            first = False
+        while True:
             page = self.page(request, result.last_evaluated_key, deadline)
             result.counts.add(page.finished_counts())
             if not page.retry:
@@ -471,6 +405,5 @@ class SegmentWorker:
                 result.done = page.last_evaluated_key is None
             if on_page is not None:
                 on_page(page, result)
-            if page.retry or result.done:
-                break
-        return result
+            if page.retry or result.done or not keep_going():
+                return result

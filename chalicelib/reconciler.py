@@ -34,7 +34,7 @@ from chalicelib.on_failure import (
     parse_object,
 )
 from chalicelib.planner import Classify, decide
-from chalicelib.records import ItemKey, MalformedRecord, decode_record, table_name_from_stream_arn
+from chalicelib.records import ItemKey, MalformedRecord, decode_record
 from chalicelib.sweep import error_code
 
 RETRY_BASE_DELAY_SECONDS = 30
@@ -334,11 +334,3 @@ def _receive_count(message: Mapping[str, Any]) -> int:
         return max(1, int(attributes.get("ApproximateReceiveCount", "1")))
     except (TypeError, ValueError):
         return 1
-
-
-def stage_table_name(stream_arn: str | None) -> str | None:
-    """The stage's table from its STREAM_ARN, if it has a real one."""
-    try:
-        return table_name_from_stream_arn(stream_arn) if stream_arn else None
-    except MalformedRecord:
-        return None

@@ -145,6 +145,14 @@ def table_name_from_stream_arn(arn: str) -> str:
     return resource[1]
 
 
+def stage_table_name(stream_arn: str | None) -> str | None:
+    """The stage's table from its STREAM_ARN, if it has a real one."""
+    try:
+        return table_name_from_stream_arn(stream_arn) if stream_arn else None
+    except MalformedRecord:
+        return None
+
+
 def key_identity(wire_keys: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, Any], ...]:
     """A key's attributes as (name, value) pairs sorted by name: the same key always gives the same tuple."""
     pairs = [(name, _deserialize(value)) for name, value in wire_keys.items()]

@@ -131,7 +131,7 @@ def sweep_for(settings: Settings) -> Sweeper:
 
     from chalicelib.backfill import SegmentWorker
     from chalicelib.dynamodb import DynamoDBGateway, client_config
-    from chalicelib.reconciler import stage_table_name
+    from chalicelib.records import stage_table_name
     from chalicelib.sweep import Sweeper
 
     table = stage_table_name(settings.stream_arn)

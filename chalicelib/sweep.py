@@ -285,9 +285,9 @@ class Rates:
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
-    """How one run reads: at the stage's limits, for at most `quota` read units (None: until its time is up)."""
+    """How one run reads: always at the stage's limits (`limits`), for at most `quota` read units (None: until its
+    time is up)."""
 
-    pace: Rates
     read_rate: float
     """The read units per second the pass is kept at: the background's derived rate, or the urgent limit."""
     average: float
@@ -431,12 +431,12 @@ class Sweeper:
         for sleeping between pages."""
         cap = limits(facts, self._config)
         if state.urgent:
-            return RunPlan(cap, cap.read, cap.read * duty, None)
+            return RunPlan(cap.read, cap.read * duty, None)
         assert state.started_at is not None
         seconds_left = (state.started_at + self._config.period - now).total_seconds()
         units_left = pass_read_units(facts.size_bytes) - state.counts.read_units
         rate = background_read_rate(units_left, seconds_left, cap.read * duty)  # what runs of this length can read
-        return RunPlan(cap, rate, rate, rate * self._config.interval.total_seconds())
+        return RunPlan(rate, rate, rate * self._config.interval.total_seconds())
 
     def _estimated_end(self, state: SweepState, facts: TableFacts, average: float, now: datetime) -> datetime | None:
         units_left = max(0.0, pass_read_units(facts.size_bytes) - state.counts.read_units)
@@ -446,7 +446,8 @@ class Sweeper:
 
     def _work(self, holder: _Holder, facts: TableFacts, plan: RunPlan, deadline: Deadline, report: RunReport) -> None:
         stop = threading.Event()
-        shared = self._worker.limited(plan.pace.read, plan.pace.write, stop)
+        pace = limits(facts, self._config)
+        shared = self._worker.limited(pace.read, pace.write, stop)
         slowest = [0.0]
         errors: list[BaseException] = []
 

@@ -46,27 +46,24 @@ def parser() -> argparse.ArgumentParser:
     urgent.add_argument("--stage", required=True, help="the Chalice stage whose sweep (and bucket) to use")
     urgent.add_argument("--no-follow", action="store_true", help="ask, print the pass, and return")
     urgent.add_argument("--poll-seconds", type=float, default=60.0, help="how often to read the pass (default 60)")
-    for name, text in (("run", "backfill from this machine"),):
-        command = commands.add_parser(name, help=text)
-        command.add_argument("--table", required=True, help="the users table's name")
-        command.add_argument(
-            "--stage", required=True, help="the Chalice stage whose domain and attribute settings apply"
-        )
-        command.add_argument("--segments", type=int, default=8, help="TotalSegments of the parallel scan")
-        command.add_argument("--checkpoint", type=Path, help="default: .state/backfill-<table>[-dry-run].json")
-        command.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
-        command.add_argument(
-            "--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="items per Scan page (Limit; at most 1 MB a page)"
-        )
-        command.add_argument("--read-units", type=float, help="read units per second, for the whole backfill")
-        command.add_argument("--write-units", type=float, help="write units per second, for the whole backfill")
-        command.add_argument(
-            "--capacity-fraction", type=float, help="a fraction of a provisioned table's capacity (default 0.2)"
-        )
-        command.add_argument("--no-progress", action="store_true", help="no progress bar (the summary still prints)")
-        command.add_argument("--threads", type=int, help="segments worked at once (default: --segments, max 32)")
-        command.add_argument("--write-concurrency", type=int, default=8, help="writes in flight per segment")
-        command.add_argument("--max-pages", type=int, help="stop each segment after this many pages")
+    command = commands.add_parser("run", help="backfill from this machine")
+    command.add_argument("--table", required=True, help="the users table's name")
+    command.add_argument("--stage", required=True, help="the Chalice stage whose domain and attribute settings apply")
+    command.add_argument("--segments", type=int, default=8, help="TotalSegments of the parallel scan")
+    command.add_argument("--checkpoint", type=Path, help="default: .state/backfill-<table>[-dry-run].json")
+    command.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
+    command.add_argument(
+        "--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="items per Scan page (Limit; at most 1 MB a page)"
+    )
+    command.add_argument("--read-units", type=float, help="read units per second, for the whole backfill")
+    command.add_argument("--write-units", type=float, help="write units per second, for the whole backfill")
+    command.add_argument(
+        "--capacity-fraction", type=float, help="a fraction of a provisioned table's capacity (default 0.2)"
+    )
+    command.add_argument("--no-progress", action="store_true", help="no progress bar (the summary still prints)")
+    command.add_argument("--threads", type=int, help="segments worked at once (default: --segments, max 32)")
+    command.add_argument("--write-concurrency", type=int, default=8, help="writes in flight per segment")
+    command.add_argument("--max-pages", type=int, help="stop each segment after this many pages")
     return top
 
 
