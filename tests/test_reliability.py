@@ -261,7 +261,9 @@ def test_a_handler_that_dies_half_way_through_a_batch_is_retried_harmlessly(engi
         stats = mapping.drain()
     finally:
         events.unregister("after-call.dynamodb.BatchExecuteStatement", die_once)
-    assert stats.failed_attempts == 1, "the batch was not retried once"
+    # At least once: on a loaded machine the engine may also answer a retry after the function's 2 s read timeout.
+    assert calls["count"] > 1 and stats.failed_attempts >= 1, "the batch was not retried"
+    assert stats.discarded_batches == []
     assert violations(scan(table.client, table.name), model, keys) == []
 
 
