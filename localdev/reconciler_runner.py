@@ -364,13 +364,19 @@ def describe_message(record: dict[str, Any], report: dict[str, Any], kept: str) 
 
 
 def describe_sweep(result: Any) -> str:
-    """One line per local sweep run: its pass, mode, percent and counts (no key, no value)."""
+    """One line per local sweep run: its pass, mode, percent and counts, and the passes it finished (no key, no
+    value). A run that finishes a pass starts the next at 0 %, so the line names the finished one."""
     if isinstance(result, Exception):
         return f"[{time.strftime('%H:%M:%S')}] sweep run failed: {type(result).__name__}"
+    pass_number, finished = result.get("pass"), result.get("passes_finished") or 0
+    if finished and isinstance(pass_number, int):
+        done = f"pass {pass_number - 1}" if finished == 1 else f"passes {pass_number - finished}-{pass_number - 1}"
+        progress = f"{done} finished, pass {pass_number} begun ({result.get('mode')})"
+    else:
+        progress = f"pass {pass_number} ({result.get('mode')}, {result.get('percent')}%)"
     return (
-        f"[{time.strftime('%H:%M:%S')}] sweep pass {result.get('pass')} ({result.get('mode')}, "
-        f"{result.get('percent')}%): {result.get('scanned')} checked, {result.get('written')} fixed, "
-        f"{result.get('failed')} failed; {result.get('outcome')}"
+        f"[{time.strftime('%H:%M:%S')}] sweep {progress}: {result.get('scanned')} checked, "
+        f"{result.get('written')} fixed, {result.get('failed')} failed; {result.get('outcome')}"
     )
 
 

@@ -533,3 +533,21 @@ def test_every_call_a_sweep_makes_is_one_its_role_grants(engine, emulator, make_
     }
     assert {"dynamodb:BatchGetItem", "s3:PutObject"} <= actions
     assert actions <= granted, actions - granted
+
+
+def test_the_local_line_of_a_run_that_finishes_a_pass_names_that_pass(engine, emulator, make_table, bucket):
+    """`make run` prints a line per sweep run; on a small table one run finishes a pass and begins the next at 0 %,
+    and the line says so rather than "pass N (0.0%)". The pass numbers are the state's."""
+    from localdev.reconciler_runner import describe_sweep
+
+    table = make_table()
+    fill(table, 30)
+    run = sweeper(engine, emulator, table, bucket, SweepConfig(segments=2, page_items=100, margin_seconds=0.5))
+    assert state_of(emulator, bucket) is None
+    line = describe_sweep(run.run(lambda: 60_000).summary())
+    state = state_of(emulator, bucket)  # 30 items are well within a background run's share: pass 1 ends, 2 begins
+    assert state.last_finished_at is not None and state.pass_number == 2
+    assert "sweep pass 1 finished, pass 2 begun (background): 30 checked, 20 fixed, 0 failed; advanced" in line
+    assert "sweep pass 2 finished, pass 3 begun (background): 30 checked, 0 fixed" in describe_sweep(
+        run.run(lambda: 60_000).summary()
+    )
