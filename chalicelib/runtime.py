@@ -24,20 +24,18 @@ def processor_for(settings: Settings) -> StreamProcessor:
 
     boto3, Powertools and the domain list are imported here, not at module level, so importing `app.py` stays cheap.
     """
-    from aws_lambda_powertools import Logger, Metrics
+    from aws_lambda_powertools import Logger
 
     from chalicelib.dynamodb import DynamoDBGateway
     from chalicelib.processor import StreamProcessor
 
     client = dynamodb_client(settings)
-    metrics = Metrics(service=SERVICE, namespace=METRICS_NAMESPACE)
-    metrics.set_default_dimensions(stage=settings.stage)
     return StreamProcessor(
         classify=classifier_for(settings).is_personal_email,
         gateway=DynamoDBGateway(client, settings.attributes, max_concurrency=settings.write_concurrency),
         report_batch_item_failures=settings.report_batch_item_failures,
         logger=Logger(service=SERVICE, stage=settings.stage),
-        metrics=metrics,
+        metrics=metrics_for(settings),
     )
 
 

@@ -456,19 +456,13 @@ class Sweeper:
 
         def segment(number: int) -> None:
             worker = shared.for_segment()
+            request = SegmentRequest(
+                facts.name, facts.key_names, number, len(holder.state.cursors), page_size=self._config.page_items
+            )
             try:
                 while not stop.is_set() and deadline.remaining() > slowest[0] and quota_left():
-                    cursor = holder.state.cursors[number]
-                    request = SegmentRequest(
-                        facts.name,
-                        facts.key_names,
-                        number,
-                        len(holder.state.cursors),
-                        cursor.key,
-                        page_size=self._config.page_items,
-                    )
                     started = time.monotonic()
-                    page = worker.page(request, cursor.key, deadline)
+                    page = worker.page(request, holder.state.cursors[number].key, deadline)
                     slowest[0] = max(slowest[0], time.monotonic() - started)
                     done = holder.record(number, page, report)
                     if page.retry or done:
